@@ -1,0 +1,202 @@
+"""Configs (frozen dataclasses), their validation, and the model-size ladder.
+
+Every config is a frozen dataclass with short fields and is checked in
+``__post_init__``, so an invalid value fails when the config is built, before any
+compute.  ``from_dict`` builds a config from a plain mapping (a TOML table, CLI
+flags) and rejects unknown keys by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping, TypeVar
+
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+    """An invalid config value or key; the message names the field and what is allowed."""
+
+
+def _require(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+def _positive_int(cfg: Any, *names: str) -> None:
+    for n in names:
+        v = getattr(cfg, n)
+        _require(isinstance(v, int) and not isinstance(v, bool) and v > 0,
+                 f"{type(cfg).__name__}.{n} must be a positive integer, got {v!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """A decoder-only transformer (see ``jscale.model`` for the architecture).
+
+    d_model: residual width.  n_layers: number of blocks.  n_heads: attention heads
+    (d_model must be divisible by n_heads; head width = d_model // n_heads).
+    d_ff: hidden width of the MLP (default 4 * d_model).  vocab_size: tokens (256 =
+    bytes).  max_seq_len: longest sequence the model accepts, in tokens.
+    tie_embeddings: the output head reuses the input embedding matrix.
+    rope_base: base of the rotary position encoding.
+    """
+
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 2
+    d_ff: int | None = None
+    vocab_size: int = 256
+    max_seq_len: int = 1024
+    tie_embeddings: bool = True
+    rope_base: float = 10_000.0
+
+    def __post_init__(self):
+        if self.d_ff is None:
+            object.__setattr__(self, "d_ff", 4 * self.d_model)
+        _positive_int(self, "d_model", "n_layers", "n_heads", "d_ff", "vocab_size", "max_seq_len")
+        _require(self.vocab_size >= 2, f"ModelConfig.vocab_size must be >= 2, got {self.vocab_size}")
+        _require(self.d_model % self.n_heads == 0,
+                 f"ModelConfig.d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        _require((self.d_model // self.n_heads) % 2 == 0,
+                 f"ModelConfig head width d_model/n_heads = {self.d_model // self.n_heads} must be even "
+                 "(rotary position encoding rotates pairs of channels)")
+        _require(isinstance(self.tie_embeddings, bool),
+                 f"ModelConfig.tie_embeddings must be true or false, got {self.tie_embeddings!r}")
+        _require(isinstance(self.rope_base, (int, float)) and self.rope_base > 1,
+                 f"ModelConfig.rope_base must be a number > 1, got {self.rope_base!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How one model is trained.
+
+    Length: ``steps`` optimizer steps, or ``tokens`` (a token budget, rounded up to whole
+    steps of batch_size * seq_len tokens); give exactly one.  lr: peak AdamW learning rate,
+    reached after ``warmup_steps`` (or ``warmup_frac`` of the run when warmup_steps is None)
+    of linear warm-up, then cosine decay to ``lr * min_lr_ratio``.  weight_decay: decoupled
+    AdamW decay, applied to matrices only (not norms).  grad_clip: max global L2 norm of the
+    gradient.  seed: the one integer all randomness (init, batches) derives from.
+    eval_tokens: size of the fixed held-out set, in tokens.  steps_per_call: optimizer
+    steps run inside one jitted call (lax.scan), which amortises dispatch for small models.
+    """
+
+    batch_size: int = 16
+    seq_len: int = 256
+    steps: int | None = None
+    tokens: int | None = None
+    lr: float = 3e-3
+    warmup_steps: int | None = None
+    warmup_frac: float = 0.05
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    grad_clip: float = 1.0
+    seed: int = 0
+    eval_tokens: int = 262_144
+    eval_batch_size: int = 32
+    steps_per_call: int = 10
+
+    def __post_init__(self):
+        _positive_int(self, "batch_size", "seq_len", "eval_tokens", "eval_batch_size", "steps_per_call")
+        _require((self.steps is None) != (self.tokens is None),
+                 "TrainConfig: give exactly one of `steps` or `tokens` (a token budget); "
+                 f"got steps={self.steps!r}, tokens={self.tokens!r}")
+        if self.steps is not None:
+            _positive_int(self, "steps")
+        if self.tokens is not None:
+            _positive_int(self, "tokens")
+        if self.warmup_steps is not None:
+            _require(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0,
+                     f"TrainConfig.warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
+        _require(0 <= self.warmup_frac < 1, f"TrainConfig.warmup_frac must be in [0, 1), got {self.warmup_frac!r}")
+        _require(self.lr > 0 and math.isfinite(self.lr), f"TrainConfig.lr must be a positive number, got {self.lr!r}")
+        _require(0 <= self.min_lr_ratio <= 1, f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        _require(self.weight_decay >= 0, f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
+        _require(0 <= self.b1 < 1 and 0 <= self.b2 < 1, f"TrainConfig.b1 and b2 must be in [0, 1), got {self.b1!r}, {self.b2!r}")
+        _require(self.grad_clip > 0, f"TrainConfig.grad_clip must be > 0, got {self.grad_clip!r}")
+        _require(isinstance(self.seed, int) and self.seed >= 0, f"TrainConfig.seed must be an integer >= 0, got {self.seed!r}")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+    @property
+    def total_steps(self) -> int:
+        if self.steps is not None:
+            return self.steps
+        return -(-self.tokens // self.tokens_per_step)
+
+    @property
+    def total_warmup_steps(self) -> int:
+        if self.warmup_steps is not None:
+            return min(self.warmup_steps, self.total_steps)
+        return int(self.warmup_frac * self.total_steps)
+
+
+def from_dict(cls: type[C], d: Mapping[str, Any], where: str = "") -> C:
+    """Build config ``cls`` from a mapping; unknown keys are a ConfigError naming them."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - fields)
+    loc = f" in {where}" if where else ""
+    _require(not unknown, f"unknown {cls.__name__} field(s){loc}: {', '.join(unknown)}; "
+                          f"valid fields are: {', '.join(sorted(fields))}")
+    return cls(**d)
+
+
+# --------------------------------------------------------------------------- size ladder
+
+def config_for_params(target: float, *, aspect_ratio: float = 64.0, head_dim: int = 64,
+                      vocab_size: int = 256, max_seq_len: int = 1024,
+                      tie_embeddings: bool = True) -> ModelConfig:
+    """The ladder config whose non-embedding parameter count is closest to ``target``.
+
+    Non-embedding parameters of this architecture are ``n_layers * (12 d^2 + 2 d) + d``
+    (``jscale.model.count_params``).  We search n_layers and d_model (a multiple of
+    ``head_dim``; below ``head_dim`` a single head whose width is a multiple of 8) for the
+    count closest to ``target`` in log space, with a small penalty for straying from
+    ``d_model / n_layers = aspect_ratio``.  Heads are ``head_dim`` wide; d_ff = 4 d_model.
+    How far the achieved count lands from the target is tabulated by ``jscale ladder``.
+    """
+    from jscale.model import count_params  # counts live with the model
+
+    _require(isinstance(target, (int, float)) and math.isfinite(target) and target >= 1_000,
+             f"target non-embedding parameter count must be a number >= 1e3, got {target!r}")
+    _require(aspect_ratio > 0, f"aspect_ratio must be > 0, got {aspect_ratio!r}")
+    l_ideal = (target / (12 * aspect_ratio ** 2)) ** (1 / 3)
+    best = None
+    for n_layers in range(1, max(2, math.ceil(3 * l_ideal)) + 1):
+        d_ideal = math.sqrt(target / (12 * n_layers))
+        quantum = head_dim if d_ideal >= head_dim else 8
+        for d in {max(8, quantum * math.floor(d_ideal / quantum)), quantum * math.ceil(d_ideal / quantum)}:
+            if d >= head_dim and d % head_dim:
+                continue
+            cfg = ModelConfig(d_model=d, n_layers=n_layers, n_heads=max(1, d // head_dim),
+                              vocab_size=vocab_size, max_seq_len=max_seq_len,
+                              tie_embeddings=tie_embeddings)
+            n = count_params(cfg)["non_embedding"]
+            score = abs(math.log(n / target)) + 0.02 * abs(math.log(d / n_layers / aspect_ratio))
+            if best is None or score < best[0]:
+                best = (score, cfg)
+    return best[1]
+
+
+def default_ladder(lo: float = 1e4, hi: float = 1e9, per_decade: int = 2, **kw) -> list[ModelConfig]:
+    """Configs for targets log-spaced from ``lo`` to ``hi`` non-embedding parameters
+    (``per_decade`` sizes per factor of 10); duplicates are dropped."""
+    _require(1_000 <= lo <= hi, f"ladder range must satisfy 1e3 <= lo <= hi, got lo={lo!r}, hi={hi!r}")
+    _require(isinstance(per_decade, int) and per_decade >= 1, f"per_decade must be a positive integer, got {per_decade!r}")
+    n = round(math.log10(hi / lo) * per_decade)
+    targets = [lo * 10 ** (i / per_decade) for i in range(n + 1)]
+    out: list[ModelConfig] = []
+    for t in targets:
+        cfg = config_for_params(t, **kw)
+        if cfg not in out:
+            out.append(cfg)
+    return out

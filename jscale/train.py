@@ -1,0 +1,186 @@
+"""Training: one jitted pure train step, AdamW with warm-up + cosine decay, held-out eval.
+
+The optimizer state and params are pytrees passed in and out.  ``steps_per_call`` steps
+run inside one jitted ``lax.scan`` with the params and optimizer state donated, so small
+models are not dominated by per-step dispatch.  Losses are checked for NaN/Inf after each
+call; a non-finite loss raises ``TrainingDiverged`` naming the first bad step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jscale import data, model
+from jscale.config import ModelConfig, TrainConfig
+
+LN2 = math.log(2.0)
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or Inf."""
+
+
+def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
+    """Global-norm clipping, then AdamW whose lr warms up linearly from 0 to ``tc.lr`` and
+    decays (cosine) to ``tc.lr * tc.min_lr_ratio`` at the last step.  Weight decay applies
+    to matrices (ndim >= 2), not to norm scales."""
+    sched = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=tc.lr, warmup_steps=tc.total_warmup_steps,
+        decay_steps=max(tc.total_steps, tc.total_warmup_steps + 1), end_value=tc.lr * tc.min_lr_ratio)
+    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+    return optax.chain(
+        optax.clip_by_global_norm(tc.grad_clip),
+        optax.adamw(sched, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay, mask=decay_mask))
+
+
+def token_losses(params, cfg: ModelConfig, batch_BxT1: jax.Array) -> jax.Array:
+    """Next-token cross-entropy ``[B, T]`` in nats (float32) for a batch of T+1 tokens."""
+    inputs, targets = batch_BxT1[:, :-1], batch_BxT1[:, 1:]
+    logits_BxTxV = model.apply(params, cfg, inputs)
+    logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
+    return -jnp.take_along_axis(logp_BxTxV, targets[..., None], axis=-1)[..., 0]
+
+
+def train_step(params, opt_state, batch_BxT1, *, cfg: ModelConfig, opt: optax.GradientTransformation):
+    """One optimizer step; returns (params, opt_state, loss_nats, grad_norm)."""
+    loss, grads = jax.value_and_grad(lambda p: token_losses(p, cfg, batch_BxT1).mean())(params)
+    updates, opt_state = opt.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss, optax.global_norm(grads)
+
+
+def make_train_chunk(cfg: ModelConfig, opt: optax.GradientTransformation):
+    """Jitted ``(params, opt_state, batches_SxBxT1) -> (params, opt_state, losses_S, gnorms_S)``
+    running S steps in one ``lax.scan``; params and opt_state are donated."""
+    def chunk(params, opt_state, batches):
+        def body(carry, batch):
+            p, s, loss, gn = train_step(*carry, batch, cfg=cfg, opt=opt)
+            return (p, s), (loss, gn)
+        (params, opt_state), (losses, gnorms) = jax.lax.scan(body, (params, opt_state), batches)
+        return params, opt_state, losses, gnorms
+    return jax.jit(chunk, donate_argnums=(0, 1))
+
+
+def evaluate(params, cfg: ModelConfig, batches_NxT1: np.ndarray, batch_size: int = 32) -> dict[str, float]:
+    """Held-out loss on fixed sequences ``[N, T+1]``.
+
+    Returns ``eval_loss_nats`` (mean next-token loss, nats/token), ``eval_loss_se_nats``
+    (standard error over the N per-sequence means), ``eval_bits_per_byte`` and its SE
+    (nats / ln 2: one token is one byte) and ``eval_tokens``.  The mean is accumulated in
+    float64 on the host.
+    """
+    seq_means = jax.jit(lambda p, b: token_losses(p, cfg, b).mean(axis=1))
+    n = len(batches_NxT1)
+    out = []
+    for i in range(0, n, batch_size):
+        b = batches_NxT1[i:i + batch_size]
+        pad = batch_size - len(b)
+        if pad:  # keep one compiled shape; padded rows are dropped below
+            b = np.concatenate([b, np.repeat(b[-1:], pad, axis=0)])
+        out.append(np.asarray(seq_means(params, b), dtype=np.float64)[:batch_size - pad])
+    per_seq = np.concatenate(out)
+    mean = float(per_seq.mean())
+    se = float(per_seq.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    return {"eval_loss_nats": mean, "eval_loss_se_nats": se, "eval_bits_per_byte": mean / LN2,
+            "eval_bits_per_byte_se": se / LN2, "eval_tokens": int(n * (batches_NxT1.shape[1] - 1))}
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What ``train`` returns.  losses_nats / grad_norms: per optimizer step (training
+    batches).  eval: the dict of ``evaluate``.  train_seconds: wall time of the training loop
+    excluding compilation (``compile_seconds``).  tokens_per_second: trained tokens over
+    train_seconds.  flops_per_token_train: analytic (``model.flops_per_token``)."""
+
+    params: Any
+    losses_nats: np.ndarray
+    grad_norms: np.ndarray
+    eval: dict[str, float]
+    train_seconds: float
+    compile_seconds: float
+    tokens: int
+    tokens_per_second: float
+    flops_per_token_train: float
+
+
+def train(cfg: ModelConfig, tc: TrainConfig, corpus: data.Corpus, *, params=None,
+          progress: bool = True) -> TrainResult:
+    """Train ``cfg`` on ``corpus`` per ``tc`` and evaluate on its fixed held-out set.
+
+    params: starting parameters (default: ``model.init_params`` with key ``tc.seed``).
+    Raises ``TrainingDiverged`` at the first non-finite loss; ``ConfigError`` if
+    ``tc.seq_len > cfg.max_seq_len``.
+    """
+    from jscale.config import ConfigError
+    if tc.seq_len > cfg.max_seq_len:
+        raise ConfigError(f"TrainConfig.seq_len ({tc.seq_len}) exceeds ModelConfig.max_seq_len ({cfg.max_seq_len})")
+    eval_set = data.eval_batches(corpus.val, tc.seq_len, tc.eval_tokens)  # fail early on a tiny corpus
+    data.train_batch(corpus.train, tc.seed, 0, 1, tc.seq_len)
+
+    opt = make_optimizer(tc)
+    if params is None:
+        params = model.init_params(cfg, jax.random.key(tc.seed))
+    opt_state = opt.init(params)
+    chunk_fn = make_train_chunk(cfg, opt)
+    total, per = tc.total_steps, tc.steps_per_call
+
+    def batches(start, n):
+        return np.stack([data.train_batch(corpus.train, tc.seed, s, tc.batch_size, tc.seq_len)
+                         for s in range(start, start + n)])
+
+    t0 = time.perf_counter()
+    compiled = {}
+    for n in {min(per, total), total % per or min(per, total)}:
+        compiled[n] = chunk_fn.lower(params, opt_state, batches(0, n)).compile()
+    compile_s = time.perf_counter() - t0
+
+    bar = _progress(total * tc.tokens_per_step, progress)
+    losses, gnorms = [], []
+    pending = None  # (first step, losses, gnorms) of the call in flight
+
+    def drain(p):
+        start, l_dev, g_dev = p
+        l, g = np.asarray(l_dev), np.asarray(g_dev)
+        bad = np.flatnonzero(~np.isfinite(l))
+        if bad.size:
+            bar.close()
+            raise TrainingDiverged(f"training loss is {l[bad[0]]} at optimizer step {start + bad[0] + 1} "
+                                   f"of {total}; lower TrainConfig.lr (now {tc.lr}) or check the data")
+        losses.append(l)
+        gnorms.append(g)
+        bar.update(len(l) * tc.tokens_per_step)
+        bar.set_postfix(loss=f"{l[-1]:.3f}", refresh=False)
+
+    t0 = time.perf_counter()
+    step = 0
+    while step < total:
+        n = min(per, total - step)
+        b = batches(step, n)
+        params, opt_state, l_dev, g_dev = compiled[n](params, opt_state, b)
+        if pending is not None:
+            drain(pending)  # overlaps host-side batching and readback with device compute
+        pending, step = (step, l_dev, g_dev), step + n
+    drain(pending)
+    jax.block_until_ready(params)
+    train_s = time.perf_counter() - t0
+    bar.close()
+
+    ev = evaluate(params, cfg, eval_set, tc.eval_batch_size)
+    tokens = total * tc.tokens_per_step
+    return TrainResult(params=params, losses_nats=np.concatenate(losses), grad_norms=np.concatenate(gnorms),
+                       eval=ev, train_seconds=train_s, compile_seconds=compile_s, tokens=tokens,
+                       tokens_per_second=tokens / train_s,
+                       flops_per_token_train=model.flops_per_token(cfg, tc.seq_len)["train"])
+
+
+def _progress(total_tokens: int, enabled: bool):
+    from tqdm.auto import tqdm
+    return tqdm(total=total_tokens, unit="tok", unit_scale=True, disable=not enabled,
+                desc="train", dynamic_ncols=True, mininterval=0.5)
