@@ -1,0 +1,33 @@
+"""jscale: functional scaling-law research on language-model inference, in JAX.
+
+The public API is re-exported here lazily, so ``import jscale.analysis`` (or any light
+module) does not pull in the model and training code.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "jscale.config": ["ModelConfig", "TrainConfig", "ConfigError", "from_dict", "config_for_params",
+                      "default_ladder"],
+    "jscale.model": ["Transformer", "init_params", "apply", "count_params", "flops_per_token"],
+    "jscale.data": ["Corpus", "CorpusError", "load_corpus", "train_batch", "eval_batches"],
+    "jscale.train": ["train", "evaluate", "TrainResult", "TrainingDiverged", "make_optimizer"],
+    "jscale.roofline": ["roofline"],
+    "jscale.runtime": ["enable_compilation_cache"],
+}
+_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'jscale' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -137,7 +137,7 @@ class TrainConfig:
     def total_warmup_steps(self) -> int:
         if self.warmup_steps is not None:
             return min(self.warmup_steps, self.total_steps)
-        return int(self.warmup_frac * self.total_steps)
+        return round(self.warmup_frac * self.total_steps)
 
 
 def from_dict(cls: type[C], d: Mapping[str, Any], where: str = "") -> C:
@@ -181,7 +181,7 @@ def config_for_params(target: float, *, aspect_ratio: float = 64.0, head_dim: in
                               vocab_size=vocab_size, max_seq_len=max_seq_len,
                               tie_embeddings=tie_embeddings)
             n = count_params(cfg)["non_embedding"]
-            score = abs(math.log(n / target)) + 0.02 * abs(math.log(d / n_layers / aspect_ratio))
+            score = abs(math.log(n / target)) + 0.1 * abs(math.log(d / n_layers / aspect_ratio))
             if best is None or score < best[0]:
                 best = (score, cfg)
     return best[1]

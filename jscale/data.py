@@ -162,7 +162,7 @@ def train_batch(tokens: np.ndarray, seed: int, step: int, batch_size: int, seq_l
     A pure function of (seed, step): the window starts come from a NumPy generator seeded
     with ``(seed, step)``, so any step's batch can be recomputed without replaying the run.
     """
-    n = len(tokens) - seq_len - 1
+    n = len(tokens) - seq_len  # number of valid window starts
     if n <= 0:
         raise CorpusError(f"training split has {len(tokens)} tokens, too few for seq_len={seq_len}")
     starts = np.random.default_rng([seed, step]).integers(0, n, size=batch_size)

@@ -9,6 +9,7 @@ call; a non-finite loss raises ``TrainingDiverged`` naming the first bad step.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from typing import Any
@@ -53,7 +54,7 @@ def train_step(params, opt_state, batch_BxT1, *, cfg: ModelConfig, opt: optax.Gr
     """One optimizer step; returns (params, opt_state, loss_nats, grad_norm)."""
     loss, grads = jax.value_and_grad(lambda p: token_losses(p, cfg, batch_BxT1).mean())(params)
     updates, opt_state = opt.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss, optax.global_norm(grads)
+    return optax.apply_updates(params, updates), opt_state, loss, optax.tree.norm(grads)
 
 
 def make_train_chunk(cfg: ModelConfig, opt: optax.GradientTransformation):
@@ -68,6 +69,11 @@ def make_train_chunk(cfg: ModelConfig, opt: optax.GradientTransformation):
     return jax.jit(chunk, donate_argnums=(0, 1))
 
 
+@functools.partial(jax.jit, static_argnames="cfg")
+def _seq_mean_losses(params, cfg: ModelConfig, batch_BxT1):
+    return token_losses(params, cfg, batch_BxT1).mean(axis=1)
+
+
 def evaluate(params, cfg: ModelConfig, batches_NxT1: np.ndarray, batch_size: int = 32) -> dict[str, float]:
     """Held-out loss on fixed sequences ``[N, T+1]``.
 
@@ -76,7 +82,6 @@ def evaluate(params, cfg: ModelConfig, batches_NxT1: np.ndarray, batch_size: int
     (nats / ln 2: one token is one byte) and ``eval_tokens``.  The mean is accumulated in
     float64 on the host.
     """
-    seq_means = jax.jit(lambda p, b: token_losses(p, cfg, b).mean(axis=1))
     n = len(batches_NxT1)
     out = []
     for i in range(0, n, batch_size):
@@ -84,7 +89,7 @@ def evaluate(params, cfg: ModelConfig, batches_NxT1: np.ndarray, batch_size: int
         pad = batch_size - len(b)
         if pad:  # keep one compiled shape; padded rows are dropped below
             b = np.concatenate([b, np.repeat(b[-1:], pad, axis=0)])
-        out.append(np.asarray(seq_means(params, b), dtype=np.float64)[:batch_size - pad])
+        out.append(np.asarray(_seq_mean_losses(params, cfg, b), dtype=np.float64)[:batch_size - pad])
     per_seq = np.concatenate(out)
     mean = float(per_seq.mean())
     se = float(per_seq.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
@@ -127,6 +132,8 @@ def train(cfg: ModelConfig, tc: TrainConfig, corpus: data.Corpus, *, params=None
     opt = make_optimizer(tc)
     if params is None:
         params = model.init_params(cfg, jax.random.key(tc.seed))
+    else:  # the train call donates its inputs; never consume the caller's arrays
+        params = jax.tree.map(jnp.copy, params)
     opt_state = opt.init(params)
     chunk_fn = make_train_chunk(cfg, opt)
     total, per = tc.total_steps, tc.steps_per_call

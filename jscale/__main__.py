@@ -1,0 +1,3 @@
+from jscale.cli import main
+
+raise SystemExit(main())

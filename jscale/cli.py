@@ -1,0 +1,141 @@
+"""The ``jscale`` command line: ``train``, ``ladder``, ``info``.
+
+Errors in user input (configs, corpora) print one line naming the field or path and exit
+with status 2, before any compute starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jscale.config import ConfigError
+from jscale.data import CorpusError
+
+
+def _size(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {s!r} (use e.g. 1e6)") from None
+    return v
+
+
+def cmd_train(a) -> int:
+    from jscale import data, model, train
+    from jscale.config import ModelConfig, TrainConfig, config_for_params
+
+    if a.d_model is not None:
+        cfg = ModelConfig(d_model=a.d_model, n_layers=a.n_layers, n_heads=a.n_heads, max_seq_len=a.seq_len,
+                          tie_embeddings=not a.untied)
+    else:
+        cfg = config_for_params(a.size, max_seq_len=a.seq_len, tie_embeddings=not a.untied)
+    budget = {"steps": a.steps} if a.steps is not None else {"tokens": int(a.tokens)}
+    tc = TrainConfig(batch_size=a.batch_size, seq_len=a.seq_len, lr=a.lr, seed=a.seed,
+                     eval_tokens=int(a.eval_tokens), **budget)
+    corpus = data.load_corpus(a.corpus)
+    n = model.count_params(cfg)
+    print(f"corpus   {corpus.name}: {len(corpus.train):,} train / {len(corpus.val):,} held-out bytes "
+          f"({corpus.n_files_train} / {corpus.n_files_val} files)")
+    print(f"model    d_model={cfg.d_model} n_layers={cfg.n_layers} n_heads={cfg.n_heads} d_ff={cfg.d_ff}: "
+          f"{n['non_embedding']:,} non-embedding + {n['embedding']:,} embedding params")
+    print(f"training {tc.total_steps} steps x {tc.tokens_per_step:,} tokens = {tc.total_steps * tc.tokens_per_step:,} "
+          f"tokens, peak lr {tc.lr}, seed {tc.seed}")
+    r = train.train(cfg, tc, corpus, progress=not a.quiet)
+    e = r.eval
+    print(f"compile  {r.compile_seconds:.1f} s; train {r.train_seconds:.1f} s, {r.tokens_per_second:,.0f} tokens/s, "
+          f"{r.tokens_per_second * r.flops_per_token_train / 1e9:.1f} GFLOP/s (analytic train FLOPs)")
+    print(f"held-out loss {e['eval_loss_nats']:.4f} ± {e['eval_loss_se_nats']:.4f} nats/token = "
+          f"{e['eval_bits_per_byte']:.4f} ± {e['eval_bits_per_byte_se']:.4f} bits/byte "
+          f"on {e['eval_tokens']:,} tokens (unigram entropy {corpus.unigram_entropy_bits():.3f} bits/byte)")
+    return 0
+
+
+def cmd_ladder(a) -> int:
+    from jscale.config import default_ladder
+    from jscale.model import count_params
+
+    print("| target N | achieved N | achieved/target | d_model | n_layers | n_heads | d_model/n_layers | total params |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    targets = [a.lo * 10 ** (i / a.per_decade) for i in range(round(__import__("math").log10(a.hi / a.lo) * a.per_decade) + 1)]
+    from jscale.config import config_for_params
+    for t in targets:
+        c = config_for_params(t)
+        n = count_params(c)
+        print(f"| {t:.3g} | {n['non_embedding']:,} | {n['non_embedding'] / t:.3f} | {c.d_model} | {c.n_layers} | "
+              f"{c.n_heads} | {c.d_model / c.n_layers:.0f} | {n['total']:,} |")
+    return 0
+
+
+def cmd_info(a) -> int:
+    import flax
+    import jax
+    import optax
+
+    from jscale import data, roofline
+
+    print(f"jscale {__import__('jscale').__version__}  jax {jax.__version__}  flax {flax.__version__}  "
+          f"optax {optax.__version__}  python {sys.version.split()[0]}")
+    print(f"devices  {', '.join(f'{d.platform}:{d.device_kind}' for d in jax.devices())}")
+    print(f"cache    {data.cache_dir()}  (set JSCALE_CACHE_DIR to move it)")
+    print("roofline (measured once per device and cached; --refresh re-measures):")
+    r = roofline.roofline(refresh=a.refresh)
+    print(f"  dense fp32 matmul  {r['matmul_flops_per_s'] / 1e9:8.1f} GFLOP/s  "
+          f"(median of 10; min {r['matmul_flops_per_s_min'] / 1e9:.1f}, max {r['matmul_flops_per_s_max'] / 1e9:.1f}; "
+          f"{r['matmul_n']}^3)")
+    print(f"  memory bandwidth   {r['bandwidth_bytes_per_s'] / 1e9:8.1f} GB/s     "
+          f"(median of 10; min {r['bandwidth_bytes_per_s_min'] / 1e9:.1f}, max {r['bandwidth_bytes_per_s_max'] / 1e9:.1f}; "
+          f"{r['bandwidth_mib']} MiB scale-copy)  measured {r['measured_at']}")
+    c = data.load_corpus()
+    print(f"default corpus {c.name}: {len(c.train):,} train / {len(c.val):,} held-out bytes, "
+          f"unigram entropy {c.unigram_entropy_bits():.3f} bits/byte")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jscale", description="Scaling laws of LM inference in JAX.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="train one model and print its held-out loss")
+    g = t.add_argument_group("model (a ladder size, or an explicit shape)")
+    g.add_argument("--size", type=_size, default=1e5, help="target non-embedding params (ladder); default 1e5")
+    g.add_argument("--d-model", type=int, help="explicit d_model (overrides --size)")
+    g.add_argument("--n-layers", type=int, default=2)
+    g.add_argument("--n-heads", type=int, default=1)
+    g.add_argument("--untied", action="store_true", help="untied input embedding and output head")
+    g = t.add_argument_group("training")
+    g.add_argument("--steps", type=int, help="optimizer steps (or give --tokens)")
+    g.add_argument("--tokens", type=_size, default=2e6, help="token budget; default 2e6")
+    g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--seq-len", type=int, default=256)
+    g.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--eval-tokens", type=_size, default=262_144, help="held-out tokens to evaluate on")
+    g.add_argument("--corpus", help="text file or directory (default: Python's standard library source)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(fn=cmd_train)
+
+    lad = sub.add_parser("ladder", help="print the size ladder: target vs achieved non-embedding params")
+    lad.add_argument("--lo", type=_size, default=1e4)
+    lad.add_argument("--hi", type=_size, default=1e9)
+    lad.add_argument("--per-decade", type=int, default=2)
+    lad.set_defaults(fn=cmd_ladder)
+
+    i = sub.add_parser("info", help="device, versions, measured roofline, default corpus")
+    i.add_argument("--refresh", action="store_true", help="re-measure the roofline")
+    i.set_defaults(fn=cmd_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    from jscale.runtime import enable_compilation_cache
+    enable_compilation_cache()
+    try:
+        return a.fn(a)
+    except (ConfigError, CorpusError) as e:
+        print(f"jscale: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("jscale: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,73 @@
+"""The machine's measured roofline: dense matmul FLOP/s and memory bandwidth.
+
+Both are measured with jitted XLA programs on the default device (so they are what XLA can
+reach, not a datasheet number), timed after a warm-up, median of ``repeats`` runs, and
+cached on disk per device (``$JSCALE_CACHE_DIR/roofline.json``) so they are measured once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jscale.data import cache_dir
+
+
+def _time(fn, *args, repeats: int) -> np.ndarray:
+    jax.block_until_ready(fn(*args))  # compile + warm-up
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        out.append(time.perf_counter() - t0)
+    return np.array(out)
+
+
+def measure_matmul_flops(n: int = 2048, repeats: int = 10) -> dict[str, float]:
+    """Dense float32 ``[n, n] @ [n, n]`` throughput: median, min and max FLOP/s (2 n^3 per
+    matmul)."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    t = _time(jax.jit(jnp.matmul), a, b, repeats=repeats)
+    flops = 2 * n ** 3 / t
+    return {"matmul_flops_per_s": float(np.median(flops)), "matmul_flops_per_s_min": float(flops.min()),
+            "matmul_flops_per_s_max": float(flops.max()), "matmul_n": n}
+
+
+def measure_bandwidth(mib: int = 512, repeats: int = 10) -> dict[str, float]:
+    """Memory bandwidth of a jitted copy-with-scale ``y = 2 x`` of a ``mib`` MiB float32
+    buffer (reads + writes 2 x mib MiB); median, min and max bytes/s."""
+    x = jnp.ones((mib * 2 ** 20 // 4,), jnp.float32)
+    t = _time(jax.jit(lambda x: x * 2.0), x, repeats=repeats)
+    bw = 2 * x.nbytes / t
+    return {"bandwidth_bytes_per_s": float(np.median(bw)), "bandwidth_bytes_per_s_min": float(bw.min()),
+            "bandwidth_bytes_per_s_max": float(bw.max()), "bandwidth_mib": mib}
+
+
+def device_info() -> dict[str, str]:
+    d = jax.devices()[0]
+    return {"device_platform": d.platform, "device_kind": d.device_kind, "device_count": str(jax.device_count()),
+            "cpu": platform.processor() or platform.machine(), "host_cpus": str(os.cpu_count()),
+            "jax_version": jax.__version__}
+
+
+def roofline(refresh: bool = False) -> dict:
+    """The measured roofline of the default device, cached on disk by device kind."""
+    info = device_info()
+    key = f"{info['device_platform']}|{info['device_kind']}|{info['device_count']}|{info['host_cpus']}|{info['jax_version']}"
+    path = cache_dir() / "roofline.json"
+    cached = json.loads(path.read_text()) if path.exists() else {}
+    if refresh or key not in cached:
+        cached[key] = {**info, **measure_matmul_flops(), **measure_bandwidth(),
+                       "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cached, indent=1))
+        os.replace(tmp, path)
+    return cached[key]
