@@ -85,7 +85,7 @@ def cmd_info(a) -> int:
           f"{r['matmul_n']}^3)")
     print(f"  memory bandwidth   {r['bandwidth_bytes_per_s'] / 1e9:8.1f} GB/s     "
           f"(median of 10; min {r['bandwidth_bytes_per_s_min'] / 1e9:.1f}, max {r['bandwidth_bytes_per_s_max'] / 1e9:.1f}; "
-          f"{r['bandwidth_mib']} MiB scale-copy)  measured {r['measured_at']}")
+          f"{r['bandwidth_mib']} MiB in-place scale)  measured {r['measured_at']}")
     c = data.load_corpus()
     print(f"default corpus {c.name}: {len(c.train):,} train / {len(c.val):,} held-out bytes, "
           f"unigram entropy {c.unigram_entropy_bits():.3f} bits/byte")

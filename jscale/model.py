@@ -34,15 +34,56 @@ from jscale.config import ModelConfig
 Params = Any  # a pytree of arrays
 
 
-def rope(x_BxTxHxK: jax.Array, pos_BxT: jax.Array, base: float) -> jax.Array:
-    """Rotate channel pairs (i, i + K/2) of each head by angle pos * base^(-2i/K)."""
-    k = x_BxTxHxK.shape[-1]
-    inv_freq = base ** (-jnp.arange(0, k // 2, dtype=jnp.float32) * 2 / k)
-    ang_BxTxK2 = pos_BxT[..., None].astype(jnp.float32) * inv_freq
-    sin, cos = jnp.sin(ang_BxTxK2)[:, :, None, :], jnp.cos(ang_BxTxK2)[:, :, None, :]
-    x1, x2 = jnp.split(x_BxTxHxK.astype(jnp.float32), 2, axis=-1)
+def rope(x_XxTxK: jax.Array, pos_XxT: jax.Array, base: float) -> jax.Array:
+    """Rotate channel pairs (i, i + K/2) of ``x [..., T, K]`` by angle pos * base^(-2i/K);
+    ``pos [..., T]`` broadcasts against the leading axes of x (e.g. ``[B, 1, T]`` for heads)."""
+    k = x_XxTxK.shape[-1]
+    inv_freq_K2 = base ** (-jnp.arange(0, k // 2, dtype=jnp.float32) * 2 / k)
+    ang_XxTxK2 = pos_XxT[..., None].astype(jnp.float32) * inv_freq_K2
+    sin, cos = jnp.sin(ang_XxTxK2), jnp.cos(ang_XxTxK2)
+    x1, x2 = jnp.split(x_XxTxK.astype(jnp.float32), 2, axis=-1)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return out.astype(x_BxTxHxK.dtype)
+    return out.astype(x_XxTxK.dtype)
+
+
+@jax.custom_vjp
+def linear(x_NxI: jax.Array, w_IxO: jax.Array) -> jax.Array:
+    """``x @ w`` over the last axis of x (any leading shape), with a hand-written backward.
+
+    The maths is plain autodiff; only the weight gradient's formulation differs.  XLA:CPU
+    computes the autodiff ``dw = x^T g`` (contracting the token axis of both operands) by
+    transposing the wider of the two ``[tokens, features]`` operands, fused with whatever
+    elementwise op produced it (e.g. the GELU backward): ~40% of a training step at 1e7
+    parameters.  Transposing the narrower operand instead (``x^T g`` or ``(g^T x)^T``)
+    halves the MLP's backward time (benchmarks/README.md); on GPU/TPU it is neutral.
+    """
+    return x_NxI @ w_IxO
+
+
+def _linear_fwd(x, w):
+    return x @ w, (x, w)
+
+
+def _linear_bwd(res, g):
+    x, w = res
+    x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+    dw = x2.T @ g2 if x2.shape[1] <= g2.shape[1] else (g2.T @ x2).T
+    return g @ w.T, dw.astype(w.dtype)
+
+
+linear.defvjp(_linear_fwd, _linear_bwd)
+
+
+class Dense(nn.Module):
+    """Bias-free projection ``[..., in] -> [..., features]``; kernel ``[in, features]``."""
+
+    features: int
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
+        return linear(x, kernel)
 
 
 class RMSNorm(nn.Module):
@@ -66,13 +107,15 @@ class Block(nn.Module):
 
         h = RMSNorm(name="attn_norm")(x_BxTxD)
         qkv_BxTx3D = self.dense(3 * c.d_model, name="qkv")(h)
-        q, k, v = (a.reshape(B, T, c.n_heads, c.head_dim) for a in jnp.split(qkv_BxTx3D, 3, -1))
-        q, k = rope(q, pos_BxT, c.rope_base), rope(k, pos_BxT, c.rope_base)
-        att_BxHxTxT = jnp.einsum("bthk,bshk->bhts", q, k, preferred_element_type=jnp.float32)
-        att_BxHxTxT = att_BxHxTxT / math.sqrt(c.head_dim)
-        causal_TxT = pos_BxT[:, None, :, None] >= pos_BxT[:, None, None, :]
-        att_BxHxTxT = jax.nn.softmax(jnp.where(causal_TxT, att_BxHxTxT, -jnp.inf), axis=-1)
-        o_BxTxHxK = jnp.einsum("bhts,bshk->bthk", att_BxHxTxT.astype(v.dtype), v)
+        qkv_3xBxHxTxK = qkv_BxTx3D.reshape(B, T, 3, c.n_heads, c.head_dim).transpose(2, 0, 3, 1, 4)
+        pos_Bx1xT = pos_BxT[:, None, :]
+        q = rope(qkv_3xBxHxTxK[0], pos_Bx1xT, c.rope_base) * (1 / math.sqrt(c.head_dim))
+        k = rope(qkv_3xBxHxTxK[1], pos_Bx1xT, c.rope_base)
+        att_BxHxTxT = jnp.einsum("bhtk,bhsk->bhts", q, k, preferred_element_type=jnp.float32)
+        causal_Bx1xTxT = pos_BxT[:, None, :, None] >= pos_BxT[:, None, None, :]
+        att_BxHxTxT = jax.nn.softmax(jnp.where(causal_Bx1xTxT, att_BxHxTxT, -jnp.inf), axis=-1)
+        o_BxHxTxK = jnp.einsum("bhts,bhsk->bhtk", att_BxHxTxT.astype(q.dtype), qkv_3xBxHxTxK[2])
+        o_BxTxHxK = o_BxHxTxK.transpose(0, 2, 1, 3)
         x_BxTxD = x_BxTxD + self.dense(c.d_model, name="out", kernel_init=out_init)(
             o_BxTxHxK.reshape(B, T, c.d_model))
 
@@ -84,7 +127,7 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """``apply(params, tokens_BxT, pos_BxT=None) -> logits_BxTxV`` (float32 logits).
 
-    ``dense`` builds every projection matmul (default: bias-free ``nn.Dense``); it is the
+    ``dense`` builds every projection matmul (default: ``Dense``, bias-free); it is the
     one place a precision policy plugs in, so every precision runs this same code.
     """
 
@@ -94,7 +137,7 @@ class Transformer(nn.Module):
     @nn.compact
     def __call__(self, tokens_BxT, pos_BxT=None):
         c = self.cfg
-        dense = self.dense or (lambda feats, **kw: nn.Dense(feats, use_bias=False, **kw))
+        dense = self.dense or Dense
         if pos_BxT is None:
             pos_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
         embed = nn.Embed(c.vocab_size, c.d_model, name="embed",

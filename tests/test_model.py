@@ -178,10 +178,11 @@ def _rope_reference(x, pos, base):
 
 
 def test_rope_matches_complex_rotation_reference():
+    # x is [B, T, H, K]; positions [B, T, 1] broadcast over the heads axis
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 9, 3, 16)).astype(np.float32)
     pos = np.stack([np.arange(9), np.arange(100, 109)]).astype(np.int32)
-    got = np.asarray(model.rope(jnp.asarray(x), jnp.asarray(pos), 10_000.0))
+    got = np.asarray(model.rope(jnp.asarray(x), jnp.asarray(pos)[:, :, None], 10_000.0))
     np.testing.assert_allclose(got, _rope_reference(x, pos, 10_000.0), atol=2e-4, rtol=0)
 
 
@@ -189,10 +190,10 @@ def test_rope_position_zero_is_identity_and_norm_preserving():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((1, 5, 2, 8)).astype(np.float32)
     zeros = np.zeros((1, 5), np.int32)
-    np.testing.assert_allclose(np.asarray(model.rope(jnp.asarray(x), jnp.asarray(zeros), 10_000.0)), x,
+    np.testing.assert_allclose(np.asarray(model.rope(jnp.asarray(x), jnp.asarray(zeros)[:, :, None], 10_000.0)), x,
                                atol=1e-7)
     pos = np.array([[0, 1, 17, 250, 1000]], np.int32)
-    y = np.asarray(model.rope(jnp.asarray(x), jnp.asarray(pos), 10_000.0))
+    y = np.asarray(model.rope(jnp.asarray(x), jnp.asarray(pos)[:, :, None], 10_000.0))
     np.testing.assert_allclose(np.linalg.norm(y, axis=-1), np.linalg.norm(x, axis=-1), rtol=1e-5)
     assert not np.allclose(y[0, 2], x[0, 2], atol=1e-3)  # it really rotates
 
@@ -205,8 +206,8 @@ def test_rope_scores_depend_only_on_relative_position(base):
     k = rng.standard_normal((1, 1, H, K)).astype(np.float32)
 
     def score(pq, pk):
-        rq = np.asarray(model.rope(jnp.asarray(q), jnp.full((1, 1), pq, jnp.int32), base), np.float64)
-        rk = np.asarray(model.rope(jnp.asarray(k), jnp.full((1, 1), pk, jnp.int32), base), np.float64)
+        rq = np.asarray(model.rope(jnp.asarray(q), jnp.full((1, 1, 1), pq, jnp.int32), base), np.float64)
+        rk = np.asarray(model.rope(jnp.asarray(k), jnp.full((1, 1, 1), pk, jnp.int32), base), np.float64)
         return (rq * rk).sum(-1)[0, 0]  # [H]
 
     for p, delta in [(0, 3), (5, 0), (2, 11), (7, 1)]:
@@ -215,3 +216,18 @@ def test_rope_scores_depend_only_on_relative_position(base):
             np.testing.assert_allclose(score(p + c, p + delta + c), ref, atol=1e-4, rtol=0)
     # and the score really does depend on the offset (else the test is vacuous)
     assert np.abs(score(0, 0) - score(0, 5)).max() > 1e-2
+
+
+# --------------------------------------------------------------------------- custom-VJP linear
+
+@pytest.mark.parametrize("d_in,d_out", [(8, 24), (24, 8), (16, 16)])  # both weight-gradient branches
+def test_linear_gradients_match_float64_reference(d_in, d_out):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 5, d_in)).astype(np.float32)
+    w = rng.standard_normal((d_in, d_out)).astype(np.float32)
+    r = rng.standard_normal((3, 5, d_out)).astype(np.float32)  # upstream gradient
+    dx, dw = jax.grad(lambda x, w: (model.linear(x, w) * r).sum(), argnums=(0, 1))(jnp.asarray(x), jnp.asarray(w))
+    x64, w64, r64 = (a.astype(np.float64) for a in (x, w, r))
+    np.testing.assert_allclose(np.asarray(model.linear(jnp.asarray(x), jnp.asarray(w))), x64 @ w64, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dx), r64 @ w64.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dw), np.einsum("bti,bto->io", x64, r64), rtol=1e-5, atol=1e-5)
