@@ -11,6 +11,7 @@ import sys
 
 from jscale.config import ConfigError
 from jscale.data import CorpusError
+from jscale.precision import PrecisionError
 
 
 def _size(s: str) -> float:
@@ -22,7 +23,7 @@ def _size(s: str) -> float:
 
 
 def cmd_train(a) -> int:
-    from jscale import data, model, train
+    from jscale import data, model, precision, train
     from jscale.config import ModelConfig, TrainConfig, config_for_params
 
     if a.d_model is not None:
@@ -32,7 +33,8 @@ def cmd_train(a) -> int:
         cfg = config_for_params(a.size, max_seq_len=a.seq_len, tie_embeddings=not a.untied)
     budget = {"steps": a.steps} if a.steps is not None else {"tokens": int(a.tokens)}
     tc = TrainConfig(batch_size=a.batch_size, seq_len=a.seq_len, lr=a.lr, seed=a.seed,
-                     eval_tokens=int(a.eval_tokens), **budget)
+                     eval_tokens=int(a.eval_tokens), compute=a.compute, **budget)
+    policies = [precision.get_policy(p.strip()).name for p in a.precisions.split(",") if p.strip()]
     corpus = data.load_corpus(a.corpus)
     n = model.count_params(cfg)
     print(f"corpus   {corpus.name}: {len(corpus.train):,} train / {len(corpus.val):,} held-out bytes "
@@ -48,6 +50,18 @@ def cmd_train(a) -> int:
     print(f"held-out loss {e['eval_loss_nats']:.4f} ± {e['eval_loss_se_nats']:.4f} nats/token = "
           f"{e['eval_bits_per_byte']:.4f} ± {e['eval_bits_per_byte_se']:.4f} bits/byte "
           f"on {e['eval_tokens']:,} tokens (unigram entropy {corpus.unigram_entropy_bits():.3f} bits/byte)")
+    if policies:
+        from jscale.precision_eval import compare_precisions
+        df = compare_precisions(r.params, cfg, data.eval_batches(corpus.val, tc.seq_len, tc.eval_tokens),
+                                policies, tc.eval_batch_size)
+        print(f"\npost-training precision of the {tc.compute}-trained params (same held-out tokens; "
+              "delta vs fp32 with its paired SE):")
+        print("| precision | loss nats/token | delta nats (SE) | delta % | param bytes | vs fp32 | logit rel err mean / max |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for x in df.itertuples():
+            print(f"| {x.precision} | {x.eval_loss_nats:.4f} | {x.delta_loss_nats:+.5f} ({x.delta_loss_se_nats:.5f}) | "
+                  f"{x.delta_loss_pct:+.2f}% | {x.param_bytes:,} | {x.param_bytes_vs_fp32:.3f} | "
+                  f"{x.logit_rel_err_mean:.4f} / {x.logit_rel_err_max:.4f} |")
     return 0
 
 
@@ -112,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--eval-tokens", type=_size, default=262_144, help="held-out tokens to evaluate on")
     g.add_argument("--corpus", help="text file or directory (default: Python's standard library source)")
+    g.add_argument("--compute", default="fp32", choices=["fp32", "bf16"],
+                   help="training precision: fp32, or bf16 mixed precision (fp32 master weights)")
+    g.add_argument("--precisions", default="fp32,bf16,int8,w8a8",
+                   help="comma-separated post-training precisions to evaluate after fp32 training "
+                        "(fp32, bf16, int8, w8a8; empty for none)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(fn=cmd_train)
 
@@ -133,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     enable_compilation_cache()
     try:
         return a.fn(a)
-    except (ConfigError, CorpusError) as e:
+    except (ConfigError, CorpusError, PrecisionError) as e:
         print(f"jscale: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

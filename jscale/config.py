@@ -84,6 +84,8 @@ class TrainConfig:
     gradient.  seed: the one integer all randomness (init, batches) derives from.
     eval_tokens: size of the fixed held-out set, in tokens.  steps_per_call: optimizer
     steps run inside one jitted call (lax.scan), which amortises dispatch for small models.
+    compute: "fp32", or "bf16" for mixed precision (fp32 master weights and optimizer state,
+    bf16 matmuls; norms, softmax and loss in fp32).
     """
 
     batch_size: int = 16
@@ -102,6 +104,7 @@ class TrainConfig:
     eval_tokens: int = 262_144
     eval_batch_size: int = 32
     steps_per_call: int = 10
+    compute: str = "fp32"
 
     def __post_init__(self):
         _positive_int(self, "batch_size", "seq_len", "eval_tokens", "eval_batch_size", "steps_per_call")
@@ -121,6 +124,8 @@ class TrainConfig:
         _require(self.weight_decay >= 0, f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
         _require(0 <= self.b1 < 1 and 0 <= self.b2 < 1, f"TrainConfig.b1 and b2 must be in [0, 1), got {self.b1!r}, {self.b2!r}")
         _require(self.grad_clip > 0, f"TrainConfig.grad_clip must be > 0, got {self.grad_clip!r}")
+        _require(self.compute in ("fp32", "bf16"),
+                 f"TrainConfig.compute must be 'fp32' or 'bf16', got {self.compute!r}")
         _require(isinstance(self.seed, int) and self.seed >= 0, f"TrainConfig.seed must be an integer >= 0, got {self.seed!r}")
 
     @property

@@ -29,6 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jscale import precision
 from jscale.config import ModelConfig
 
 Params = Any  # a pytree of arrays
@@ -74,16 +75,59 @@ def _linear_bwd(res, g):
 linear.defvjp(_linear_fwd, _linear_bwd)
 
 
+def _quant_scale(module: nn.Module, w, fmt: str, n: int):
+    """The ``scale [n]`` param of an int8 / w8a8 layer (None otherwise), after checking that
+    its weights really were converted."""
+    if fmt not in ("int8", "w8a8"):
+        return None
+    if w.dtype != jnp.int8 and not module.is_initializing():
+        raise precision.PrecisionError(
+            f"layer {module.name} runs in {fmt} but its weights are {w.dtype}: convert trained "
+            f"params first with jscale.precision.convert_params(params, policy)")
+    return module.param("scale", nn.initializers.ones, (n,))
+
+
+def _project(x, w, scale, fmt: str):
+    """The one matmul of every projection: ``x @ w`` in format ``fmt`` (jscale.precision)."""
+    return linear(x, w) if fmt == "fp32" else precision.matmul(x, w, scale, fmt)
+
+
 class Dense(nn.Module):
-    """Bias-free projection ``[..., in] -> [..., features]``; kernel ``[in, features]``."""
+    """Bias-free projection ``[..., in] -> [..., features]``; kernel ``[in, features]``, plus
+    ``scale [features]`` when the layer runs in int8 / w8a8.  ``fmt``: its precision format."""
 
     features: int
+    fmt: str = "fp32"
     kernel_init: Callable = nn.initializers.lecun_normal()
 
     @nn.compact
     def __call__(self, x):
         kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
-        return linear(x, kernel)
+        scale = _quant_scale(self, kernel, self.fmt, self.features)
+        return _project(x, kernel, scale, self.fmt)
+
+
+class Embed(nn.Module):
+    """Token embedding ``[V, D]`` (plus per-row ``scale [V]`` in int8 / w8a8); ``attend`` is
+    the tied output head ``x @ embedding^T``."""
+
+    vocab_size: int
+    d_model: int
+    fmt: str = "fp32"
+
+    def setup(self):
+        self.embedding = self.param("embedding", nn.initializers.normal(1 / math.sqrt(self.d_model)),
+                                    (self.vocab_size, self.d_model))
+        self.scale = _quant_scale(self, self.embedding, self.fmt, self.vocab_size)
+
+    def __call__(self, tokens_BxT):
+        e_BxTxD = jnp.take(self.embedding, tokens_BxT, axis=0).astype(jnp.float32)
+        if self.scale is not None:
+            e_BxTxD = e_BxTxD * jnp.take(self.scale, tokens_BxT, axis=0)[..., None]
+        return e_BxTxD
+
+    def attend(self, x_BxTxD):
+        return _project(x_BxTxD, self.embedding.T, self.scale, self.fmt)
 
 
 class RMSNorm(nn.Module):
@@ -97,7 +141,7 @@ class RMSNorm(nn.Module):
 
 class Block(nn.Module):
     cfg: ModelConfig
-    dense: Callable[..., nn.Module]
+    policy: precision.Policy
 
     @nn.compact
     def __call__(self, x_BxTxD, pos_BxT):
@@ -105,52 +149,53 @@ class Block(nn.Module):
         B, T, _ = x_BxTxD.shape
         out_init = nn.initializers.variance_scaling(1 / (2 * c.n_layers), "fan_in", "normal")
 
+        dense = lambda feats, name, **kw: Dense(feats, self.policy.layer_format(name), name=name, **kw)
+        att_dtype = jnp.bfloat16 if self.policy.attention == "bf16" else jnp.float32
+
         h = RMSNorm(name="attn_norm")(x_BxTxD)
-        qkv_BxTx3D = self.dense(3 * c.d_model, name="qkv")(h)
-        qkv_3xBxHxTxK = qkv_BxTx3D.reshape(B, T, 3, c.n_heads, c.head_dim).transpose(2, 0, 3, 1, 4)
+        qkv_BxTx3D = dense(3 * c.d_model, "qkv")(h)
+        qkv_3xBxHxTxK = qkv_BxTx3D.astype(att_dtype).reshape(B, T, 3, c.n_heads, c.head_dim).transpose(2, 0, 3, 1, 4)
         pos_Bx1xT = pos_BxT[:, None, :]
         q = rope(qkv_3xBxHxTxK[0], pos_Bx1xT, c.rope_base) * (1 / math.sqrt(c.head_dim))
         k = rope(qkv_3xBxHxTxK[1], pos_Bx1xT, c.rope_base)
         att_BxHxTxT = jnp.einsum("bhtk,bhsk->bhts", q, k, preferred_element_type=jnp.float32)
         causal_Bx1xTxT = pos_BxT[:, None, :, None] >= pos_BxT[:, None, None, :]
         att_BxHxTxT = jax.nn.softmax(jnp.where(causal_Bx1xTxT, att_BxHxTxT, -jnp.inf), axis=-1)
-        o_BxHxTxK = jnp.einsum("bhts,bhsk->bhtk", att_BxHxTxT.astype(q.dtype), qkv_3xBxHxTxK[2])
+        o_BxHxTxK = jnp.einsum("bhts,bhsk->bhtk", att_BxHxTxT.astype(q.dtype), qkv_3xBxHxTxK[2],
+                               preferred_element_type=jnp.float32)
         o_BxTxHxK = o_BxHxTxK.transpose(0, 2, 1, 3)
-        x_BxTxD = x_BxTxD + self.dense(c.d_model, name="out", kernel_init=out_init)(
+        x_BxTxD = x_BxTxD + dense(c.d_model, "out", kernel_init=out_init)(
             o_BxTxHxK.reshape(B, T, c.d_model))
 
         h = RMSNorm(name="mlp_norm")(x_BxTxD)
-        h_BxTxF = nn.gelu(self.dense(c.d_ff, name="up")(h))
-        return x_BxTxD + self.dense(c.d_model, name="down", kernel_init=out_init)(h_BxTxF)
+        h_BxTxF = nn.gelu(dense(c.d_ff, "up")(h))
+        return x_BxTxD + dense(c.d_model, "down", kernel_init=out_init)(h_BxTxF)
 
 
 class Transformer(nn.Module):
     """``apply(params, tokens_BxT, pos_BxT=None) -> logits_BxTxV`` (float32 logits).
 
-    ``dense`` builds every projection matmul (default: ``Dense``, bias-free); it is the
-    one place a precision policy plugs in, so every precision runs this same code.
+    ``policy`` (``jscale.precision``) sets the format of every projection matmul and of the
+    attention matmuls; it is the one place precision enters, so every precision runs this
+    same code.
     """
 
     cfg: ModelConfig
-    dense: Callable[..., nn.Module] | None = None
+    policy: precision.Policy = precision.POLICIES["fp32"]
 
     @nn.compact
     def __call__(self, tokens_BxT, pos_BxT=None):
-        c = self.cfg
-        dense = self.dense or Dense
+        c, p = self.cfg, self.policy
         if pos_BxT is None:
             pos_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
-        embed = nn.Embed(c.vocab_size, c.d_model, name="embed",
-                         embedding_init=nn.initializers.normal(1 / math.sqrt(c.d_model)))
+        embed = Embed(c.vocab_size, c.d_model, p.layer_format("embed"), name="embed")
         x_BxTxD = embed(tokens_BxT)
         for i in range(c.n_layers):
-            x_BxTxD = Block(c, dense, name=f"block_{i}")(x_BxTxD, pos_BxT)
+            x_BxTxD = Block(c, p, name=f"block_{i}")(x_BxTxD, pos_BxT)
         x_BxTxD = RMSNorm(name="final_norm")(x_BxTxD)
         if c.tie_embeddings:
-            logits_BxTxV = embed.attend(x_BxTxD)
-        else:
-            logits_BxTxV = dense(c.vocab_size, name="head")(x_BxTxD)
-        return logits_BxTxV.astype(jnp.float32)
+            return embed.attend(x_BxTxD).astype(jnp.float32)
+        return Dense(c.vocab_size, p.layer_format("head"), name="head")(x_BxTxD).astype(jnp.float32)
 
 
 def init_params(cfg: ModelConfig, key: jax.Array) -> Params:
@@ -159,13 +204,18 @@ def init_params(cfg: ModelConfig, key: jax.Array) -> Params:
     return Transformer(cfg).init(key, tokens)["params"]
 
 
-def apply(params: Params, cfg: ModelConfig, tokens_BxT: jax.Array,
-          pos_BxT: jax.Array | None = None) -> jax.Array:
-    """Logits ``[B, T, V]`` (float32) for integer tokens ``[B, T]``; pure and jittable."""
+def apply(params: Params, cfg: ModelConfig, tokens_BxT: jax.Array, pos_BxT: jax.Array | None = None,
+          policy: str | precision.Policy = "fp32") -> jax.Array:
+    """Logits ``[B, T, V]`` (float32) for integer tokens ``[B, T]``; pure and jittable.
+
+    policy: a precision name or ``Policy``; params must come from
+    ``precision.convert_params(params, policy)`` for int8 / w8a8 (bf16 also accepts fp32
+    params and casts them at each matmul: that is bf16 training with fp32 master weights).
+    """
     if tokens_BxT.shape[-1] > cfg.max_seq_len:
         raise ValueError(f"sequence of {tokens_BxT.shape[-1]} tokens exceeds ModelConfig.max_seq_len "
                          f"= {cfg.max_seq_len}")
-    return Transformer(cfg).apply({"params": params}, tokens_BxT, pos_BxT)
+    return Transformer(cfg, precision.get_policy(policy)).apply({"params": params}, tokens_BxT, pos_BxT)
 
 
 # --------------------------------------------------------------------------- analytic counts

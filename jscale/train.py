@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jscale import data, model
+from jscale import data, model, precision
 from jscale.config import ModelConfig, TrainConfig
 
 LN2 = math.log(2.0)
@@ -42,40 +42,58 @@ def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
         optax.adamw(sched, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay, mask=decay_mask))
 
 
-def token_losses(params, cfg: ModelConfig, batch_BxT1: jax.Array) -> jax.Array:
-    """Next-token cross-entropy ``[B, T]`` in nats (float32) for a batch of T+1 tokens."""
+def token_losses(params, cfg: ModelConfig, batch_BxT1: jax.Array, policy="fp32") -> jax.Array:
+    """Next-token cross-entropy ``[B, T]`` in nats (float32) for a batch of T+1 tokens,
+    with the model run in precision ``policy`` (``jscale.precision``)."""
     inputs, targets = batch_BxT1[:, :-1], batch_BxT1[:, 1:]
-    logits_BxTxV = model.apply(params, cfg, inputs)
+    logits_BxTxV = model.apply(params, cfg, inputs, policy=policy)
     logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
     return -jnp.take_along_axis(logp_BxTxV, targets[..., None], axis=-1)[..., 0]
 
 
-def train_step(params, opt_state, batch_BxT1, *, cfg: ModelConfig, opt: optax.GradientTransformation):
-    """One optimizer step; returns (params, opt_state, loss_nats, grad_norm)."""
-    loss, grads = jax.value_and_grad(lambda p: token_losses(p, cfg, batch_BxT1).mean())(params)
+def train_step(params, opt_state, batch_BxT1, *, cfg: ModelConfig, opt: optax.GradientTransformation,
+               policy="fp32"):
+    """One optimizer step; returns (params, opt_state, loss_nats, grad_norm).  ``policy``
+    "bf16" computes in bfloat16 from the float32 master params (mixed precision)."""
+    loss, grads = jax.value_and_grad(lambda p: token_losses(p, cfg, batch_BxT1, policy).mean())(params)
     updates, opt_state = opt.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss, optax.tree.norm(grads)
 
 
-def make_train_chunk(cfg: ModelConfig, opt: optax.GradientTransformation):
+def make_train_chunk(cfg: ModelConfig, opt: optax.GradientTransformation, policy="fp32"):
     """Jitted ``(params, opt_state, batches_SxBxT1) -> (params, opt_state, losses_S, gnorms_S)``
     running S steps in one ``lax.scan``; params and opt_state are donated."""
     def chunk(params, opt_state, batches):
         def body(carry, batch):
-            p, s, loss, gn = train_step(*carry, batch, cfg=cfg, opt=opt)
+            p, s, loss, gn = train_step(*carry, batch, cfg=cfg, opt=opt, policy=policy)
             return (p, s), (loss, gn)
         (params, opt_state), (losses, gnorms) = jax.lax.scan(body, (params, opt_state), batches)
         return params, opt_state, losses, gnorms
     return jax.jit(chunk, donate_argnums=(0, 1))
 
 
-@functools.partial(jax.jit, static_argnames="cfg")
-def _seq_mean_losses(params, cfg: ModelConfig, batch_BxT1):
-    return token_losses(params, cfg, batch_BxT1).mean(axis=1)
+@functools.partial(jax.jit, static_argnames=("cfg", "policy"))
+def _seq_mean_losses(params, cfg: ModelConfig, batch_BxT1, policy):
+    return token_losses(params, cfg, batch_BxT1, policy).mean(axis=1)
 
 
-def evaluate(params, cfg: ModelConfig, batches_NxT1: np.ndarray, batch_size: int = 32) -> dict[str, float]:
-    """Held-out loss on fixed sequences ``[N, T+1]``.
+def sequence_losses(params, cfg: ModelConfig, batches_NxT1: np.ndarray, batch_size: int = 32,
+                    policy="fp32") -> np.ndarray:
+    """Mean next-token loss (nats) of each of N fixed sequences ``[N, T+1]``: float64 ``[N]``."""
+    policy = precision.get_policy(policy)
+    out = []
+    for i in range(0, len(batches_NxT1), batch_size):
+        b = batches_NxT1[i:i + batch_size]
+        pad = batch_size - len(b)
+        if pad:  # keep one compiled shape; padded rows are dropped below
+            b = np.concatenate([b, np.repeat(b[-1:], pad, axis=0)])
+        out.append(np.asarray(_seq_mean_losses(params, cfg, b, policy), dtype=np.float64)[:batch_size - pad])
+    return np.concatenate(out)
+
+
+def evaluate(params, cfg: ModelConfig, batches_NxT1: np.ndarray, batch_size: int = 32,
+             policy="fp32") -> dict[str, float]:
+    """Held-out loss on fixed sequences ``[N, T+1]`` in precision ``policy``.
 
     Returns ``eval_loss_nats`` (mean next-token loss, nats/token), ``eval_loss_se_nats``
     (standard error over the N per-sequence means), ``eval_bits_per_byte`` and its SE
@@ -83,14 +101,7 @@ def evaluate(params, cfg: ModelConfig, batches_NxT1: np.ndarray, batch_size: int
     float64 on the host.
     """
     n = len(batches_NxT1)
-    out = []
-    for i in range(0, n, batch_size):
-        b = batches_NxT1[i:i + batch_size]
-        pad = batch_size - len(b)
-        if pad:  # keep one compiled shape; padded rows are dropped below
-            b = np.concatenate([b, np.repeat(b[-1:], pad, axis=0)])
-        out.append(np.asarray(_seq_mean_losses(params, cfg, b), dtype=np.float64)[:batch_size - pad])
-    per_seq = np.concatenate(out)
+    per_seq = sequence_losses(params, cfg, batches_NxT1, batch_size, policy)
     mean = float(per_seq.mean())
     se = float(per_seq.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
     return {"eval_loss_nats": mean, "eval_loss_se_nats": se, "eval_bits_per_byte": mean / LN2,
@@ -120,6 +131,8 @@ def train(cfg: ModelConfig, tc: TrainConfig, corpus: data.Corpus, *, params=None
     """Train ``cfg`` on ``corpus`` per ``tc`` and evaluate on its fixed held-out set.
 
     params: starting parameters (default: ``model.init_params`` with key ``tc.seed``).
+    ``tc.compute`` "bf16" trains in mixed precision (fp32 master params, bf16 matmuls); the
+    held-out loss is then evaluated in bf16 too.
     Raises ``TrainingDiverged`` at the first non-finite loss; ``ConfigError`` if
     ``tc.seq_len > cfg.max_seq_len``.
     """
@@ -135,7 +148,7 @@ def train(cfg: ModelConfig, tc: TrainConfig, corpus: data.Corpus, *, params=None
     else:  # the train call donates its inputs; never consume the caller's arrays
         params = jax.tree.map(jnp.copy, params)
     opt_state = opt.init(params)
-    chunk_fn = make_train_chunk(cfg, opt)
+    chunk_fn = make_train_chunk(cfg, opt, tc.compute)
     total, per = tc.total_steps, tc.steps_per_call
 
     def batches(start, n):
@@ -179,7 +192,7 @@ def train(cfg: ModelConfig, tc: TrainConfig, corpus: data.Corpus, *, params=None
     train_s = time.perf_counter() - t0
     bar.close()
 
-    ev = evaluate(params, cfg, eval_set, tc.eval_batch_size)
+    ev = evaluate(params, cfg, eval_set, tc.eval_batch_size, policy=tc.compute)
     tokens = total * tc.tokens_per_step
     return TrainResult(params=params, losses_nats=np.concatenate(losses), grad_norms=np.concatenate(gnorms),
                        eval=ev, train_seconds=train_s, compile_seconds=compile_s, tokens=tokens,

@@ -1,0 +1,61 @@
+"""What each precision costs a trained model: held-out loss, its change, bytes, logit error.
+
+``compare_precisions`` converts float32 params to each policy (``jscale.precision``) and
+evaluates all of them on the same fixed held-out sequences, so loss differences are paired
+and their standard error is small.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from jscale import model, precision, train
+from jscale.config import ModelConfig
+
+
+def compare_precisions(params, cfg: ModelConfig, eval_set_NxT1: np.ndarray,
+                       policies=("fp32", "bf16", "int8", "w8a8"), batch_size: int = 32,
+                       logit_sequences: int = 8) -> pd.DataFrame:
+    """One row per policy (first row: fp32, the reference, always included).
+
+    Columns: ``precision``; ``eval_loss_nats`` (mean next-token loss, nats/token) and
+    ``eval_loss_se_nats`` (SE over sequences); ``eval_bits_per_byte``;
+    ``delta_loss_nats`` (minus fp32's, on the same sequences) with ``delta_loss_se_nats``
+    (paired SE over sequences) and ``delta_loss_pct`` (100 x delta / fp32 loss);
+    ``param_bytes`` (real bytes of the converted params pytree) and ``param_bytes_vs_fp32``;
+    ``logit_rel_err_mean`` / ``logit_rel_err_max``: ``||z - z_fp32||_2 / ||z_fp32||_2`` of the
+    logit vector at each position of the first ``logit_sequences`` held-out sequences, mean
+    and max over positions.
+    """
+    names = ["fp32"] + [precision.get_policy(p).name for p in policies if precision.get_policy(p).name != "fp32"]
+    seqs = eval_set_NxT1[:logit_sequences, :-1]
+    logits = jax.jit(lambda p, t, pol: model.apply(p, cfg, t, policy=pol), static_argnums=2)
+    rows, ref = [], None
+    for name in names:
+        qp = precision.convert_params(params, name)
+        per_seq = train.sequence_losses(qp, cfg, eval_set_NxT1, batch_size, policy=name)
+        z = np.asarray(logits(qp, seqs, precision.get_policy(name)), np.float64)
+        if ref is None:
+            ref = {"per_seq": per_seq, "z": z, "bytes": precision.param_bytes(qp)}
+        rel = np.linalg.norm(z - ref["z"], axis=-1) / np.linalg.norm(ref["z"], axis=-1)
+        d = per_seq - ref["per_seq"]
+        n = len(per_seq)
+        rows.append({
+            "precision": name,
+            "eval_loss_nats": per_seq.mean(),
+            "eval_loss_se_nats": per_seq.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan,
+            "eval_bits_per_byte": per_seq.mean() / math.log(2),
+            "delta_loss_nats": d.mean(),
+            "delta_loss_se_nats": d.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan,
+            "delta_loss_pct": 100 * d.mean() / ref["per_seq"].mean(),
+            "param_bytes": precision.param_bytes(qp),
+            "param_bytes_vs_fp32": precision.param_bytes(qp) / ref["bytes"],
+            "logit_rel_err_mean": rel.mean(),
+            "logit_rel_err_max": rel.max(),
+        })
+    return pd.DataFrame(rows)

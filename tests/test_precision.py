@@ -1,0 +1,140 @@
+"""Precision policies: quantization maths against float64 references, conversion, bytes,
+and the loss each precision costs a briefly trained model."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jscale import data, model, precision, train
+from jscale.config import ModelConfig, TrainConfig
+from jscale.precision_eval import compare_precisions
+
+
+def test_unknown_policy_lists_valid_ones():
+    with pytest.raises(precision.PrecisionError, match="fp32, bf16, int8, w8a8"):
+        precision.get_policy("int4")
+    with pytest.raises(precision.PrecisionError, match="unknown layer name.*valid layers are"):
+        precision.get_policy("int8", layers=["qkv", "attn"])
+    assert precision.get_policy("int8", layers=["qkv", "embed"]).layers == {"qkv", "embed"}
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_quantize_dequantize_error_at_most_half_a_step(axis):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 48)) * rng.uniform(0.01, 3, size=(1, 48) if axis == 0 else (64, 1))
+    w[:, 5 if axis == 0 else 0] = 0.0  # an all-zero channel (axis 0) / mixed row (axis 1)
+    q, s = precision.quantize(jnp.asarray(w, jnp.float32), axis=axis)
+    assert q.dtype == jnp.int8 and int(jnp.abs(q).max()) <= 127
+    s64 = np.expand_dims(np.asarray(s, np.float64), axis)
+    # the independent reference: a step is absmax / 127 of each channel, computed in float64
+    step = np.expand_dims(np.abs(w).max(axis=axis), axis) / 127
+    np.testing.assert_allclose(s64, np.where(step == 0, 1.0, step), rtol=1e-6)
+    err = np.abs(np.asarray(q, np.float64) * s64 - w)
+    assert np.all(err <= s64 / 2 * (1 + 1e-5) + 1e-7)
+    assert np.all(np.abs(np.asarray(q)).max(axis=axis) == np.where(step[..., 0] if axis == 1 else step[0] > 0, 127, 0))
+
+
+def test_int8_matmuls_match_float64_reference_within_their_bounds():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 7, 40)).astype(np.float32)
+    w = (rng.standard_normal((40, 24)) * 0.2).astype(np.float32)
+    q, s = precision.quantize(jnp.asarray(w), axis=0)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    s64 = np.asarray(s, np.float64)
+    exact = x64 @ w64
+
+    # weight-only: error comes only from the weights: |dy_j| <= sum_i |x_i| * s_j / 2
+    y = np.asarray(precision.matmul(jnp.asarray(x), q, s, "int8"), np.float64)
+    bound = np.abs(x64) @ np.broadcast_to(s64 / 2, w.shape)
+    assert np.all(np.abs(y - exact) <= bound * (1 + 1e-4) + 1e-5)
+    assert np.abs(y - exact).max() > 0  # it really is quantized
+
+    # w8a8: the int32 accumulation is exact, so the result equals float64 (xq @ wq) * sx * sw ...
+    xq, xs = precision.quantize(jnp.asarray(x), axis=-1)
+    y8 = np.asarray(precision.matmul(jnp.asarray(x), q, s, "w8a8"), np.float64)
+    ref = (np.asarray(xq, np.float64) @ np.asarray(q, np.float64)) * np.asarray(xs, np.float64)[..., None] * s64
+    np.testing.assert_allclose(y8, ref, rtol=1e-6, atol=1e-6)
+    # ... and stays within the quantization bound of the exact product:
+    # |x w - xq sx wq sw| <= sum_i (|x_i| sw/2 + |w_i| sx/2 + sx sw / 4)
+    sx = np.asarray(xs, np.float64)[..., None]
+    bound8 = (np.abs(x64) @ np.broadcast_to(s64 / 2, w.shape) + (sx / 2) * np.abs(w64).sum(0)
+              + w.shape[0] * sx * s64 / 4)
+    assert np.all(np.abs(y8 - exact) <= bound8 * (1 + 1e-4) + 1e-5)
+
+
+def test_int8_matmul_uses_integer_accumulation():
+    q = jnp.ones((4, 2), jnp.int8)
+    hlo = jax.jit(lambda x: precision.matmul(x, q, jnp.ones(2), "w8a8")).lower(jnp.ones((3, 4))).as_text()
+    assert "xi8>" in hlo and "xi32>" in hlo  # int8 operands, int32 accumulator (StableHLO types)
+
+
+CFG = ModelConfig(d_model=64, n_layers=2, n_heads=1, max_seq_len=128)
+
+
+def test_converted_bytes_shrink_as_they_must():
+    p = model.init_params(CFG, jax.random.key(0))
+    fp32 = precision.param_bytes(p)
+    assert fp32 == 4 * model.count_params(CFG)["total"]
+    d, f, L, V = CFG.d_model, CFG.d_ff, CFG.n_layers, CFG.vocab_size
+    matrices = L * (4 * d * d + 2 * d * f) + V * d
+    scales = L * (3 * d + d + f + d) + V
+    norms = (2 * L + 1) * d
+    # bf16: 2 bytes per matrix entry; the norm scales stay fp32 -> about half
+    assert precision.param_bytes(precision.convert_params(p, "bf16")) == 2 * matrices + 4 * norms
+    assert abs((2 * matrices + 4 * norms) / fp32 - 0.5) < 0.01
+    # int8 on all layers: 1 byte per matrix entry + 4-byte scale per output channel; norms stay fp32
+    every = precision.get_policy("int8", layers=precision.LAYERS)
+    assert precision.param_bytes(precision.convert_params(p, every)) == matrices + 4 * scales + 4 * norms
+    assert 0.25 < (matrices + 4 * scales + 4 * norms) / fp32 < 0.3  # about a quarter, plus scales
+    # the default int8 keeps the embedding fp32
+    assert precision.param_bytes(precision.convert_params(p, "int8")) == (
+        matrices - V * d + 4 * (scales - V) + 4 * norms + 4 * V * d)
+
+
+def test_quantized_policy_refuses_unconverted_params():
+    p = model.init_params(CFG, jax.random.key(0))
+    with pytest.raises(precision.PrecisionError, match="convert_params"):
+        model.apply(p, CFG, jnp.zeros((1, 8), jnp.int32), policy="int8")
+
+
+def test_fp32_policy_is_the_model_and_other_policies_only_perturb_it():
+    p = model.init_params(CFG, jax.random.key(1))
+    tok = jax.random.randint(jax.random.key(2), (2, 32), 0, 256)
+    ref = np.asarray(model.apply(p, CFG, tok), np.float64)
+    for name, tol in [("bf16", 0.05), ("int8", 0.05), ("w8a8", 0.08)]:
+        z = np.asarray(model.apply(precision.convert_params(p, name), CFG, tok, policy=name), np.float64)
+        rel = np.linalg.norm(z - ref, axis=-1) / np.linalg.norm(ref, axis=-1)
+        assert 0 < rel.max() < tol, name
+
+
+@pytest.fixture(scope="module")
+def trained(corpus):
+    tc = TrainConfig(steps=150, batch_size=16, seq_len=128, lr=3e-3, eval_tokens=32768)
+    return train.train(CFG, tc, corpus, progress=False), data.eval_batches(corpus.val, 128, 32768)
+
+
+def test_precision_loss_costs_on_a_trained_model(trained):
+    r, ev = trained
+    df = compare_precisions(r.params, CFG, ev).set_index("precision")
+    assert list(df.index) == ["fp32", "bf16", "int8", "w8a8"]
+    fp32 = df.loc["fp32", "eval_loss_nats"]
+    assert fp32 == pytest.approx(r.eval["eval_loss_nats"], rel=1e-9)  # same sequences, same model
+    assert abs(df.loc["bf16", "eval_loss_nats"] / fp32 - 1) < 0.01
+    for name in ("int8", "w8a8"):
+        assert abs(df.loc[name, "eval_loss_nats"] / fp32 - 1) < 0.03, name
+    for name in ("bf16", "int8", "w8a8"):
+        assert df.loc[name, "delta_loss_nats"] == pytest.approx(df.loc[name, "eval_loss_nats"] - fp32, abs=1e-12)
+        assert 0 < df.loc[name, "logit_rel_err_mean"] <= df.loc[name, "logit_rel_err_max"] < 0.1
+    assert df.loc["bf16", "param_bytes_vs_fp32"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_bf16_training_tracks_fp32_training(corpus, trained):
+    r32, _ = trained
+    tc = TrainConfig(steps=150, batch_size=16, seq_len=128, lr=3e-3, eval_tokens=32768, compute="bf16")
+    r16 = train.train(CFG, tc, corpus, progress=False)
+    assert jax.tree.leaves(r16.params)[0].dtype == jnp.float32  # fp32 master weights
+    assert abs(r16.eval["eval_loss_nats"] / r32.eval["eval_loss_nats"] - 1) < 0.02
+    assert not np.array_equal(r16.losses_nats, r32.losses_nats)  # really a different computation
