@@ -7,6 +7,7 @@ with status 2, before any compute starts.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from jscale.config import ConfigError
@@ -19,7 +20,16 @@ def _size(s: str) -> float:
         v = float(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {s!r} (use e.g. 1e6)") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {s!r}")
     return v
+
+
+def _count(s: str) -> int:
+    v = _size(s)
+    if v != int(v):
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {s!r}")
+    return int(v)
 
 
 def cmd_train(a) -> int:
@@ -27,21 +37,28 @@ def cmd_train(a) -> int:
     from jscale.config import ModelConfig, TrainConfig, config_for_params
 
     if a.d_model is not None:
-        cfg = ModelConfig(d_model=a.d_model, n_layers=a.n_layers, n_heads=a.n_heads, max_seq_len=a.seq_len,
-                          tie_embeddings=not a.untied)
+        if a.size is not None:
+            raise ConfigError("give --size (a ladder model) or --d-model/--n-layers/--n-heads, not both")
+        cfg = ModelConfig(d_model=a.d_model, n_layers=a.n_layers or 2, n_heads=a.n_heads or 1,
+                          max_seq_len=a.seq_len, tie_embeddings=not a.untied)
     else:
-        cfg = config_for_params(a.size, max_seq_len=a.seq_len, tie_embeddings=not a.untied)
-    budget = {"steps": a.steps} if a.steps is not None else {"tokens": int(a.tokens)}
+        if a.n_layers is not None or a.n_heads is not None:
+            raise ConfigError("--n-layers and --n-heads need --d-model (an explicit shape); "
+                              "a ladder model (--size) chooses its own")
+        cfg = config_for_params(a.size or 1e5, max_seq_len=a.seq_len, tie_embeddings=not a.untied)
+    if a.steps is not None and a.tokens is not None:
+        raise ConfigError("give --steps or --tokens (a token budget), not both")
+    budget = {"steps": a.steps} if a.steps is not None else {"tokens": a.tokens or 2_000_000}
     tc = TrainConfig(batch_size=a.batch_size, seq_len=a.seq_len, lr=a.lr, seed=a.seed,
-                     eval_tokens=int(a.eval_tokens), compute=a.compute, **budget)
+                     eval_tokens=a.eval_tokens, compute=a.compute, **budget)
     policies = [precision.get_policy(p.strip()).name for p in a.precisions.split(",") if p.strip()]
-    corpus = data.load_corpus(a.corpus)
+    corpus = data.load_corpus(a.corpus, val_percent=a.val_percent)
     n = model.count_params(cfg)
     print(f"corpus   {corpus.name}: {len(corpus.train):,} train / {len(corpus.val):,} held-out bytes "
           f"({corpus.n_files_train} / {corpus.n_files_val} files)")
     print(f"model    d_model={cfg.d_model} n_layers={cfg.n_layers} n_heads={cfg.n_heads} d_ff={cfg.d_ff}: "
           f"{n['non_embedding']:,} non-embedding + {n['embedding']:,} embedding params")
-    print(f"training {tc.total_steps} steps x {tc.tokens_per_step:,} tokens = {tc.total_steps * tc.tokens_per_step:,} "
+    print(f"training {tc.total_steps} step{'s' * (tc.total_steps != 1)} x {tc.tokens_per_step:,} tokens = {tc.total_steps * tc.tokens_per_step:,} "
           f"tokens, peak lr {tc.lr}, seed {tc.seed}")
     r = train.train(cfg, tc, corpus, progress=not a.quiet)
     e = r.eval
@@ -66,13 +83,12 @@ def cmd_train(a) -> int:
 
 
 def cmd_ladder(a) -> int:
-    from jscale.config import default_ladder
+    from jscale.config import config_for_params, ladder_targets
     from jscale.model import count_params
 
+    targets = ladder_targets(a.lo, a.hi, a.per_decade)  # validates before printing anything
     print("| target N | achieved N | achieved/target | d_model | n_layers | n_heads | d_model/n_layers | total params |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    targets = [a.lo * 10 ** (i / a.per_decade) for i in range(round(__import__("math").log10(a.hi / a.lo) * a.per_decade) + 1)]
-    from jscale.config import config_for_params
     for t in targets:
         c = config_for_params(t)
         n = count_params(c)
@@ -107,25 +123,27 @@ def cmd_info(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
     p = argparse.ArgumentParser(prog="jscale", description="Scaling laws of LM inference in JAX.")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    sub = p.add_subparsers(dest="command", metavar="{train,ladder,info}", required=True)
 
-    t = sub.add_parser("train", help="train one model and print its held-out loss")
+    t = sub.add_parser("train", help="train one model and print its held-out loss", formatter_class=fmt)
     g = t.add_argument_group("model (a ladder size, or an explicit shape)")
-    g.add_argument("--size", type=_size, default=1e5, help="target non-embedding params (ladder); default 1e5")
-    g.add_argument("--d-model", type=int, help="explicit d_model (overrides --size)")
-    g.add_argument("--n-layers", type=int, default=2)
-    g.add_argument("--n-heads", type=int, default=1)
+    g.add_argument("--size", type=_size, help="target non-embedding params of a ladder model (default 1e5)")
+    g.add_argument("--d-model", type=int, help="explicit shape instead of --size: d_model")
+    g.add_argument("--n-layers", type=int, help="explicit shape: layers (with --d-model; default 2)")
+    g.add_argument("--n-heads", type=int, help="explicit shape: heads (with --d-model; default 1)")
     g.add_argument("--untied", action="store_true", help="untied input embedding and output head")
     g = t.add_argument_group("training")
-    g.add_argument("--steps", type=int, help="optimizer steps (or give --tokens)")
-    g.add_argument("--tokens", type=_size, default=2e6, help="token budget; default 2e6")
+    g.add_argument("--steps", type=int, help="optimizer steps (instead of --tokens)")
+    g.add_argument("--tokens", type=_count, help="token budget, rounded up to whole steps (default 2e6)")
     g.add_argument("--batch-size", type=int, default=16)
     g.add_argument("--seq-len", type=int, default=256)
     g.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--eval-tokens", type=_size, default=262_144, help="held-out tokens to evaluate on")
+    g.add_argument("--eval-tokens", type=_count, default=262_144, help="held-out tokens to evaluate on")
     g.add_argument("--corpus", help="text file or directory (default: Python's standard library source)")
+    g.add_argument("--val-percent", type=float, default=2.0, help="share of the corpus held out, in %%")
     g.add_argument("--compute", default="fp32", choices=["fp32", "bf16"],
                    help="training precision: fp32, or bf16 mixed precision (fp32 master weights)")
     g.add_argument("--precisions", default="fp32,bf16,int8,w8a8",
@@ -134,10 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(fn=cmd_train)
 
-    lad = sub.add_parser("ladder", help="print the size ladder: target vs achieved non-embedding params")
-    lad.add_argument("--lo", type=_size, default=1e4)
-    lad.add_argument("--hi", type=_size, default=1e9)
-    lad.add_argument("--per-decade", type=int, default=2)
+    lad = sub.add_parser("ladder", help="print the size ladder: target vs achieved non-embedding params",
+                         formatter_class=fmt)
+    lad.add_argument("--lo", type=_size, default=1e4, help="smallest target non-embedding params")
+    lad.add_argument("--hi", type=_size, default=1e9, help="largest target")
+    lad.add_argument("--per-decade", type=int, default=2, help="sizes per factor of 10")
     lad.set_defaults(fn=cmd_ladder)
 
     i = sub.add_parser("info", help="device, versions, measured roofline, default corpus")
@@ -149,12 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     from jscale.runtime import enable_compilation_cache
+    from jscale.train import TrainingDiverged
     enable_compilation_cache()
     try:
         return a.fn(a)
     except (ConfigError, CorpusError, PrecisionError) as e:
         print(f"jscale: error: {e}", file=sys.stderr)
         return 2
+    except TrainingDiverged as e:
+        print(f"jscale: training diverged: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("jscale: interrupted", file=sys.stderr)
         return 130

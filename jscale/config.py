@@ -24,6 +24,10 @@ def _require(ok: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _positive_int(cfg: Any, *names: str) -> None:
     for n in names:
         v = getattr(cfg, n)
@@ -64,7 +68,7 @@ class ModelConfig:
                  "(rotary position encoding rotates pairs of channels)")
         _require(isinstance(self.tie_embeddings, bool),
                  f"ModelConfig.tie_embeddings must be true or false, got {self.tie_embeddings!r}")
-        _require(isinstance(self.rope_base, (int, float)) and self.rope_base > 1,
+        _require(_is_number(self.rope_base) and math.isfinite(self.rope_base) and self.rope_base > 1,
                  f"ModelConfig.rope_base must be a number > 1, got {self.rope_base!r}")
 
     @property
@@ -108,6 +112,12 @@ class TrainConfig:
 
     def __post_init__(self):
         _positive_int(self, "batch_size", "seq_len", "eval_tokens", "eval_batch_size", "steps_per_call")
+        for name in ("lr", "warmup_frac", "min_lr_ratio", "weight_decay", "b1", "b2", "grad_clip"):
+            _require(_is_number(getattr(self, name)) and math.isfinite(getattr(self, name)),
+                     f"TrainConfig.{name} must be a finite number, got {getattr(self, name)!r}")
+        _require(self.eval_tokens >= self.seq_len,
+                 f"TrainConfig.eval_tokens ({self.eval_tokens}) must be at least seq_len ({self.seq_len}): "
+                 "the held-out set is made of whole sequences")
         _require((self.steps is None) != (self.tokens is None),
                  "TrainConfig: give exactly one of `steps` or `tokens` (a token budget); "
                  f"got steps={self.steps!r}, tokens={self.tokens!r}")
@@ -119,7 +129,7 @@ class TrainConfig:
             _require(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0,
                      f"TrainConfig.warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
         _require(0 <= self.warmup_frac < 1, f"TrainConfig.warmup_frac must be in [0, 1), got {self.warmup_frac!r}")
-        _require(self.lr > 0 and math.isfinite(self.lr), f"TrainConfig.lr must be a positive number, got {self.lr!r}")
+        _require(self.lr > 0, f"TrainConfig.lr must be a positive number, got {self.lr!r}")
         _require(0 <= self.min_lr_ratio <= 1, f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
         _require(self.weight_decay >= 0, f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
         _require(0 <= self.b1 < 1 and 0 <= self.b2 < 1, f"TrainConfig.b1 and b2 must be in [0, 1), got {self.b1!r}, {self.b2!r}")
@@ -192,15 +202,21 @@ def config_for_params(target: float, *, aspect_ratio: float = 64.0, head_dim: in
     return best[1]
 
 
-def default_ladder(lo: float = 1e4, hi: float = 1e9, per_decade: int = 2, **kw) -> list[ModelConfig]:
-    """Configs for targets log-spaced from ``lo`` to ``hi`` non-embedding parameters
-    (``per_decade`` sizes per factor of 10); duplicates are dropped."""
-    _require(1_000 <= lo <= hi, f"ladder range must satisfy 1e3 <= lo <= hi, got lo={lo!r}, hi={hi!r}")
+def ladder_targets(lo: float = 1e4, hi: float = 1e9, per_decade: int = 2) -> list[float]:
+    """Targets log-spaced from ``lo`` to ``hi`` non-embedding parameters, ``per_decade`` per
+    factor of 10 (both ends included)."""
+    _require(_is_number(lo) and _is_number(hi) and math.isfinite(lo) and math.isfinite(hi)
+             and 1_000 <= lo <= hi,
+             f"ladder range must satisfy 1e3 <= lo <= hi (finite), got lo={lo!r}, hi={hi!r}")
     _require(isinstance(per_decade, int) and per_decade >= 1, f"per_decade must be a positive integer, got {per_decade!r}")
     n = round(math.log10(hi / lo) * per_decade)
-    targets = [lo * 10 ** (i / per_decade) for i in range(n + 1)]
+    return [lo * 10 ** (i / per_decade) for i in range(n + 1)]
+
+
+def default_ladder(lo: float = 1e4, hi: float = 1e9, per_decade: int = 2, **kw) -> list[ModelConfig]:
+    """Configs for ``ladder_targets(lo, hi, per_decade)``; duplicates are dropped."""
     out: list[ModelConfig] = []
-    for t in targets:
+    for t in ladder_targets(lo, hi, per_decade):
         cfg = config_for_params(t, **kw)
         if cfg not in out:
             out.append(cfg)

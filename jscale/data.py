@@ -87,9 +87,12 @@ def load_corpus(path: str | os.PathLike | None = None, *, val_percent: float = 2
 
     path: a text file or a directory of text files (all regular, non-hidden files; binary
     files are skipped); None means the default corpus (the standard library's ``.py`` files).
-    val_percent: share of files (by path hash) held out for validation; a single-file corpus
-    holds out its last ``val_percent`` % of bytes instead.
+    val_percent: share of files (by path hash) held out for validation; a single-file corpus,
+    or a directory whose hashed split would hold out under 1 KiB, holds out the last
+    ``val_percent`` % of its bytes instead.
     """
+    if path is not None and str(path).strip() == "":
+        raise CorpusError("corpus path is empty; give a text file or directory, or omit it for the default corpus")
     if not 0 < val_percent < 100:
         raise CorpusError(f"val_percent must be in (0, 100), got {val_percent!r}")
     default = path is None
@@ -138,11 +141,18 @@ def _build_cache(root: Path, files: list[Path], val_percent: float, where: Path)
             if data:  # skip binary (None) and empty files
                 parts["val" if _is_val(str(f.relative_to(root)), val_percent) else "train"].append(data)
     n_bytes = {k: sum(map(len, v)) for k, v in parts.items()}
+    if not root.is_file() and n_bytes["val"] < 1024 and n_bytes["train"] + n_bytes["val"] > 0:
+        # too few files for a split by file (e.g. one big file in a directory): hold out the
+        # last val_percent % of the bytes of the whole corpus instead, like a single file
+        data = bytes([SEPARATOR]).join(parts["train"] + parts["val"])
+        cut = len(data) - int(len(data) * val_percent / 100)
+        parts = {"train": [data[:cut]], "val": [data[cut:]]}
+        n_bytes = {k: sum(map(len, v)) for k, v in parts.items()}
     if n_bytes["train"] == 0:
         raise CorpusError(f"corpus {root} has no text: every file is empty or binary")
     if n_bytes["val"] < 1024:
         raise CorpusError(f"corpus {root} is too small: its validation split has {n_bytes['val']} "
-                          f"bytes (need >= 1024); add text or raise val_percent")
+                          f"bytes (need >= 1024); add text or raise val_percent (--val-percent)")
     where.mkdir(parents=True, exist_ok=True)
     for split, docs in parts.items():
         tokens = np.frombuffer(bytes([SEPARATOR]).join(docs), dtype=np.uint8)
@@ -171,11 +181,18 @@ def train_batch(tokens: np.ndarray, seed: int, step: int, batch_size: int, seq_l
 
 
 def eval_batches(tokens: np.ndarray, seq_len: int, n_tokens: int) -> np.ndarray:
-    """The fixed held-out set: ``[n_seq, seq_len + 1]`` (int32) consecutive windows from the
-    start of ``tokens`` (stride seq_len: each token is predicted once), with
-    ``n_seq = min(n_tokens, available) // seq_len``.  The same for every run and model."""
-    n_seq = min(n_tokens, len(tokens) - 1) // seq_len
+    """The fixed held-out set: ``[n_seq, seq_len + 1]`` (int32) windows of ``tokens``.
+
+    The split is cut into ``n_avail = (len - 1) // seq_len`` non-overlapping windows (each
+    token predicted at most once); ``n_seq = min(n_tokens // seq_len, n_avail)`` of them,
+    evenly spaced over the whole split, form the set, so a small budget still samples every
+    part (every file) of the split.  The same for every run and model.
+    """
+    n_avail = (len(tokens) - 1) // seq_len
+    n_seq = min(n_tokens // seq_len, n_avail)
     if n_seq < 1:
-        raise CorpusError(f"validation split has {len(tokens)} tokens, too few for seq_len={seq_len}")
-    idx = np.arange(n_seq)[:, None] * seq_len + np.arange(seq_len + 1)
+        raise CorpusError(f"held-out set would be empty: {len(tokens)} validation tokens and an "
+                          f"eval budget of {n_tokens} tokens, with seq_len={seq_len}")
+    starts = (np.arange(n_seq) * n_avail // n_seq) * seq_len
+    idx = starts[:, None] + np.arange(seq_len + 1)
     return np.asarray(tokens[idx], dtype=np.int32)

@@ -57,12 +57,14 @@ def linear(x_NxI: jax.Array, w_IxO: jax.Array) -> jax.Array:
     elementwise op produced it (e.g. the GELU backward): ~40% of a training step at 1e7
     parameters.  Transposing the narrower operand instead (``x^T g`` or ``(g^T x)^T``)
     halves the MLP's backward time (benchmarks/README.md); on GPU/TPU it is neutral.
+    The forward is a plain ``jax.lax.dot_general``, so libraries that intercept it (qwix)
+    see every projection.
     """
-    return x_NxI @ w_IxO
+    return jax.lax.dot_general(x_NxI, w_IxO, (((x_NxI.ndim - 1,), (0,)), ((), ())))
 
 
 def _linear_fwd(x, w):
-    return x @ w, (x, w)
+    return linear(x, w), (x, w)
 
 
 def _linear_bwd(res, g):

@@ -201,6 +201,7 @@ def train(cfg: ModelConfig, tc: TrainConfig, corpus: data.Corpus, *, params=None
 
 
 def _progress(total_tokens: int, enabled: bool):
+    """A tqdm bar in tokens (rate = tokens/s, with ETA); off when disabled or not on a terminal."""
     from tqdm.auto import tqdm
-    return tqdm(total=total_tokens, unit="tok", unit_scale=True, disable=not enabled,
+    return tqdm(total=total_tokens, unit="tok", unit_scale=True, disable=None if enabled else True,
                 desc="train", dynamic_ncols=True, mininterval=0.5)

@@ -204,3 +204,22 @@ def test_default_ladder_rejects_bad_range():
         config.default_ladder(100, 1e5)
     with pytest.raises(ConfigError):
         config.default_ladder(per_decade=0)
+
+
+def test_train_config_rejects_non_numbers_and_short_eval():
+    with pytest.raises(ConfigError, match="TrainConfig.lr must be a finite number"):
+        TrainConfig(steps=10, lr="0.1")
+    with pytest.raises(ConfigError, match="eval_tokens"):
+        TrainConfig(steps=10, seq_len=256, eval_tokens=100)
+    with pytest.raises(ConfigError, match="compute"):
+        TrainConfig(steps=10, compute="fp16")
+    with pytest.raises(ConfigError, match="rope_base"):
+        ModelConfig(rope_base=float("inf"))
+
+
+def test_ladder_targets_are_log_spaced_and_validated():
+    t = config.ladder_targets(1e4, 1e6, 2)
+    np.testing.assert_allclose(t, [1e4, 10 ** 4.5, 1e5, 10 ** 5.5, 1e6])
+    for bad in [dict(lo=0), dict(lo=1e9, hi=1e4), dict(per_decade=0), dict(hi=float("inf"))]:
+        with pytest.raises(ConfigError):
+            config.ladder_targets(**{**dict(lo=1e4, hi=1e9, per_decade=2), **bad})

@@ -328,23 +328,36 @@ def test_train_batch_too_few_tokens():
         data.train_batch(np.zeros(10, np.uint8), 0, 0, 2, 16)
 
 
-def test_eval_batches_consecutive_windows(random_tokens):
+def _starts(tokens, e):
+    """Start offset of each row of ``e`` in ``tokens`` (asserting each row is a window)."""
+    out = []
+    for row in e:
+        hits = [s for s in range(len(tokens) - len(row) + 1) if np.array_equal(tokens[s:s + len(row)], row)]
+        assert hits, "row is not a contiguous window of the tokens"
+        out.append(hits[0])
+    return np.array(out)
+
+
+def test_eval_batches_spread_non_overlapping_windows(random_tokens):
     T = 32
+    n_avail = (len(random_tokens) - 1) // T
     e = data.eval_batches(random_tokens, T, 1_000)
     assert e.dtype == np.int32
     assert e.shape == (1_000 // T, T + 1)
-    for i, row in enumerate(e):
-        np.testing.assert_array_equal(row, random_tokens[i * T:i * T + T + 1])
-    # every target token is predicted exactly once, in order
-    np.testing.assert_array_equal(e[:, 1:].reshape(-1), random_tokens[1:len(e) * T + 1])
-    np.testing.assert_array_equal(e, data.eval_batches(random_tokens, T, 1_000))
+    starts = _starts(random_tokens, e)
+    assert np.all(starts % T == 0)                 # aligned windows of the split
+    assert np.all(np.diff(starts) >= T)            # increasing, targets never overlap
+    assert starts[0] == 0
+    assert starts[-1] >= (n_avail - n_avail // len(e) - 1) * T  # reaches the end of the split
+    np.testing.assert_array_equal(e, data.eval_batches(random_tokens, T, 1_000))  # fixed
 
 
 def test_eval_batches_capped_by_available_tokens(random_tokens):
     T = 64
     e = data.eval_batches(random_tokens, T, 10**9)
     assert len(e) == (len(random_tokens) - 1) // T
-    np.testing.assert_array_equal(e[-1], random_tokens[(len(e) - 1) * T:len(e) * T + 1])
+    # all windows: every target token is predicted exactly once, in order
+    np.testing.assert_array_equal(e[:, 1:].reshape(-1), random_tokens[1:len(e) * T + 1])
 
 
 def test_eval_batches_too_few_tokens():
@@ -355,4 +368,21 @@ def test_eval_batches_too_few_tokens():
 def test_eval_batches_on_real_corpus(corpus):
     e = data.eval_batches(corpus.val, 32, 4096)
     assert e.shape == (128, 33)
-    np.testing.assert_array_equal(e[5], np.asarray(corpus.val[160:193], np.int32))
+    n_avail = (len(corpus.val) - 1) // 32
+    start = (5 * n_avail // 128) * 32  # documented spacing: window floor(i * n_avail / n_seq)
+    np.testing.assert_array_equal(e[5], np.asarray(corpus.val[start:start + 33], np.int32))
+    assert start > 4 * 32 * 5  # really spread out, not the first windows
+
+
+def test_directory_with_too_few_files_for_a_file_split_holds_out_bytes(tmp_path, cache_dir):
+    rng = np.random.default_rng(7)
+    (tmp_path / "only.txt").write_bytes(_random_text(rng, 100_000))
+    c = data.load_corpus(tmp_path, val_percent=2.0)
+    content = (tmp_path / "only.txt").read_bytes()
+    assert len(c.val) == int(len(content) * 0.02)
+    assert bytes(np.asarray(c.train)) + bytes(np.asarray(c.val)) == content  # a byte split, in order
+
+
+def test_empty_corpus_path_string():
+    with pytest.raises(CorpusError, match="empty"):
+        data.load_corpus("")

@@ -1,0 +1,53 @@
+"""The jscale command: bad input is one line naming the flag or field, exit 2, before any
+training; a tiny end-to-end run prints its held-out loss and the precision table."""
+
+import subprocess
+import sys
+
+import pytest
+
+from jscale.cli import main
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "--d-model", "30", "--n-heads", "4"], "d_model (30) must be divisible by n_heads (4)"),
+    (["train", "--eval-tokens", "10", "--steps", "1"], "eval_tokens (10) must be at least seq_len"),
+    (["train", "--n-layers", "7"], "--n-layers and --n-heads need --d-model"),
+    (["train", "--size", "1e6", "--d-model", "64"], "not both"),
+    (["train", "--steps", "3", "--tokens", "1e9"], "--steps or --tokens"),
+    (["train", "--corpus", "/nonexistent/corpus"], "/nonexistent/corpus"),
+    (["train", "--precisions", "fp32,int4"], "valid precisions are: fp32, bf16, int8, w8a8"),
+    (["train", "--lr", "0"], "TrainConfig.lr"),
+    (["ladder", "--lo", "1e9", "--hi", "1e4"], "lo <= hi"),
+])
+def test_bad_input_is_one_clear_line(argv, needle, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("jscale: error:") and needle in err[0], err
+
+
+@pytest.mark.parametrize("argv", [["train", "--tokens", "nan"], ["train", "--tokens", "0.5"],
+                                  ["ladder", "--lo", "0"], ["train", "--seq-len", "abc"]])
+def test_unparseable_numbers_are_rejected_by_argparse(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert "argument" in capsys.readouterr().err
+
+
+def test_tiny_train_end_to_end(capsys):
+    rc = main(["train", "--size", "1e4", "--steps", "6", "--batch-size", "4", "--seq-len", "64",
+               "--eval-tokens", "2048", "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "12,384 non-embedding" in out  # the ladder model for 1e4 (d_model 32, 1 layer)
+    assert "held-out loss" in out and "bits/byte" in out
+    for name in ("fp32", "bf16", "int8", "w8a8"):
+        assert f"| {name} |" in out
+
+
+def test_python_dash_m_runs():
+    r = subprocess.run([sys.executable, "-m", "jscale", "ladder", "--lo", "1e4", "--hi", "1e5"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0
+    assert "| 1e+04 | 12,384 |" in r.stdout and "| 1e+05 | 98,624 |" in r.stdout
