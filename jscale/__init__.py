@@ -16,6 +16,8 @@ _EXPORTS = {
     "jscale.model": ["Transformer", "init_params", "apply", "count_params", "flops_per_token"],
     "jscale.data": ["Corpus", "CorpusError", "load_corpus", "train_batch", "eval_batches"],
     "jscale.train": ["train", "evaluate", "TrainResult", "TrainingDiverged", "make_optimizer"],
+    "jscale.precision": ["Policy", "POLICIES", "PrecisionError", "get_policy", "convert_params", "param_bytes"],
+    "jscale.precision_eval": ["compare_precisions"],
     "jscale.roofline": ["roofline"],
     "jscale.runtime": ["enable_compilation_cache"],
 }
