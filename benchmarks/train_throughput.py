@@ -28,7 +28,7 @@ def bench_jax(cfg, tc, corpus, calls):
     opt = train.make_optimizer(tc)
     params = model.init_params(cfg, jax.random.key(0))
     state = opt.init(params)
-    fn = train.make_train_chunk(cfg, opt)
+    fn = train.make_train_chunk(cfg, opt, tc.compute)
     batches = [np.stack([data.train_batch(corpus.train, 0, c * tc.steps_per_call + s, tc.batch_size, tc.seq_len)
                          for s in range(tc.steps_per_call)]) for c in range(calls + 1)]
     t0 = time.perf_counter()
@@ -60,6 +60,7 @@ def main(argv=None):
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--steps-per-call", type=int, default=5)
     ap.add_argument("--calls", type=int, default=5, help="timed calls per size")
+    ap.add_argument("--compute", default="fp32", choices=["fp32", "bf16"], help="training precision")
     ap.add_argument("--torch", action="store_true", help="also time PyTorch eager (CPU) on the same model")
     a = ap.parse_args(argv)
 
@@ -68,7 +69,8 @@ def main(argv=None):
     corpus = data.load_corpus()
     print(f"device: {roof['device_kind']} ({roof['host_cpus']} host CPUs), jax {jax.__version__}")
     print(f"measured dense fp32 matmul: {peak / 1e9:.0f} GFLOP/s (median; {roof['matmul_n']}^3); "
-          f"batch {a.batch_size} x seq {a.seq_len}, {a.steps_per_call} steps/call, {a.calls} timed calls\n")
+          f"batch {a.batch_size} x seq {a.seq_len}, {a.steps_per_call} steps/call, {a.calls} timed calls, "
+          f"compute {a.compute}\n")
     cols = "| N non-emb | d_model x layers | compile s | tokens/s median (min..max) | train GFLOP/s | % of matmul peak |"
     if a.torch:
         cols += " torch eager tokens/s | jax / torch |"
@@ -77,7 +79,7 @@ def main(argv=None):
     for target in a.sizes:
         cfg = config_for_params(target, max_seq_len=max(1024, a.seq_len))
         tc = TrainConfig(steps=a.steps_per_call * (a.calls + 1), batch_size=a.batch_size, seq_len=a.seq_len,
-                         steps_per_call=a.steps_per_call)
+                         steps_per_call=a.steps_per_call, compute=a.compute)
         times, compile_s = bench_jax(cfg, tc, corpus, a.calls)
         tps = tc.tokens_per_step * tc.steps_per_call / times
         fpt = model.flops_per_token(cfg, a.seq_len)["train"]

@@ -102,15 +102,13 @@ def dequantize(q: jax.Array, scale: jax.Array, axis: int = 0) -> jax.Array:
 def matmul(x_NxI: jax.Array, w_IxO: jax.Array, scale_O: jax.Array | None, fmt: str) -> jax.Array:
     """``x @ w`` in format ``fmt`` (float32 result ``[..., O]``).
 
-    fp32: plain (through ``model.linear``'s fast backward, supplied by the caller).
-    bf16: both operands cast to bfloat16, fp32 accumulation.  int8: ``w`` is int8 with
+    The float formats (fp32; bf16 = both operands cast to bfloat16, fp32 accumulation) run
+    through ``jscale.model.linear``, which has the fast backward used in training.
+    int8: ``w`` is int8 with
     per-output scales; dequantized in the graph (XLA:CPU materialises the fp32 weight), fp32
     matmul.  w8a8: ``x`` quantized per token (absmax over the last axis), int8 x int8 ->
     int32 accumulation, then rescaled by both scales.
     """
-    if fmt == "bf16":
-        return jnp.matmul(x_NxI.astype(jnp.bfloat16), w_IxO.astype(jnp.bfloat16),
-                          preferred_element_type=jnp.float32)
     if fmt == "int8":
         return jnp.matmul(x_NxI.astype(jnp.float32), w_IxO.astype(jnp.float32)) * scale_O
     if fmt == "w8a8":
@@ -118,7 +116,7 @@ def matmul(x_NxI: jax.Array, w_IxO: jax.Array, scale_O: jax.Array | None, fmt: s
         acc = jax.lax.dot_general(xq, w_IxO, (((xq.ndim - 1,), (0,)), ((), ())),
                                   preferred_element_type=jnp.int32)
         return acc.astype(jnp.float32) * xs[..., None] * scale_O
-    raise PrecisionError(f"matmul format must be one of {', '.join(FORMATS[1:])}, got {fmt!r}")
+    raise PrecisionError(f"integer matmul format must be int8 or w8a8, got {fmt!r}")
 
 
 # --------------------------------------------------------------------------- converting params

@@ -163,6 +163,20 @@ def test_flops_closed_form_and_train_is_three_forward():
     assert fl["train"] == 3 * fl["forward"]
 
 
+@pytest.mark.parametrize("T,offset", [(256, 0), (256, 1000), (100, 7)])
+def test_causal_attention_matches_float64_reference(T, offset):
+    rng = np.random.default_rng(4)
+    B, H, K = 2, 3, 8
+    q, k, v = (rng.standard_normal((B, H, T, K)).astype(np.float32) for _ in range(3))
+    pos = np.broadcast_to(offset + np.arange(T), (B, T)).astype(np.int32)
+    got = np.asarray(model.causal_attention(*(jnp.asarray(a) for a in (q, k, v)), jnp.asarray(pos)))
+    s = np.einsum("bhtk,bhsk->bhts", q.astype(np.float64), k.astype(np.float64))
+    s = np.where(np.tril(np.ones((T, T), bool)), s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    ref = np.einsum("bhts,bhsk->bhtk", p / p.sum(-1, keepdims=True), v.astype(np.float64))
+    np.testing.assert_allclose(got, ref, atol=2e-5, rtol=1e-4)
+
+
 # --------------------------------------------------------------------------- RoPE
 
 def _rope_reference(x, pos, base):
@@ -231,3 +245,19 @@ def test_linear_gradients_match_float64_reference(d_in, d_out):
     np.testing.assert_allclose(np.asarray(model.linear(jnp.asarray(x), jnp.asarray(w))), x64 @ w64, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(dx), r64 @ w64.T, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(dw), np.einsum("bti,bto->io", x64, r64), rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_linear_accumulates_in_fp32_and_its_gradients_match_reference():
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.standard_normal((4, 300)), jnp.bfloat16)
+    w = jnp.asarray(rng.standard_normal((300, 24)), jnp.bfloat16)
+    y = model.linear(x, w)
+    assert y.dtype == jnp.float32
+    x64, w64 = np.asarray(x, np.float64), np.asarray(w, np.float64)  # exactly the bf16 values
+    np.testing.assert_allclose(np.asarray(y), x64 @ w64, rtol=1e-5, atol=1e-4)  # fp32 accumulation
+    r = rng.standard_normal((4, 24))
+    dx, dw = jax.grad(lambda x, w: (model.linear(x, w) * r).sum(), argnums=(0, 1))(x, w)
+    assert dx.dtype == jnp.bfloat16 and dw.dtype == jnp.bfloat16
+    r16 = np.asarray(jnp.asarray(r, jnp.bfloat16), np.float64)  # the upstream gradient is cast to bf16
+    np.testing.assert_allclose(np.asarray(dx, np.float64), r16 @ w64.T, rtol=1e-2, atol=1e-2)
+    np.testing.assert_allclose(np.asarray(dw, np.float64), x64.T @ r16, rtol=1e-2, atol=1e-2)
