@@ -113,6 +113,10 @@ def cmd_info(a) -> int:
     print(f"  dense fp32 matmul  {r['matmul_flops_per_s'] / 1e9:8.1f} GFLOP/s  "
           f"(median of 10; min {r['matmul_flops_per_s_min'] / 1e9:.1f}, max {r['matmul_flops_per_s_max'] / 1e9:.1f}; "
           f"{r['matmul_n']}^3)")
+    for dt in ("bf16", "int8"):
+        k = f"matmul_{dt}_flops_per_s"
+        print(f"  dense {dt} matmul  {r[k] / 1e9:8.1f} GFLOP/s  (median of 10; min {r[k + '_min'] / 1e9:.1f}, "
+              f"max {r[k + '_max'] / 1e9:.1f}; {'fp32' if dt == 'bf16' else 'int32'} accumulation)")
     print(f"  memory bandwidth   {r['bandwidth_bytes_per_s'] / 1e9:8.1f} GB/s     "
           f"(median of 10; min {r['bandwidth_bytes_per_s_min'] / 1e9:.1f}, max {r['bandwidth_bytes_per_s_max'] / 1e9:.1f}; "
           f"{r['bandwidth_mib']} MiB in-place scale)  measured {r['measured_at']}")

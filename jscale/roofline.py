@@ -1,4 +1,4 @@
-"""The machine's measured roofline: dense matmul FLOP/s and memory bandwidth.
+"""The machine's measured roofline: dense matmul FLOP/s (fp32, bf16, int8) and memory bandwidth.
 
 Both are measured with jitted XLA programs on the default device (so they are what XLA can
 reach, not a datasheet number), timed after a warm-up, median of ``repeats`` runs, and
@@ -29,15 +29,20 @@ def _time(fn, *args, repeats: int) -> np.ndarray:
     return np.array(out)
 
 
-def measure_matmul_flops(n: int = 2048, repeats: int = 10) -> dict[str, float]:
-    """Dense float32 ``[n, n] @ [n, n]`` throughput: median, min and max FLOP/s (2 n^3 per
-    matmul)."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    t = _time(jax.jit(jnp.matmul), a, b, repeats=repeats)
+def measure_matmul_flops(n: int = 2048, repeats: int = 10, dtype: str = "fp32") -> dict[str, float]:
+    """Dense ``[n, n] @ [n, n]`` throughput in ``dtype``: median, min and max FLOP/s (2 n^3 per
+    matmul; an int8 "FLOP" is a multiply-add of int8 x int8 -> int32 counted as 2).
+    fp32: float32 operands; bf16: bfloat16 operands, fp32 accumulation; int8: int8 operands,
+    int32 accumulation (``preferred_element_type``), as the precision policies run them."""
+    kinds = {"fp32": (jnp.float32, None), "bf16": (jnp.bfloat16, jnp.float32), "int8": (jnp.int8, jnp.int32)}
+    dt, acc = kinds[dtype]
+    a = jax.random.randint(jax.random.key(0), (n, n), -100, 100).astype(dt)
+    b = jax.random.randint(jax.random.key(1), (n, n), -100, 100).astype(dt)
+    t = _time(jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=acc)), a, b, repeats=repeats)
     flops = 2 * n ** 3 / t
-    return {"matmul_flops_per_s": float(np.median(flops)), "matmul_flops_per_s_min": float(flops.min()),
-            "matmul_flops_per_s_max": float(flops.max()), "matmul_n": n}
+    key = "matmul_flops_per_s" if dtype == "fp32" else f"matmul_{dtype}_flops_per_s"
+    return {key: float(np.median(flops)), f"{key}_min": float(flops.min()), f"{key}_max": float(flops.max()),
+            "matmul_n": n}
 
 
 def measure_bandwidth(mib: int = 512, repeats: int = 10) -> dict[str, float]:
@@ -69,11 +74,13 @@ def device_info() -> dict[str, str]:
 def roofline(refresh: bool = False) -> dict:
     """The measured roofline of the default device, cached on disk by device kind."""
     info = device_info()
-    key = f"{info['device_platform']}|{info['device_kind']}|{info['device_count']}|{info['host_cpus']}|{info['jax_version']}"
+    key = (f"v2|{info['device_platform']}|{info['device_kind']}|{info['device_count']}|{info['host_cpus']}|"
+           f"{info['jax_version']}")
     path = cache_dir() / "roofline.json"
     cached = json.loads(path.read_text()) if path.exists() else {}
     if refresh or key not in cached:
-        cached[key] = {**info, **measure_matmul_flops(), **measure_bandwidth(),
+        cached[key] = {**info, **measure_matmul_flops(), **measure_matmul_flops(dtype="bf16"),
+                       **measure_matmul_flops(dtype="int8"), **measure_bandwidth(),
                        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
