@@ -1,4 +1,4 @@
-"""The ``jscale`` command line: ``train``, ``ladder``, ``info``.
+"""The ``jscale`` command line: ``train``, ``ladder``, ``bench latency``, ``info``.
 
 Errors in user input (configs, corpora) print one line naming the field or path and exit
 with status 2, before any compute starts.
@@ -126,10 +126,50 @@ def cmd_info(a) -> int:
     return 0
 
 
+def cmd_bench_latency(a) -> int:
+    import jax
+
+    from jscale import latency, model, precision, roofline
+    from jscale.config import config_for_params
+
+    policies = [precision.get_policy(p.strip()).name for p in a.precisions.split(",") if p.strip()]
+    seq = a.prompt + a.gen
+    cfgs = [config_for_params(s, max_seq_len=max(seq, 8)) for s in a.sizes]  # validates sizes first
+    roof = roofline.roofline()
+    print(f"device {roof['device_kind']} ({roof['host_cpus']} host CPUs), jax {jax.__version__}; roofline: "
+          f"{roof['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, fp32 {roof['matmul_flops_per_s'] / 1e9:.0f} / "
+          f"bf16 {roof['matmul_bf16_flops_per_s'] / 1e9:.0f} / int8 {roof['matmul_int8_flops_per_s'] / 1e9:.0f} GFLOP/s")
+    print(f"batch {a.batch}, prompt {a.prompt} tokens, {a.gen} generated; median (q1..q3) of {a.repeats} runs; "
+          f"eff = roofline bound / measured\n")
+    print("| N non-emb | precision | weight MB | prefill ms | prefill bound ms | eff | decode ms/token | "
+          "decode bound ms | eff | decode tokens/s | compile s |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rows = []
+    for cfg in cfgs:
+        params = model.init_params(cfg, jax.random.key(0))  # latency does not depend on the values
+        for pol in policies:
+            r = latency.measure_latency(params, cfg, pol, batch=a.batch, prompt_tokens=a.prompt,
+                                        gen_tokens=a.gen, repeats=a.repeats, roof=roof)
+            rows.append(r)
+            print(f"| {r['params_non_embedding']:.3g} | {pol} | {r['weight_bytes'] / 1e6:.1f} | "
+                  f"{r['prefill_ms_median']:.2f} ({r['prefill_ms_q1']:.2f}..{r['prefill_ms_q3']:.2f}) | "
+                  f"{r['prefill_bound_ms']:.2f} {r['prefill_bound_kind'][0]} | {r['prefill_efficiency']:.2f} | "
+                  f"{r['decode_ms_per_token_median']:.3f} ({r['decode_ms_per_token_q1']:.3f}.."
+                  f"{r['decode_ms_per_token_q3']:.3f}) | {r['decode_bound_ms_per_token']:.3f} "
+                  f"{r['decode_bound_kind'][0]} | {r['decode_efficiency']:.2f} | {r['decode_tokens_per_s']:,.0f} | "
+                  f"{r['compile_prefill_s'] + r['compile_decode_s']:.1f} |", flush=True)
+        del params
+    if a.csv:
+        import pandas as pd
+        pd.DataFrame(rows).to_csv(a.csv, index=False)
+        print(f"\nwrote {len(rows)} rows to {a.csv}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = argparse.ArgumentParser(prog="jscale", description="Scaling laws of LM inference in JAX.")
-    sub = p.add_subparsers(dest="command", metavar="{train,ladder,info}", required=True)
+    sub = p.add_subparsers(dest="command", metavar="{train,ladder,bench,info}", required=True)
 
     t = sub.add_parser("train", help="train one model and print its held-out loss", formatter_class=fmt)
     g = t.add_argument_group("model (a ladder size, or an explicit shape)")
@@ -162,6 +202,20 @@ def build_parser() -> argparse.ArgumentParser:
     lad.add_argument("--hi", type=_size, default=1e9, help="largest target")
     lad.add_argument("--per-decade", type=int, default=2, help="sizes per factor of 10")
     lad.set_defaults(fn=cmd_ladder)
+
+    b = sub.add_parser("bench", help="benchmarks: `jscale bench latency`")
+    bsub = b.add_subparsers(dest="bench", metavar="{latency}", required=True)
+    bl = bsub.add_parser("latency", help="prefill and KV-cache decode latency vs size and precision, "
+                         "beside the roofline", formatter_class=fmt)
+    bl.add_argument("--sizes", nargs="+", type=_size, default=[1e5, 1e6, 1e7, 1e8],
+                    help="target non-embedding params (ladder models, random init)")
+    bl.add_argument("--precisions", default="fp32,bf16,int8,w8a8", help="comma-separated precisions")
+    bl.add_argument("--batch", type=int, default=1)
+    bl.add_argument("--prompt", type=int, default=128, help="prompt tokens")
+    bl.add_argument("--gen", type=int, default=32, help="generated tokens (decode steps per run)")
+    bl.add_argument("--repeats", type=int, default=5, help="timed runs (after 2 warm-up runs)")
+    bl.add_argument("--csv", help="also write every measured field to this CSV file")
+    bl.set_defaults(fn=cmd_bench_latency)
 
     i = sub.add_parser("info", help="device, versions, measured roofline, default corpus")
     i.add_argument("--refresh", action="store_true", help="re-measure the roofline")
