@@ -169,7 +169,7 @@ def test_causal_attention_matches_float64_reference(T, offset):
     B, H, K = 2, 3, 8
     q, k, v = (rng.standard_normal((B, H, T, K)).astype(np.float32) for _ in range(3))
     pos = np.broadcast_to(offset + np.arange(T), (B, T)).astype(np.int32)
-    got = np.asarray(model.causal_attention(*(jnp.asarray(a) for a in (q, k, v)), jnp.asarray(pos)))
+    got = np.asarray(model.causal_attention(*(jnp.asarray(a) for a in (q, k, v)), jnp.asarray(pos), jnp.asarray(pos)))
     s = np.einsum("bhtk,bhsk->bhts", q.astype(np.float64), k.astype(np.float64))
     s = np.where(np.tril(np.ones((T, T), bool)), s, -np.inf)
     p = np.exp(s - s.max(-1, keepdims=True))
