@@ -32,7 +32,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-FORMATS = ("fp32", "bf16", "int8", "w8a8")
 LAYERS = ("qkv", "out", "up", "down", "embed", "head")
 BLOCK_LAYERS = ("qkv", "out", "up", "down")
 
