@@ -25,6 +25,16 @@ def _size(s: str) -> float:
     return v
 
 
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s!r}")
+    return v
+
+
 def _count(s: str) -> int:
     v = _size(s)
     if v != int(v):
@@ -39,7 +49,8 @@ def cmd_train(a) -> int:
     if a.d_model is not None:
         if a.size is not None:
             raise ConfigError("give --size (a ladder model) or --d-model/--n-layers/--n-heads, not both")
-        cfg = ModelConfig(d_model=a.d_model, n_layers=a.n_layers or 2, n_heads=a.n_heads or 1,
+        cfg = ModelConfig(d_model=a.d_model, n_layers=2 if a.n_layers is None else a.n_layers,
+                          n_heads=1 if a.n_heads is None else a.n_heads,
                           max_seq_len=a.seq_len, tie_embeddings=not a.untied)
     else:
         if a.n_layers is not None or a.n_heads is not None:
@@ -191,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--compute", default="fp32", choices=["fp32", "bf16"],
                    help="training precision: fp32, or bf16 mixed precision (fp32 master weights)")
     g.add_argument("--precisions", default="fp32,bf16,int8,w8a8",
-                   help="comma-separated post-training precisions to evaluate after fp32 training "
+                   help="comma-separated post-training precisions to evaluate the trained params in "
                         "(fp32, bf16, int8, w8a8; empty for none)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(fn=cmd_train)
@@ -210,10 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--sizes", nargs="+", type=_size, default=[1e5, 1e6, 1e7, 1e8],
                     help="target non-embedding params (ladder models, random init)")
     bl.add_argument("--precisions", default="fp32,bf16,int8,w8a8", help="comma-separated precisions")
-    bl.add_argument("--batch", type=int, default=1)
-    bl.add_argument("--prompt", type=int, default=128, help="prompt tokens")
-    bl.add_argument("--gen", type=int, default=32, help="generated tokens (decode steps per run)")
-    bl.add_argument("--repeats", type=int, default=5, help="timed runs (after 2 warm-up runs)")
+    bl.add_argument("--batch", type=_positive_int, default=1)
+    bl.add_argument("--prompt", type=_positive_int, default=128, help="prompt tokens")
+    bl.add_argument("--gen", type=_positive_int, default=32, help="generated tokens (decode steps per run)")
+    bl.add_argument("--repeats", type=_positive_int, default=5, help="timed runs (after 2 warm-up runs)")
     bl.add_argument("--csv", help="also write every measured field to this CSV file")
     bl.set_defaults(fn=cmd_bench_latency)
 

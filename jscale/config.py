@@ -203,8 +203,8 @@ def config_for_params(target: float, *, aspect_ratio: float = 64.0, head_dim: in
 
 
 def ladder_targets(lo: float = 1e4, hi: float = 1e9, per_decade: int = 2) -> list[float]:
-    """Targets log-spaced from ``lo`` to ``hi`` non-embedding parameters, ``per_decade`` per
-    factor of 10 (both ends included)."""
+    """Targets ``lo * 10^(i / per_decade)`` non-embedding parameters for i = 0 .. n, with n the
+    step count nearest to reaching ``hi`` (so the last target is within half a step of hi)."""
     _require(_is_number(lo) and _is_number(hi) and math.isfinite(lo) and math.isfinite(hi)
              and 1_000 <= lo <= hi,
              f"ladder range must satisfy 1e3 <= lo <= hi (finite), got lo={lo!r}, hi={hi!r}")

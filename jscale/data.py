@@ -100,7 +100,7 @@ def load_corpus(path: str | os.PathLike | None = None, *, val_percent: float = 2
     files = _list_files(root, default)
     if not files:
         raise CorpusError(f"corpus {root} contains no {'.py ' if default else ''}files")
-    h = hashlib.sha256(f"{_FORMAT}|{val_percent}|{root}".encode())
+    h = hashlib.sha256(f"{_FORMAT}|{float(val_percent)}|{root}".encode())
     for f in files:
         try:
             st = f.stat()
@@ -156,12 +156,12 @@ def _build_cache(root: Path, files: list[Path], val_percent: float, where: Path)
     where.mkdir(parents=True, exist_ok=True)
     for split, docs in parts.items():
         tokens = np.frombuffer(bytes([SEPARATOR]).join(docs), dtype=np.uint8)
-        tmp = where / f"{split}.tmp.npy"
+        tmp = where / f"{split}.{os.getpid()}.tmp.npy"  # per-process: concurrent builders never share
         np.save(tmp, tokens)
         os.replace(tmp, where / f"{split}.npy")
     meta = {"root": str(root), "n_files_train": len(parts["train"]), "n_files_val": len(parts["val"]),
             "n_tokens_train": n_bytes["train"], "n_tokens_val": n_bytes["val"], "val_percent": val_percent}
-    tmp = where / "meta.tmp.json"
+    tmp = where / f"meta.{os.getpid()}.tmp.json"
     tmp.write_text(json.dumps(meta, indent=1))
     os.replace(tmp, where / "meta.json")  # written last: its presence means the cache is complete
 

@@ -11,13 +11,15 @@ then times ``repeats`` runs of each: prefill latency and per-token decode latenc
 median, quartiles, min, max and n.  Beside every number it puts the roofline lower bound from
 analytic bytes and FLOPs and the measured rates of this machine (``jscale.roofline``):
 
-* decode step: ``max(bytes / bandwidth, flops / matmul rate)`` with bytes = all weight bytes
-  + the K and V buffers read (the whole buffer of P + G positions, as executed) and flops =
-  ``B * (2 * matmul weights + 2 * d * V + 4 * layers * (P + G) * d)``;
-* prefill: the same with ``B * P`` tokens and the prompt's attention over the buffer;
+* decode step: ``max(bytes / bandwidth, compute time)`` with bytes = all weight bytes + the
+  K and V buffers read (the whole buffer of P + G positions, as executed) and compute time =
+  the FLOPs of each part for B tokens, ``2 * weights`` per projection, ``2 d V`` for the
+  head and ``4 layers (P + G) d`` for attention, each at the measured rate of the matmul
+  that part really runs (``compute_seconds``);
+* prefill: the same with ``B * P`` tokens;
 
-where the matmul rate is the one of the precision's matmul (fp32 for fp32 and int8
-weight-only, which dequantizes to fp32; bf16; int8 x int8 for w8a8).
+rates: fp32 for fp32 layers and int8 weight-only (cast to fp32 in the graph), bf16 for
+bf16, int8 x int8 for w8a8; unconverted layers (e.g. the head under int8) at fp32.
 ``efficiency = bound / measured`` (1 = at the roofline).
 """
 
@@ -54,7 +56,9 @@ def _decode(params, cache, token_B, *, cfg, gen_tokens, policy):
 
 decode = jax.jit(_decode, static_argnames=("cfg", "gen_tokens", "policy"), donate_argnums=(1,))
 decode.__doc__ = """``gen_tokens`` greedy steps from ``token_B`` (the prefill's output): tokens
-``[B, gen_tokens]`` (the first is ``token_B``) and the cache; the cache argument is donated."""
+``[B, gen_tokens]`` (the first is ``token_B``) and the cache; the cache argument is donated.
+The cache must have room for ``gen_tokens`` more positions: inside jit a write past the
+buffer is clamped, not caught (``prefill`` sizes it exactly)."""
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "gen_tokens", "policy"))
@@ -78,9 +82,24 @@ def _memory(compiled, prefix: str) -> dict[str, int]:
             for k in ("argument", "output", "temp", "generated_code")}
 
 
-def _matmul_rate(roof: dict, policy: precision.Policy) -> float:
-    key = {"bf16": "matmul_bf16_flops_per_s", "w8a8": "matmul_int8_flops_per_s"}.get(policy.fmt, "matmul_flops_per_s")
+def _rate(roof: dict, fmt: str) -> float:
+    """Measured matmul FLOP/s of the matmul that format ``fmt`` really runs: fp32 for fp32 and
+    int8 weight-only (cast to fp32 in the graph), bf16 for bf16, int8 x int8 for w8a8."""
+    key = {"bf16": "matmul_bf16_flops_per_s", "w8a8": "matmul_int8_flops_per_s"}.get(fmt, "matmul_flops_per_s")
     return roof.get(key, roof["matmul_flops_per_s"])
+
+
+def compute_seconds(cfg: ModelConfig, policy: precision.Policy, tokens: int, keys: int, roof: dict) -> float:
+    """Lower bound on the matmul time of ``tokens`` tokens attending over ``keys`` positions:
+    every part's FLOPs at the rate of the format it runs in (block projections and the head
+    per ``policy.layers``; the attention ``q k^T`` and ``p v`` in ``policy.attention``)."""
+    d, f, L = cfg.d_model, cfg.d_ff, cfg.n_layers
+    parts = [(2 * d * 3 * d, "qkv"), (2 * d * d, "out"), (2 * d * f, "up"), (2 * f * d, "down")]
+    s = sum(tokens * L * fl / _rate(roof, policy.layer_format(name)) for fl, name in parts)
+    head = "embed" if cfg.tie_embeddings else "head"
+    s += tokens * 2 * d * cfg.vocab_size / _rate(roof, policy.layer_format(head))
+    s += tokens * 4 * L * keys * d / _rate(roof, "bf16" if policy.attention == "bf16" else "fp32")
+    return s
 
 
 def measure_latency(params, cfg: ModelConfig, policy="fp32", *, batch: int = 1, prompt_tokens: int = 128,
@@ -102,7 +121,7 @@ def measure_latency(params, cfg: ModelConfig, policy="fp32", *, batch: int = 1, 
     if prompt_tokens + gen_tokens > cfg.max_seq_len:
         raise ValueError(f"prompt_tokens + gen_tokens = {prompt_tokens} + {gen_tokens} exceeds "
                          f"ModelConfig.max_seq_len = {cfg.max_seq_len}")
-    roof = roof or roofline.roofline()
+    roof = roofline.roofline() if roof is None else roof
     qp = precision.convert_params(params, pol)
     prompt = jax.random.randint(jax.random.key(0), (batch, prompt_tokens), 0, cfg.vocab_size, jnp.int32)
 
@@ -127,16 +146,15 @@ def measure_latency(params, cfg: ModelConfig, policy="fp32", *, batch: int = 1, 
             decode_s.append((c - b) / gen_tokens)
     prefill_ms, decode_ms = 1e3 * np.array(prefill_s), 1e3 * np.array(decode_s)
 
-    d, L, S = cfg.d_model, cfg.n_layers, prompt_tokens + gen_tokens
+    S = prompt_tokens + gen_tokens
     counts = model.count_params(cfg)
-    matmul_weights = counts["non_embedding"] - (2 * L + 1) * d
     weight_bytes = precision.param_bytes(qp)
     kv_bytes = model.kv_cache_bytes(cfg, batch, S, 2 if pol.attention == "bf16" else 4)
-    rate, bw = _matmul_rate(roof, pol), roof["bandwidth_bytes_per_s"]
-    dec_flops = batch * (2 * matmul_weights + 2 * d * cfg.vocab_size + 4 * L * S * d)
-    dec_bound_s = max((weight_bytes + kv_bytes) / bw, dec_flops / rate)
-    pre_flops = batch * prompt_tokens * (2 * matmul_weights + 2 * d * cfg.vocab_size + 4 * L * S * d)
-    pre_bound_s = max((weight_bytes + kv_bytes) / bw, pre_flops / rate)
+    bw = roof["bandwidth_bytes_per_s"]
+    mem_s = (weight_bytes + kv_bytes) / bw
+    dec_fl_s = compute_seconds(cfg, pol, batch, S, roof)
+    pre_fl_s = compute_seconds(cfg, pol, batch * prompt_tokens, S, roof)
+    dec_bound_s, pre_bound_s = max(mem_s, dec_fl_s), max(mem_s, pre_fl_s)
     out = {
         "precision": pol.name, "batch": batch, "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens,
         "n_repeats": repeats, "params_non_embedding": counts["non_embedding"], "params_total": counts["total"],
@@ -147,12 +165,12 @@ def measure_latency(params, cfg: ModelConfig, policy="fp32", *, batch: int = 1, 
         "weight_bytes": weight_bytes, "kv_cache_bytes": kv_bytes,
         **_memory(pre, "prefill"), **_memory(dec, "decode"),
         "decode_bound_ms_per_token": 1e3 * dec_bound_s,
-        "decode_bound_kind": "memory" if (weight_bytes + kv_bytes) / bw >= dec_flops / rate else "compute",
+        "decode_bound_kind": "memory" if mem_s >= dec_fl_s else "compute",
         "decode_efficiency": 1e3 * dec_bound_s / float(np.median(decode_ms)),
         "prefill_bound_ms": 1e3 * pre_bound_s,
-        "prefill_bound_kind": "memory" if (weight_bytes + kv_bytes) / bw >= pre_flops / rate else "compute",
+        "prefill_bound_kind": "memory" if mem_s >= pre_fl_s else "compute",
         "prefill_efficiency": 1e3 * pre_bound_s / float(np.median(prefill_ms)),
-        "roofline_bandwidth_bytes_per_s": bw, "roofline_matmul_flops_per_s": rate,
+        "roofline_bandwidth_bytes_per_s": bw, "roofline_matmul_flops_per_s": _rate(roof, pol.fmt),
         **roofline.device_info(),
     }
     return out

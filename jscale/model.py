@@ -65,11 +65,18 @@ def linear(x_NxI: jax.Array, w_IxO: jax.Array) -> jax.Array:
 
 
 def _dot(a, b):
-    return jax.lax.dot_general(a, b, (((a.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    return jax.lax.dot_general(a, b, (((a.ndim - 1,), (0,)), ((), ())), precision=_precision(a),
+                               preferred_element_type=jnp.float32)
+
+
+def _precision(a):
+    """HIGHEST for float32 operands, so fp32 is true fp32 on GPU/TPU too (no TF32 / bf16
+    passes by default there); no effect on CPU or on bf16 operands."""
+    return jax.lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
 
 
 def _linear_fwd(x, w):
-    return linear(x, w), (x, w)
+    return _dot(x, w), (x, w)
 
 
 def _linear_bwd(res, g):
@@ -159,11 +166,12 @@ def causal_attention(q_BxHxTxK, k_BxHxSxK, v_BxHxSxK, pos_BxT, pos_BxS):
     every query, so they are masked).  The full T x S scores are computed (a version that
     skipped the blocks above the diagonal was 2x faster alone but only 5% faster in a
     training step on XLA:CPU, because of the slice copies it added; not worth its code)."""
-    att_BxHxTxS = jnp.einsum("bhtk,bhsk->bhts", q_BxHxTxK, k_BxHxSxK, preferred_element_type=jnp.float32)
+    att_BxHxTxS = jnp.einsum("bhtk,bhsk->bhts", q_BxHxTxK, k_BxHxSxK, precision=_precision(q_BxHxTxK),
+                             preferred_element_type=jnp.float32)
     mask_Bx1xTxS = pos_BxT[:, None, :, None] >= pos_BxS[:, None, None, :]
     att_BxHxTxS = jax.nn.softmax(jnp.where(mask_Bx1xTxS, att_BxHxTxS, -jnp.inf), axis=-1)
     return jnp.einsum("bhts,bhsk->bhtk", att_BxHxTxS.astype(v_BxHxSxK.dtype), v_BxHxSxK,
-                      preferred_element_type=jnp.float32)
+                      precision=_precision(v_BxHxSxK), preferred_element_type=jnp.float32)
 
 
 class Block(nn.Module):
@@ -287,7 +295,8 @@ def apply_cached(params: Params, cfg: ModelConfig, tokens_BxT: jax.Array, cache,
     """Run T new tokens against a KV cache: ``(logits [B, T, V] float32, updated cache)``.
     Prefill is ``apply_cached`` on the prompt with an empty cache; one decode step is
     ``apply_cached`` on one token.  Pure and jittable; the caller must keep
-    ``cache["length"] + T <= max_len`` (``jscale.latency`` checks it)."""
+    ``cache["length"] + T <= max_len``: inside jit an overflowing write is clamped by
+    ``dynamic_update_slice``, not caught (``jscale.latency`` sizes its caches exactly)."""
     return Transformer(cfg, precision.get_policy(policy)).apply({"params": params}, tokens_BxT, cache=cache)
 
 

@@ -8,7 +8,7 @@ activations.  The model has one code path for every precision: each projection c
 |---|---|---|---|
 | ``fp32`` | float32 | float32 | fp32 x fp32 -> fp32 |
 | ``bf16`` | bfloat16 | bfloat16 (cast per matmul) | bf16 x bf16, fp32 accumulate |
-| ``int8`` | int8, per-output-channel absmax scale (fp32) | float32 | weights dequantized in the graph, fp32 matmul |
+| ``int8`` | int8, per-output-channel absmax scale (fp32) | float32 | int8 weights cast to fp32 in the graph, fp32 matmul, output scaled |
 | ``w8a8`` | int8, per-output-channel scale | int8, dynamic per-token absmax scale | int8 x int8 -> int32 (``preferred_element_type``), rescaled |
 
 Which layers are converted (``Policy.layers``) is explicit.  Layer names: ``qkv``, ``out``,
@@ -50,6 +50,14 @@ class Policy:
     fmt: str
     layers: frozenset[str]
     attention: str = "fp32"
+
+    @property
+    def label(self) -> str:
+        """The name, plus the converted layers when they differ from the named default."""
+        default = POLICIES.get(self.name)
+        if default is None or default.layers == self.layers:
+            return self.name
+        return f"{self.name}[{','.join(sorted(self.layers))}]"
 
     def layer_format(self, layer: str) -> str:
         """The format layer ``layer`` runs in under this policy."""
@@ -94,18 +102,13 @@ def quantize(w: jax.Array, axis: int = 0) -> tuple[jax.Array, jax.Array]:
     return q, scale
 
 
-def dequantize(q: jax.Array, scale: jax.Array, axis: int = 0) -> jax.Array:
-    return q.astype(jnp.float32) * jnp.expand_dims(scale, axis)
-
-
 def matmul(x_NxI: jax.Array, w_IxO: jax.Array, scale_O: jax.Array | None, fmt: str) -> jax.Array:
     """``x @ w`` in format ``fmt`` (float32 result ``[..., O]``).
 
-    The float formats (fp32; bf16 = both operands cast to bfloat16, fp32 accumulation) run
-    through ``jscale.model.linear``, which has the fast backward used in training.
+    Only the integer formats; the float ones (fp32, bf16) are ``jscale.model.linear``.
     int8: ``w`` is int8 with
-    per-output scales; dequantized in the graph (XLA:CPU materialises the fp32 weight), fp32
-    matmul.  w8a8: ``x`` quantized per token (absmax over the last axis), int8 x int8 ->
+    per-output scales; cast to fp32 in the graph (XLA:CPU materialises the fp32 weight), fp32
+    matmul, output scaled per channel.  w8a8: ``x`` quantized per token (absmax over the last axis), int8 x int8 ->
     int32 accumulation, then rescaled by both scales.
     """
     if fmt == "int8":

@@ -21,7 +21,9 @@ from jscale.config import ModelConfig
 def compare_precisions(params, cfg: ModelConfig, eval_set_NxT1: np.ndarray,
                        policies=("fp32", "bf16", "int8", "w8a8"), batch_size: int = 32,
                        logit_sequences: int = 8) -> pd.DataFrame:
-    """One row per policy (first row: fp32, the reference, always included).
+    """One row per policy (names or ``Policy`` objects; first row: fp32, the reference,
+    always included).  A policy with non-default layers is labelled e.g.
+    ``int8[down,embed,out,qkv,up]``.
 
     Columns: ``precision``; ``eval_loss_nats`` (mean next-token loss, nats/token) and
     ``eval_loss_se_nats`` (SE over sequences); ``eval_bits_per_byte``;
@@ -32,21 +34,22 @@ def compare_precisions(params, cfg: ModelConfig, eval_set_NxT1: np.ndarray,
     logit vector at each position of the first ``logit_sequences`` held-out sequences, mean
     and max over positions.
     """
-    names = ["fp32"] + [precision.get_policy(p).name for p in policies if precision.get_policy(p).name != "fp32"]
+    pols = [precision.POLICIES["fp32"]] + [p for p in map(precision.get_policy, policies)
+                                           if p != precision.POLICIES["fp32"]]
     seqs = eval_set_NxT1[:logit_sequences, :-1]
     logits = jax.jit(lambda p, t, pol: model.apply(p, cfg, t, policy=pol), static_argnums=2)
     rows, ref = [], None
-    for name in names:
-        qp = precision.convert_params(params, name)
-        per_seq = train.sequence_losses(qp, cfg, eval_set_NxT1, batch_size, policy=name)
-        z = np.asarray(logits(qp, seqs, precision.get_policy(name)), np.float64)
+    for pol in pols:
+        qp = precision.convert_params(params, pol)
+        per_seq = train.sequence_losses(qp, cfg, eval_set_NxT1, batch_size, policy=pol)
+        z = np.asarray(logits(qp, seqs, pol), np.float64)
         if ref is None:
             ref = {"per_seq": per_seq, "z": z, "bytes": precision.param_bytes(qp)}
         rel = np.linalg.norm(z - ref["z"], axis=-1) / np.linalg.norm(ref["z"], axis=-1)
         d = per_seq - ref["per_seq"]
         n = len(per_seq)
         rows.append({
-            "precision": name,
+            "precision": pol.label,
             "eval_loss_nats": per_seq.mean(),
             "eval_loss_se_nats": per_seq.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan,
             "eval_bits_per_byte": per_seq.mean() / math.log(2),

@@ -49,7 +49,7 @@ def measure_bandwidth(mib: int = 512, repeats: int = 10) -> dict[str, float]:
     """Memory bandwidth of a jitted, buffer-donating ``x <- 2 x`` over a ``mib`` MiB float32
     array (reads + writes 2 x mib MiB per call); median, min and max bytes/s.  Donation makes
     XLA write in place: without it every call page-faults a fresh output buffer and reports
-    a third of the real bandwidth on Linux CPUs."""
+    about a fifth of the real bandwidth on Linux CPUs."""
     x = jnp.ones((mib * 2 ** 20 // 4,), jnp.float32)
     nbytes = 2 * x.nbytes
     scale = jax.jit(lambda x: x * 2.0, donate_argnums=0)

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from jscale import data, model, precision
-from jscale.config import ModelConfig, TrainConfig
+from jscale.config import ConfigError, ModelConfig, TrainConfig
 
 LN2 = math.log(2.0)
 
@@ -136,7 +136,6 @@ def train(cfg: ModelConfig, tc: TrainConfig, corpus: data.Corpus, *, params=None
     Raises ``TrainingDiverged`` at the first non-finite loss; ``ConfigError`` if
     ``tc.seq_len > cfg.max_seq_len``.
     """
-    from jscale.config import ConfigError
     if tc.seq_len > cfg.max_seq_len:
         raise ConfigError(f"TrainConfig.seq_len ({tc.seq_len}) exceeds ModelConfig.max_seq_len ({cfg.max_seq_len})")
     eval_set = data.eval_batches(corpus.val, tc.seq_len, tc.eval_tokens)  # fail early on a tiny corpus
@@ -168,11 +167,13 @@ def train(cfg: ModelConfig, tc: TrainConfig, corpus: data.Corpus, *, params=None
     def drain(p):
         start, l_dev, g_dev = p
         l, g = np.asarray(l_dev), np.asarray(g_dev)
-        bad = np.flatnonzero(~np.isfinite(l))
+        bad = np.flatnonzero(~(np.isfinite(l) & np.isfinite(g)))
         if bad.size:
             bar.close()
-            raise TrainingDiverged(f"training loss is {l[bad[0]]} at optimizer step {start + bad[0] + 1} "
-                                   f"of {total}; lower TrainConfig.lr (now {tc.lr}) or check the data")
+            i = bad[0]
+            what = f"training loss is {l[i]}" if not np.isfinite(l[i]) else f"gradient norm is {g[i]}"
+            raise TrainingDiverged(f"{what} at optimizer step {start + i + 1} of {total}; "
+                                   f"lower TrainConfig.lr (now {tc.lr}) or check the data")
         losses.append(l)
         gnorms.append(g)
         bar.update(len(l) * tc.tokens_per_step)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The tests: set up .venv, then run the default (fast) suite.  Extra arguments go to pytest,
-# e.g. `scripts/test.sh -m ""` runs the slow tests too.
+# The tests: set up .venv, then run the whole suite (~2 min on 2 cores).  Extra arguments go
+# to pytest, e.g. `scripts/test.sh -k latency`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh

@@ -70,3 +70,23 @@ def test_measure_latency_statistics_and_bounds(params):
     assert r["decode_efficiency"] == pytest.approx(r["decode_bound_ms_per_token"] / r["decode_ms_per_token_median"])
     assert r["compile_prefill_s"] > 0 and r["compile_decode_s"] > 0
     assert r["xla_decode_argument_bytes"] >= r["weight_bytes"]
+
+
+def test_bound_charges_each_part_at_its_own_matmul_rate(params):
+    # distinct, made-up rates so that every part's rate shows in the bound
+    roof = {"matmul_flops_per_s": 1e9, "matmul_bf16_flops_per_s": 4e9, "matmul_int8_flops_per_s": 16e9,
+            "bandwidth_bytes_per_s": 1e15}  # so the bound is compute time
+    d, f, L, V, S = CFG.d_model, CFG.d_ff, CFG.n_layers, CFG.vocab_size, 16 + 4
+    proj = L * 2 * (4 * d * d + 2 * d * f)  # FLOPs per token of the block projections
+    head, att = 2 * d * V, 4 * L * S * d
+    expect = {"fp32": (proj + head + att) / 1e9,
+              "bf16": (proj + head + att) / 4e9,           # everything in bf16, attention too
+              "int8": (proj + head + att) / 1e9,           # weight-only runs fp32 matmuls
+              "w8a8": proj / 16e9 + (head + att) / 1e9}    # head (embedding) and attention stay fp32
+    for pol, per_token_s in expect.items():
+        r = latency.measure_latency(params, CFG, pol, batch=1, prompt_tokens=16, gen_tokens=4, repeats=1,
+                                    warmup=0, roof=roof)
+        assert r["decode_bound_kind"] == "compute"
+        assert r["decode_bound_ms_per_token"] == pytest.approx(1e3 * per_token_s, rel=1e-9), pol
+        assert r["prefill_bound_ms"] == pytest.approx(1e3 * 16 * per_token_s, rel=1e-9), pol
+        assert r["kv_cache_bytes"] == 2 * L * S * d * (2 if pol == "bf16" else 4)
