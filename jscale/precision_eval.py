@@ -46,16 +46,16 @@ def compare_precisions(params, cfg: ModelConfig, eval_set_NxT1: np.ndarray,
         if ref is None:
             ref = {"per_seq": per_seq, "z": z, "bytes": precision.param_bytes(qp)}
         rel = np.linalg.norm(z - ref["z"], axis=-1) / np.linalg.norm(ref["z"], axis=-1)
-        d = per_seq - ref["per_seq"]
-        n = len(per_seq)
+        loss, loss_se = train.mean_and_se(per_seq)
+        delta, delta_se = train.mean_and_se(per_seq - ref["per_seq"])
         rows.append({
             "precision": pol.label,
-            "eval_loss_nats": per_seq.mean(),
-            "eval_loss_se_nats": per_seq.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan,
-            "eval_bits_per_byte": per_seq.mean() / math.log(2),
-            "delta_loss_nats": d.mean(),
-            "delta_loss_se_nats": d.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan,
-            "delta_loss_pct": 100 * d.mean() / ref["per_seq"].mean(),
+            "eval_loss_nats": loss,
+            "eval_loss_se_nats": loss_se,
+            "eval_bits_per_byte": loss / math.log(2),
+            "delta_loss_nats": delta,
+            "delta_loss_se_nats": delta_se,
+            "delta_loss_pct": 100 * delta / ref["per_seq"].mean(),
             "param_bytes": precision.param_bytes(qp),
             "param_bytes_vs_fp32": precision.param_bytes(qp) / ref["bytes"],
             "logit_rel_err_mean": rel.mean(),

@@ -91,6 +91,12 @@ def sequence_losses(params, cfg: ModelConfig, batches_NxT1: np.ndarray, batch_si
     return np.concatenate(out)
 
 
+def mean_and_se(x: np.ndarray) -> tuple[float, float]:
+    """Mean of ``x`` and its standard error ``std(ddof=1) / sqrt(n)`` (nan when n < 2)."""
+    n = len(x)
+    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+
+
 def evaluate(params, cfg: ModelConfig, batches_NxT1: np.ndarray, batch_size: int = 32,
              policy="fp32") -> dict[str, float]:
     """Held-out loss on fixed sequences ``[N, T+1]`` in precision ``policy``.
@@ -101,9 +107,7 @@ def evaluate(params, cfg: ModelConfig, batches_NxT1: np.ndarray, batch_size: int
     float64 on the host.
     """
     n = len(batches_NxT1)
-    per_seq = sequence_losses(params, cfg, batches_NxT1, batch_size, policy)
-    mean = float(per_seq.mean())
-    se = float(per_seq.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    mean, se = mean_and_se(sequence_losses(params, cfg, batches_NxT1, batch_size, policy))
     return {"eval_loss_nats": mean, "eval_loss_se_nats": se, "eval_bits_per_byte": mean / LN2,
             "eval_bits_per_byte_se": se / LN2, "eval_tokens": int(n * (batches_NxT1.shape[1] - 1))}
 
