@@ -50,7 +50,7 @@ def _decode(params, cache, token_B, *, cfg, gen_tokens, policy):
         logits_Bx1xV, c = model.apply_cached(params, cfg, tok[:, None], c, policy)
         nxt = jnp.argmax(logits_Bx1xV[:, 0], axis=-1).astype(jnp.int32)
         return (nxt, c), tok
-    (last, cache), toks_GxB = jax.lax.scan(step, (token_B, cache), None, length=gen_tokens)
+    (_, cache), toks_GxB = jax.lax.scan(step, (token_B, cache), None, length=gen_tokens)
     return toks_GxB.T, cache
 
 

@@ -7,15 +7,20 @@ and their standard error is small.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
 from jscale import model, precision, train
 from jscale.config import ModelConfig
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "policy"))
+def _logits(params, cfg: ModelConfig, tokens_BxT, policy):
+    return model.apply(params, cfg, tokens_BxT, policy=policy)
 
 
 def compare_precisions(params, cfg: ModelConfig, eval_set_NxT1: np.ndarray,
@@ -37,12 +42,11 @@ def compare_precisions(params, cfg: ModelConfig, eval_set_NxT1: np.ndarray,
     pols = [precision.POLICIES["fp32"]] + [p for p in map(precision.get_policy, policies)
                                            if p != precision.POLICIES["fp32"]]
     seqs = eval_set_NxT1[:logit_sequences, :-1]
-    logits = jax.jit(lambda p, t, pol: model.apply(p, cfg, t, policy=pol), static_argnums=2)
     rows, ref = [], None
     for pol in pols:
         qp = precision.convert_params(params, pol)
         per_seq = train.sequence_losses(qp, cfg, eval_set_NxT1, batch_size, policy=pol)
-        z = np.asarray(logits(qp, seqs, pol), np.float64)
+        z = np.asarray(_logits(qp, cfg, seqs, pol), np.float64)
         if ref is None:
             ref = {"per_seq": per_seq, "z": z, "bytes": precision.param_bytes(qp)}
         rel = np.linalg.norm(z - ref["z"], axis=-1) / np.linalg.norm(ref["z"], axis=-1)

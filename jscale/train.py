@@ -137,7 +137,7 @@ def train(cfg: ModelConfig, tc: TrainConfig, corpus: data.Corpus, *, params=None
     params: starting parameters (default: ``model.init_params`` with key ``tc.seed``).
     ``tc.compute`` "bf16" trains in mixed precision (fp32 master params, bf16 matmuls); the
     held-out loss is then evaluated in bf16 too.
-    Raises ``TrainingDiverged`` at the first non-finite loss; ``ConfigError`` if
+    Raises ``TrainingDiverged`` at the first non-finite loss or gradient norm; ``ConfigError`` if
     ``tc.seq_len > cfg.max_seq_len``.
     """
     if tc.seq_len > cfg.max_seq_len:

@@ -1,7 +1,6 @@
 """Config validation, from_dict, TrainConfig arithmetic and the size ladder."""
 
 import dataclasses
-import math
 
 import numpy as np
 import pytest

@@ -3,7 +3,6 @@
 import collections
 import math
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np

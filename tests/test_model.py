@@ -1,6 +1,5 @@
 """The transformer: causality, exact parameter counts, analytic FLOPs, RoPE, shapes."""
 
-import math
 
 import jax
 import jax.numpy as jnp

@@ -1,7 +1,6 @@
 """Precision policies: quantization maths against float64 references, conversion, bytes,
 and the loss each precision costs a briefly trained model."""
 
-import math
 
 import jax
 import jax.numpy as jnp
@@ -60,7 +59,6 @@ def test_int8_matmuls_match_float64_reference_within_their_bounds():
     wq64 = np.asarray(q, np.float64)
     y8 = np.asarray(precision.matmul(jnp.asarray(x), q, s, "w8a8"), np.float64)
     ref = (xq64 @ wq64) * xs64[..., None] * s64
-    xs = xs64
     np.testing.assert_allclose(y8, ref, rtol=1e-6, atol=1e-6)
     # ... and stays within the quantization bound of the exact product:
     # |x w - xq sx wq sw| <= sum_i (|x_i| sw/2 + |w_i| sx/2 + sx sw / 4)
