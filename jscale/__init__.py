@@ -20,6 +20,7 @@ _EXPORTS = {
     "jscale.precision_eval": ["compare_precisions"],
     "jscale.roofline": ["roofline"],
     "jscale.runtime": ["enable_compilation_cache"],
+    "jscale.results": ["load_results", "ResultsError"],
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)
