@@ -1,4 +1,4 @@
-"""The ``jscale`` command line: ``train``, ``ladder``, ``bench latency``, ``info``.
+"""The ``jscale`` command line: ``sweep``, ``train``, ``ladder``, ``bench latency``, ``info``.
 
 Errors in user input (configs, corpora) print one line naming the field or path and exit
 with status 2, before any compute starts.
@@ -40,6 +40,46 @@ def _count(s: str) -> int:
     if v != int(v):
         raise argparse.ArgumentTypeError(f"must be a whole number, got {s!r}")
     return int(v)
+
+
+def _worker(s: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in s.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be I/N (e.g. 1/4: the first of four workers), got {s!r}") from None
+    if not 1 <= i <= n:
+        raise argparse.ArgumentTypeError(f"must be I/N with 1 <= I <= N, got {s!r}")
+    return i - 1, n
+
+
+def cmd_sweep(a) -> int:
+    from jscale import sweep as sw
+    from jscale.sweep_config import load_sweep
+
+    s = load_sweep(a.config, out_dir=a.out)  # validates the whole file before any compute
+    if a.plan:
+        from jscale import data, model
+        corpus = data.load_corpus(s.corpus_path, val_percent=s.val_percent)
+        plan = sw.make_plan(s, corpus, force=a.force, worker=a.worker)
+        todo = {id(tp): p for tp, p in plan.todo}
+        print(f"sweep {s.name!r} -> {s.out_dir}: {plan.done} record(s) done, "
+              f"{sum(map(len, todo.values()))} to run, {len(plan.stale)} stale")
+        print("| target N | N non-emb | d_model x layers | seed | train | tokens | train TFLOP | precisions to run |")
+        print("|---:|---:|---|---:|---|---:|---:|---|")
+        for tp in s.train_points:
+            n = model.count_params(tp.model)["non_embedding"]
+            tok = tp.train.total_steps * tp.train.tokens_per_step
+            fl = model.flops_per_token(tp.model, tp.train.seq_len)["train"] * tok / 1e12
+            print(f"| {tp.size_target:.3g} | {n:,} | {tp.model.d_model} x {tp.model.n_layers} | {tp.seed} | "
+                  f"{tp.train_precision} | {tok:,} | {fl:.2f} | {', '.join(todo.get(id(tp), [])) or '-'} |")
+        return 0
+    r = sw.run_sweep(s, force=a.force, retrain=a.retrain, worker=a.worker, progress=not a.quiet)
+    if r.written or not (s.out_dir / "results.csv").exists():
+        path = sw.export_csv(s.out_dir)
+        print(f"results: {path} ({r.written} new record(s), {r.skipped} already there)")
+    for f in r.failed:
+        print(f"jscale: failed: {f}", file=sys.stderr)
+    return 1 if r.failed else 0
 
 
 def cmd_train(a) -> int:
@@ -180,7 +220,20 @@ def cmd_bench_latency(a) -> int:
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = argparse.ArgumentParser(prog="jscale", description="Scaling laws of LM inference in JAX.")
-    sub = p.add_subparsers(dest="command", metavar="{train,ladder,bench,info}", required=True)
+    sub = p.add_subparsers(dest="command", metavar="{sweep,train,ladder,bench,info}", required=True)
+
+    sw = sub.add_parser("sweep", help="run (or resume) a sweep config: sizes x precisions x seeds -> results",
+                        formatter_class=fmt)
+    sw.add_argument("config", help="sweep config (TOML), e.g. experiments/quick.toml")
+    sw.add_argument("--out", help="output directory (default: the config's out_dir)")
+    sw.add_argument("--force", action="store_true",
+                    help="redo every point (re-evaluate and re-time; reuses checkpoints whose training config is unchanged)")
+    sw.add_argument("--retrain", action="store_true", help="with --force: retrain the models too")
+    sw.add_argument("--worker", type=_worker, default=(0, 1), metavar="I/N",
+                    help="run only this worker's share (models with index %% N == I-1), e.g. $SLURM_ARRAY_TASK_ID/N")
+    sw.add_argument("--plan", action="store_true", help="print the points, their cost and what is left; run nothing")
+    sw.add_argument("--quiet", action="store_true", help="no progress bars (the log still prints)")
+    sw.set_defaults(fn=cmd_sweep)
 
     t = sub.add_parser("train", help="train one model and print its held-out loss", formatter_class=fmt)
     g = t.add_argument_group("model (a ladder size, or an explicit shape)")
@@ -237,11 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     from jscale.runtime import enable_compilation_cache
+    from jscale.checkpoint import CheckpointError
+    from jscale.results import ResultsError
     from jscale.train import TrainingDiverged
     enable_compilation_cache()
     try:
         return a.fn(a)
-    except (ConfigError, CorpusError, PrecisionError) as e:
+    except (ConfigError, CorpusError, PrecisionError, ResultsError, CheckpointError) as e:
         print(f"jscale: error: {e}", file=sys.stderr)
         return 2
     except TrainingDiverged as e:

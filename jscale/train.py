@@ -131,10 +131,14 @@ class TrainResult:
 
 
 def train(cfg: ModelConfig, tc: TrainConfig, corpus: data.Corpus, *, params=None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, progress_position: int = 0, evaluate_heldout: bool = True) -> TrainResult:
     """Train ``cfg`` on ``corpus`` per ``tc`` and evaluate on its fixed held-out set.
 
     params: starting parameters (default: ``model.init_params`` with key ``tc.seed``).
+    progress: show a tqdm bar (tokens, tokens/s, ETA) on a terminal; ``progress_position``
+    is its line (a sweep puts its own bar above it).  ``evaluate_heldout=False`` skips the
+    held-out evaluation (``TrainResult.eval`` is then empty): a sweep evaluates every precision
+    itself.
     ``tc.compute`` "bf16" trains in mixed precision (fp32 master params, bf16 matmuls); the
     held-out loss is then evaluated in bf16 too.
     Raises ``TrainingDiverged`` at the first non-finite loss or gradient norm; ``ConfigError`` if
@@ -164,7 +168,7 @@ def train(cfg: ModelConfig, tc: TrainConfig, corpus: data.Corpus, *, params=None
         compiled[n] = chunk_fn.lower(params, opt_state, batches(0, n)).compile()
     compile_s = time.perf_counter() - t0
 
-    bar = _progress(total * tc.tokens_per_step, progress)
+    bar = _progress(total * tc.tokens_per_step, progress, progress_position)
     losses, gnorms = [], []
     pending = None  # (first step, losses, gnorms) of the call in flight
 
@@ -197,7 +201,7 @@ def train(cfg: ModelConfig, tc: TrainConfig, corpus: data.Corpus, *, params=None
     train_s = time.perf_counter() - t0
     bar.close()
 
-    ev = evaluate(params, cfg, eval_set, tc.eval_batch_size, policy=tc.compute)
+    ev = evaluate(params, cfg, eval_set, tc.eval_batch_size, policy=tc.compute) if evaluate_heldout else {}
     tokens = total * tc.tokens_per_step
     return TrainResult(params=params, losses_nats=np.concatenate(losses), grad_norms=np.concatenate(gnorms),
                        eval=ev, train_seconds=train_s, compile_seconds=compile_s, tokens=tokens,
@@ -205,8 +209,8 @@ def train(cfg: ModelConfig, tc: TrainConfig, corpus: data.Corpus, *, params=None
                        flops_per_token_train=model.flops_per_token(cfg, tc.seq_len)["train"])
 
 
-def _progress(total_tokens: int, enabled: bool):
+def _progress(total_tokens: int, enabled: bool, position: int = 0):
     """A tqdm bar in tokens (rate = tokens/s, with ETA); off when disabled or not on a terminal."""
     from tqdm.auto import tqdm
     return tqdm(total=total_tokens, unit="tok", unit_scale=True, disable=None if enabled else True,
-                desc="train", dynamic_ncols=True, mininterval=0.5)
+                desc="train", dynamic_ncols=True, mininterval=0.5, position=position, leave=position == 0)

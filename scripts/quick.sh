@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# The main job: set up .venv, then train one ladder model (1e5 non-embedding params) on the
-# embedded default corpus and print its held-out loss.  Extra arguments go to `jscale train`.
+# The main job: set up .venv, run the quick sweep (experiments/quick.toml: 7 ladder sizes x 4
+# precisions on the embedded default corpus: train, checkpoint, quantize, evaluate, time) into
+# runs/quick, then fit the scaling laws and render the figures and fit table into
+# runs/quick/figures.  A rerun skips every point already done; extra arguments go to
+# `jscale sweep` (e.g. --force).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
-exec .venv/bin/jscale train --size 1e5 --tokens 2e6 "$@"
+.venv/bin/jscale sweep experiments/quick.toml "$@"
+exec .venv/bin/jscale figures runs/quick --out runs/quick/figures

@@ -1,0 +1,64 @@
+"""Parameter checkpoints: one ``.npz`` per trained model, written atomically.
+
+Each leaf of the params pytree is stored under its tree path (``jax.tree_util.keystr``),
+with a JSON ``meta`` entry (training time, tokens, losses: whatever the caller passes).
+``save`` writes a temporary file, ``fsync``s and renames it, so a kill at any moment leaves
+the old checkpoint, the new one, or none, never a torn file.  ``load`` rebuilds the pytree
+from ``model.init_params``'s structure (``jax.eval_shape``: nothing is initialised) and checks
+every path, shape and dtype.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jscale import model
+from jscale.config import ModelConfig
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not match the model it is loaded for."""
+
+
+def save(path: str | os.PathLike, params, meta: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    arrays = {jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load(path: str | os.PathLike, cfg: ModelConfig):
+    """(params, meta) from ``path``, checked against the structure of ``cfg``'s params."""
+    path = Path(path)
+    template = jax.eval_shape(lambda: model.init_params(cfg, jax.random.key(0)))
+    paths, treedef = jax.tree_util.tree_flatten_with_path(template)
+    try:
+        with np.load(path) as z:
+            stored = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({e})") from None
+    meta = json.loads(stored.pop("__meta__").tobytes().decode()) if "__meta__" in stored else {}
+    leaves = []
+    for k, spec in paths:
+        name = jax.tree_util.keystr(k)
+        a = stored.pop(name, None)
+        if a is None or a.shape != spec.shape or a.dtype != spec.dtype:
+            got = "missing" if a is None else f"{a.dtype}{list(a.shape)}"
+            raise CheckpointError(f"{path}: parameter {name} is {got}, the model needs {spec.dtype}{list(spec.shape)}")
+        leaves.append(jax.numpy.asarray(a))
+    if stored:
+        raise CheckpointError(f"{path}: parameters the model does not have: {', '.join(sorted(stored))}")
+    return jax.tree_util.tree_unflatten(treedef, leaves), meta
