@@ -186,6 +186,11 @@ def run_sweep(sweep: Sweep, *, force: bool = False, retrain: bool = False, worke
     share = f" (worker {i + 1} of {n})" if n > 1 else ""
     log(f"sweep {sweep.name!r}{share}: {len(sweep.train_points)} models x {len(sweep.precisions)} precisions; "
         f"{plan.done} record(s) done, {n_todo} to run -> {out}")
+    ours = {point_id(tp, p) for tp in sweep.train_points for p in sweep.precisions}
+    foreign = sorted(results.finished_points(out) - ours)
+    if foreign:
+        log(f"note: {len(foreign)} record(s) in {out} are not points of this config (e.g. {foreign[0]}); "
+            "they are kept, and load_results returns them too")
     if not plan.todo:
         return SweepSummary(0, plan.done, 0, 0, [], time.perf_counter() - t_start, out)
 

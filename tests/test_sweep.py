@@ -259,3 +259,20 @@ def test_sigkill_mid_sweep_then_rerun_gives_exactly_one_record_per_point(tmp_pat
     assert len(df) == 4 and df.point_id.is_unique and df.eval_loss_nats.notna().all()
     assert f"{n_before} record(s) done, {4 - n_before} to run" in q.stderr  # only the rest was run
     assert (tmp_path / "out" / "results.csv").exists()
+
+
+# ----------------------------------------------------------------------------- workers
+
+def test_two_workers_share_a_sweep_with_exactly_one_record_per_point(tmp_path, cache_dir):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text('out_dir = "out"\n' + TINY.format(precisions='["fp32", "int8"]', lr=0.003))
+    env = {**os.environ, "JSCALE_CACHE_DIR": str(cache_dir)}
+    procs = [subprocess.Popen([sys.executable, "-m", "jscale", "sweep", str(cfg), "--quiet", "--worker", w],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for w in ("1/2", "2/2")]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-1500:] for o in outs]
+    assert all("worker" in o[1] and "2 to run" in o[1] for o in outs)  # each ran its own model's 2 points
+    df = results.load_results(tmp_path / "out")
+    assert sorted(df.point_id) == sorted(f"N{n}-seed0-fp32-{i}" for n in (2000, 8000) for i in ("fp32", "int8"))
+    assert df.hostname.nunique() == 1 and df.params_non_embedding.nunique() == 2
