@@ -137,8 +137,13 @@ def _log_axis(ax, which: str, fmt=None) -> None:
     lo, hi = (ax.get_xlim() if which == "x" else ax.get_ylim())
     if lo <= 0 or not np.isfinite([lo, hi]).all():
         return
-    if hi / lo >= 30:
+    if hi / lo >= 100:
         return  # matplotlib's decade ticks, 10^k
+    if hi / lo >= 10:  # one to two decades: 1, 2, 5 in each
+        axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(ticker.FuncFormatter(fmt or (lambda v, _: f"{v:g}")))
+        axis.set_minor_formatter(ticker.NullFormatter())
+        return
     ticks = [t for t in ticker.MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi)
              if lo <= t <= hi and t > 0]
     if len(ticks) < 2:
@@ -166,13 +171,14 @@ def _footnote(df: pd.DataFrame) -> str:
     return "; ".join(bits)
 
 
-def _new_figure(df: pd.DataFrame, ncols: int, width: float = 4.2, height: float = 3.4):
-    fig = Figure(figsize=(width * ncols + 1.6, height + 0.3), layout="constrained")
+def _new_figure(df: pd.DataFrame, ncols: int, width: float = 4.2, height: float = 3.4, legend: float = 1.6):
+    """A constrained-layout figure with ``legend`` inches on the right for the legend and the
+    footnote (device, batch, prompt and generated tokens, seeds) at the bottom left."""
+    fig = Figure(figsize=(width * ncols + legend, height + 0.3), layout="constrained")
     axes = fig.subplots(1, ncols, squeeze=False)[0]
     note = _footnote(df)
-    if note:
-        fig.text(0.01, 0.005, note, fontsize="x-small", color="0.35", ha="left", va="bottom")
-        fig.get_layout_engine().set(rect=(0, 0.05, 1, 0.95))
+    if note:  # as the figure's x label, so the layout reserves room for it
+        fig.supxlabel(note, x=0.01, ha="left", fontsize="x-small", color="0.35")
     return fig, list(axes)
 
 
@@ -290,7 +296,7 @@ def _alpha_label(fit, prec: str) -> str:
     if fit is None:
         return f"{prec}: no fit"
     lo, hi = fit.intervals["alpha"]
-    return f"{prec}: α = {_fmt_ci(fit.params['alpha'], lo, hi)}"
+    return rf"{prec}: $\alpha$ = {_fmt_ci(fit.params['alpha'], lo, hi)}"
 
 
 # ----------------------------------------------------------------------------- figures
@@ -306,7 +312,7 @@ def loss_vs_params(df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap: i
     fits = _fits_for(df, fits, ("loss",), n_bootstrap, seed)
     style = precision_style(df[PRECISION])
     with theme():
-        fig, (ax,) = _new_figure(df, 1, width=4.8, height=3.6)
+        fig, (ax,) = _new_figure(df, 1, width=4.8, height=3.6, legend=3.2)
         handles = []
         for prec in _groups(df):
             d, st, f = df[df[PRECISION] == prec], style[prec], fits.get("loss", prec)
@@ -319,7 +325,8 @@ def loss_vs_params(df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap: i
         ax.set_title("Loss vs size")
         _log_axis(ax, "x", _n_fmt)
         _log_axis(ax, "y")
-        _legend(fig, handles, title=f"precision: fit L = E + A·N^−α\nband: {fits.level:.0%} bootstrap")
+        _legend(fig, handles, title=rf"fit $L = E + A N^{{-\alpha}}$, {fits.level:.0%} bootstrap band;" "\n"
+                                    rf"precision: $\alpha$ [{fits.level:.0%} interval]")
     return fig
 
 
@@ -364,7 +371,7 @@ def latency_vs_params(df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap
             ax.set_title("Decode (per generated token)" if qn == "decode" else "Prefill (per prompt)")
             _log_axis(ax, "x", _n_fmt)
             _log_axis(ax, "y")
-        handles += [Line2D([], [], color="0.3", linestyle="-", label="fit t = c + k·N^b"),
+        handles += [Line2D([], [], color="0.3", linestyle="-", label=r"fit $t = c + k N^b$"),
                     Line2D([], [], color="0.3", linestyle="--", label="roofline bound"),
                     Line2D([], [], color="0.3", marker="o", linestyle="none", label="median, q1..q3")]
         _legend(fig, handles, title="precision")
@@ -410,7 +417,7 @@ def loss_vs_latency(df: pd.DataFrame) -> Figure:
         ys = np.append(front[LOSS].to_numpy(), front[LOSS].iloc[-1])
         ax.step(xs, ys, where="post", color="0.15", linewidth=1.2, zorder=2.5)
         if N in front:
-            for r in front.drop_duplicates(subset=[N, PRECISION]).itertuples():
+            for r in front.drop_duplicates(subset=[N]).itertuples():  # one label per size
                 ax.annotate(_fmt_n(getattr(r, N)), (getattr(r, DECODE), getattr(r, LOSS)), xytext=(4, 4),
                             textcoords="offset points", fontsize="x-small", color="0.25")
         ax.set_xlabel("decode latency (ms/token)")
@@ -426,7 +433,7 @@ def loss_vs_latency(df: pd.DataFrame) -> Figure:
 def memory_vs_params(df: pd.DataFrame) -> Figure:
     """(d) Weight bytes and KV-cache bytes (plotted in MB = 10^6 bytes) vs N per precision,
     log-log.  Draws the panels whose columns exist; needs at least one."""
-    panels = [(c, t) for c, t in (("weight_bytes", "Weights"), ("kv_cache_bytes", "KV cache"))
+    panels = [(c, t) for c, t in (("weight_bytes", "weights"), ("kv_cache_bytes", "KV cache"))
               if c in df and df[c].notna().any()]
     if not panels:
         _require(df, "memory_vs_params", ["weight_bytes", "kv_cache_bytes"])
@@ -438,16 +445,17 @@ def memory_vs_params(df: pd.DataFrame) -> Figure:
         handles = []
         for ax, (col, title) in zip(axes, panels):
             dc = df.dropna(subset=[N, col])
-            for prec in _groups(dc):
+            for i, prec in enumerate(_groups(dc)):
                 d, st = dc[dc[PRECISION] == prec], style[prec]
                 m = (d.groupby(N)[col].mean() / 1e6).sort_index()
-                ax.plot(m.index, m.to_numpy(), color=st["color"], marker=st["marker"], markersize=5.5,
+                # later precisions drawn smaller, so coinciding ones (same KV cache) stay visible
+                ax.plot(m.index, m.to_numpy(), color=st["color"], marker=st["marker"], markersize=max(8.5 - 1.5 * i, 3),
                         markeredgecolor="white", markeredgewidth=0.5, linewidth=1.1, alpha=0.9)
                 if ax is axes[0]:
                     handles.append(_handle(st, prec))
             ax.set_xlabel(N_LABEL)
-            ax.set_ylabel(f"{title.lower()} (MB)")
-            ax.set_title(title)
+            ax.set_ylabel(f"{title} (MB)")
+            ax.set_title(title[0].upper() + title[1:])
             _log_axis(ax, "x", _n_fmt)
             _log_axis(ax, "y")
         _legend(fig, handles, title="precision")
@@ -472,7 +480,8 @@ def fit_diagnostics(df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap: 
         for prec in groups:
             d, st, f = df[df[PRECISION] == prec], style[prec], fits.get("loss", prec)
             if f is not None:
-                r = pd.DataFrame({N: d[N].to_numpy(float), "res": np.asarray(f.residuals_log, float)})
+                r = pd.DataFrame({N: d[N].to_numpy(float) * 10 ** offsets[prec],  # dodged apart
+                                  "res": np.asarray(f.residuals_log, float)})
                 _points(ax, r, N, "res", st)
             ex = fits.extrapolation.get("loss", {}).get(prec)
             if ex is not None and len(ex):
@@ -488,7 +497,7 @@ def fit_diagnostics(df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap: 
             a.axhline(0, color="0.3", linewidth=0.9, zorder=1)
             a.set_xlabel(N_LABEL)
             _log_axis(a, "x", _n_fmt)
-        ax.set_ylabel("residual log L − log L_fit")
+        ax.set_ylabel(r"residual $\log L - \log L_\mathrm{fit}$")
         ax.set_title("Loss-law residuals")
         bx.set_ylabel("prediction / actual − 1 (%)")
         bx.set_title(f"Extrapolation: {fits.k} largest sizes held out")

@@ -28,7 +28,7 @@ def synthetic_results(precisions=("fp32", "bf16", "int8", "w8a8"), sizes=SIZES, 
     """A results table: loss E + A N^-alpha with 0.5% noise per precision, latency a fixed
     floor plus a linear term, memory from bytes per parameter; one row per point."""
     rng = np.random.default_rng(rng)
-    bpp = {"fp32": 4, "bf16": 2, "int8": 1, "w8a8": 1}
+    bpp = {"fp32": 4, "bf16": 2, "int8": 1.1, "w8a8": 1.05}
     rows = []
     for n in sizes:
         for s in seeds:
@@ -36,7 +36,7 @@ def synthetic_results(precisions=("fp32", "bf16", "int8", "w8a8"), sizes=SIZES, 
                 a = ALPHA.get(p, 0.25)
                 loss = (E + A * n ** -a) * (1 + 0.005 * rng.standard_normal())
                 dec = (0.4 + 2e-6 * n * bpp.get(p, 2) / 4) * (1 + 0.03 * rng.standard_normal())
-                pre = (3.0 + 6e-5 * n) * (1 + 0.03 * rng.standard_normal())
+                pre = (3.0 + 6e-5 * n * (1 + bpp.get(p, 2)) / 5) * (1 + 0.03 * rng.standard_normal())
                 r = dict(inference_precision=p, train_precision="fp32", seed=s, params_non_embedding=int(n),
                          params_total=int(n + 16384), train_tokens=int(20 * n), eval_loss_nats=loss,
                          eval_loss_se_nats=0.004, eval_bits_per_byte=loss / np.log(2),
