@@ -646,8 +646,9 @@ def render_all(df: pd.DataFrame, out_dir: str | os.PathLike, *, formats=("png", 
         try:
             fig = makers[name]()
         except FigureError as e:
-            res.skipped.append((name, str(e)))
-            log(f"skipped {name}: {e}")
+            why = str(e).removeprefix(f"{name}: ")
+            res.skipped.append((name, why))
+            log(f"skipped {name}: {why}")
             continue
         for fmt in formats:
             path = out / f"{name}.{fmt}"
