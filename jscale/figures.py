@@ -208,12 +208,25 @@ def _grid(x: np.ndarray, n: int = 200, extend: float = 0.15) -> np.ndarray:
     return np.logspace(lo - extend, hi + extend, n)
 
 
-def _draw_fit(ax, fit, x: np.ndarray, style: dict, level: float = LEVEL, band: bool = True) -> None:
+def _ylim_to(ax, values, pad: float = 1.25) -> None:
+    """Limit the (log) y axis to ``values`` (points and fitted lines) padded by ``pad``: a wide
+    bootstrap band is clipped rather than squashing the data."""
+    v = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce"), float)
+    v = v[np.isfinite(v) & (v > 0)]
+    if len(v):
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(max(lo, v.min() / pad), min(hi, v.max() * pad))
+
+
+def _draw_fit(ax, fit, x: np.ndarray, style: dict, level: float = LEVEL, band: bool = True) -> np.ndarray:
+    """The law as a line over a dense grid beyond the data, and its bootstrap band; returns
+    the line's values (for the axis limits)."""
     pred = fit.predict(_grid(x), level=level)
     ax.plot(pred["x"], pred["y"], color=style["color"], linewidth=1.4, zorder=2)
     if band:
         ax.fill_between(pred["x"], pred["y_lo"], pred["y_hi"], color=style["color"], alpha=0.18,
                         linewidth=0, zorder=1)
+    return pred["y"].to_numpy(float)
 
 
 def _fmt(v: float) -> str:
@@ -275,11 +288,19 @@ def fit_all(df: pd.DataFrame, *, n_bootstrap: int = 1000, seed: int = 0, level: 
             except (ValueError, ArithmeticError, RuntimeError) as e:
                 out.notes.append(f"{qname} {prec}: no {q.form} fit ({e}); points drawn without the law")
                 continue
-            try:
-                ex = analysis.extrapolation_check(d, form=q.form, x=N, y=q.column, k=k)
-                out.extrapolation.setdefault(qname, {})[prec] = ex
-            except (ValueError, ArithmeticError, RuntimeError) as e:
-                out.notes.append(f"{qname} {prec}: no extrapolation check ({e})")
+            for kk in range(k, 0, -1):  # hold out fewer sizes when k leave too few to fit
+                try:
+                    ex = analysis.extrapolation_check(d, form=q.form, x=N, y=q.column, k=kk)
+                except (ValueError, ArithmeticError, RuntimeError) as e:
+                    err = e
+                    continue
+                out.extrapolation.setdefault(qname, {})[prec] = ex.assign(k=kk)
+                if kk < k:
+                    out.notes.append(f"{qname} {prec}: extrapolation check holds out the {kk} largest "
+                                     f"size{'s' * (kk > 1)}, not {k} (too few sizes)")
+                break
+            else:
+                out.notes.append(f"{qname} {prec}: no extrapolation check ({err})")
     if log is not None:
         for n in out.notes:
             log(n)
@@ -313,16 +334,17 @@ def loss_vs_params(df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap: i
     style = precision_style(df[PRECISION])
     with theme():
         fig, (ax,) = _new_figure(df, 1, width=4.8, height=3.6, legend=3.2)
-        handles = []
+        handles, shown = [], [df[LOSS]]
         for prec in _groups(df):
             d, st, f = df[df[PRECISION] == prec], style[prec], fits.get("loss", prec)
             _points(ax, d, N, LOSS, st, yerr=d[LOSS_SE] if LOSS_SE in d and d[LOSS_SE].notna().all() else None)
             if f is not None:
-                _draw_fit(ax, f, d[N].to_numpy(float), st, fits.level)
+                shown.append(_draw_fit(ax, f, d[N].to_numpy(float), st, fits.level))
             handles.append(_handle(st, _alpha_label(f, prec), line=f is not None))
         ax.set_xlabel(N_LABEL)
         ax.set_ylabel("held-out loss (nats/token)")
         ax.set_title("Loss vs size")
+        _ylim_to(ax, np.concatenate([np.asarray(v, float) for v in shown]))
         _log_axis(ax, "x", _n_fmt)
         _log_axis(ax, "y")
         _legend(fig, handles, title=rf"fit $L = E + A N^{{-\alpha}}$, {fits.level:.0%} bootstrap band;" "\n"
@@ -353,6 +375,7 @@ def latency_vs_params(df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap
         for ax, (qn, bound, q1, q3) in zip(axes, panels):
             q = _Q[qn]
             dq = df.dropna(subset=[N, q.column])
+            shown = [dq[q.column]] + [dq[c] for c in (bound, q1, q3) if c in dq]
             for prec in _groups(dq):
                 d, st, f = dq[dq[PRECISION] == prec], style[prec], fits.get(qn, prec)
                 yerr = None
@@ -360,7 +383,7 @@ def latency_vs_params(df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap
                     yerr = np.clip(np.vstack([d[q.column] - d[q1], d[q3] - d[q.column]]), 0, None)
                 _points(ax, d, N, q.column, st, yerr=yerr)
                 if f is not None:
-                    _draw_fit(ax, f, d[N].to_numpy(float), st, fits.level)
+                    shown.append(_draw_fit(ax, f, d[N].to_numpy(float), st, fits.level))
                 if bound in d and d[bound].notna().any():
                     b = d.groupby(N)[bound].mean().sort_index()
                     ax.plot(b.index, b.to_numpy(), color=st["color"], linestyle="--", linewidth=1.1, zorder=2)
@@ -369,6 +392,7 @@ def latency_vs_params(df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap
             ax.set_xlabel(N_LABEL)
             ax.set_ylabel(q.label)
             ax.set_title("Decode (per generated token)" if qn == "decode" else "Prefill (per prompt)")
+            _ylim_to(ax, np.concatenate([np.asarray(v, float) for v in shown]))
             _log_axis(ax, "x", _n_fmt)
             _log_axis(ax, "y")
         handles += [Line2D([], [], color="0.3", linestyle="-", label=r"fit $t = c + k N^b$"),
@@ -500,7 +524,8 @@ def fit_diagnostics(df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap: 
         ax.set_ylabel(r"residual $\log L - \log L_\mathrm{fit}$")
         ax.set_title("Loss-law residuals")
         bx.set_ylabel("prediction / actual − 1 (%)")
-        bx.set_title(f"Extrapolation: {fits.k} largest sizes held out")
+        ks = sorted({int(e["k"].iloc[0]) for e in fits.extrapolation.get("loss", {}).values() if len(e)} or {fits.k})
+        bx.set_title(f"Extrapolation: {'/'.join(map(str, ks))} largest size{'s' * (ks[-1] > 1)} held out")
         if not fits.extrapolation.get("loss"):
             bx.text(0.5, 0.5, "no extrapolation check\n(too few sizes)", transform=bx.transAxes,
                     ha="center", va="center", color="0.4")
@@ -519,8 +544,10 @@ def _table_rows(fits: Fits) -> list[tuple[Quantity, list[dict]]]:
         for prec, f in fits.fits.get(q.name, {}).items():
             ex = fits.extrapolation.get(q.name, {}).get(prec)
             err = float(np.mean(ex["y_pred"] / ex["y"] - 1)) if ex is not None and len(ex) else float("nan")
+            kk = int(ex["k"].iloc[0]) if ex is not None and len(ex) else fits.k
             rows.append({"precision": prec, "params": [(p, f.params[p], *f.intervals[p]) for p in f.param_names],
-                         "n": int(f.n_points), "r2": float(f.r2_log), "extrap": err})
+                         "n": int(f.n_points), "r2": float(f.r2_log), "extrap": err,
+                         "k_note": "" if kk == fits.k else f" (k={kk})"})
         if rows:
             out.append((q, rows))
     return out
@@ -545,7 +572,7 @@ def fit_table_markdown(obj, *, n_bootstrap: int = 1000, seed: int = 0) -> str:
         parts.append("|---|" + "---:|" * (len(names) + 3))
         for r in rows:
             cells = [_fmt_ci(e, lo, hi) for _, e, lo, hi in r["params"]]
-            ext = "–" if not np.isfinite(r["extrap"]) else f"{100 * r['extrap']:+.1f}%"
+            ext = "–" if not np.isfinite(r["extrap"]) else f"{100 * r['extrap']:+.1f}%{r['k_note']}"
             parts.append(f"| {r['precision']} | " + " | ".join(cells) + f" | {r['n']} | {r['r2']:.4f} | {ext} |")
         parts.append("")
     if not parts:
@@ -599,7 +626,7 @@ def fit_table_latex(obj, *, n_bootstrap: int = 1000, seed: int = 0) -> str:
         for r in rows:
             cells = [_tex_ci(e, lo, hi) for _, e, lo, hi in r["params"]]
             cells = [tex_escape(r["precision"])] + cells + [""] * (width - len(names))
-            ext = "--" if not np.isfinite(r["extrap"]) else rf"${100 * r['extrap']:+.1f}\%$"
+            ext = "--" if not np.isfinite(r["extrap"]) else rf"${100 * r['extrap']:+.1f}\%${r['k_note']}"
             cells += [str(r["n"]), f"{r['r2']:.4f}", ext]
             lines.append(" & ".join(cells) + r" \\")
     if not blocks:
