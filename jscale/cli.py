@@ -288,11 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     from jscale.runtime import enable_compilation_cache
+    from jscale.analysis import AnalysisError
     from jscale.train import TrainingDiverged
     enable_compilation_cache()
     try:
         return a.fn(a)
-    except (ConfigError, CorpusError, PrecisionError, ResultsError) as e:
+    except (ConfigError, CorpusError, PrecisionError, ResultsError, AnalysisError) as e:
         print(f"jscale: error: {e}", file=sys.stderr)
         return 2
     except TrainingDiverged as e:

@@ -290,7 +290,8 @@ def fit_all(df: pd.DataFrame, *, n_bootstrap: int = 1000, seed: int = 0, level: 
                 continue
             for kk in range(k, 0, -1):  # hold out fewer sizes when k leave too few to fit
                 try:
-                    ex = analysis.extrapolation_check(d, form=q.form, x=N, y=q.column, k=kk)
+                    ex = analysis.extrapolation_check(d, form=q.form, x=N, y=q.column, k=kk, n_bootstrap=n_bootstrap,
+                                                      seed=seed, level=level)
                 except (ValueError, ArithmeticError, RuntimeError) as e:
                     err = e
                     continue
