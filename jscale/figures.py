@@ -290,7 +290,9 @@ def fit_all(df: pd.DataFrame, *, n_bootstrap: int = 1000, seed: int = 0, level: 
                 continue
             for kk in range(k, 0, -1):  # hold out fewer sizes when k leave too few to fit
                 try:
-                    ex = analysis.extrapolation_check(d, form=q.form, x=N, y=q.column, k=kk, n_bootstrap=n_bootstrap,
+                    # the band of a prediction is drawn for the loss only; latency needs just y_pred
+                    nb = n_bootstrap if qname == "loss" else 0
+                    ex = analysis.extrapolation_check(d, form=q.form, x=N, y=q.column, k=kk, n_bootstrap=nb,
                                                       seed=seed, level=level)
                 except (ValueError, ArithmeticError, RuntimeError) as e:
                     err = e
