@@ -21,6 +21,7 @@ _EXPORTS = {
     "jscale.roofline": ["roofline"],
     "jscale.runtime": ["enable_compilation_cache"],
     "jscale.results": ["load_results", "ResultsError"],
+    "jscale.analysis": ["fit", "fit_groups", "fit_table", "extrapolation_check", "compute_optimal"],
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

@@ -1,4 +1,4 @@
-"""The ``jscale`` command line: ``sweep``, ``train``, ``ladder``, ``bench latency``, ``info``.
+"""The ``jscale`` command line: ``sweep``, ``fit``, ``figures``, ``train``, ``ladder``, ``bench latency``, ``info``.
 
 Errors in user input (configs, corpora) print one line naming the field or path and exit
 with status 2, before any compute starts.
@@ -11,8 +11,7 @@ import math
 import sys
 
 from jscale.config import ConfigError
-from jscale.data import CorpusError
-from jscale.precision import PrecisionError
+from jscale.results import ResultsError
 
 
 def _size(s: str) -> float:
@@ -217,10 +216,45 @@ def cmd_bench_latency(a) -> int:
     return 0
 
 
+def _formats(s: str) -> tuple[str, ...]:
+    f = tuple(x.strip().lower() for x in s.split(",") if x.strip())
+    bad = [x for x in f if x not in ("png", "pdf", "svg")]
+    if bad or not f:
+        raise argparse.ArgumentTypeError(f"formats are png, pdf, svg (comma-separated), got {s!r}")
+    return f
+
+
+def cmd_fit(a) -> int:
+    from jscale import figures
+    from jscale.results import load_results
+
+    df = load_results(a.results)
+    fits = figures.fit_all(df, n_bootstrap=a.bootstrap, seed=a.seed, k=a.holdout)
+    if not fits.fits:
+        raise ResultsError(f"{a.results}: no law could be fitted: {'; '.join(fits.notes)}")
+    print(figures.fit_table_markdown(fits), end="")
+    return 0
+
+
+def cmd_figures(a) -> int:
+    import matplotlib
+    matplotlib.use("Agg")  # files only; no display needed
+
+    from jscale import figures
+    from jscale.results import load_results
+
+    df = load_results(a.results)
+    print(f"{len(df)} results from {a.results}")
+    r = figures.render_all(df, a.out, formats=a.format, n_bootstrap=a.bootstrap, seed=a.seed, k=a.holdout)
+    if len(r.skipped) == len(figures.FIGURES):
+        raise ResultsError(f"{a.results}: no figure could be drawn: {'; '.join(why for _, why in r.skipped)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = argparse.ArgumentParser(prog="jscale", description="Scaling laws of LM inference in JAX.")
-    sub = p.add_subparsers(dest="command", metavar="{sweep,train,ladder,bench,info}", required=True)
+    sub = p.add_subparsers(dest="command", metavar="{sweep,fit,figures,train,ladder,bench,info}", required=True)
 
     sw = sub.add_parser("sweep", help="run (or resume) a sweep config: sizes x precisions x seeds -> results",
                         formatter_class=fmt)
@@ -281,25 +315,49 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--csv", help="also write every measured field to this CSV file")
     bl.set_defaults(fn=cmd_bench_latency)
 
+    for name, hlp in (("fit", "fit the scaling laws to a results table and print the fit table (Markdown)"),
+                      ("figures", "render the paper figures (PNG, PDF) and the fit table from a results table")):
+        f = sub.add_parser(name, help=hlp, formatter_class=fmt)
+        f.add_argument("results", metavar="RESULTS_DIR",
+                       help="a sweep's output directory (records/*.json), or a .csv/.jsonl results table")
+        if name == "figures":
+            f.add_argument("--out", required=True, help="directory to write the figures and fits.md/fits.tex to")
+            f.add_argument("--format", type=_formats, default=("png", "pdf"),
+                           help="comma-separated file formats: png, pdf, svg")
+        f.add_argument("--bootstrap", type=_positive_int, default=1000, help="bootstrap resamples per fit")
+        f.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+        f.add_argument("--holdout", type=_positive_int, default=2,
+                       help="largest sizes held out in the extrapolation check")
+        f.set_defaults(fn=cmd_fit if name == "fit" else cmd_figures)
+
     i = sub.add_parser("info", help="device, versions, measured roofline, default corpus")
     i.add_argument("--refresh", action="store_true", help="re-measure the roofline")
     i.set_defaults(fn=cmd_info)
     return p
 
 
+# Errors that are the user's to fix: one line, exit 2.  Looked up only in modules already
+# imported (an exception can only come from a loaded module), so `jscale fit` never pays
+# for importing the model and training code.
+_USER_ERRORS = {"jscale.config": "ConfigError", "jscale.data": "CorpusError", "jscale.precision": "PrecisionError",
+                "jscale.results": "ResultsError", "jscale.checkpoint": "CheckpointError",
+                "jscale.analysis": "AnalysisError", "jscale.figures": "FigureError"}
+
+
+def _loaded(names: dict[str, str]) -> tuple[type, ...]:
+    return tuple(getattr(sys.modules[m], n) for m, n in names.items() if m in sys.modules)
+
+
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     from jscale.runtime import enable_compilation_cache
-    from jscale.checkpoint import CheckpointError
-    from jscale.results import ResultsError
-    from jscale.train import TrainingDiverged
     enable_compilation_cache()
     try:
         return a.fn(a)
-    except (ConfigError, CorpusError, PrecisionError, ResultsError, CheckpointError) as e:
+    except _loaded(_USER_ERRORS) as e:
         print(f"jscale: error: {e}", file=sys.stderr)
         return 2
-    except TrainingDiverged as e:
+    except _loaded({"jscale.train": "TrainingDiverged"}) as e:
         print(f"jscale: training diverged: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -1,0 +1,486 @@
+"""Power-law fits of loss and latency against model size, with bootstrap intervals.
+
+Imports only numpy, pandas, jax and optax (never the model or training code), so it can be
+used on any table: your own runs or published data.
+
+Forms (``FORMS``; ``N`` = model size ``x``, ``D`` = tokens ``d``, all positive):
+
+- ``"saturating"``   ``L = E + A * N**-alpha``                   params ``E, A, alpha``
+- ``"power"``        ``y = k * N**b``                            params ``k, b``
+- ``"offset_power"`` ``y = c + k * N**b`` (b of either sign)     params ``c, k, b``
+- ``"chinchilla"``   ``L = E + A / N**alpha + B / D**beta``     params ``E, A, alpha, B, beta``
+- any ``Form(name, fn, param_names, init_grid=...)`` with ``fn(params: dict, x, d) -> y`` in JAX.
+
+Objective: ``sum_i w_i * huber_delta(log y_i - log yhat_i)``, summed over rows (not averaged),
+``delta = 1e-3`` by default. Built-in forms are fitted in log-sum-exp form with positive
+coefficients (``E = exp(e)``, ...), ``N`` and ``D`` divided internally by their geometric means
+(params are reported in the caller's units). Minimised with optax L-BFGS (zoom line search) in
+float64, inside ``jax.enable_x64`` (the process-wide flag is left as it was).
+
+Every L-BFGS run is a lane of one jitted, vmapped ``lax.while_loop`` that stops per lane when
+``|grad| <= gtol`` and ``|f_prev - f| <= ftol * max(1, |f|)`` (both on the objective divided by
+``delta``, which has the same minimiser), or at ``max_iter``. A run counts as converged only if
+both tests pass at its last step.
+
+Main fit: every point of the start grid (>= 500 for chinchilla) runs on all rows; the lowest
+objective is kept. Bootstrap: ``n_bootstrap`` resamples of rows, as multinomial count weights
+(static shapes: one compiled function serves all resamples); each resample runs
+``bootstrap_starts`` L-BFGS starts: the best distinct optima of the full-data grid, then raw
+(unoptimised) grid points, and keeps its lowest objective. Intervals are percentiles over the
+resamples whose kept run converged; ``n_converged`` says how many.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pandas as pd
+
+
+class AnalysisError(ValueError):
+    """Bad input to a fit: NaN, non-positive values, too few rows, unknown form or column."""
+
+
+# --------------------------------------------------------------------------- forms
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Form:
+    """A fitted law. ``fn(params: dict[str, scalar], x, d) -> y`` (JAX, caller's units; ``d`` is
+    ones for one-input forms). ``init_grid``: starts, either an array ``[G, P]`` or a dict
+    ``name -> values`` (Cartesian product); default 64 log-normal jitters around ones.
+    Built-in forms carry private log-space versions used for fitting."""
+    name: str
+    fn: Callable
+    param_names: tuple
+    init_grid: Any = None
+    needs_d: bool = False
+    log_pred: Callable | None = None   # (theta[P], u[n], v[n]) -> log yhat[n], internal coords
+    to_user: Callable | None = None    # (theta[..., P], lx0, ld0) -> user params [..., P]
+    grid: Callable | None = None       # (s = mean log y) -> internal starts [G, P]
+
+    def __post_init__(self):
+        object.__setattr__(self, "param_names", tuple(self.param_names))
+
+    def _prep(self, x, d, lx0, ld0):
+        """Inputs as the fitting code sees them: log(x / x0), log(d / d0) for built-in forms."""
+        if self.log_pred is None:
+            return x, d
+        return np.log(x) - lx0, np.log(d) - ld0
+
+    def _log_pred(self, theta, u, v):
+        if self.log_pred is not None:
+            return self.log_pred(theta, u, v)
+        p = {k: theta[i] for i, k in enumerate(self.param_names)}
+        return jnp.log(self.fn(p, u, v))
+
+    def _to_user(self, theta, lx0, ld0):
+        return np.asarray(self.to_user(theta, lx0, ld0) if self.to_user else theta)
+
+    def _starts(self, s):
+        if self.grid is not None and self.init_grid is None:
+            return np.asarray(self.grid(s), float)
+        g = self.init_grid
+        if g is None:
+            P = len(self.param_names)
+            jit_ = np.exp(np.random.default_rng(0).normal(0, 1, (63, P)))
+            return np.vstack([np.ones((1, P)), jit_])
+        if isinstance(g, dict):
+            return np.array(list(itertools.product(*[np.atleast_1d(g[k]) for k in self.param_names])), float)
+        g = np.atleast_2d(np.asarray(g, float))
+        if g.shape[1] != len(self.param_names):
+            raise AnalysisError(f"init_grid of form {self.name!r} has {g.shape[1]} columns, "
+                                f"expected {len(self.param_names)} ({', '.join(self.param_names)})")
+        return g
+
+
+def _lse(a, b, c):
+    m = jnp.maximum(jnp.maximum(a, b), c)
+    m = jax.lax.stop_gradient(m)
+    return m + jnp.log(jnp.exp(a - m) + jnp.exp(b - m) + jnp.exp(c - m))
+
+
+def _grid(*axes):
+    return np.array(list(itertools.product(*axes)), float)
+
+
+_FR = np.log([0.01, 0.1, 0.5])
+FORMS: dict[str, Form] = {
+    "saturating": Form(
+        "saturating", lambda p, x, d: p["E"] + p["A"] * x ** -p["alpha"], ("E", "A", "alpha"),
+        log_pred=lambda t, u, v: jnp.logaddexp(t[0], t[1] - t[2] * u),
+        to_user=lambda t, lx0, ld0: np.stack([np.exp(t[..., 0]), np.exp(t[..., 1] + t[..., 2] * lx0),
+                                              t[..., 2]], -1),
+        grid=lambda s: _grid(s + np.log([0.05, 0.3, 0.6, 0.9]), s + np.log([0.01, 0.1, 0.5, 1.0]),
+                             [0.05, 0.15, 0.3, 0.6, 1.0, 2.0])),
+    "power": Form(
+        "power", lambda p, x, d: p["k"] * x ** p["b"], ("k", "b"),
+        log_pred=lambda t, u, v: t[0] + t[1] * u,
+        to_user=lambda t, lx0, ld0: np.stack([np.exp(t[..., 0] - t[..., 1] * lx0), t[..., 1]], -1),
+        grid=lambda s: _grid(s + np.array([-1.0, 0.0, 1.0]), [-2, -1, -0.3, 0, 0.3, 1, 2])),
+    "offset_power": Form(
+        "offset_power", lambda p, x, d: p["c"] + p["k"] * x ** p["b"], ("c", "k", "b"),
+        log_pred=lambda t, u, v: jnp.logaddexp(t[0], t[1] + t[2] * u),
+        to_user=lambda t, lx0, ld0: np.stack([np.exp(t[..., 0]), np.exp(t[..., 1] - t[..., 2] * lx0),
+                                              t[..., 2]], -1),
+        grid=lambda s: _grid(s + np.log([0.01, 0.3, 0.9]), s + np.log([0.01, 0.1, 0.5, 1.0]),
+                             [-2, -1, -0.5, -0.2, 0.2, 0.5, 1, 2])),
+    "chinchilla": Form(
+        "chinchilla", lambda p, x, d: p["E"] + p["A"] * x ** -p["alpha"] + p["B"] * d ** -p["beta"],
+        ("E", "A", "alpha", "B", "beta"), needs_d=True,
+        log_pred=lambda t, u, v: _lse(t[0], t[1] - t[2] * u, t[3] - t[4] * v),
+        to_user=lambda t, lx0, ld0: np.stack([np.exp(t[..., 0]), np.exp(t[..., 1] + t[..., 2] * lx0), t[..., 2],
+                                              np.exp(t[..., 3] + t[..., 4] * ld0), t[..., 4]], -1),
+        grid=lambda s: _grid(s + np.log([0.2, 0.5, 0.8, 0.95]), s + _FR, [0.1, 0.3, 0.6, 1.2],
+                             s + _FR, [0.1, 0.3, 0.6, 1.2])),      # 4*3*4*3*4 = 576 starts
+}
+
+
+def _get_form(form) -> Form:
+    if isinstance(form, Form):
+        return form
+    if form not in FORMS:
+        raise AnalysisError(f"unknown form {form!r}; allowed: {', '.join(FORMS)} or an analysis.Form")
+    return FORMS[form]
+
+
+# --------------------------------------------------------------------------- the solver
+
+_STEPS = (1.0, 0.3, 0.1, 1e-2, 1e-3)   # line-search trial steps, tried at once
+_TRACES = {"count": 0}     # bumped at trace time; tests use it to check nothing recompiles
+_SOLVERS: dict = {}
+_PREDICTORS: dict = {}
+
+
+def _solver(form: Form, max_iter: int, gtol: float, ftol: float):
+    """Jitted ``(theta0[B, S, P], w[B, n], u[n], v[n], ly[n], delta) -> dict of [B, S] results``,
+    one cached function per (form, budget, tolerances); jit caches per shape."""
+    key = (form, max_iter, gtol, ftol)
+    if key in _SOLVERS:
+        return _SOLVERS[key]
+    precond = optax.scale_by_lbfgs(memory_size=10)
+    steps = jnp.asarray(_STEPS)
+
+    def one(theta0, w, u, v, ly, delta):
+        def obj(theta):
+            r = ly - form._log_pred(theta, u, v)
+            a = jnp.abs(r)
+            h = jnp.where(a <= delta, 0.5 * r * r / delta, a - 0.5 * delta)   # huber / delta
+            return jnp.sum(w * h)
+
+        vg = jax.value_and_grad(obj)
+        f0, g0 = vg(theta0)
+        inf = jnp.asarray(jnp.inf, f0.dtype)
+        init = (theta0, precond.init(theta0), 0, f0, g0, inf, jnp.linalg.norm(g0), jnp.asarray(False))
+
+        def cond(c):
+            return (~c[7]) & (c[2] < max_iter)
+
+        def body(c):
+            theta, state, it, f, g, _, _, _ = c
+            dirn, nstate = precond.update(g, state, theta)        # L-BFGS two-loop: ~ H^-1 g
+            slope = jnp.vdot(g, dirn)
+            dirn = jnp.where(slope > 0, dirn, g / jnp.maximum(jnp.linalg.norm(g), 1e-300))
+            slope = jnp.vdot(g, dirn)
+            cand = theta[None] - steps[:, None] * dirn[None]      # every step length at once
+            fc = jax.vmap(obj)(cand)
+            fc = jnp.where(jnp.isfinite(fc), fc, jnp.inf)
+            armijo = fc <= f - 1e-4 * steps * slope
+            k = jnp.where(jnp.any(armijo), jnp.argmax(armijo), jnp.argmin(fc))
+            ntheta = cand[k]
+            nf, ng = vg(ntheta)
+            gn = jnp.linalg.norm(ng)
+            ok = (nf < f) & jnp.isfinite(gn)
+            df = jnp.where(ok, f - nf, 0.0)
+            conv = (gn <= gtol) & (df <= ftol * jnp.maximum(1.0, jnp.abs(nf)))
+            keep = lambda a, b: jnp.where(ok, a, b)
+            return (keep(ntheta, theta), jax.tree.map(keep, nstate, state), it + 1, keep(nf, f),
+                    keep(ng, g), df, keep(gn, jnp.linalg.norm(g)), conv | ~ok)
+
+        theta, _, it, f, _, df, gn, _ = jax.lax.while_loop(cond, body, init)
+        conv = (gn <= gtol) & (df <= ftol * jnp.maximum(1.0, jnp.abs(f)))
+        return dict(theta=theta, f=f, grad_norm=gn, df=df, n_iter=it, converged=conv)
+
+    def solve(theta0, w, u, v, ly, delta):
+        _TRACES["count"] += 1
+        per_start = jax.vmap(one, in_axes=(0, None, None, None, None, None))
+        return jax.vmap(per_start, in_axes=(0, 0, None, None, None, None))(theta0, w, u, v, ly, delta)
+
+    _SOLVERS[key] = jax.jit(solve)
+    return _SOLVERS[key]
+
+
+# --------------------------------------------------------------------------- inputs
+
+def _column(df, spec, role):
+    if df is None:
+        if isinstance(spec, str):
+            raise AnalysisError(f"{role}={spec!r} is a column name but no table was given")
+        return np.asarray(spec, dtype=float).ravel() if spec is not None else None
+    if not isinstance(spec, str):
+        return np.asarray(spec, dtype=float).ravel()
+    if spec not in df.columns:
+        raise AnalysisError(f"column {spec!r} ({role}) not in the table; it has: {', '.join(map(str, df.columns))}")
+    col = pd.to_numeric(df[spec], errors="coerce").to_numpy(dtype=float)
+    if np.isnan(col).any():
+        raise AnalysisError(f"column {spec!r} ({role}) has {int(np.isnan(col).sum())} NaN or non-numeric "
+                            f"value(s); drop or fill those rows first")
+    return col
+
+
+def _inputs(df, form: Form, x, y, d):
+    """Validated float64 arrays ``x, y, d`` (``d`` ones for one-input forms)."""
+    xs, ys = _column(df, x, "x"), _column(df, y, "y")
+    ds = _column(df, d, "d") if form.needs_d else None
+    if form.needs_d and ds is None:
+        raise AnalysisError(f"form {form.name!r} needs d (training tokens)")
+    named = {"x": xs, "y": ys} | ({"d": ds} if ds is not None else {})
+    lens = {k: len(v) for k, v in named.items()}
+    if len(set(lens.values())) > 1:
+        raise AnalysisError(f"mismatched lengths: {lens}")
+    for k, v in named.items():
+        if not np.all(np.isfinite(v)):
+            raise AnalysisError(f"{k} has NaN or infinite values")
+        if np.any(v <= 0):
+            raise AnalysisError(f"{k} must be positive; {int((v <= 0).sum())} value(s) are <= 0")
+    P = len(form.param_names)
+    if len(xs) < P + 1:
+        raise AnalysisError(f"form {form.name!r} has {P} parameters and needs at least {P + 1} points, got {len(xs)}")
+    return xs, ys, (ds if ds is not None else np.ones_like(xs))
+
+
+# --------------------------------------------------------------------------- the fit
+
+@dataclasses.dataclass(eq=False)
+class Fit:
+    """A fitted form. ``params``: point estimate on all rows (caller's units); ``intervals``:
+    bootstrap percentile intervals at ``level`` over the ``n_converged`` converged resamples
+    (NaN when none); ``bootstrap_params``: ``[n_converged, P]``; ``residuals_log``: ``log y -
+    log yhat`` per input row, in input order; ``r2_log``, ``rmse_log`` in log space."""
+    form: str
+    param_names: tuple
+    params: dict
+    intervals: dict
+    level: float
+    residuals_log: np.ndarray
+    r2_log: float
+    rmse_log: float
+    n_points: int
+    n_bootstrap: int
+    n_converged: int
+    converged: bool
+    objective: float
+    diagnostics: dict
+    bootstrap_params: np.ndarray
+    _form: Form = dataclasses.field(repr=False)
+    _theta: np.ndarray = dataclasses.field(repr=False)
+    _boot_theta: np.ndarray = dataclasses.field(repr=False)
+    _scale: tuple = dataclasses.field(repr=False)
+
+    def _log_y(self, theta, x, d):
+        u, v = self._form._prep(x, d, *self._scale)
+        if self._form not in _PREDICTORS:
+            _PREDICTORS[self._form] = jax.jit(jax.vmap(self._form._log_pred, in_axes=(0, None, None)))
+        with jax.enable_x64(True):
+            th = jnp.atleast_2d(jnp.asarray(theta, jnp.float64))
+            return np.asarray(_PREDICTORS[self._form](th, jnp.asarray(u, jnp.float64), jnp.asarray(v, jnp.float64)))
+
+    def predict(self, x_new, d_new=None, level=None) -> pd.DataFrame:
+        """Predictions at sizes ``x_new`` (and tokens ``d_new`` for two-input forms), with
+        bootstrap percentile intervals at ``level`` (default: the fit's). Columns x, [d,] y,
+        y_lo, y_hi."""
+        level = self.level if level is None else level
+        x = np.atleast_1d(np.asarray(x_new, float))
+        if self._form.needs_d:
+            if d_new is None:
+                raise AnalysisError(f"form {self.form!r} needs d_new")
+            x, d = np.broadcast_arrays(x, np.atleast_1d(np.asarray(d_new, float)))
+        else:
+            d = np.ones_like(x)
+        if np.any(~np.isfinite(x) | (x <= 0)) or np.any(~np.isfinite(d) | (d <= 0)):
+            raise AnalysisError("x_new and d_new must be finite and positive")
+        out = {"x": x} | ({"d": d} if self._form.needs_d else {})
+        out["y"] = np.exp(self._log_y(self._theta, x, d)[0])
+        if len(self._boot_theta):
+            ys = np.exp(self._log_y(self._boot_theta, x, d))
+            q = 50 * (1 - level)
+            out["y_lo"], out["y_hi"] = np.percentile(ys, [q, 100 - q], axis=0)
+        else:
+            out["y_lo"] = out["y_hi"] = np.full_like(x, np.nan)
+        return pd.DataFrame(out)
+
+    def summary(self) -> dict:
+        """One flat row: form, n_points, each param with _lo/_hi, fit quality, convergence."""
+        row = {"form": self.form, "n_points": self.n_points}
+        for k in self.param_names:
+            row[k], (row[k + "_lo"], row[k + "_hi"]) = self.params[k], self.intervals[k]
+        return row | {"r2_log": self.r2_log, "rmse_log": self.rmse_log, "objective": self.objective,
+                      "converged": self.converged, "n_bootstrap": self.n_bootstrap,
+                      "n_converged": self.n_converged, "level": self.level}
+
+
+def _distinct_best(theta, f, k, tol=1e-3):
+    """Indices of up to ``k`` lowest-objective rows of ``theta`` at least ``tol`` apart."""
+    chosen = []
+    for i in np.argsort(f):
+        if not np.isfinite(f[i]):
+            break
+        if all(np.max(np.abs(theta[i] - theta[j])) > tol for j in chosen):
+            chosen.append(i)
+        if len(chosen) == k:
+            break
+    return chosen
+
+
+def fit(df=None, form="saturating", x="params_non_embedding", y="eval_loss_nats", d="train_tokens", *,
+        n_bootstrap=1000, huber_delta=1e-3, seed=0, level=0.95, bootstrap_starts=4,
+        max_iter=500, gtol=1e-5, ftol=1e-10) -> Fit:
+    """Fit ``form`` to ``y`` against ``x`` (and ``d``): columns of ``df`` or, with ``df=None``,
+    1-D arrays of equal length, all positive. See the module docstring for the method.
+
+    ``n_bootstrap`` row resamples (0 for none); each runs ``bootstrap_starts`` L-BFGS starts
+    (the best distinct full-data optima, then raw grid points). ``gtol`` bounds the gradient
+    norm and ``ftol`` the relative last objective change of the objective divided by
+    ``huber_delta``; intervals use only the resamples that pass both."""
+    fm = _get_form(form)
+    xs, ys, ds = _inputs(df, fm, x, y, d)
+    if not huber_delta > 0 or not 0 < level < 1 or n_bootstrap < 0 or bootstrap_starts < 1:
+        raise AnalysisError("need huber_delta > 0, 0 < level < 1, n_bootstrap >= 0, bootstrap_starts >= 1")
+    n, P = len(xs), len(fm.param_names)
+    scale = (float(np.mean(np.log(xs))), float(np.mean(np.log(ds)))) if fm.log_pred else (0.0, 0.0)
+    u, v = fm._prep(xs, ds, *scale)
+    ly = np.log(ys)
+    starts = fm._starts(float(np.mean(ly)))
+    solve = _solver(fm, int(max_iter), float(gtol), float(ftol))
+    with jax.enable_x64(True):
+        args = (jnp.asarray(u), jnp.asarray(v), jnp.asarray(ly), jnp.float64(huber_delta))
+        g = jax.device_get(solve(jnp.asarray(starts[None]), jnp.ones((1, n)), *args))
+        g = {k: np.asarray(a[0]) for k, a in g.items()}
+        ok = np.isfinite(g["f"])
+        if not ok.any():
+            raise AnalysisError(f"no start of form {fm.name!r} gave a finite objective")
+        best = int(np.nanargmin(np.where(ok, g["f"], np.inf)))
+        theta = g["theta"][best]
+        boot_theta = np.zeros((0, P))
+        n_conv, boot_iters = 0, 0
+        if n_bootstrap:
+            seeds = _distinct_best(g["theta"], np.where(ok, g["f"], np.inf), bootstrap_starts)
+            extra = np.random.default_rng(seed + 1).permutation(len(starts))
+            s0 = np.vstack([g["theta"][seeds], starts[extra]])[:bootstrap_starts]
+            s0 = np.vstack([s0, np.repeat(s0[:1], bootstrap_starts - len(s0), 0)])
+            w = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_bootstrap)
+            b = jax.device_get(solve(jnp.broadcast_to(jnp.asarray(s0), (n_bootstrap,) + s0.shape),
+                                     jnp.asarray(w, jnp.float64), *args))
+            f = np.where(np.isfinite(b["f"]), b["f"], np.inf)
+            k = np.argmin(f, axis=1)
+            pick = lambda a: np.take_along_axis(np.asarray(a), k.reshape((-1, 1) + (1,) * (np.ndim(a) - 2)), 1)[:, 0]
+            conv = pick(b["converged"]) & np.isfinite(pick(b["f"]))
+            boot_theta = pick(b["theta"])[conv]
+            n_conv, boot_iters = int(conv.sum()), int(np.max(b["n_iter"]))
+    user = fm._to_user(theta, *scale)
+    boot_user = fm._to_user(boot_theta, *scale).reshape(-1, P)
+    q = 50 * (1 - level)
+    iv = (np.percentile(boot_user, [q, 100 - q], axis=0) if n_conv else np.full((2, P), np.nan))
+    fit_ = Fit(form=fm.name, param_names=fm.param_names,
+               params={k: float(user[i]) for i, k in enumerate(fm.param_names)},
+               intervals={k: (float(iv[0, i]), float(iv[1, i])) for i, k in enumerate(fm.param_names)},
+               level=level, residuals_log=np.zeros(n), r2_log=np.nan, rmse_log=np.nan, n_points=n,
+               n_bootstrap=int(n_bootstrap), n_converged=n_conv, converged=bool(g["converged"][best]),
+               objective=float(g["f"][best] * huber_delta),
+               diagnostics=dict(n_starts=len(starts), n_starts_converged=int(g["converged"].sum()),
+                                grad_norm=float(g["grad_norm"][best]), last_change=float(g["df"][best]),
+                                n_iter=int(g["n_iter"][best]), max_iter=int(max_iter),
+                                bootstrap_starts=int(bootstrap_starts), bootstrap_max_iter_used=boot_iters,
+                                gtol=gtol, ftol=ftol),
+               bootstrap_params=boot_user, _form=fm, _theta=theta, _boot_theta=boot_theta, _scale=scale)
+    res = ly - fit_._log_y(theta, xs, ds)[0]
+    fit_.residuals_log = res
+    fit_.r2_log = float(1 - np.sum(res ** 2) / np.sum((ly - ly.mean()) ** 2)) if np.ptp(ly) > 0 else np.nan
+    fit_.rmse_log = float(np.sqrt(np.mean(res ** 2)))
+    return fit_
+
+
+# --------------------------------------------------------------------------- groups, tables, checks
+
+def fit_groups(df, by="inference_precision", form="saturating", x="params_non_embedding",
+               y="eval_loss_nats", **kw) -> dict:
+    """One ``fit`` per value of column ``by`` -> ``{group_value: Fit}`` (sorted by group)."""
+    if by not in df.columns:
+        raise AnalysisError(f"column {by!r} (by) not in the table; it has: {', '.join(map(str, df.columns))}")
+    return {key: fit(part, form=form, x=x, y=y, **kw) for key, part in df.groupby(by, sort=True)}
+
+
+def fit_table(fits) -> pd.DataFrame:
+    """Tidy table, one row per (group, param): group, form, param, estimate, lo, hi, n_points,
+    n_bootstrap, n_converged, r2_log, rmse_log. Takes a dict from ``fit_groups`` or one Fit."""
+    if isinstance(fits, Fit):
+        fits = {None: fits}
+    rows = [dict(group=key, form=f.form, param=p, estimate=f.params[p], lo=f.intervals[p][0],
+                 hi=f.intervals[p][1], n_points=f.n_points, n_bootstrap=f.n_bootstrap,
+                 n_converged=f.n_converged, r2_log=f.r2_log, rmse_log=f.rmse_log)
+            for key, f in fits.items() for p in f.param_names]
+    return pd.DataFrame(rows, columns=["group", "form", "param", "estimate", "lo", "hi", "n_points",
+                                       "n_bootstrap", "n_converged", "r2_log", "rmse_log"])
+
+
+def extrapolation_check(df=None, form="saturating", x="params_non_embedding", y="eval_loss_nats", k=2,
+                        by=None, d="train_tokens", **kw) -> pd.DataFrame:
+    """Leave-largest-out: fit without the rows of the ``k`` largest distinct ``x`` (per group
+    with ``by``), predict them. One row per held-out point: [group,] x, [d,] y, y_pred, y_lo,
+    y_hi, rel_error = (y_pred - y) / y, n_fit_points."""
+    if by is not None:
+        if by not in df.columns:
+            raise AnalysisError(f"column {by!r} (by) not in the table; it has: {', '.join(map(str, df.columns))}")
+        parts = [extrapolation_check(p, form, x, y, k, None, d, **kw).assign(group=key)
+                 for key, p in df.groupby(by, sort=True)]
+        out = pd.concat(parts, ignore_index=True)
+        return out[["group"] + [c for c in out.columns if c != "group"]]
+    fm = _get_form(form)
+    xs, ys, ds = _inputs(df, fm, x, y, d)
+    sizes = np.unique(xs)
+    if not 1 <= k < len(sizes):
+        raise AnalysisError(f"k={k} must be at least 1 and below the number of distinct sizes ({len(sizes)})")
+    held = xs >= sizes[-k]
+    f = fit(None, fm, xs[~held], ys[~held], ds[~held] if fm.needs_d else None, **kw)
+    p = f.predict(xs[held], ds[held] if fm.needs_d else None)
+    out = pd.DataFrame({"x": xs[held]} | ({"d": ds[held]} if fm.needs_d else {}) | {
+        "y": ys[held], "y_pred": p["y"].to_numpy(), "y_lo": p["y_lo"].to_numpy(), "y_hi": p["y_hi"].to_numpy()})
+    out["rel_error"] = (out["y_pred"] - out["y"]) / out["y"]
+    out["n_fit_points"] = int((~held).sum())
+    return out
+
+
+def compute_optimal(fit: Fit, C, flops_per_param_token=6.0) -> dict:
+    """Compute-optimal ``N`` and ``D`` for budget ``C`` (FLOPs; scalar or array) under a
+    chinchilla fit with ``C = flops_per_param_token * N * D``: minimising
+    ``E + A N^-alpha + B D^-beta`` gives ``N = G (C/k)^(beta/(alpha+beta))``,
+    ``G = (alpha A / (beta B))^(1/(alpha+beta))``, ``D = C / (k N)``. Also ``N_lo, N_hi, D_lo,
+    D_hi``: percentile intervals over the converged bootstrap resamples."""
+    if not isinstance(fit, Fit) or fit.form != "chinchilla" or fit._form is not FORMS["chinchilla"]:
+        raise AnalysisError("compute_optimal needs a fit of the 'chinchilla' form")
+    Cs = np.asarray(C, float)
+    if np.any(~np.isfinite(Cs) | (Cs <= 0)) or not flops_per_param_token > 0:
+        raise AnalysisError("C and flops_per_param_token must be finite and positive")
+
+    def nd(p):
+        E, A, a, B, b = (p[..., i, None] for i in range(5))
+        N = (a * A / (b * B)) ** (1 / (a + b)) * (Cs.ravel() / flops_per_param_token) ** (b / (a + b))
+        return N, Cs.ravel() / (flops_per_param_token * N)
+
+    N, D = nd(np.array([fit.params[k] for k in fit.param_names]))
+    out = {"N": N.reshape(Cs.shape), "D": D.reshape(Cs.shape)}
+    if np.ndim(C) == 0:
+        out = {k: float(v) for k, v in out.items()}
+    if len(fit.bootstrap_params):
+        q = 50 * (1 - fit.level)
+        for name, arr in zip("ND", nd(fit.bootstrap_params)):
+            lo, hi = np.percentile(arr, [q, 100 - q], axis=0)
+            out[name + "_lo"], out[name + "_hi"] = (lo.reshape(Cs.shape), hi.reshape(Cs.shape))
+            if np.ndim(C) == 0:
+                out[name + "_lo"], out[name + "_hi"] = float(lo[0]), float(hi[0])
+    return out

@@ -1,0 +1,693 @@
+"""Paper figures and the fit table, from any results table.
+
+Every figure function takes the results DataFrame (``jscale.results.load_results``) and
+returns a ``matplotlib.figure.Figure``; ``render_all`` writes them all as PNG and vector
+PDF, with the fit table as Markdown and LaTeX, and says what it wrote and what it skipped
+and why.  A figure whose columns are missing is skipped with a message naming them; a fit
+that fails (too few sizes in a group) leaves its points drawn without the law.
+
+Units: parameters are counts (non-embedding ``N``), losses nats/token, latencies
+milliseconds (per generated token for decode, per prompt for prefill), memory bytes
+(plotted in MB = 10^6 bytes).
+
+One style everywhere: ``precision_style`` maps each inference precision to a fixed colour
+(seaborn's colour-blind-safe palette) and marker, fp32, bf16, int8, w8a8 first and any
+other precision after them in sorted order.  The seaborn theme is applied only inside a
+context while a figure is built, so importing or using this module leaves the caller's
+global matplotlib settings alone.  Figures are built with ``matplotlib.figure.Figure``
+(no pyplot), so nothing here needs a display.
+
+This module imports nothing of the model or training code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib as mpl
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib import ticker
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from jscale import analysis
+
+N = "params_non_embedding"
+PRECISION = "inference_precision"
+LOSS = "eval_loss_nats"
+LOSS_SE = "eval_loss_se_nats"
+DECODE = "decode_ms_per_token_median"
+PREFILL = "prefill_ms_median"
+
+PRECISION_ORDER = ("fp32", "bf16", "int8", "w8a8")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+LEVEL = 0.95
+DPI = 300
+N_LABEL = "non-embedding parameters N"
+FIGURES = ("loss_vs_params", "latency_vs_params", "loss_vs_latency", "memory_vs_params", "fit_diagnostics")
+
+
+class FigureError(ValueError):
+    """A results table that cannot give this figure (e.g. missing columns)."""
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """A fitted quantity: its column, law and axis label (with units)."""
+    name: str
+    column: str
+    form: str
+    label: str
+    law: str
+
+
+# Latency laws are "offset_power" (y = c + k N^b): a measured latency has a fixed floor
+# (dispatch, Python, kernel launches, the embedding and head) that dominates small models,
+# and grows roughly linearly with N only once the weights dominate the bytes moved.  A pure
+# power law would bend through that floor and report a meaningless exponent.
+QUANTITIES = (
+    Quantity("loss", LOSS, "saturating", "held-out loss (nats/token)", "L = E + A N^-alpha"),
+    Quantity("decode", DECODE, "offset_power", "decode latency (ms/token)", "t = c + k N^b"),
+    Quantity("prefill", PREFILL, "offset_power", "prefill latency (ms/prompt)", "t = c + k N^b"),
+)
+_Q = {q.name: q for q in QUANTITIES}
+
+
+# ----------------------------------------------------------------------------- style
+
+
+def precision_style(precisions) -> dict[str, dict]:
+    """Precision -> ``{"color", "marker"}``: fp32, bf16, int8, w8a8 fixed first, others after
+    them in sorted order (deterministic for a given set), from seaborn's colorblind palette."""
+    extra = sorted(set(map(str, precisions)) - set(PRECISION_ORDER))
+    names = list(PRECISION_ORDER) + extra
+    pal = sns.color_palette("colorblind", max(10, len(names)))
+    return {p: {"color": pal[i % len(pal)], "marker": MARKERS[i % len(MARKERS)]} for i, p in enumerate(names)}
+
+
+@contextlib.contextmanager
+def theme():
+    """The figures' seaborn theme, applied only inside the ``with`` block."""
+    with sns.axes_style("whitegrid"), sns.plotting_context("paper", font_scale=1.25), mpl.rc_context({
+            "axes.titlesize": "medium", "legend.frameon": False, "pdf.fonttype": 42, "ps.fonttype": 42,
+            "grid.linewidth": 0.6, "axes.grid.which": "major", "savefig.dpi": DPI}):
+        yield
+
+
+def _groups(df: pd.DataFrame) -> list[str]:
+    present = set(df[PRECISION].astype(str))
+    return [p for p in precision_style(present) if p in present]
+
+
+def _require(df: pd.DataFrame, figure: str, cols) -> None:
+    missing = [c for c in cols if c not in df.columns or df[c].isna().all()]
+    if missing:
+        raise FigureError(f"{figure}: the results table lacks column{'s' * (len(missing) > 1)} "
+                          f"{', '.join(missing)}")
+
+
+def _prepare(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy with an ``inference_precision`` column of strings (``all`` when absent)."""
+    df = df.copy()
+    if PRECISION not in df:
+        df[PRECISION] = "all"
+    df[PRECISION] = df[PRECISION].astype(str)
+    return df
+
+
+def _fmt_n(v: float) -> str:
+    """A parameter count in short form: 12k, 1.5M, 2B."""
+    for div, s in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= div:
+            return f"{v / div:.3g}{s}"
+    return f"{v:.3g}"
+
+
+def _log_axis(ax, which: str, fmt=None) -> None:
+    """Log scale with readable ticks: decades when the data span them, otherwise a few
+    round values labelled plainly (a loss from 2.5 to 4 has no decade tick at all)."""
+    getattr(ax, f"set_{which}scale")("log")
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    lo, hi = (ax.get_xlim() if which == "x" else ax.get_ylim())
+    if lo <= 0 or not np.isfinite([lo, hi]).all():
+        return
+    if hi / lo >= 100:
+        return  # matplotlib's decade ticks, 10^k
+    if hi / lo >= 10:  # one to two decades: 1, 2, 5 in each
+        axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(ticker.FuncFormatter(fmt or (lambda v, _: f"{v:g}")))
+        axis.set_minor_formatter(ticker.NullFormatter())
+        return
+    ticks = [t for t in ticker.MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi)
+             if lo <= t <= hi and t > 0]
+    if len(ticks) < 2:
+        ticks = [t for t in ticker.MaxNLocator(nbins=8).tick_values(lo, hi) if lo <= t <= hi and t > 0]
+    axis.set_major_locator(ticker.FixedLocator(ticks))
+    axis.set_major_formatter(ticker.FuncFormatter(fmt or (lambda v, _: f"{v:g}")))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _n_fmt(v, _):
+    return _fmt_n(v)
+
+
+def _footnote(df: pd.DataFrame) -> str:
+    bits = []
+    for col, name in (("device_kind", "device"), ("batch", "batch"), ("prompt_tokens", "prompt tokens"),
+                      ("gen_tokens", "generated tokens")):
+        if col in df and df[col].notna().any():
+            vals = sorted({str(v) for v in df[col].dropna()})
+            bits.append(f"{name} {', '.join(vals[:3])}{'...' if len(vals) > 3 else ''}")
+    if "seed" in df:
+        bits.append(f"{df['seed'].nunique()} seed{'s' * (df['seed'].nunique() > 1)}")
+    if "train_precision" in df and df["train_precision"].nunique() > 1:
+        bits.append(f"train precisions {', '.join(sorted(df['train_precision'].astype(str).unique()))} pooled")
+    return "; ".join(bits)
+
+
+def _new_figure(df: pd.DataFrame, ncols: int, width: float = 4.2, height: float = 3.4, legend: float = 1.6):
+    """A constrained-layout figure with ``legend`` inches on the right for the legend and the
+    footnote (device, batch, prompt and generated tokens, seeds) at the bottom left."""
+    fig = Figure(figsize=(width * ncols + legend, height + 0.3), layout="constrained")
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    note = _footnote(df)
+    if note:  # as the figure's x label, so the layout reserves room for it
+        fig.supxlabel(note, x=0.01, ha="left", fontsize="x-small", color="0.35")
+    return fig, list(axes)
+
+
+def _legend(fig: Figure, handles, title: str | None = None) -> None:
+    """One legend for the whole figure, outside the axes on the right: it covers no data."""
+    fig.legend(handles=handles, loc="outside right upper", title=title, fontsize="small",
+               title_fontsize="small", alignment="left")
+
+
+def _handle(style: dict, label: str, line: bool = True) -> Line2D:
+    return Line2D([], [], color=style["color"], marker=style["marker"], linestyle="-" if line else "none",
+                  markersize=6, label=label)
+
+
+def _points(ax, d: pd.DataFrame, x: str, y: str, style: dict, yerr=None) -> None:
+    kw = dict(color=style["color"], marker=style["marker"], linestyle="none", markersize=5.5,
+              markeredgecolor="white", markeredgewidth=0.5, alpha=0.9, zorder=3)
+    if yerr is not None:
+        ax.errorbar(d[x], d[y], yerr=yerr, elinewidth=0.9, capsize=2, ecolor=style["color"], **kw)
+    else:
+        ax.plot(d[x], d[y], **kw)
+
+
+def _grid(x: np.ndarray, n: int = 200, extend: float = 0.15) -> np.ndarray:
+    """A dense log-spaced grid over the data, extended by ``extend`` decades on both sides."""
+    lo, hi = np.log10(np.nanmin(x)), np.log10(np.nanmax(x))
+    return np.logspace(lo - extend, hi + extend, n)
+
+
+def _ylim_to(ax, values, pad: float = 1.25) -> None:
+    """Limit the (log) y axis to ``values`` (points and fitted lines) padded by ``pad``: a wide
+    bootstrap band is clipped rather than squashing the data."""
+    v = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce"), float)
+    v = v[np.isfinite(v) & (v > 0)]
+    if len(v):
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(max(lo, v.min() / pad), min(hi, v.max() * pad))
+
+
+def _draw_fit(ax, fit, x: np.ndarray, style: dict, level: float = LEVEL, band: bool = True) -> np.ndarray:
+    """The law as a line over a dense grid beyond the data, and its bootstrap band; returns
+    the line's values (for the axis limits)."""
+    pred = fit.predict(_grid(x), level=level)
+    ax.plot(pred["x"], pred["y"], color=style["color"], linewidth=1.4, zorder=2)
+    if band:
+        ax.fill_between(pred["x"], pred["y_lo"], pred["y_hi"], color=style["color"], alpha=0.18,
+                        linewidth=0, zorder=1)
+    return pred["y"].to_numpy(float)
+
+
+def _fmt(v: float) -> str:
+    """Three significant figures; scientific outside [1e-3, 1e4)."""
+    if not np.isfinite(v):
+        return "nan"
+    if v != 0 and not 1e-3 <= abs(v) < 1e4:
+        return f"{v:.2e}"
+    d = 0 if v == 0 else max(0, 2 - math.floor(math.log10(abs(v))))
+    return f"{v:.{d}f}"
+
+
+def _fmt_ci(est: float, lo: float, hi: float) -> str:
+    return f"{_fmt(est)} [{_fmt(lo)}, {_fmt(hi)}]"
+
+
+# ----------------------------------------------------------------------------- fits
+
+
+@dataclass
+class Fits:
+    """Every law fitted for the figures and the table, fitted once and shared.
+
+    ``fits[quantity][precision]`` is an ``analysis`` fit; ``extrapolation[quantity][precision]``
+    the leave-``k``-largest-sizes-out check (columns x, y, y_pred, y_lo, y_hi, rel_error,
+    n_fit_points); ``notes`` one line per fit that could not be made, and why.
+    """
+    fits: dict = field(default_factory=dict)
+    extrapolation: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+    n_bootstrap: int = 1000
+    level: float = LEVEL
+    k: int = 2
+
+    def get(self, quantity: str, precision: str):
+        return self.fits.get(quantity, {}).get(precision)
+
+
+def fit_all(df: pd.DataFrame, *, n_bootstrap: int = 1000, seed: int = 0, level: float = LEVEL, k: int = 2,
+            quantities=("loss", "decode", "prefill"), log=None) -> Fits:
+    """Fit each quantity's law (``QUANTITIES``) per inference precision, on every row (all
+    seeds), with ``n_bootstrap`` bootstrap resamples, and the extrapolation check that holds
+    out the ``k`` largest sizes.  Failures become ``notes`` (and are passed to ``log``)."""
+    df = _prepare(df)
+    out = Fits(n_bootstrap=n_bootstrap, level=level, k=k)
+    if N not in df:
+        out.notes.append(f"no fits: the results table lacks column {N}")
+        return out
+    for qname in quantities:
+        q = _Q[qname]
+        if q.column not in df or df[q.column].isna().all():
+            out.notes.append(f"{qname}: no fit, the results table lacks column {q.column}")
+            continue
+        for prec in _groups(df):
+            d = df[(df[PRECISION] == prec) & df[N].notna() & df[q.column].notna()]
+            try:
+                f = analysis.fit(d, form=q.form, x=N, y=q.column, n_bootstrap=n_bootstrap, seed=seed, level=level)
+                out.fits.setdefault(qname, {})[prec] = f
+            except (ValueError, ArithmeticError, RuntimeError) as e:
+                out.notes.append(f"{qname} {prec}: no {q.form} fit ({e}); points drawn without the law")
+                continue
+            for kk in range(k, 0, -1):  # hold out fewer sizes when k leave too few to fit
+                try:
+                    # the band of a prediction is drawn for the loss only; latency needs just y_pred
+                    nb = n_bootstrap if qname == "loss" else 0
+                    ex = analysis.extrapolation_check(d, form=q.form, x=N, y=q.column, k=kk, n_bootstrap=nb,
+                                                      seed=seed, level=level)
+                except (ValueError, ArithmeticError, RuntimeError) as e:
+                    err = e
+                    continue
+                out.extrapolation.setdefault(qname, {})[prec] = ex.assign(k=kk)
+                if kk < k:
+                    out.notes.append(f"{qname} {prec}: extrapolation check holds out the {kk} largest "
+                                     f"size{'s' * (kk > 1)}, not {k} (too few sizes)")
+                break
+            else:
+                out.notes.append(f"{qname} {prec}: no extrapolation check ({err})")
+    if log is not None:
+        for n in out.notes:
+            log(n)
+    return out
+
+
+def _fits_for(df, fits: Fits | None, quantities, n_bootstrap: int, seed: int) -> Fits:
+    if fits is not None:
+        return fits
+    return fit_all(df, n_bootstrap=n_bootstrap, seed=seed, quantities=quantities, log=print)
+
+
+def _alpha_label(fit, prec: str) -> str:
+    if fit is None:
+        return f"{prec}: no fit"
+    lo, hi = fit.intervals["alpha"]
+    return rf"{prec}: $\alpha$ = {_fmt_ci(fit.params['alpha'], lo, hi)}"
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def loss_vs_params(df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap: int = 1000, seed: int = 0) -> Figure:
+    """(a) Held-out loss (nats/token) vs non-embedding parameters N, log-log, per inference
+    precision: every row as a point (± its standard error when ``eval_loss_se_nats`` is
+    there), the fitted saturating law L = E + A N^-alpha and its bootstrap band; the legend
+    gives alpha with its interval."""
+    _require(df, "loss_vs_params", [N, LOSS])
+    df = _prepare(df).dropna(subset=[N, LOSS])
+    fits = _fits_for(df, fits, ("loss",), n_bootstrap, seed)
+    style = precision_style(df[PRECISION])
+    with theme():
+        fig, (ax,) = _new_figure(df, 1, width=4.8, height=3.6, legend=3.2)
+        handles, shown = [], [df[LOSS]]
+        for prec in _groups(df):
+            d, st, f = df[df[PRECISION] == prec], style[prec], fits.get("loss", prec)
+            _points(ax, d, N, LOSS, st, yerr=d[LOSS_SE] if LOSS_SE in d and d[LOSS_SE].notna().all() else None)
+            if f is not None:
+                shown.append(_draw_fit(ax, f, d[N].to_numpy(float), st, fits.level))
+            handles.append(_handle(st, _alpha_label(f, prec), line=f is not None))
+        ax.set_xlabel(N_LABEL)
+        ax.set_ylabel("held-out loss (nats/token)")
+        ax.set_title("Loss vs size")
+        _ylim_to(ax, np.concatenate([np.asarray(v, float) for v in shown]))
+        _log_axis(ax, "x", _n_fmt)
+        _log_axis(ax, "y")
+        _legend(fig, handles, title=rf"fit $L = E + A N^{{-\alpha}}$, {fits.level:.0%} bootstrap band;" "\n"
+                                    rf"precision: $\alpha$ [{fits.level:.0%} interval]")
+    return fig
+
+
+def latency_vs_params(df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap: int = 1000,
+                      seed: int = 0) -> Figure:
+    """(b) Per-token decode latency (ms/token) and prefill latency (ms/prompt) vs N per
+    precision, log-log: medians with q1..q3 bars, the fitted law t = c + k N^b (an offset
+    power law: a fixed overhead floor plus a power of N), and the roofline lower bound
+    (``decode_bound_ms_per_token``, ``prefill_bound_ms``) dashed in the same colour.
+    Draws the panels whose columns exist; needs at least one."""
+    panels = [(q, b, lo, hi) for q, b, lo, hi in (
+        ("decode", "decode_bound_ms_per_token", "decode_ms_per_token_q1", "decode_ms_per_token_q3"),
+        ("prefill", "prefill_bound_ms", "prefill_ms_q1", "prefill_ms_q3"))
+        if _Q[q].column in df and df[_Q[q].column].notna().any()]
+    if not panels:
+        _require(df, "latency_vs_params", [DECODE, PREFILL])
+    _require(df, "latency_vs_params", [N])
+    df = _prepare(df)
+    fits = _fits_for(df, fits, tuple(p[0] for p in panels), n_bootstrap, seed)
+    style = precision_style(df[PRECISION])
+    with theme():
+        fig, axes = _new_figure(df, len(panels))
+        handles = []
+        for ax, (qn, bound, q1, q3) in zip(axes, panels):
+            q = _Q[qn]
+            dq = df.dropna(subset=[N, q.column])
+            shown = [dq[q.column]] + [dq[c] for c in (bound, q1, q3) if c in dq]
+            for prec in _groups(dq):
+                d, st, f = dq[dq[PRECISION] == prec], style[prec], fits.get(qn, prec)
+                yerr = None
+                if q1 in d and q3 in d and d[[q1, q3]].notna().all().all():
+                    yerr = np.clip(np.vstack([d[q.column] - d[q1], d[q3] - d[q.column]]), 0, None)
+                _points(ax, d, N, q.column, st, yerr=yerr)
+                if f is not None:
+                    shown.append(_draw_fit(ax, f, d[N].to_numpy(float), st, fits.level))
+                if bound in d and d[bound].notna().any():
+                    b = d.groupby(N)[bound].mean().sort_index()
+                    ax.plot(b.index, b.to_numpy(), color=st["color"], linestyle="--", linewidth=1.1, zorder=2)
+                if ax is axes[0]:
+                    handles.append(_handle(st, prec if f is not None else f"{prec} (no fit)", line=f is not None))
+            ax.set_xlabel(N_LABEL)
+            ax.set_ylabel(q.label)
+            ax.set_title("Decode (per generated token)" if qn == "decode" else "Prefill (per prompt)")
+            _ylim_to(ax, np.concatenate([np.asarray(v, float) for v in shown]))
+            _log_axis(ax, "x", _n_fmt)
+            _log_axis(ax, "y")
+        handles += [Line2D([], [], color="0.3", linestyle="-", label=r"fit $t = c + k N^b$"),
+                    Line2D([], [], color="0.3", linestyle="--", label="roofline bound"),
+                    Line2D([], [], color="0.3", marker="o", linestyle="none", label="median, q1..q3")]
+        _legend(fig, handles, title="precision")
+    return fig
+
+
+def pareto_frontier(latency, loss) -> np.ndarray:
+    """Boolean mask of the points on the Pareto frontier of (latency, loss), both lower is
+    better: a point is on it when no other point has latency <= and loss <= with one of
+    them strictly lower (so it has the lowest loss at or below its latency).  Identical
+    points are all kept; points with a NaN are never on it."""
+    lat = np.asarray(latency, dtype=float)
+    los = np.asarray(loss, dtype=float)
+    if lat.shape != los.shape or lat.ndim != 1:
+        raise ValueError(f"latency and loss must be 1-D of one length, got {lat.shape} and {los.shape}")
+    mask = np.zeros(lat.shape, bool)
+    ok = np.flatnonzero(np.isfinite(lat) & np.isfinite(los))
+    best, best_lat = np.inf, np.nan
+    for i in ok[np.lexsort((los[ok], lat[ok]))]:  # by latency, then loss
+        if los[i] < best:
+            mask[i], best, best_lat = True, los[i], lat[i]
+        elif los[i] == best and lat[i] == best_lat:
+            mask[i] = True  # a copy of the frontier point just taken
+    return mask
+
+
+def loss_vs_latency(df: pd.DataFrame) -> Figure:
+    """(c) Held-out loss (nats/token) vs decode latency (ms/token), every size and precision,
+    log-log, with the Pareto frontier (the lowest loss at or below each latency) as a step
+    line across all points; frontier points are labelled with their N."""
+    _require(df, "loss_vs_latency", [LOSS, DECODE])
+    df = _prepare(df).dropna(subset=[LOSS, DECODE]).reset_index(drop=True)
+    style = precision_style(df[PRECISION])
+    with theme():
+        fig, (ax,) = _new_figure(df, 1, width=4.8, height=3.6)
+        handles = []
+        for prec in _groups(df):
+            d, st = df[df[PRECISION] == prec], style[prec]
+            _points(ax, d, DECODE, LOSS, st)
+            handles.append(_handle(st, prec, line=False))
+        front = df[pareto_frontier(df[DECODE], df[LOSS])].sort_values(DECODE)
+        xs = np.append(front[DECODE].to_numpy(), df[DECODE].max())
+        ys = np.append(front[LOSS].to_numpy(), front[LOSS].iloc[-1])
+        ax.step(xs, ys, where="post", color="0.15", linewidth=1.2, zorder=2.5)
+        if N in front:
+            for r in front.drop_duplicates(subset=[N]).itertuples():  # one label per size
+                ax.annotate(_fmt_n(getattr(r, N)), (getattr(r, DECODE), getattr(r, LOSS)), xytext=(4, 4),
+                            textcoords="offset points", fontsize="x-small", color="0.25")
+        ax.set_xlabel("decode latency (ms/token)")
+        ax.set_ylabel("held-out loss (nats/token)")
+        ax.set_title("Loss vs decode latency")
+        _log_axis(ax, "x")
+        _log_axis(ax, "y")
+        handles.append(Line2D([], [], color="0.15", linewidth=1.2, label="Pareto frontier\n(labels: N)"))
+        _legend(fig, handles, title="precision")
+    return fig
+
+
+def memory_vs_params(df: pd.DataFrame) -> Figure:
+    """(d) Weight bytes and KV-cache bytes (plotted in MB = 10^6 bytes) vs N per precision,
+    log-log.  Draws the panels whose columns exist; needs at least one."""
+    panels = [(c, t) for c, t in (("weight_bytes", "weights"), ("kv_cache_bytes", "KV cache"))
+              if c in df and df[c].notna().any()]
+    if not panels:
+        _require(df, "memory_vs_params", ["weight_bytes", "kv_cache_bytes"])
+    _require(df, "memory_vs_params", [N])
+    df = _prepare(df)
+    style = precision_style(df[PRECISION])
+    with theme():
+        fig, axes = _new_figure(df, len(panels))
+        handles = []
+        for ax, (col, title) in zip(axes, panels):
+            dc = df.dropna(subset=[N, col])
+            for i, prec in enumerate(_groups(dc)):
+                d, st = dc[dc[PRECISION] == prec], style[prec]
+                m = (d.groupby(N)[col].mean() / 1e6).sort_index()
+                # later precisions drawn smaller, so coinciding ones (same KV cache) stay visible
+                ax.plot(m.index, m.to_numpy(), color=st["color"], marker=st["marker"], markersize=max(8.5 - 1.5 * i, 3),
+                        markeredgecolor="white", markeredgewidth=0.5, linewidth=1.1, alpha=0.9)
+                if ax is axes[0]:
+                    handles.append(_handle(st, prec))
+            ax.set_xlabel(N_LABEL)
+            ax.set_ylabel(f"{title} (MB)")
+            ax.set_title(title[0].upper() + title[1:])
+            _log_axis(ax, "x", _n_fmt)
+            _log_axis(ax, "y")
+        _legend(fig, handles, title="precision")
+    return fig
+
+
+def fit_diagnostics(df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap: int = 1000,
+                    seed: int = 0) -> Figure:
+    """(e) The loss fit's checks, per precision: residuals log L - log L_fit vs N (left), and
+    the extrapolation check (right): the law fitted without the k largest sizes predicts
+    them; plotted as the relative error prediction/actual - 1 (%) with the prediction's
+    interval."""
+    _require(df, "fit_diagnostics", [N, LOSS])
+    df = _prepare(df).dropna(subset=[N, LOSS])
+    fits = _fits_for(df, fits, ("loss",), n_bootstrap, seed)
+    style = precision_style(df[PRECISION])
+    with theme():
+        fig, (ax, bx) = _new_figure(df, 2)
+        handles = []
+        groups = _groups(df)
+        offsets = dict(zip(groups, np.linspace(-0.03, 0.03, len(groups)) if len(groups) > 1 else [0.0]))
+        for prec in groups:
+            d, st, f = df[df[PRECISION] == prec], style[prec], fits.get("loss", prec)
+            if f is not None:
+                r = pd.DataFrame({N: d[N].to_numpy(float) * 10 ** offsets[prec],  # dodged apart
+                                  "res": np.asarray(f.residuals_log, float)})
+                _points(ax, r, N, "res", st)
+            ex = fits.extrapolation.get("loss", {}).get(prec)
+            if ex is not None and len(ex):
+                y = ex["y"].to_numpy(float)
+                rel = 100 * (ex["y_pred"].to_numpy(float) / y - 1)
+                lo = 100 * (ex["y_lo"].to_numpy(float) / y - 1)
+                hi = 100 * (ex["y_hi"].to_numpy(float) / y - 1)
+                xx = ex["x"].to_numpy(float) * 10 ** offsets[prec]  # dodge the precisions apart
+                _points(bx, pd.DataFrame({"x": xx, "rel": rel}), "x", "rel", st,
+                        yerr=np.clip(np.vstack([rel - lo, hi - rel]), 0, None))
+            handles.append(_handle(st, prec if f is not None else f"{prec} (no fit)", line=False))
+        for a in (ax, bx):
+            a.axhline(0, color="0.3", linewidth=0.9, zorder=1)
+            a.set_xlabel(N_LABEL)
+            _log_axis(a, "x", _n_fmt)
+        ax.set_ylabel(r"residual $\log L - \log L_\mathrm{fit}$")
+        ax.set_title("Loss-law residuals")
+        bx.set_ylabel("prediction / actual − 1 (%)")
+        ks = sorted({int(e["k"].iloc[0]) for e in fits.extrapolation.get("loss", {}).values() if len(e)} or {fits.k})
+        bx.set_title(f"Extrapolation: {'/'.join(map(str, ks))} largest size{'s' * (ks[-1] > 1)} held out")
+        if not fits.extrapolation.get("loss"):
+            bx.text(0.5, 0.5, "no extrapolation check\n(too few sizes)", transform=bx.transAxes,
+                    ha="center", va="center", color="0.4")
+        _legend(fig, handles + [Line2D([], [], color="0.3", marker="o", linestyle="none",
+                                       label=f"prediction, {fits.level:.0%} band")], title="precision")
+    return fig
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _table_rows(fits: Fits) -> list[tuple[Quantity, list[dict]]]:
+    out = []
+    for q in QUANTITIES:
+        rows = []
+        for prec, f in fits.fits.get(q.name, {}).items():
+            ex = fits.extrapolation.get(q.name, {}).get(prec)
+            err = float(np.mean(ex["y_pred"] / ex["y"] - 1)) if ex is not None and len(ex) else float("nan")
+            kk = int(ex["k"].iloc[0]) if ex is not None and len(ex) else fits.k
+            rows.append({"precision": prec, "params": [(p, f.params[p], *f.intervals[p]) for p in f.param_names],
+                         "n": int(f.n_points), "r2": float(f.r2_log), "extrap": err,
+                         "k_note": "" if kk == fits.k else f" (k={kk})"})
+        if rows:
+            out.append((q, rows))
+    return out
+
+
+def _as_fits(obj, n_bootstrap: int, seed: int) -> Fits:
+    return obj if isinstance(obj, Fits) else fit_all(obj, n_bootstrap=n_bootstrap, seed=seed)
+
+
+def fit_table_markdown(obj, *, n_bootstrap: int = 1000, seed: int = 0) -> str:
+    """The fitted parameters with their bootstrap intervals, as Markdown: one table per
+    quantity (loss, decode and prefill latency), one row per precision, with the number of
+    points, R^2 in log space and the mean extrapolation error (prediction/actual - 1 on the
+    k largest sizes, fitted without them).  ``obj`` is a results DataFrame or ``Fits``."""
+    fits = _as_fits(obj, n_bootstrap, seed)
+    parts = []
+    for q, rows in _table_rows(fits):
+        names = [p[0] for p in rows[0]["params"]]
+        parts.append(f"**{q.label}**: {q.law} ({q.form}); estimate [{fits.level:.0%} bootstrap interval, "
+                     f"{fits.n_bootstrap} resamples]\n")
+        parts.append("| precision | " + " | ".join(names) + f" | n | R² (log) | extrap. error ({fits.k} largest) |")
+        parts.append("|---|" + "---:|" * (len(names) + 3))
+        for r in rows:
+            cells = [_fmt_ci(e, lo, hi) for _, e, lo, hi in r["params"]]
+            ext = "–" if not np.isfinite(r["extrap"]) else f"{100 * r['extrap']:+.1f}%{r['k_note']}"
+            parts.append(f"| {r['precision']} | " + " | ".join(cells) + f" | {r['n']} | {r['r2']:.4f} | {ext} |")
+        parts.append("")
+    if not parts:
+        parts = ["(no law could be fitted)", ""]
+    parts += [f"- {n}" for n in fits.notes]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+_TEX_ESC = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+            "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_TEX_PARAM = {"alpha": r"$\alpha$", "E": "$E$", "A": "$A$", "c": "$c$", "k": "$k$", "b": "$b$"}
+_TEX_LAW = {"saturating": r"$L = E + A N^{-\alpha}$", "offset_power": r"$t = c + k N^{b}$",
+            "power": r"$y = k N^{b}$"}
+
+
+def tex_escape(s: str) -> str:
+    """Escape LaTeX's special characters in plain text."""
+    return "".join(_TEX_ESC.get(ch, ch) for ch in str(s))
+
+
+def _tex_num(v: float) -> str:
+    s = _fmt(v)
+    if "e" in s:
+        m, e = s.split("e")
+        return rf"${m}\times10^{{{int(e)}}}$"
+    return "--" if s == "nan" else f"${s}$"
+
+
+def _tex_ci(est: float, lo: float, hi: float) -> str:
+    return f"{_tex_num(est)} [{_tex_num(lo)}, {_tex_num(hi)}]"
+
+
+def fit_table_latex(obj, *, n_bootstrap: int = 1000, seed: int = 0) -> str:
+    """The same table as ``fit_table_markdown`` as one LaTeX ``tabular`` (booktabs: needs
+    ``\\usepackage{booktabs}``), a block per quantity; text is escaped."""
+    fits = _as_fits(obj, n_bootstrap, seed)
+    blocks = _table_rows(fits)
+    width = max((len(rows[0]["params"]) for _, rows in blocks), default=0)
+    ncol = 1 + width + 3
+    lines = [f"% jscale fit table: estimate [{fits.level:.0%} bootstrap interval, {fits.n_bootstrap} resamples]",
+             r"\begin{tabular}{l" + "c" * width + "rrr}", r"\toprule"]
+    for bi, (q, rows) in enumerate(blocks):
+        names = [p[0] for p in rows[0]["params"]]
+        law = _TEX_LAW.get(q.form, tex_escape(q.law))
+        if bi:
+            lines.append(r"\midrule")
+        lines.append(rf"\multicolumn{{{ncol}}}{{l}}{{\textbf{{{tex_escape(q.label)}}}: {law}}} \\")
+        head = ["precision"] + [_TEX_PARAM.get(n, tex_escape(n)) for n in names] + [""] * (width - len(names))
+        head += ["$n$", r"$R^2$ (log)", rf"extrap.\ error ({fits.k} largest)"]
+        lines += [r"\midrule", " & ".join(head) + r" \\", r"\midrule"]
+        for r in rows:
+            cells = [_tex_ci(e, lo, hi) for _, e, lo, hi in r["params"]]
+            cells = [tex_escape(r["precision"])] + cells + [""] * (width - len(names))
+            ext = "--" if not np.isfinite(r["extrap"]) else rf"${100 * r['extrap']:+.1f}\%${r['k_note']}"
+            cells += [str(r["n"]), f"{r['r2']:.4f}", ext]
+            lines.append(" & ".join(cells) + r" \\")
+    if not blocks:
+        lines.append(r"\multicolumn{1}{l}{no law could be fitted} \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- render_all
+
+
+@dataclass
+class Rendered:
+    """What ``render_all`` did: files written, figures skipped (name, reason), fit notes."""
+    written: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+
+def render_all(df: pd.DataFrame, out_dir: str | os.PathLike, *, formats=("png", "pdf"), n_bootstrap: int = 1000,
+               seed: int = 0, k: int = 2, log=print) -> Rendered:
+    """Write every figure (``FIGURES``) as ``out_dir/<name>.<fmt>`` (PNG at 300 dpi, vector
+    PDF) and the fit table as ``fits.md`` and ``fits.tex``.  A figure whose columns are
+    missing is skipped with a message; the rest are drawn.  ``log`` (default ``print``)
+    gets one line per file written, figure skipped and fit that failed."""
+    formats = tuple(f.strip().lower() for f in formats if f.strip())
+    bad = [f for f in formats if f not in ("png", "pdf", "svg")]
+    if bad or not formats:
+        raise FigureError(f"formats must be png, pdf or svg, got {', '.join(formats) or 'none'}")
+    log = log or (lambda s: None)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    res = Rendered()
+    fits = fit_all(df, n_bootstrap=n_bootstrap, seed=seed, k=k)
+    res.notes = list(fits.notes)
+    for n in fits.notes:
+        log(f"note: {n}")
+    makers = {"loss_vs_params": lambda: loss_vs_params(df, fits=fits),
+              "latency_vs_params": lambda: latency_vs_params(df, fits=fits),
+              "loss_vs_latency": lambda: loss_vs_latency(df),
+              "memory_vs_params": lambda: memory_vs_params(df),
+              "fit_diagnostics": lambda: fit_diagnostics(df, fits=fits)}
+    for name in FIGURES:
+        try:
+            fig = makers[name]()
+        except FigureError as e:
+            why = str(e).removeprefix(f"{name}: ")
+            res.skipped.append((name, why))
+            log(f"skipped {name}: {why}")
+            continue
+        for fmt in formats:
+            path = out / f"{name}.{fmt}"
+            fig.savefig(path, dpi=DPI, metadata={"CreationDate": None} if fmt == "pdf" else None)  # reproducible PDF
+            res.written.append(path)
+            log(f"wrote {path}")
+    for name, text in (("fits.md", fit_table_markdown(fits)), ("fits.tex", fit_table_latex(fits))):
+        path = out / name
+        path.write_text(text)
+        res.written.append(path)
+        log(f"wrote {path}")
+    return res
