@@ -152,6 +152,7 @@ def _get_form(form) -> Form:
 # --------------------------------------------------------------------------- the solver
 
 _STEPS = (1.0, 0.3, 0.1, 1e-2, 1e-3)   # line-search trial steps, tried at once
+_MAX_FAILS = 4
 _TRACES = {"count": 0}     # bumped at trace time; tests use it to check nothing recompiles
 _SOLVERS: dict = {}
 _PREDICTORS: dict = {}
@@ -176,21 +177,22 @@ def _solver(form: Form, max_iter: int, gtol: float, ftol: float):
         vg = jax.value_and_grad(obj)
         f0, g0 = vg(theta0)
         inf = jnp.asarray(jnp.inf, f0.dtype)
-        init = (theta0, precond.init(theta0), 0, f0, g0, inf, jnp.linalg.norm(g0), jnp.asarray(False))
+        init = (theta0, precond.init(theta0), 0, f0, g0, inf, jnp.linalg.norm(g0), jnp.asarray(False), 0,
+                jnp.asarray(1.0, f0.dtype))
 
         def cond(c):
             return (~c[7]) & (c[2] < max_iter)
 
         def body(c):
-            theta, state, it, f, g, _, _, _ = c
+            theta, state, it, f, g, _, _, _, fails, scale = c
             dirn, nstate = precond.update(g, state, theta)        # L-BFGS two-loop: ~ H^-1 g
             slope = jnp.vdot(g, dirn)
             dirn = jnp.where(slope > 0, dirn, g / jnp.maximum(jnp.linalg.norm(g), 1e-300))
             slope = jnp.vdot(g, dirn)
-            cand = theta[None] - steps[:, None] * dirn[None]      # every step length at once
+            cand = theta[None] - (scale * steps)[:, None] * dirn[None]      # all step lengths at once
             fc = jax.vmap(obj)(cand)
             fc = jnp.where(jnp.isfinite(fc), fc, jnp.inf)
-            armijo = fc <= f - 1e-4 * steps * slope
+            armijo = fc <= f - 1e-4 * scale * steps * slope
             k = jnp.where(jnp.any(armijo), jnp.argmax(armijo), jnp.argmin(fc))
             ntheta = cand[k]
             nf, ng = vg(ntheta)
@@ -199,10 +201,16 @@ def _solver(form: Form, max_iter: int, gtol: float, ftol: float):
             df = jnp.where(ok, f - nf, 0.0)
             conv = (gn <= gtol) & (df <= ftol * jnp.maximum(1.0, jnp.abs(nf)))
             keep = lambda a, b: jnp.where(ok, a, b)
-            return (keep(ntheta, theta), jax.tree.map(keep, nstate, state), it + 1, keep(nf, f),
-                    keep(ng, g), df, keep(gn, jnp.linalg.norm(g)), conv | ~ok)
+            # no trial step decreased f (a Huber kink, or a poor curvature estimate): forget the
+            # curvature pairs (the next direction is steepest descent) and try 100x shorter
+            # steps; _MAX_FAILS failures in a row end the run
+            fails = jnp.where(ok, 0, fails + 1)
+            scale = jnp.where(ok, jnp.minimum(1.0, scale * 100.0), scale * 0.01)
+            return (keep(ntheta, theta), jax.tree.map(keep, nstate, precond.init(theta)), it + 1,
+                    keep(nf, f), keep(ng, g), df, keep(gn, jnp.linalg.norm(g)), conv | (fails >= _MAX_FAILS),
+                    fails, scale)
 
-        theta, _, it, f, _, df, gn, _ = jax.lax.while_loop(cond, body, init)
+        theta, _, it, f, _, df, gn, _, _, _ = jax.lax.while_loop(cond, body, init)
         conv = (gn <= gtol) & (df <= ftol * jnp.maximum(1.0, jnp.abs(f)))
         return dict(theta=theta, f=f, grad_norm=gn, df=df, n_iter=it, converged=conv)
 
