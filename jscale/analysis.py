@@ -151,7 +151,10 @@ def _get_form(form) -> Form:
 
 # --------------------------------------------------------------------------- the solver
 
-_STEPS = (1.0, 0.3, 0.1, 1e-2, 1e-3)   # line-search trial steps, tried at once
+_STEPS = (1.0, 0.3, 0.1)   # line-search trial steps, tried at once
+_MAX_FAILS = 6
+_POLISH = 8      # distinct best grid results run again to the full budget
+_JITTER = 0.3    # sd of the jitter (internal, log-scale coordinates) of extra bootstrap starts
 _TRACES = {"count": 0}     # bumped at trace time; tests use it to check nothing recompiles
 _SOLVERS: dict = {}
 _PREDICTORS: dict = {}
@@ -176,21 +179,22 @@ def _solver(form: Form, max_iter: int, gtol: float, ftol: float):
         vg = jax.value_and_grad(obj)
         f0, g0 = vg(theta0)
         inf = jnp.asarray(jnp.inf, f0.dtype)
-        init = (theta0, precond.init(theta0), 0, f0, g0, inf, jnp.linalg.norm(g0), jnp.asarray(False))
+        init = (theta0, precond.init(theta0), 0, f0, g0, inf, jnp.linalg.norm(g0), jnp.asarray(False), 0,
+                jnp.asarray(1.0, f0.dtype))
 
         def cond(c):
             return (~c[7]) & (c[2] < max_iter)
 
         def body(c):
-            theta, state, it, f, g, _, _, _ = c
+            theta, state, it, f, g, _, _, _, fails, scale = c
             dirn, nstate = precond.update(g, state, theta)        # L-BFGS two-loop: ~ H^-1 g
             slope = jnp.vdot(g, dirn)
             dirn = jnp.where(slope > 0, dirn, g / jnp.maximum(jnp.linalg.norm(g), 1e-300))
             slope = jnp.vdot(g, dirn)
-            cand = theta[None] - steps[:, None] * dirn[None]      # every step length at once
+            cand = theta[None] - (scale * steps)[:, None] * dirn[None]      # all step lengths at once
             fc = jax.vmap(obj)(cand)
             fc = jnp.where(jnp.isfinite(fc), fc, jnp.inf)
-            armijo = fc <= f - 1e-4 * steps * slope
+            armijo = fc <= f - 1e-4 * scale * steps * slope
             k = jnp.where(jnp.any(armijo), jnp.argmax(armijo), jnp.argmin(fc))
             ntheta = cand[k]
             nf, ng = vg(ntheta)
@@ -199,10 +203,16 @@ def _solver(form: Form, max_iter: int, gtol: float, ftol: float):
             df = jnp.where(ok, f - nf, 0.0)
             conv = (gn <= gtol) & (df <= ftol * jnp.maximum(1.0, jnp.abs(nf)))
             keep = lambda a, b: jnp.where(ok, a, b)
-            return (keep(ntheta, theta), jax.tree.map(keep, nstate, state), it + 1, keep(nf, f),
-                    keep(ng, g), df, keep(gn, jnp.linalg.norm(g)), conv | ~ok)
+            # no trial step decreased f (a Huber kink, or a poor curvature estimate): forget the
+            # curvature pairs (the next direction is steepest descent) and try 30x shorter
+            # steps; _MAX_FAILS failures in a row end the run
+            fails = jnp.where(ok, 0, fails + 1)
+            scale = jnp.where(ok, jnp.minimum(1.0, scale * 100.0), scale * 0.03)
+            return (keep(ntheta, theta), jax.tree.map(keep, nstate, precond.init(theta)), it + 1,
+                    keep(nf, f), keep(ng, g), df, keep(gn, jnp.linalg.norm(g)), conv | (fails >= _MAX_FAILS),
+                    fails, scale)
 
-        theta, _, it, f, _, df, gn, _ = jax.lax.while_loop(cond, body, init)
+        theta, _, it, f, _, df, gn, _, _, _ = jax.lax.while_loop(cond, body, init)
         conv = (gn <= gtol) & (df <= ftol * jnp.maximum(1.0, jnp.abs(f)))
         return dict(theta=theta, f=f, grad_norm=gn, df=df, n_iter=it, converged=conv)
 
@@ -338,8 +348,8 @@ def _distinct_best(theta, f, k, tol=1e-3):
 
 
 def fit(df=None, form="saturating", x="params_non_embedding", y="eval_loss_nats", d="train_tokens", *,
-        n_bootstrap=1000, huber_delta=1e-3, seed=0, level=0.95, bootstrap_starts=4,
-        max_iter=500, gtol=1e-5, ftol=1e-10) -> Fit:
+        n_bootstrap=1000, huber_delta=1e-3, seed=0, level=0.95, bootstrap_starts=2,
+        max_iter=500, grid_iter=100, gtol=1e-5, ftol=1e-10) -> Fit:
     """Fit ``form`` to ``y`` against ``x`` (and ``d``): columns of ``df`` or, with ``df=None``,
     1-D arrays of equal length, all positive. See the module docstring for the method.
 
@@ -357,28 +367,36 @@ def fit(df=None, form="saturating", x="params_non_embedding", y="eval_loss_nats"
     ly = np.log(ys)
     starts = fm._starts(float(np.mean(ly)))
     solve = _solver(fm, int(max_iter), float(gtol), float(ftol))
+    gsolve = _solver(fm, int(min(grid_iter, max_iter)), float(gtol), float(ftol))
     with jax.enable_x64(True):
         args = (jnp.asarray(u), jnp.asarray(v), jnp.asarray(ly), jnp.float64(huber_delta))
-        g = jax.device_get(solve(jnp.asarray(starts[None]), jnp.ones((1, n)), *args))
-        g = {k: np.asarray(a[0]) for k, a in g.items()}
-        ok = np.isfinite(g["f"])
-        if not ok.any():
+
+        def run(th0, w, sol=solve):
+            return {k: np.asarray(a) for k, a in jax.device_get(sol(jnp.asarray(th0), w, *args)).items()}
+
+        g = run(starts[None], jnp.ones((1, n)), gsolve)          # the full grid, `grid_iter` steps each ...
+        gf = np.where(np.isfinite(g["f"][0]), g["f"][0], np.inf)
+        if not np.isfinite(gf).any():
             raise AnalysisError(f"no start of form {fm.name!r} gave a finite objective")
-        best = int(np.nanargmin(np.where(ok, g["f"], np.inf)))
-        theta = g["theta"][best]
+        top = _distinct_best(g["theta"][0], gf, _POLISH)
+        p = run(g["theta"][0][top][None], jnp.ones((1, n)))   # ... then the best few polished
+        p = {k: a[0] for k, a in p.items()}
+        pf = np.where(np.isfinite(p["f"]), p["f"], np.inf)
+        best = int(np.argmin(pf))
+        theta = p["theta"][best]
         boot_theta = np.zeros((0, P))
         n_conv, boot_iters = 0, 0
         if n_bootstrap:
-            seeds = _distinct_best(g["theta"], np.where(ok, g["f"], np.inf), bootstrap_starts)
-            extra = np.random.default_rng(seed + 1).permutation(len(starts))
-            s0 = np.vstack([g["theta"][seeds], starts[extra]])[:bootstrap_starts]
-            s0 = np.vstack([s0, np.repeat(s0[:1], bootstrap_starts - len(s0), 0)])
-            w = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_bootstrap)
-            b = jax.device_get(solve(jnp.broadcast_to(jnp.asarray(s0), (n_bootstrap,) + s0.shape),
-                                     jnp.asarray(w, jnp.float64), *args))
-            f = np.where(np.isfinite(b["f"]), b["f"], np.inf)
-            k = np.argmin(f, axis=1)
-            pick = lambda a: np.take_along_axis(np.asarray(a), k.reshape((-1, 1) + (1,) * (np.ndim(a) - 2)), 1)[:, 0]
+            rng = np.random.default_rng(seed)
+            w = rng.multinomial(n, np.full(n, 1.0 / n), size=n_bootstrap)
+            seeds = p["theta"][_distinct_best(p["theta"], pf, bootstrap_starts)]
+            s0 = np.repeat(seeds[None], n_bootstrap, 0)
+            if len(seeds) < bootstrap_starts:                # fill with jittered full-data optima
+                jit_ = theta + rng.normal(0, _JITTER, (n_bootstrap, bootstrap_starts - len(seeds), P))
+                s0 = np.concatenate([s0, jit_], 1)
+            b = run(s0, jnp.asarray(w, jnp.float64))
+            k = np.argmin(np.where(np.isfinite(b["f"]), b["f"], np.inf), axis=1)
+            pick = lambda a: np.take_along_axis(a, k.reshape((-1, 1) + (1,) * (a.ndim - 2)), 1)[:, 0]
             conv = pick(b["converged"]) & np.isfinite(pick(b["f"]))
             boot_theta = pick(b["theta"])[conv]
             n_conv, boot_iters = int(conv.sum()), int(np.max(b["n_iter"]))
@@ -390,11 +408,12 @@ def fit(df=None, form="saturating", x="params_non_embedding", y="eval_loss_nats"
                params={k: float(user[i]) for i, k in enumerate(fm.param_names)},
                intervals={k: (float(iv[0, i]), float(iv[1, i])) for i, k in enumerate(fm.param_names)},
                level=level, residuals_log=np.zeros(n), r2_log=np.nan, rmse_log=np.nan, n_points=n,
-               n_bootstrap=int(n_bootstrap), n_converged=n_conv, converged=bool(g["converged"][best]),
-               objective=float(g["f"][best] * huber_delta),
+               n_bootstrap=int(n_bootstrap), n_converged=n_conv, converged=bool(p["converged"][best]),
+               objective=float(p["f"][best] * huber_delta),
                diagnostics=dict(n_starts=len(starts), n_starts_converged=int(g["converged"].sum()),
-                                grad_norm=float(g["grad_norm"][best]), last_change=float(g["df"][best]),
-                                n_iter=int(g["n_iter"][best]), max_iter=int(max_iter),
+                                n_polished=len(top), n_polished_converged=int(p["converged"].sum()),
+                                grad_norm=float(p["grad_norm"][best]), last_change=float(p["df"][best]),
+                                n_iter=int(p["n_iter"][best]), max_iter=int(max_iter),
                                 bootstrap_starts=int(bootstrap_starts), bootstrap_max_iter_used=boot_iters,
                                 gtol=gtol, ftol=ftol),
                bootstrap_params=boot_user, _form=fm, _theta=theta, _boot_theta=boot_theta, _scale=scale)

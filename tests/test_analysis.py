@@ -1,0 +1,236 @@
+"""jscale.analysis: recovery of known laws, interval coverage, real convergence, validation, errors.
+
+References are independent of the fitter: the generating parameters, closed forms, a numpy
+least-squares bootstrap, and a brute-force grid minimisation.
+"""
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+from jscale import analysis
+from jscale.analysis import AnalysisError
+
+N12 = np.geomspace(1e6, 1e9, 12)
+TRUE = {
+    "saturating": ({"E": 1.7, "A": 300.0, "alpha": 0.3}, lambda p, N, D: p["E"] + p["A"] * N ** -p["alpha"]),
+    "power": ({"k": 3e-4, "b": 0.8}, lambda p, N, D: p["k"] * N ** p["b"]),
+    "offset_power": ({"c": 0.05, "k": 2e-3, "b": 0.4}, lambda p, N, D: p["c"] + p["k"] * N ** p["b"]),
+    "chinchilla": ({"E": 1.82, "A": 482.0, "alpha": 0.348, "B": 2085.4, "beta": 0.366},
+                   lambda p, N, D: p["E"] + p["A"] * N ** -p["alpha"] + p["B"] * D ** -p["beta"]),
+}
+
+
+def _chinchilla_data(n=30, seed=0):
+    rng = np.random.default_rng(seed)
+    N = np.exp(rng.uniform(np.log(1e7), np.log(1e10), n))
+    D = np.exp(rng.uniform(np.log(1e8), np.log(1e12), n))
+    return N, D
+
+
+# --------------------------------------------------------------------------- recovery
+
+@pytest.mark.parametrize("form", list(TRUE))
+def test_noiseless_recovery(form):
+    true, law = TRUE[form]
+    N, D = _chinchilla_data() if form == "chinchilla" else (N12, None)
+    f = analysis.fit(None, form=form, x=N, y=law(true, N, D), d=D, n_bootstrap=20)
+    assert f.form == form and f.param_names == tuple(true)
+    for k, v in true.items():
+        assert f.params[k] == pytest.approx(v, rel=1e-5), k
+        lo, hi = f.intervals[k]
+        assert lo == pytest.approx(v, rel=1e-4) and hi == pytest.approx(v, rel=1e-4)
+    assert f.converged and f.n_converged == 20 and f.n_points == len(N)
+    assert f.r2_log == pytest.approx(1.0, abs=1e-9) and f.rmse_log < 1e-7
+    assert np.max(np.abs(f.residuals_log)) < 1e-7
+
+
+def _user_form(init):
+    return analysis.Form("sat_raw", lambda p, x, d: jnp.exp(p["le"]) + jnp.exp(p["la"]) * (x / 1e6) ** -p["alpha"],
+                         ("le", "la", "alpha"), init_grid=init)
+
+
+def test_user_form_recovery_and_far_start():
+    """A user form, started from one point far from the optimum (E 17x too small, A 10x too
+    large, alpha 3x too large): the fitter must walk all the way, not stop near the start."""
+    a_true = 300.0 * 1e6 ** -0.3
+    y = 1.7 + 300.0 * N12 ** -0.3
+    f = analysis.fit(None, form=_user_form(np.array([[np.log(0.1), np.log(10 * a_true), 1.0]])), x=N12, y=y,
+                     n_bootstrap=0)
+    assert f.diagnostics["n_starts"] == 1 and f.converged
+    assert np.exp(f.params["le"]) == pytest.approx(1.7, rel=1e-5)
+    assert np.exp(f.params["la"]) == pytest.approx(a_true, rel=1e-4)
+    assert f.params["alpha"] == pytest.approx(0.3, rel=1e-5)
+    assert f.n_bootstrap == 0 and np.isnan(f.intervals["alpha"][0])
+    g = analysis.fit(None, form=_user_form({"le": [-1.0, 0.0], "la": [2.0, 5.0], "alpha": [0.5, 1.0]}),
+                     x=N12, y=y, n_bootstrap=10)
+    assert g.diagnostics["n_starts"] == 8 and g.params["alpha"] == pytest.approx(0.3, rel=1e-5)
+
+
+def test_bootstrap_spread_matches_least_squares_bootstrap():
+    """With a huge Huber delta the objective is least squares in log space, so the power-law
+    fit is ordinary least squares of log y on log N. Its row-bootstrap spread, computed here
+    with numpy, must match jscale's: a bootstrap whose resamples stayed at their start (the
+    full-data optimum) would show almost no spread."""
+    rng = np.random.default_rng(3)
+    N = np.geomspace(1e6, 1e10, 40)
+    y = 2.0 * N ** -0.25 * np.exp(rng.normal(0, 0.1, N.size))
+    f = analysis.fit(None, form="power", x=N, y=y, n_bootstrap=1000, huber_delta=1e3, seed=1)
+    lx, ly = np.log(N), np.log(y)
+    slope, icpt = np.polyfit(lx, ly, 1)
+    assert f.params["b"] == pytest.approx(slope, rel=1e-8)
+    assert f.params["k"] == pytest.approx(np.exp(icpt), rel=1e-7)
+    idx = rng.integers(0, N.size, (4000, N.size))
+    ref = np.array([np.polyfit(lx[i], ly[i], 1)[0] for i in idx])
+    assert f.n_converged >= 990
+    assert np.std(f.bootstrap_params[:, 1]) == pytest.approx(np.std(ref), rel=0.12)
+    lo, hi = f.intervals["b"]
+    rlo, rhi = np.percentile(ref, [2.5, 97.5])
+    assert abs(lo - rlo) < 0.2 * (rhi - rlo) and abs(hi - rhi) < 0.2 * (rhi - rlo)
+
+
+def test_noisy_intervals_cover_truth():
+    """Lognormal noise (sigma 0.02), 24 trials, 200 resamples: the 95% intervals of every
+    parameter contain the truth in most trials, and are not degenerate."""
+    true, law = TRUE["saturating"]
+    N = np.repeat(np.geomspace(1e6, 1e9, 10), 3)
+    hits, widths = {k: 0 for k in true}, []
+    trials = 24
+    for t in range(trials):
+        rng = np.random.default_rng(100 + t)
+        y = law(true, N, None) * np.exp(rng.normal(0, 0.02, N.size))
+        f = analysis.fit(None, form="saturating", x=N, y=y, n_bootstrap=200, seed=t)
+        assert f.n_converged >= 190
+        for k, v in true.items():
+            hits[k] += f.intervals[k][0] <= v <= f.intervals[k][1]
+        widths.append(f.intervals["alpha"][1] - f.intervals["alpha"][0])
+    for k in true:
+        assert hits[k] >= 0.75 * trials, (k, hits)
+    assert min(widths) > 0.01
+
+
+# --------------------------------------------------------------------------- derived and validation
+
+def test_compute_optimal_against_brute_force():
+    true, law = TRUE["chinchilla"]
+    N, D = _chinchilla_data(40, seed=1)
+    f = analysis.fit(None, form="chinchilla", x=N, y=law(true, N, D), d=D, n_bootstrap=20)
+    for C in (1e20, 1e24):
+        grid = np.geomspace(1e6, 1e14, 400_001)     # minimise L(N, C/(6N)) over N directly
+        n_star = grid[np.argmin(law(true, grid, C / (6 * grid)))]
+        out = analysis.compute_optimal(f, C)
+        assert out["N"] == pytest.approx(n_star, rel=1e-4)
+        assert out["D"] == pytest.approx(C / (6 * n_star), rel=1e-4)
+        assert out["N_lo"] <= out["N"] * (1 + 1e-6) and out["N_hi"] >= out["N"] * (1 - 1e-6)
+    arr = analysis.compute_optimal(f, np.array([1e20, 1e24]), flops_per_param_token=8.0)
+    assert arr["N"].shape == (2,)
+    np.testing.assert_allclose(arr["N"] * arr["D"] * 8.0, [1e20, 1e24], rtol=1e-10)
+    with pytest.raises(AnalysisError, match="chinchilla"):
+        analysis.compute_optimal(analysis.fit(None, "power", N12, N12 ** 0.5, n_bootstrap=0), 1e20)
+
+
+def test_predict_and_extrapolation_on_exact_law():
+    true, law = TRUE["saturating"]
+    df = pd.DataFrame({"N": N12, "loss": law(true, N12, None)})
+    f = analysis.fit(df, form="saturating", x="N", y="loss", n_bootstrap=20)
+    p = f.predict([1e10, 1e11])
+    assert list(p.columns) == ["x", "y", "y_lo", "y_hi"]
+    np.testing.assert_allclose(p["y"], law(true, np.array([1e10, 1e11]), None), rtol=1e-7)
+    ex = analysis.extrapolation_check(df, form="saturating", x="N", y="loss", k=3, n_bootstrap=20)
+    assert list(ex.columns) == ["x", "y", "y_pred", "y_lo", "y_hi", "rel_error", "n_fit_points"]
+    np.testing.assert_allclose(ex["x"], N12[-3:])
+    assert (ex["n_fit_points"] == 9).all() and np.abs(ex["rel_error"]).max() < 1e-6
+    tc, lawc = TRUE["chinchilla"]
+    N, D = _chinchilla_data(20, seed=2)
+    pc = analysis.fit(None, "chinchilla", N, lawc(tc, N, D), d=D, n_bootstrap=10).predict([1e11], [1e12])
+    assert list(pc.columns) == ["x", "d", "y", "y_lo", "y_hi"]
+    assert pc["y"][0] == pytest.approx(lawc(tc, 1e11, 1e12), rel=1e-6)
+
+
+def test_noisy_residuals_in_input_order():
+    true, law = TRUE["power"]
+    y = law(true, N12, None)
+    y[4] *= 1.5                                   # one outlier; Huber keeps the rest on the line
+    f = analysis.fit(None, "power", N12[::-1].copy(), y[::-1].copy(), n_bootstrap=0)
+    assert int(np.argmax(np.abs(f.residuals_log))) == 7
+    assert f.residuals_log[7] == pytest.approx(np.log(1.5), rel=1e-3)
+    assert f.params["b"] == pytest.approx(0.8, rel=1e-4)
+
+
+def test_groups_and_tidy_table():
+    rows = []
+    truth = {"bf16": (1.9, 250.0, 0.28), "fp32": (1.7, 300.0, 0.3), "int8": (2.0, 400.0, 0.33)}
+    for prec, (E, A, a) in truth.items():
+        rows += [{"inference_precision": prec, "params_non_embedding": n, "eval_loss_nats": E + A * n ** -a}
+                 for n in N12]
+    df = pd.DataFrame(rows)
+    before = analysis._TRACES["count"]
+    fits = analysis.fit_groups(df, by="inference_precision", form="saturating", n_bootstrap=30)
+    assert analysis._TRACES["count"] - before <= 2       # equal-size groups share compiled code
+    assert list(fits) == ["bf16", "fp32", "int8"]
+    for prec, (E, A, a) in truth.items():
+        assert fits[prec].params["E"] == pytest.approx(E, rel=1e-5)
+        assert fits[prec].params["alpha"] == pytest.approx(a, rel=1e-5)
+    t = analysis.fit_table(fits)
+    assert list(t.columns) == ["group", "form", "param", "estimate", "lo", "hi", "n_points", "n_bootstrap",
+                               "n_converged", "r2_log", "rmse_log"]
+    assert len(t) == 9 and set(t["group"]) == set(truth)
+    assert t.set_index(["group", "param"]).loc[("int8", "A"), "estimate"] == pytest.approx(400.0, rel=1e-4)
+    assert len(analysis.fit_table(fits["fp32"])) == 3
+    s = fits["fp32"].summary()
+    assert s["form"] == "saturating" and s["alpha"] == pytest.approx(0.3, rel=1e-5) and "alpha_lo" in s
+    ex = analysis.extrapolation_check(df, form="saturating", k=1, by="inference_precision", n_bootstrap=10)
+    assert list(ex["group"]) == ["bf16", "fp32", "int8"] and np.abs(ex["rel_error"]).max() < 1e-6
+
+
+def test_no_recompile_for_same_shape():
+    true, law = TRUE["offset_power"]
+    analysis.fit(None, "offset_power", N12, law(true, N12, None), n_bootstrap=16)
+    before = analysis._TRACES["count"]
+    g = analysis.fit(None, "offset_power", N12 * 2, law(true, N12 * 2, None) * 1.1, n_bootstrap=16, seed=5)
+    assert analysis._TRACES["count"] == before and g.converged
+
+
+# --------------------------------------------------------------------------- errors, scoping, imports
+
+def test_errors():
+    df = pd.DataFrame({"N": N12, "loss": 2 + N12 ** -0.3})
+    with pytest.raises(AnalysisError, match="'loss'.*NaN"):
+        analysis.fit(df.assign(loss=np.where(np.arange(12) == 3, np.nan, df["loss"])), x="N", y="loss")
+    with pytest.raises(AnalysisError, match="x must be positive"):
+        analysis.fit(df.assign(N=-df["N"]), x="N", y="loss")
+    with pytest.raises(AnalysisError, match="y must be positive"):
+        analysis.fit(None, "power", N12, np.r_[0.0, np.ones(11)])
+    with pytest.raises(AnalysisError, match="at least 4 points"):
+        analysis.fit(None, "saturating", N12[:3], np.ones(3))
+    with pytest.raises(AnalysisError, match="mismatched lengths"):
+        analysis.fit(None, "power", N12, np.ones(11))
+    with pytest.raises(AnalysisError, match="NaN or infinite"):
+        analysis.fit(None, "power", np.r_[N12[:-1], np.nan], np.ones(12))
+    with pytest.raises(AnalysisError, match="saturating, power, offset_power, chinchilla"):
+        analysis.fit(df, form="cubic", x="N", y="loss")
+    with pytest.raises(AnalysisError, match="'tokens'.*N, loss"):
+        analysis.fit(df, form="chinchilla", x="N", y="loss", d="tokens")
+    with pytest.raises(AnalysisError, match="'params'.*N, loss"):
+        analysis.fit(df, x="params", y="loss")
+    with pytest.raises(AnalysisError, match="distinct sizes"):
+        analysis.extrapolation_check(df, x="N", y="loss", k=12)
+    assert issubclass(AnalysisError, ValueError)
+
+
+def test_x64_is_scoped():
+    analysis.fit(None, "power", N12, 2 * N12 ** 0.5, n_bootstrap=5)
+    assert jnp.zeros(1).dtype == jnp.float32
+    assert not jax.config.jax_enable_x64
+
+
+def test_import_is_isolated():
+    code = ("import sys, jscale.analysis, jscale; jscale.fit; "
+            "print(sorted(m for m in sys.modules if m in ('flax', 'jscale.model', 'jscale.train', 'jscale.data')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
