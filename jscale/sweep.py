@@ -184,7 +184,8 @@ def run_sweep(sweep: Sweep, *, force: bool = False, retrain: bool = False, worke
     log = _Log(out, echo)
     n_todo = sum(len(p) for _, p in plan.todo)
     share = f" (worker {i + 1} of {n})" if n > 1 else ""
-    log(f"sweep {sweep.name!r}{share}: {len(sweep.train_points)} models x {len(sweep.precisions)} precisions; "
+    nm, npr = len(sweep.train_points), len(sweep.precisions)
+    log(f"sweep {sweep.name!r}{share}: {nm} model{'s' * (nm != 1)} x {npr} precision{'s' * (npr != 1)}; "
         f"{plan.done} record(s) done, {n_todo} to run -> {out}")
     ours = {point_id(tp, p) for tp in sweep.train_points for p in sweep.precisions}
     foreign = sorted(results.finished_points(out) - ours)

@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from jscale.config import ConfigError, ModelConfig, TrainConfig, config_for_params, ladder_targets
+from jscale.model import count_params
 
 PRECISIONS = ("fp32", "bf16", "int8", "w8a8")
 TRAIN_PRECISIONS = ("fp32", "bf16")
@@ -284,7 +285,6 @@ def _build(raw: dict, text: str, out_dir_override: str | None) -> Sweep:
             raise _err("sizes", f"targets {seen[cfg]:.4g} and {t:.4g} give the same ladder model "
                                 f"(d_model={cfg.d_model}, n_layers={cfg.n_layers}); drop one or space them further")
         seen[cfg] = t
-        from jscale.model import count_params
         n = count_params(cfg)["non_embedding"]
         lr = tr.get("lr", TrainConfig.lr)
         if isinstance(lr, (int, float)) and not isinstance(lr, bool):
@@ -293,10 +293,8 @@ def _build(raw: dict, text: str, out_dir_override: str | None) -> Sweep:
             for tp in train_precisions:
                 try:
                     tc = TrainConfig(**{**tr, "lr": lr}, tokens=tokens_for(n), seed=seed, compute=tp)
-                except ConfigError as e:
-                    raise _err("[train]", str(e)) from None
-                except TypeError as e:
-                    raise _err("[train]", str(e)) from None
+                except (ConfigError, TypeError) as e:  # name the key as it is written in the file
+                    raise ConfigError(str(e).replace("TrainConfig: ", "[train]: ").replace("TrainConfig.", "train.")) from None
                 points.append(TrainPoint(size_target=t, model=cfg, train=tc))
     return Sweep(name=name, out_dir=Path(out_dir), train_points=tuple(points), precisions=precisions,
                  latency=latency, corpus_path=cpath or None, val_percent=val_percent, source=text)
