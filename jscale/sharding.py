@@ -59,7 +59,7 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
         sizes[free[0]] = n // sizes[other]
     if sizes["data"] * sizes["fsdp"] != n:
         raise ConfigError(f"mesh: data={sizes['data']} x fsdp={sizes['fsdp']} = {sizes['data'] * sizes['fsdp']} "
-                          f"devices, but there {"is" if n == 1 else "are"} {n}; the product must equal the device count "
+                          f"devices, but there {'is' if n == 1 else 'are'} {n}; the product must equal the device count "
                           f"(use -1 for all remaining devices)")
     return jax.make_mesh((sizes["data"], sizes["fsdp"]), AXES, axis_types=(AxisType.Auto, AxisType.Auto),
                          devices=devices)
