@@ -240,8 +240,9 @@ def run_sweep(sweep: Sweep, *, force: bool = False, retrain: bool = False, worke
                         "train_loss_final_nats": float(np.mean(r.losses_nats[-k:])),
                         "train_hash": th}
                 params = r.params
+                host = params if mesh is None else sharding.to_host(params)  # a collective: every process
                 if _writer():
-                    checkpoint.save(ck, params if mesh is None else sharding.to_host(params), meta)
+                    checkpoint.save(ck, host, meta)
                 summary.trained += 1
                 log(f"{name}: trained in {r.train_seconds:.1f} s (+{r.compile_seconds:.1f} s compile), "
                     f"final train loss {meta['train_loss_final_nats']:.3f} nats")
