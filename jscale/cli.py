@@ -214,6 +214,7 @@ def cmd_bench_latency(a) -> int:
     policies = [precision.get_policy(p.strip()).name for p in a.precisions.split(",") if p.strip()]
     seq = a.prompt + a.gen
     cfgs = [config_for_params(s, max_seq_len=max(seq, 8)) for s in a.sizes]  # validates sizes first
+    mesh = _make_mesh(a.mesh)
     roof = roofline.roofline()
     print(f"device {roof['device_kind']} ({roof['host_cpus']} host CPUs), jax {jax.__version__}; roofline: "
           f"{roof['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, fp32 {roof['matmul_flops_per_s'] / 1e9:.0f} / "
@@ -228,7 +229,7 @@ def cmd_bench_latency(a) -> int:
         params = model.init_params(cfg, jax.random.key(0))  # latency does not depend on the values
         for pol in policies:
             r = latency.measure_latency(params, cfg, pol, batch=a.batch, prompt_tokens=a.prompt,
-                                        gen_tokens=a.gen, repeats=a.repeats, roof=roof)
+                                        gen_tokens=a.gen, repeats=a.repeats, roof=roof, mesh=mesh)
             rows.append(r)
             print(f"| {r['params_non_embedding']:.3g} | {pol} | {r['weight_bytes'] / 1e6:.1f} | "
                   f"{r['prefill_ms_median']:.2f} ({r['prefill_ms_q1']:.2f}..{r['prefill_ms_q3']:.2f}) | "
@@ -310,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--gen", type=_positive_int, default=32, help="generated tokens (decode steps per run)")
     bl.add_argument("--repeats", type=_positive_int, default=5, help="timed runs (after 2 warm-up runs)")
     bl.add_argument("--csv", help="also write every measured field to this CSV file")
+    bl.add_argument("--mesh", type=_mesh_spec, metavar="data=D,fsdp=F",
+                    help="time sharded over a device mesh (README: reading sharded latency); bounds are for the whole mesh")
     bl.set_defaults(fn=cmd_bench_latency)
 
     i = sub.add_parser("info", help="device, versions, measured roofline, default corpus")
