@@ -51,6 +51,22 @@ def _worker(s: str) -> tuple[int, int]:
     return i - 1, n
 
 
+def _mesh_spec(s: str) -> dict[str, int]:
+    from jscale.sharding import parse_mesh
+    try:
+        return parse_mesh(s)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _make_mesh(spec: dict[str, int] | None):
+    """The mesh of ``--mesh`` (None without it); a device count that does not fit is a ConfigError."""
+    if spec is None:
+        return None
+    from jscale import sharding
+    return sharding.make_mesh(**spec)
+
+
 def cmd_sweep(a) -> int:
     from jscale import sweep as sw
     from jscale.sweep_config import load_sweep
@@ -102,6 +118,12 @@ def cmd_train(a) -> int:
     tc = TrainConfig(batch_size=a.batch_size, seq_len=a.seq_len, lr=a.lr, seed=a.seed,
                      eval_tokens=a.eval_tokens, compute=a.compute, **budget)
     policies = [precision.get_policy(p.strip()).name for p in a.precisions.split(",") if p.strip()]
+    mesh = _make_mesh(a.mesh)
+    if mesh is not None:
+        from jscale import sharding
+        if tc.batch_size % sharding.batch_devices(mesh):
+            raise ConfigError(f"--batch-size {tc.batch_size} must be divisible by the mesh's data x fsdp = "
+                              f"{sharding.batch_devices(mesh)} devices (--mesh {sharding.mesh_shape_str(mesh)})")
     corpus = data.load_corpus(a.corpus, val_percent=a.val_percent)
     n = model.count_params(cfg)
     print(f"corpus   {corpus.name}: {len(corpus.train):,} train / {len(corpus.val):,} held-out bytes "
@@ -110,7 +132,11 @@ def cmd_train(a) -> int:
           f"{n['non_embedding']:,} non-embedding + {n['embedding']:,} embedding params")
     print(f"training {tc.total_steps} step{'s' * (tc.total_steps != 1)} x {tc.tokens_per_step:,} tokens = {tc.total_steps * tc.tokens_per_step:,} "
           f"tokens, peak lr {tc.lr}, seed {tc.seed}")
-    r = train.train(cfg, tc, corpus, progress=not a.quiet)
+    if mesh is not None:
+        import jax
+        print(f"mesh     {sharding.mesh_shape_str(mesh)} over {mesh.size} {jax.devices()[0].platform} device(s), "
+              f"{jax.process_count()} process(es)")
+    r = train.train(cfg, tc, corpus, progress=not a.quiet, mesh=mesh)
     e = r.eval
     print(f"compile  {r.compile_seconds:.1f} s; train {r.train_seconds:.1f} s, {r.tokens_per_second:,.0f} tokens/s, "
           f"{r.tokens_per_second * r.flops_per_token_train / 1e9:.1f} GFLOP/s (analytic train FLOPs)")
@@ -119,7 +145,9 @@ def cmd_train(a) -> int:
           f"on {e['eval_tokens']:,} tokens (unigram entropy {corpus.unigram_entropy_bits():.3f} bits/byte)")
     if policies:
         from jscale.precision_eval import compare_precisions
-        df = compare_precisions(r.params, cfg, data.eval_batches(corpus.val, tc.seq_len, tc.eval_tokens),
+        import jax
+        params = sharding.to_host(r.params) if jax.process_count() > 1 else r.params
+        df = compare_precisions(params, cfg, data.eval_batches(corpus.val, tc.seq_len, tc.eval_tokens),
                                 policies, tc.eval_batch_size)
         print(f"\npost-training precision of the {tc.compute}-trained params (same held-out tokens; "
               "delta vs fp32 with its paired SE):")
@@ -185,6 +213,7 @@ def cmd_bench_latency(a) -> int:
     policies = [precision.get_policy(p.strip()).name for p in a.precisions.split(",") if p.strip()]
     seq = a.prompt + a.gen
     cfgs = [config_for_params(s, max_seq_len=max(seq, 8)) for s in a.sizes]  # validates sizes first
+    mesh = _make_mesh(a.mesh)
     roof = roofline.roofline()
     print(f"device {roof['device_kind']} ({roof['host_cpus']} host CPUs), jax {jax.__version__}; roofline: "
           f"{roof['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, fp32 {roof['matmul_flops_per_s'] / 1e9:.0f} / "
@@ -199,7 +228,7 @@ def cmd_bench_latency(a) -> int:
         params = model.init_params(cfg, jax.random.key(0))  # latency does not depend on the values
         for pol in policies:
             r = latency.measure_latency(params, cfg, pol, batch=a.batch, prompt_tokens=a.prompt,
-                                        gen_tokens=a.gen, repeats=a.repeats, roof=roof)
+                                        gen_tokens=a.gen, repeats=a.repeats, roof=roof, mesh=mesh)
             rows.append(r)
             print(f"| {r['params_non_embedding']:.3g} | {pol} | {r['weight_bytes'] / 1e6:.1f} | "
                   f"{r['prefill_ms_median']:.2f} ({r['prefill_ms_q1']:.2f}..{r['prefill_ms_q3']:.2f}) | "
@@ -291,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--precisions", default="fp32,bf16,int8,w8a8",
                    help="comma-separated post-training precisions to evaluate the trained params in "
                         "(fp32, bf16, int8, w8a8; empty for none)")
+    g.add_argument("--mesh", type=_mesh_spec, metavar="data=D,fsdp=F",
+                   help="train sharded over a device mesh (jscale.sharding): batch split over data x fsdp, "
+                        "params and optimizer state split along fsdp; -1 = all remaining devices")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(fn=cmd_train)
 
@@ -313,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--gen", type=_positive_int, default=32, help="generated tokens (decode steps per run)")
     bl.add_argument("--repeats", type=_positive_int, default=5, help="timed runs (after 2 warm-up runs)")
     bl.add_argument("--csv", help="also write every measured field to this CSV file")
+    bl.add_argument("--mesh", type=_mesh_spec, metavar="data=D,fsdp=F",
+                    help="time sharded over a device mesh (README: reading sharded latency); bounds are for the whole mesh")
     bl.set_defaults(fn=cmd_bench_latency)
 
     for name, hlp in (("fit", "fit the scaling laws to a results table and print the fit table (Markdown)"),
@@ -350,6 +384,9 @@ def _loaded(names: dict[str, str]) -> tuple[type, ...]:
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
+    if a.command in ("train", "sweep"):  # a no-op unless this is one host of a multi-host job
+        from jscale.sharding import maybe_initialize_distributed
+        maybe_initialize_distributed()
     from jscale.runtime import enable_compilation_cache
     enable_compilation_cache()
     try:

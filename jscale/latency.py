@@ -36,36 +36,47 @@ from jscale import model, precision, roofline
 from jscale.config import ModelConfig
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "gen_tokens", "policy"))
-def prefill(params, cfg: ModelConfig, prompt_BxP, gen_tokens: int, policy):
-    """Prompt into a fresh cache of ``P + gen_tokens`` positions: (next token [B], cache)."""
-    cache = model.init_cache(cfg, prompt_BxP.shape[0], prompt_BxP.shape[1] + gen_tokens, policy)
+def _constrain_cache(cache, mesh):
+    """With a mesh: the KV cache split by batch over "data" and heads over "fsdp"."""
+    if mesh is None:
+        return cache
+    from jscale import sharding
+    return jax.lax.with_sharding_constraint(cache, sharding.cache_shardings(cache, mesh))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "gen_tokens", "policy", "mesh"))
+def prefill(params, cfg: ModelConfig, prompt_BxP, gen_tokens: int, policy, mesh=None):
+    """Prompt into a fresh cache of ``P + gen_tokens`` positions: (next token [B], cache).
+    ``mesh`` (``jscale.sharding``): the cache is constrained to its sharding (batch over
+    "data", heads over "fsdp"); the params keep the placement they come with."""
+    cache = _constrain_cache(model.init_cache(cfg, prompt_BxP.shape[0], prompt_BxP.shape[1] + gen_tokens, policy),
+                             mesh)
     logits_BxPxV, cache = model.apply_cached(params, cfg, prompt_BxP, cache, policy)
-    return jnp.argmax(logits_BxPxV[:, -1], axis=-1).astype(jnp.int32), cache
+    return jnp.argmax(logits_BxPxV[:, -1], axis=-1).astype(jnp.int32), _constrain_cache(cache, mesh)
 
 
-def _decode(params, cache, token_B, *, cfg, gen_tokens, policy):
+def _decode(params, cache, token_B, *, cfg, gen_tokens, policy, mesh=None):
     def step(carry, _):
         tok, c = carry
         logits_Bx1xV, c = model.apply_cached(params, cfg, tok[:, None], c, policy)
         nxt = jnp.argmax(logits_Bx1xV[:, 0], axis=-1).astype(jnp.int32)
-        return (nxt, c), tok
+        return (nxt, _constrain_cache(c, mesh)), tok
     (_, cache), toks_GxB = jax.lax.scan(step, (token_B, cache), None, length=gen_tokens)
     return toks_GxB.T, cache
 
 
-decode = jax.jit(_decode, static_argnames=("cfg", "gen_tokens", "policy"), donate_argnums=(1,))
+decode = jax.jit(_decode, static_argnames=("cfg", "gen_tokens", "policy", "mesh"), donate_argnums=(1,))
 decode.__doc__ = """``gen_tokens`` greedy steps from ``token_B`` (the prefill's output): tokens
 ``[B, gen_tokens]`` (the first is ``token_B``) and the cache; the cache argument is donated.
 The cache must have room for ``gen_tokens`` more positions: inside jit a write past the
-buffer is clamped, not caught (``prefill`` sizes it exactly)."""
+buffer is clamped, not caught (``prefill`` sizes it exactly).  ``mesh``: as in ``prefill``."""
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "gen_tokens", "policy"))
-def generate(params, cfg: ModelConfig, prompt_BxP, gen_tokens: int, policy="fp32"):
+@functools.partial(jax.jit, static_argnames=("cfg", "gen_tokens", "policy", "mesh"))
+def generate(params, cfg: ModelConfig, prompt_BxP, gen_tokens: int, policy="fp32", mesh=None):
     """Greedy generation of ``gen_tokens`` tokens after the prompt, in one jit: ``[B, G]``."""
-    tok, cache = prefill(params, cfg, prompt_BxP, gen_tokens, policy)
-    return _decode(params, cache, tok, cfg=cfg, gen_tokens=gen_tokens, policy=policy)[0]
+    tok, cache = prefill(params, cfg, prompt_BxP, gen_tokens, policy, mesh)
+    return _decode(params, cache, tok, cfg=cfg, gen_tokens=gen_tokens, policy=policy, mesh=mesh)[0]
 
 
 def _stats(name: str, x_ms: np.ndarray) -> dict[str, float]:
@@ -103,7 +114,8 @@ def compute_seconds(cfg: ModelConfig, policy: precision.Policy, tokens: int, key
 
 
 def measure_latency(params, cfg: ModelConfig, policy="fp32", *, batch: int = 1, prompt_tokens: int = 128,
-                    gen_tokens: int = 32, repeats: int = 10, warmup: int = 2, roof: dict | None = None) -> dict:
+                    gen_tokens: int = 32, repeats: int = 10, warmup: int = 2, roof: dict | None = None,
+                    mesh=None) -> dict:
     """Latency of prefill and decode for float32 ``params`` run in precision ``policy``.
 
     The params are converted with ``precision.convert_params`` first.  Returns one flat dict
@@ -112,6 +124,14 @@ def measure_latency(params, cfg: ModelConfig, policy="fp32", *, batch: int = 1, 
     after ``warmup`` untimed ones), tokens/s, weight and KV-cache bytes, XLA's memory
     analysis, the roofline bounds and efficiencies, device and versions.  Raises
     ``ValueError`` before compiling if ``prompt_tokens + gen_tokens > cfg.max_seq_len``.
+
+    mesh (``jscale.sharding.make_mesh``): the converted params are placed with the FSDP rule
+    (each matrix split along "fsdp" on its largest divisible dimension), the prompt split by
+    batch over "data" when it divides, and the KV cache by batch over "data" and heads over
+    "fsdp"; XLA partitions prefill and decode and inserts the collectives, whose time is part of
+    every measured number.  The record then carries ``mesh_shape`` and ``mesh_devices``, and the
+    roofline bounds are for the whole mesh: ``mesh_devices`` x the one-device bandwidth and
+    matmul rates (ideal scaling, no collectives), so efficiency < 1 includes communication.
     """
     pol = precision.get_policy(policy)
     for name, v in (("batch", batch), ("prompt_tokens", prompt_tokens), ("gen_tokens", gen_tokens),
@@ -124,12 +144,18 @@ def measure_latency(params, cfg: ModelConfig, policy="fp32", *, batch: int = 1, 
     roof = roofline.roofline() if roof is None else roof
     qp = precision.convert_params(params, pol)
     prompt = jax.random.randint(jax.random.key(0), (batch, prompt_tokens), 0, cfg.vocab_size, jnp.int32)
+    n_dev = 1
+    if mesh is not None:
+        from jscale import sharding
+        qp = sharding.put(qp, sharding.param_shardings(qp, mesh))
+        prompt = sharding.put(prompt, sharding.tokens_sharding(mesh, batch))
+        n_dev = mesh.size
 
     t0 = time.perf_counter()
-    pre = prefill.lower(qp, cfg, prompt, gen_tokens, pol).compile()
+    pre = prefill.lower(qp, cfg, prompt, gen_tokens, pol, mesh).compile()
     t1 = time.perf_counter()
     tok, cache = pre(qp, prompt)
-    dec = decode.lower(qp, cache, tok, cfg=cfg, gen_tokens=gen_tokens, policy=pol).compile()
+    dec = decode.lower(qp, cache, tok, cfg=cfg, gen_tokens=gen_tokens, policy=pol, mesh=mesh).compile()
     t2 = time.perf_counter()
 
     prefill_s, decode_s = [], []
@@ -150,10 +176,10 @@ def measure_latency(params, cfg: ModelConfig, policy="fp32", *, batch: int = 1, 
     counts = model.count_params(cfg)
     weight_bytes = precision.param_bytes(qp)
     kv_bytes = model.kv_cache_bytes(cfg, batch, S, 2 if pol.attention == "bf16" else 4)
-    bw = roof["bandwidth_bytes_per_s"]
+    bw = roof["bandwidth_bytes_per_s"] * n_dev
     mem_s = (weight_bytes + kv_bytes) / bw
-    dec_fl_s = compute_seconds(cfg, pol, batch, S, roof)
-    pre_fl_s = compute_seconds(cfg, pol, batch * prompt_tokens, S, roof)
+    dec_fl_s = compute_seconds(cfg, pol, batch, S, roof) / n_dev
+    pre_fl_s = compute_seconds(cfg, pol, batch * prompt_tokens, S, roof) / n_dev
     dec_bound_s, pre_bound_s = max(mem_s, dec_fl_s), max(mem_s, pre_fl_s)
     out = {
         "precision": pol.name, "batch": batch, "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens,
@@ -170,7 +196,9 @@ def measure_latency(params, cfg: ModelConfig, policy="fp32", *, batch: int = 1, 
         "prefill_bound_ms": 1e3 * pre_bound_s,
         "prefill_bound_kind": "memory" if mem_s >= pre_fl_s else "compute",
         "prefill_efficiency": 1e3 * pre_bound_s / float(np.median(prefill_ms)),
-        "roofline_bandwidth_bytes_per_s": bw, "roofline_matmul_flops_per_s": _rate(roof, pol.fmt),
+        "roofline_bandwidth_bytes_per_s": bw, "roofline_matmul_flops_per_s": _rate(roof, pol.fmt) * n_dev,
         **roofline.device_info(),
+        "mesh_shape": None if mesh is None else ",".join(f"{k}={v}" for k, v in mesh.shape.items()),
+        "mesh_devices": n_dev,
     }
     return out

@@ -74,7 +74,10 @@ class Plan:
 
 
 def _config_hash(sweep: Sweep, thash: str, precision: str) -> str:
-    return _sha({"train": thash, "precision": precision, "latency": dataclasses.asdict(sweep.latency)})
+    h = {"train": thash, "precision": precision, "latency": dataclasses.asdict(sweep.latency)}
+    if sweep.mesh is not None:  # only when set: single-device records keep their hashes
+        h["mesh"] = sweep.mesh
+    return _sha(h)
 
 
 def make_plan(sweep: Sweep, corpus: data.Corpus, *, force: bool = False, worker: tuple[int, int] = (0, 1)) -> Plan:
@@ -169,6 +172,14 @@ def run_sweep(sweep: Sweep, *, force: bool = False, retrain: bool = False, worke
     i, n = worker
     if not (isinstance(i, int) and isinstance(n, int) and 0 <= i < n):
         raise ConfigError(f"worker must be I/N with 0 <= I < N, got {i}/{n}")
+    mesh = None
+    if sweep.mesh is not None:  # the device count must fit before anything runs
+        from jscale import sharding
+        mesh = sharding.make_mesh(**sweep.mesh)
+        for tp in sweep.train_points:
+            if tp.train.batch_size % sharding.batch_devices(mesh):
+                raise ConfigError(f"[mesh] {sharding.mesh_shape_str(mesh)}: data x fsdp must divide "
+                                  f"train.batch_size = {tp.train.batch_size}")
     corpus = data.load_corpus(sweep.corpus_path, val_percent=sweep.val_percent)
     for tp in sweep.train_points:  # every held-out set must fit before anything runs
         data.eval_batches(corpus.val, tp.train.seq_len, tp.train.eval_tokens)
@@ -216,7 +227,7 @@ def run_sweep(sweep: Sweep, *, force: bool = False, retrain: bool = False, worke
                     f"(lr {tp.train.lr:.3g})")
                 try:
                     r = train.train(tp.model, tp.train, corpus, progress=progress, progress_position=1,
-                                    evaluate_heldout=False)
+                                    evaluate_heldout=False, mesh=mesh)
                 except train.TrainingDiverged as e:
                     log(f"{name}: FAILED, training diverged: {e}")
                     summary.failed.append(f"{name}: {e}")
@@ -230,7 +241,9 @@ def run_sweep(sweep: Sweep, *, force: bool = False, retrain: bool = False, worke
                         "train_loss_final_nats": float(np.mean(r.losses_nats[-k:])),
                         "train_hash": th}
                 params = r.params
-                checkpoint.save(ck, params, meta)
+                host = params if mesh is None else sharding.to_host(params)  # a collective: every process
+                if _writer():
+                    checkpoint.save(ck, host, meta)
                 summary.trained += 1
                 log(f"{name}: trained in {r.train_seconds:.1f} s (+{r.compile_seconds:.1f} s compile), "
                     f"final train loss {meta['train_loss_final_nats']:.3f} nats")
@@ -246,12 +259,13 @@ def run_sweep(sweep: Sweep, *, force: bool = False, retrain: bool = False, worke
                     L = sweep.latency
                     lat = latency.measure_latency(params, tp.model, prec, batch=L.batch, prompt_tokens=L.prompt_tokens,
                                                   gen_tokens=L.gen_tokens, repeats=L.repeats, warmup=L.warmup,
-                                                  roof=roof)
+                                                  roof=roof, mesh=mesh)
                     lat.pop("precision")
                     lat["latency_repeats"] = lat.pop("n_repeats")
                     lat["latency_batch"] = lat.pop("batch")
                 rec = _record(sweep, tp, prec, th, plan.corpus_id, counts, meta, ev[prec], eval_s, lat, prov, corpus)
-                results.write_record(out, point_id(tp, prec), rec)
+                if _writer():
+                    results.write_record(out, point_id(tp, prec), rec)
                 summary.written += 1
                 bar.update(1)
                 e = ev[prec]
@@ -268,6 +282,13 @@ def run_sweep(sweep: Sweep, *, force: bool = False, retrain: bool = False, worke
         f"trained, {summary.loaded} loaded from checkpoints, {len(summary.failed)} failed, "
         f"{summary.seconds:.0f} s")
     return summary
+
+
+def _writer() -> bool:
+    """Whether this process writes records and checkpoints: always, except in a multi-host
+    JAX job (``jax.distributed``), where only process 0 does."""
+    import jax
+    return jax.process_index() == 0
 
 
 def _record(sweep: Sweep, tp: TrainPoint, prec: str, th: str, corpus_id: str, counts: dict, meta: dict,

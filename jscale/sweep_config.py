@@ -45,6 +45,10 @@ File layout (every key optional except ``[sizes]`` and ``[tokens]``)::
     [corpus]
     path = ""                      # "" = Python's standard library (embedded default)
     val_percent = 2.0
+
+    [mesh]                         # optional: shard training and latency over a device mesh
+    data = -1                      # (jscale.sharding.make_mesh; -1 = all remaining devices)
+    fsdp = 1
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ from jscale.model import count_params
 PRECISIONS = ("fp32", "bf16", "int8", "w8a8")
 TRAIN_PRECISIONS = ("fp32", "bf16")
 _TOP = {"name", "out_dir", "seeds", "precisions", "train_precisions", "sizes", "tokens", "train",
-        "latency", "corpus"}
+        "latency", "corpus", "mesh"}
 _SIZES = {"params_non_embedding", "ladder", "aspect_ratio", "head_dim", "tie_embeddings"}
 _LADDER = {"lo", "hi", "per_decade"}
 _TOKENS = {"fixed", "per_param", "min", "max"}
@@ -69,6 +73,7 @@ _TRAIN_EXTRA = {"lr_ref_params", "lr_exponent"}
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"steps", "tokens", "seed", "compute"}
 _LATENCY = {"enabled", "batch", "prompt_tokens", "gen_tokens", "repeats", "warmup"}
 _CORPUS = {"path", "val_percent"}
+_MESH = ("data", "fsdp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +114,7 @@ class Sweep:
     corpus_path: str | None
     val_percent: float
     source: str  # the TOML text, copied into the output directory
+    mesh: dict | None = None  # [mesh] {"data": .., "fsdp": ..} as given (None: one device)
 
     @property
     def n_records(self) -> int:
@@ -276,6 +282,24 @@ def _build(raw: dict, text: str, out_dir_override: str | None) -> Sweep:
         raise _err("corpus.path", f"{cpath} does not exist")
     val_percent = _number(corpus.get("val_percent", 2.0), "corpus.val_percent", lo=0, strict_lo=True, hi=99)
 
+    mesh = None
+    if "mesh" in raw:
+        m = _table(raw["mesh"], "[mesh]")
+        _check_keys(m, set(_MESH), "mesh.")
+        mesh = {"data": -1, "fsdp": 1}
+        for k in _MESH:
+            if k in m:
+                v = m[k]
+                if isinstance(v, bool) or not isinstance(v, int) or (v < 1 and v != -1):
+                    raise _err(f"mesh.{k}", f"must be a positive integer or -1 (all remaining devices), got {v!r}")
+                mesh[k] = v
+        if mesh["data"] == -1 and mesh["fsdp"] == -1:
+            raise _err("mesh", "at most one of data, fsdp may be -1 (all remaining devices)")
+        bs = tr.get("batch_size", TrainConfig.batch_size)
+        fixed = math.prod(v for v in mesh.values() if v != -1)
+        if isinstance(bs, int) and bs % fixed:
+            raise _err("mesh", f"data x fsdp must divide train.batch_size = {bs}; {fixed} devices do not")
+
     seq_len = tr.get("seq_len", TrainConfig.seq_len)
     max_seq = max(seq_len if isinstance(seq_len, int) else 1, latency.prompt_tokens + latency.gen_tokens)
     points, seen = [], {}
@@ -297,4 +321,4 @@ def _build(raw: dict, text: str, out_dir_override: str | None) -> Sweep:
                     raise ConfigError(str(e).replace("TrainConfig: ", "[train]: ").replace("TrainConfig.", "train.")) from None
                 points.append(TrainPoint(size_target=t, model=cfg, train=tc))
     return Sweep(name=name, out_dir=Path(out_dir), train_points=tuple(points), precisions=precisions,
-                 latency=latency, corpus_path=cpath or None, val_percent=val_percent, source=text)
+                 latency=latency, corpus_path=cpath or None, val_percent=val_percent, source=text, mesh=mesh)

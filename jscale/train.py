@@ -60,16 +60,25 @@ def train_step(params, opt_state, batch_BxT1, *, cfg: ModelConfig, opt: optax.Gr
     return optax.apply_updates(params, updates), opt_state, loss, optax.tree.norm(grads)
 
 
-def make_train_chunk(cfg: ModelConfig, opt: optax.GradientTransformation, policy="fp32"):
+def make_train_chunk(cfg: ModelConfig, opt: optax.GradientTransformation, policy="fp32", shardings=None):
     """Jitted ``(params, opt_state, batches_SxBxT1) -> (params, opt_state, losses_S, gnorms_S)``
-    running S steps in one ``lax.scan``; params and opt_state are donated."""
+    running S steps in one ``lax.scan``; params and opt_state are donated.
+
+    shardings: None (one device), or ``(params, opt_state, batches, scalars)`` shardings
+    (``jscale.sharding``): they become the jit's ``in_shardings`` / ``out_shardings``, so the
+    params and optimizer state keep their (FSDP) placement across calls and XLA's SPMD
+    partitioner inserts the collectives."""
     def chunk(params, opt_state, batches):
         def body(carry, batch):
             p, s, loss, gn = train_step(*carry, batch, cfg=cfg, opt=opt, policy=policy)
             return (p, s), (loss, gn)
         (params, opt_state), (losses, gnorms) = jax.lax.scan(body, (params, opt_state), batches)
         return params, opt_state, losses, gnorms
-    return jax.jit(chunk, donate_argnums=(0, 1))
+    if shardings is None:
+        return jax.jit(chunk, donate_argnums=(0, 1))
+    p_sh, o_sh, b_sh, r_sh = shardings
+    return jax.jit(chunk, donate_argnums=(0, 1), in_shardings=(p_sh, o_sh, b_sh),
+                   out_shardings=(p_sh, o_sh, r_sh, r_sh))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "policy"))
@@ -78,17 +87,34 @@ def _seq_mean_losses(params, cfg: ModelConfig, batch_BxT1, policy):
 
 
 def sequence_losses(params, cfg: ModelConfig, batches_NxT1: np.ndarray, batch_size: int = 32,
-                    policy="fp32") -> np.ndarray:
-    """Mean next-token loss (nats) of each of N fixed sequences ``[N, T+1]``: float64 ``[N]``."""
+                    policy="fp32", mesh=None) -> np.ndarray:
+    """Mean next-token loss (nats) of each of N fixed sequences ``[N, T+1]``: float64 ``[N]``.
+    With a ``mesh`` each batch is split over its devices when they divide ``batch_size``
+    (else replicated); the params keep whatever placement they have."""
     policy = precision.get_policy(policy)
+    put = lambda b: b
+    if mesh is not None:
+        from jscale import sharding
+        sh = (sharding.batch_sharding(mesh) if batch_size % sharding.batch_devices(mesh) == 0
+              else sharding.replicated(mesh))
+        put = lambda b: sharding.put(b, sh)
     out = []
     for i in range(0, len(batches_NxT1), batch_size):
         b = batches_NxT1[i:i + batch_size]
         pad = batch_size - len(b)
         if pad:  # keep one compiled shape; padded rows are dropped below
             b = np.concatenate([b, np.repeat(b[-1:], pad, axis=0)])
-        out.append(np.asarray(_seq_mean_losses(params, cfg, b, policy), dtype=np.float64)[:batch_size - pad])
+        out.append(np.asarray(_gather(_seq_mean_losses(params, cfg, put(b), policy)),
+                              dtype=np.float64)[:batch_size - pad])
     return np.concatenate(out)
+
+
+def _gather(x):
+    """``x`` itself, or a full host copy when it spans several processes."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jscale import sharding
+        return sharding.to_host(x)
+    return x
 
 
 def mean_and_se(x: np.ndarray) -> tuple[float, float]:
@@ -98,16 +124,16 @@ def mean_and_se(x: np.ndarray) -> tuple[float, float]:
 
 
 def evaluate(params, cfg: ModelConfig, batches_NxT1: np.ndarray, batch_size: int = 32,
-             policy="fp32") -> dict[str, float]:
+             policy="fp32", mesh=None) -> dict[str, float]:
     """Held-out loss on fixed sequences ``[N, T+1]`` in precision ``policy``.
 
     Returns ``eval_loss_nats`` (mean next-token loss, nats/token), ``eval_loss_se_nats``
     (standard error over the N per-sequence means), ``eval_bits_per_byte`` and its SE
     (nats / ln 2: one token is one byte) and ``eval_tokens``.  The mean is accumulated in
-    float64 on the host.
+    float64 on the host.  ``mesh``: see ``sequence_losses``.
     """
     n = len(batches_NxT1)
-    mean, se = mean_and_se(sequence_losses(params, cfg, batches_NxT1, batch_size, policy))
+    mean, se = mean_and_se(sequence_losses(params, cfg, batches_NxT1, batch_size, policy, mesh))
     return {"eval_loss_nats": mean, "eval_loss_se_nats": se, "eval_bits_per_byte": mean / LN2,
             "eval_bits_per_byte_se": se / LN2, "eval_tokens": int(n * (batches_NxT1.shape[1] - 1))}
 
@@ -131,7 +157,8 @@ class TrainResult:
 
 
 def train(cfg: ModelConfig, tc: TrainConfig, corpus: data.Corpus, *, params=None,
-          progress: bool = True, progress_position: int = 0, evaluate_heldout: bool = True) -> TrainResult:
+          progress: bool = True, progress_position: int = 0, evaluate_heldout: bool = True,
+          mesh=None) -> TrainResult:
     """Train ``cfg`` on ``corpus`` per ``tc`` and evaluate on its fixed held-out set.
 
     params: starting parameters (default: ``model.init_params`` with key ``tc.seed``).
@@ -141,11 +168,24 @@ def train(cfg: ModelConfig, tc: TrainConfig, corpus: data.Corpus, *, params=None
     itself.
     ``tc.compute`` "bf16" trains in mixed precision (fp32 master params, bf16 matmuls); the
     held-out loss is then evaluated in bf16 too.
+    mesh: a ``jax.sharding.Mesh`` from ``jscale.sharding.make_mesh`` (None: one device, the
+    default device).  Params and optimizer state are then placed with the FSDP rule, each batch
+    split over ("data", "fsdp"), and the training program is partitioned by XLA (GSPMD); the
+    batches, schedule and maths are those of one device, so losses agree within float rounding.
+    The returned params stay sharded.
     Raises ``TrainingDiverged`` at the first non-finite loss or gradient norm; ``ConfigError`` if
-    ``tc.seq_len > cfg.max_seq_len``.
+    ``tc.seq_len > cfg.max_seq_len`` or (with a mesh) the mesh's data x fsdp devices do not
+    divide ``tc.batch_size``.
     """
     if tc.seq_len > cfg.max_seq_len:
         raise ConfigError(f"TrainConfig.seq_len ({tc.seq_len}) exceeds ModelConfig.max_seq_len ({cfg.max_seq_len})")
+    if mesh is not None:
+        from jscale import sharding
+        nb = sharding.batch_devices(mesh)
+        if tc.batch_size % nb:
+            raise ConfigError(f"TrainConfig.batch_size ({tc.batch_size}) must be divisible by the mesh's "
+                              f"data x fsdp = {nb} devices ({sharding.mesh_shape_str(mesh)}): each device "
+                              f"takes an equal share of every batch")
     eval_set = data.eval_batches(corpus.val, tc.seq_len, tc.eval_tokens)  # fail early on a tiny corpus
     data.train_batch(corpus.train, tc.seed, 0, 1, tc.seq_len)
 
@@ -154,13 +194,24 @@ def train(cfg: ModelConfig, tc: TrainConfig, corpus: data.Corpus, *, params=None
         params = model.init_params(cfg, jax.random.key(tc.seed))
     else:  # the train call donates its inputs; never consume the caller's arrays
         params = jax.tree.map(jnp.copy, params)
-    opt_state = opt.init(params)
-    chunk_fn = make_train_chunk(cfg, opt, tc.compute)
     total, per = tc.total_steps, tc.steps_per_call
 
     def batches(start, n):
         return np.stack([data.train_batch(corpus.train, tc.seed, s, tc.batch_size, tc.seq_len)
                          for s in range(start, start + n)])
+
+    if mesh is None:
+        opt_state = opt.init(params)
+        chunk_fn = make_train_chunk(cfg, opt, tc.compute)
+    else:
+        p_sh = sharding.param_shardings(params, mesh)
+        o_sh = sharding.tree_shardings(jax.eval_shape(opt.init, params), mesh)
+        b_sh = sharding.batch_sharding(mesh, ndim=3, batch_axis=1)  # [steps, batch, T+1]
+        params = sharding.put(params, p_sh)
+        opt_state = jax.jit(opt.init, out_shardings=o_sh)(params)
+        chunk_fn = make_train_chunk(cfg, opt, tc.compute, (p_sh, o_sh, b_sh, sharding.replicated(mesh)))
+        host_batches = batches
+        batches = lambda start, n: sharding.put(host_batches(start, n), b_sh)
 
     t0 = time.perf_counter()
     compiled = {}
@@ -174,7 +225,7 @@ def train(cfg: ModelConfig, tc: TrainConfig, corpus: data.Corpus, *, params=None
 
     def drain(p):
         start, l_dev, g_dev = p
-        l, g = np.asarray(l_dev), np.asarray(g_dev)
+        l, g = np.asarray(_gather(l_dev)), np.asarray(_gather(g_dev))
         bad = np.flatnonzero(~(np.isfinite(l) & np.isfinite(g)))
         if bad.size:
             bar.close()
@@ -201,7 +252,7 @@ def train(cfg: ModelConfig, tc: TrainConfig, corpus: data.Corpus, *, params=None
     train_s = time.perf_counter() - t0
     bar.close()
 
-    ev = evaluate(params, cfg, eval_set, tc.eval_batch_size, policy=tc.compute) if evaluate_heldout else {}
+    ev = evaluate(params, cfg, eval_set, tc.eval_batch_size, policy=tc.compute, mesh=mesh) if evaluate_heldout else {}
     tokens = total * tc.tokens_per_step
     return TrainResult(params=params, losses_nats=np.concatenate(losses), grad_norms=np.concatenate(gnorms),
                        eval=ev, train_seconds=train_s, compile_seconds=compile_s, tokens=tokens,
