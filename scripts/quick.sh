@@ -8,4 +8,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
 .venv/bin/jscale sweep experiments/quick.toml "$@"
-exec .venv/bin/jscale figures runs/quick --out runs/quick/figures
+.venv/bin/jscale figures runs/quick --out runs/quick/figures
+echo
+cat runs/quick/figures/fits.md
