@@ -21,6 +21,8 @@ _EXPORTS = {
     "jscale.roofline": ["roofline"],
     "jscale.runtime": ["enable_compilation_cache"],
     "jscale.results": ["load_results", "ResultsError"],
+    "jscale.sweep_config": ["load_sweep", "parse_sweep", "Sweep"],
+    "jscale.sweep": ["run_sweep"],
     "jscale.analysis": ["fit", "fit_groups", "fit_table", "extrapolation_check", "compute_optimal"],
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
