@@ -15,10 +15,12 @@ _EXPORTS = {
                       "default_ladder"],
     "jscale.model": ["Transformer", "init_params", "apply", "count_params", "flops_per_token"],
     "jscale.data": ["Corpus", "CorpusError", "load_corpus", "train_batch", "eval_batches"],
-    "jscale.train": ["train", "evaluate", "TrainResult", "TrainingDiverged", "make_optimizer"],
+    # `train` and `roofline` are also submodule names, so they are not re-exported as
+    # functions (importing the submodule would replace the attribute): use
+    # `from jscale.train import train`, `from jscale.roofline import roofline`.
+    "jscale.train": ["evaluate", "TrainResult", "TrainingDiverged", "make_optimizer"],
     "jscale.precision": ["Policy", "POLICIES", "PrecisionError", "get_policy", "convert_params", "param_bytes"],
     "jscale.precision_eval": ["compare_precisions"],
-    "jscale.roofline": ["roofline"],
     "jscale.runtime": ["enable_compilation_cache"],
     "jscale.results": ["load_results", "ResultsError"],
     "jscale.sweep_config": ["load_sweep", "parse_sweep", "Sweep"],

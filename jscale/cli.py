@@ -71,6 +71,9 @@ def cmd_sweep(a) -> int:
     from jscale import sweep as sw
     from jscale.sweep_config import load_sweep
 
+    if a.retrain and not a.force:
+        raise ConfigError("--retrain only applies with --force (redo points that are already done)")
+    a.worker = a.worker or (0, 1)
     s = load_sweep(a.config, out_dir=a.out)  # validates the whole file before any compute
     if a.plan:
         from jscale import data, model
@@ -280,19 +283,38 @@ def cmd_figures(a) -> int:
     return 0
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Show a default only where there is one (not None/False), lists as written on the line."""
+
+    def _get_help_string(self, action):
+        d = action.default
+        if d is None or d is False or d is argparse.SUPPRESS or "%(default)" in (action.help or ""):
+            return action.help
+        shown = ",".join(map(str, d)) if isinstance(d, (tuple, list)) else d
+        return f"{action.help or ''} (default: {str(shown).replace('%', '%%')})"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other jscale error (exit 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-    p = argparse.ArgumentParser(prog="jscale", description="Scaling laws of LM inference in JAX.")
+    fmt = _Help
+    p = _Parser(prog="jscale", description="Scaling laws of LM inference in JAX.")
+    p.add_argument("--version", action="version", version=f"jscale {__import__('jscale').__version__}")
     sub = p.add_subparsers(dest="command", metavar="{sweep,fit,figures,train,ladder,bench,info}", required=True)
 
     sw = sub.add_parser("sweep", help="run (or resume) a sweep config: sizes x precisions x seeds -> results",
                         formatter_class=fmt)
     sw.add_argument("config", help="sweep config (TOML), e.g. experiments/quick.toml")
-    sw.add_argument("--out", help="output directory (default: the config's out_dir)")
+    sw.add_argument("--out", help="output directory instead of the config's out_dir")
     sw.add_argument("--force", action="store_true",
                     help="redo every point (re-evaluate and re-time; reuses checkpoints whose training config is unchanged)")
     sw.add_argument("--retrain", action="store_true", help="with --force: retrain the models too")
-    sw.add_argument("--worker", type=_worker, default=(0, 1), metavar="I/N",
+    sw.add_argument("--worker", type=_worker, metavar="I/N",
                     help="run only this worker's share (models with index %% N == I-1), e.g. $SLURM_ARRAY_TASK_ID/N")
     sw.add_argument("--plan", action="store_true", help="print the points, their cost and what is left; run nothing")
     sw.add_argument("--quiet", action="store_true", help="no progress bars (the log still prints)")
@@ -308,10 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = t.add_argument_group("training")
     g.add_argument("--steps", type=int, help="optimizer steps (instead of --tokens)")
     g.add_argument("--tokens", type=_count, help="token budget, rounded up to whole steps (default 2e6)")
-    g.add_argument("--batch-size", type=int, default=16)
-    g.add_argument("--seq-len", type=int, default=256)
+    g.add_argument("--batch-size", type=int, default=16, help="sequences per optimizer step")
+    g.add_argument("--seq-len", type=int, default=256, help="tokens (bytes) per training sequence")
     g.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="the one seed of init and batches")
     g.add_argument("--eval-tokens", type=_count, default=262_144, help="held-out tokens to evaluate on")
     g.add_argument("--corpus", help="text file or directory (default: Python's standard library source)")
     g.add_argument("--val-percent", type=float, default=2.0, help="share of the corpus held out, in %%")
@@ -340,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--sizes", nargs="+", type=_size, default=[1e5, 1e6, 1e7, 1e8],
                     help="target non-embedding params (ladder models, random init)")
     bl.add_argument("--precisions", default="fp32,bf16,int8,w8a8", help="comma-separated precisions")
-    bl.add_argument("--batch", type=_positive_int, default=1)
+    bl.add_argument("--batch", type=_positive_int, default=1, help="sequences decoded together")
     bl.add_argument("--prompt", type=_positive_int, default=128, help="prompt tokens")
     bl.add_argument("--gen", type=_positive_int, default=32, help="generated tokens (decode steps per run)")
     bl.add_argument("--repeats", type=_positive_int, default=5, help="timed runs (after 2 warm-up runs)")
@@ -396,6 +418,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except _loaded({"jscale.train": "TrainingDiverged"}) as e:
         print(f"jscale: training diverged: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # the device ran out of memory: say so in one line, not a traceback
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        print(f"jscale: out of device memory: {str(e).splitlines()[0][:300]}; use a smaller model, "
+              "--batch-size or --seq-len", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("jscale: interrupted", file=sys.stderr)

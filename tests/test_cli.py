@@ -51,3 +51,29 @@ def test_python_dash_m_runs():
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0
     assert "| 1e+04 | 12,384 |" in r.stdout and "| 1e+05 | 98,624 |" in r.stdout
+
+
+@pytest.mark.parametrize("argv", [["sweep", "x.toml", "--worker", "0/2"], ["train", "--compute", "fp16"],
+                                  ["fit"], ["figures", "somewhere"]])
+def test_usage_errors_are_one_line_too(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "error:" in err[0] and "--help" in err[0], err
+
+
+def test_retrain_needs_force(tmp_path, capsys):
+    assert main(["sweep", str(tmp_path / "x.toml"), "--retrain"]) == 2
+    assert "--retrain only applies with --force" in capsys.readouterr().err
+
+
+def test_every_export_stays_what_it_is_after_submodules_load():
+    import importlib
+
+    import jscale
+    before = {name: getattr(jscale, name) for name in jscale.__all__}
+    for mod in ("train", "roofline", "latency", "precision_eval", "sweep", "analysis", "figures"):
+        importlib.import_module(f"jscale.{mod}")
+    for name, obj in before.items():
+        assert getattr(jscale, name) is obj, name  # a submodule import must not replace an export
+        assert not isinstance(obj, type(jscale)), name
