@@ -159,7 +159,8 @@ def _n_fmt(v, _):
 
 def _footnote(df: pd.DataFrame) -> str:
     bits = []
-    for col, name in (("device_kind", "device"), ("batch", "batch"), ("prompt_tokens", "prompt tokens"),
+    batch = "latency_batch" if "latency_batch" in df else "batch"  # sweeps write latency_batch
+    for col, name in (("device_kind", "device"), (batch, "batch"), ("prompt_tokens", "prompt tokens"),
                       ("gen_tokens", "generated tokens")):
         if col in df and df[col].notna().any():
             vals = sorted({str(v) for v in df[col].dropna()})
@@ -330,13 +331,19 @@ def loss_vs_params(df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap: i
     """(a) Held-out loss (nats/token) vs non-embedding parameters N, log-log, per inference
     precision: every row as a point (± its standard error when ``eval_loss_se_nats`` is
     there), the fitted saturating law L = E + A N^-alpha and its bootstrap band; the legend
-    gives alpha with its interval."""
+    gives alpha with its interval.  With several precisions and a ``delta_loss_vs_fp32_nats``
+    column, a second panel shows each precision's loss minus fp32's (paired, nats/token)."""
     _require(df, "loss_vs_params", [N, LOSS])
     df = _prepare(df).dropna(subset=[N, LOSS])
     fits = _fits_for(df, fits, ("loss",), n_bootstrap, seed)
     style = precision_style(df[PRECISION])
+    delta = "delta_loss_vs_fp32_nats"
+    with_delta = delta in df and df[delta].notna().any() and df[PRECISION].nunique() > 1
     with theme():
-        fig, (ax,) = _new_figure(df, 1, width=4.8, height=3.6, legend=3.2)
+        fig, axes = _new_figure(df, 2 if with_delta else 1, width=4.8, height=3.6, legend=3.2)
+        ax = axes[0]
+        if with_delta:  # the precisions' laws overlap on a log loss axis: show what each costs
+            _delta_panel(axes[1], df, delta, style)
         handles, shown = [], [df[LOSS]]
         for prec in _groups(df):
             d, st, f = df[df[PRECISION] == prec], style[prec], fits.get("loss", prec)
@@ -353,6 +360,22 @@ def loss_vs_params(df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap: i
         _legend(fig, handles, title=rf"fit $L = E + A N^{{-\alpha}}$, {fits.level:.0%} bootstrap band;" "\n"
                                     rf"precision: $\alpha$ [{fits.level:.0%} interval]")
     return fig
+
+
+def _delta_panel(ax, df: pd.DataFrame, delta: str, style: dict) -> None:
+    """Loss minus the fp32 loss of the same params on the same held-out sequences (nats/token)
+    vs N, with its paired standard error: the cost of each precision, on a linear axis."""
+    se = "delta_loss_vs_fp32_se_nats"
+    for prec in _groups(df):
+        d = df[df[PRECISION] == prec].dropna(subset=[delta])
+        if len(d):
+            _points(ax, d, N, delta, style[prec], yerr=d[se] if se in d and d[se].notna().all() else None)
+            ax.plot(d[N], d[delta], color=style[prec]["color"], linewidth=0.8, alpha=0.6, zorder=2)
+    ax.axhline(0, color="0.3", linewidth=0.8, zorder=1)
+    ax.set_xlabel(N_LABEL)
+    ax.set_ylabel("loss − fp32 loss (nats/token)")
+    ax.set_title("Cost of each precision (± paired SE)")
+    _log_axis(ax, "x", _n_fmt)
 
 
 def latency_vs_params(df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap: int = 1000,
@@ -546,7 +569,8 @@ def _table_rows(fits: Fits) -> list[tuple[Quantity, list[dict]]]:
         rows = []
         for prec, f in fits.fits.get(q.name, {}).items():
             ex = fits.extrapolation.get(q.name, {}).get(prec)
-            err = float(np.mean(ex["y_pred"] / ex["y"] - 1)) if ex is not None and len(ex) else float("nan")
+            rel = (ex["y_pred"] / ex["y"] - 1).to_numpy() if ex is not None and len(ex) else np.array([np.nan])
+            err = float(rel[np.argmax(np.abs(rel))])  # the worst of the held-out sizes, signed
             kk = int(ex["k"].iloc[0]) if ex is not None and len(ex) else fits.k
             rows.append({"precision": prec, "params": [(p, f.params[p], *f.intervals[p]) for p in f.param_names],
                          "n": int(f.n_points), "r2": float(f.r2_log), "extrap": err,
@@ -571,7 +595,7 @@ def fit_table_markdown(obj, *, n_bootstrap: int = 1000, seed: int = 0) -> str:
         names = [p[0] for p in rows[0]["params"]]
         parts.append(f"**{q.label}**: {q.law} ({q.form}); estimate [{fits.level:.0%} bootstrap interval, "
                      f"{fits.n_bootstrap} resamples]\n")
-        parts.append("| precision | " + " | ".join(names) + f" | n | R² (log) | extrap. error ({fits.k} largest) |")
+        parts.append("| precision | " + " | ".join(names) + f" | n | R² (log) | extrap. error (worst of {fits.k} largest) |")
         parts.append("|---|" + "---:|" * (len(names) + 3))
         for r in rows:
             cells = [_fmt_ci(e, lo, hi) for _, e, lo, hi in r["params"]]
@@ -624,7 +648,7 @@ def fit_table_latex(obj, *, n_bootstrap: int = 1000, seed: int = 0) -> str:
             lines.append(r"\midrule")
         lines.append(rf"\multicolumn{{{ncol}}}{{l}}{{\textbf{{{tex_escape(q.label)}}}: {law}}} \\")
         head = ["precision"] + [_TEX_PARAM.get(n, tex_escape(n)) for n in names] + [""] * (width - len(names))
-        head += ["$n$", r"$R^2$ (log)", rf"extrap.\ error ({fits.k} largest)"]
+        head += ["$n$", r"$R^2$ (log)", rf"extrap.\ error (worst of {fits.k} largest)"]
         lines += [r"\midrule", " & ".join(head) + r" \\", r"\midrule"]
         for r in rows:
             cells = [_tex_ci(e, lo, hi) for _, e, lo, hi in r["params"]]

@@ -99,5 +99,12 @@ def load_results(out_dir: str | os.PathLike) -> pd.DataFrame:
         df = pd.DataFrame(rows)
     if df.empty:
         raise ResultsError(f"{p}: the results table is empty")
+    first = [k for k in _FIRST if k in df]  # the point's identity and headline numbers lead
+    df = df[first + [c for c in df.columns if c not in first]]
     keys = [k for k in ("params_non_embedding", "seed", "train_precision", "inference_precision") if k in df]
     return df.sort_values(keys, kind="stable").reset_index(drop=True) if keys else df
+
+
+_FIRST = ("point_id", "size_target_params_non_embedding", "params_non_embedding", "params_total", "seed",
+          "train_precision", "inference_precision", "train_tokens", "eval_loss_nats", "eval_loss_se_nats",
+          "decode_ms_per_token_median", "prefill_ms_median", "weight_bytes", "kv_cache_bytes")

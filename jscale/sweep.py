@@ -136,12 +136,12 @@ class _Log:
         self.path, self.echo = out_dir / "sweep.log", echo
 
     def __call__(self, msg: str) -> None:
-        line = f"{_dt.datetime.now().strftime('%H:%M:%S')} {msg}"
+        now = _dt.datetime.now()
         with open(self.path, "a") as f:
-            f.write(line + "\n")
+            f.write(f"{now.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
         if self.echo:
             from tqdm.auto import tqdm
-            tqdm.write(line, file=sys.stderr)
+            tqdm.write(f"{now.strftime('%H:%M:%S')} {msg}", file=sys.stderr)
 
 
 @dataclasses.dataclass
@@ -269,7 +269,7 @@ def run_sweep(sweep: Sweep, *, force: bool = False, retrain: bool = False, worke
                 summary.written += 1
                 bar.update(1)
                 e = ev[prec]
-                msg = f"{name} -> {prec}: loss {e['eval_loss_nats']:.4f} ± {e['eval_loss_se_nats']:.4f} nats"
+                msg = f"{name} -> {prec}: held-out loss {e['eval_loss_nats']:.4f} nats/token (SE {e['eval_loss_se_nats']:.4f})"
                 if lat:
                     msg += (f", decode {lat['decode_ms_per_token_median']:.3f} ms/token, "
                             f"prefill {lat['prefill_ms_median']:.2f} ms")

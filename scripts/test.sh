@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The tests: set up .venv, then run the whole suite (~2 min on 2 cores).  Extra arguments go
+# The tests: set up .venv, then run the whole suite (~5-6 min on 2 cores).  Extra arguments go
 # to pytest, e.g. `scripts/test.sh -k latency`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
