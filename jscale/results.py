@@ -86,7 +86,7 @@ def load_results(out_dir: str | os.PathLike) -> pd.DataFrame:
             raise ResultsError(f"{p}: a results file must be .csv or .jsonl")
     else:
         if not p.is_dir():
-            raise ResultsError(f"{p}: no such results directory")
+            raise ResultsError(f"{p}: no such results directory or .csv/.jsonl file")
         files = sorted((p / RECORDS).glob("*.json"))
         if not files:
             raise ResultsError(f"{p}: no results (expected {RECORDS}/*.json written by `jscale sweep`)")
