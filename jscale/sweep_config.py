@@ -230,7 +230,7 @@ def load_sweep(path: str | Path, *, out_dir: str | None = None) -> Sweep:
     """Read and validate the sweep config at ``path`` (``out_dir`` overrides the file's)."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"{p}: {'is a directory, not' if p.is_dir() else 'no such'} sweep config file (a .toml)")
+        raise ConfigError(f"{p}: {'is a directory, not a' if p.is_dir() else 'no such'} sweep config file (a .toml)")
     return parse_sweep(p.read_text(), where=str(p), out_dir=out_dir)
 
 
