@@ -527,6 +527,9 @@ def fit_diagnostics(df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap: 
         handles = []
         groups = _groups(df)
         offsets = dict(zip(groups, np.linspace(-0.03, 0.03, len(groups)) if len(groups) > 1 else [0.0]))
+        dodge = dict(zip(groups, np.linspace(-0.25, 0.25, len(groups)) if len(groups) > 1 else [0.0]))
+        held = sorted({float(v) for e in fits.extrapolation.get("loss", {}).values() if len(e) for v in e["x"]})
+        slot = {v: i for i, v in enumerate(held)}  # one slot per held-out size, labelled with its N
         for prec in groups:
             d, st, f = df[df[PRECISION] == prec], style[prec], fits.get("loss", prec)
             if f is not None:
@@ -539,14 +542,17 @@ def fit_diagnostics(df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap: 
                 rel = 100 * (ex["y_pred"].to_numpy(float) / y - 1)
                 lo = 100 * (ex["y_lo"].to_numpy(float) / y - 1)
                 hi = 100 * (ex["y_hi"].to_numpy(float) / y - 1)
-                xx = ex["x"].to_numpy(float) * 10 ** offsets[prec]  # dodge the precisions apart
+                xx = np.array([slot[float(v)] for v in ex["x"]]) + dodge[prec]  # precisions side by side
                 _points(bx, pd.DataFrame({"x": xx, "rel": rel}), "x", "rel", st,
                         yerr=np.clip(np.vstack([rel - lo, hi - rel]), 0, None))
             handles.append(_handle(st, prec if f is not None else f"{prec} (no fit)", line=False))
         for a in (ax, bx):
             a.axhline(0, color="0.3", linewidth=0.9, zorder=1)
-            a.set_xlabel(N_LABEL)
-            _log_axis(a, "x", _n_fmt)
+        ax.set_xlabel(N_LABEL)
+        _log_axis(ax, "x", _n_fmt)
+        bx.set_xticks(range(len(held)), [_fmt_n(v) for v in held])
+        bx.set_xlim(-0.6, max(len(held), 1) - 0.4)
+        bx.set_xlabel("held-out size: non-embedding parameters N")
         ax.set_ylabel(r"residual $\log L - \log L_\mathrm{fit}$")
         ax.set_title("Loss-law residuals")
         bx.set_ylabel("prediction / actual − 1 (%)")
