@@ -181,8 +181,8 @@ def run_sweep(sweep: Sweep, *, force: bool = False, retrain: bool = False, worke
                 raise ConfigError(f"[mesh] {sharding.mesh_shape_str(mesh)}: data x fsdp must divide "
                                   f"train.batch_size = {tp.train.batch_size}")
     corpus = data.load_corpus(sweep.corpus_path, val_percent=sweep.val_percent)
-    for tp in sweep.train_points:  # every held-out set must fit before anything runs
-        data.eval_batches(corpus.val, tp.train.seq_len, tp.train.eval_tokens)
+    for seq_len, n_tokens in {(tp.train.seq_len, tp.train.eval_tokens) for tp in sweep.train_points}:
+        data.eval_batches(corpus.val, seq_len, n_tokens)  # every held-out set must fit before anything runs
     plan = make_plan(sweep, corpus, force=force, worker=worker)
     if plan.stale:
         raise ConfigError(
@@ -248,6 +248,7 @@ def run_sweep(sweep: Sweep, *, force: bool = False, retrain: bool = False, worke
                 log(f"{name}: trained in {r.train_seconds:.1f} s (+{r.compile_seconds:.1f} s compile), "
                     f"final train loss {meta['train_loss_final_nats']:.3f} nats")
             eval_set = data.eval_batches(corpus.val, tp.train.seq_len, tp.train.eval_tokens)
+            eval_tokens = eval_set.shape[0] * tp.train.seq_len  # predicted tokens, for the records
             t0 = time.perf_counter()
             ev = compare_precisions(params, tp.model, eval_set, precisions, tp.train.eval_batch_size)
             eval_s = time.perf_counter() - t0
@@ -263,7 +264,8 @@ def run_sweep(sweep: Sweep, *, force: bool = False, retrain: bool = False, worke
                     lat.pop("precision")
                     lat["latency_repeats"] = lat.pop("n_repeats")
                     lat["latency_batch"] = lat.pop("batch")
-                rec = _record(sweep, tp, prec, th, plan.corpus_id, counts, meta, ev[prec], eval_s, lat, prov, corpus)
+                rec = _record(sweep, tp, prec, th, plan.corpus_id, counts, meta, ev[prec], eval_tokens, eval_s, lat,
+                              prov, corpus)
                 if _writer():
                     results.write_record(out, point_id(tp, prec), rec)
                 summary.written += 1
@@ -292,7 +294,7 @@ def _writer() -> bool:
 
 
 def _record(sweep: Sweep, tp: TrainPoint, prec: str, th: str, corpus_id: str, counts: dict, meta: dict,
-            ev: dict, eval_s: float, lat: dict, prov: dict, corpus: data.Corpus) -> dict:
+            ev: dict, eval_tokens: int, eval_s: float, lat: dict, prov: dict, corpus: data.Corpus) -> dict:
     c, t = tp.model, tp.train
     rec = {
         "sweep_name": sweep.name, "config_hash": _config_hash(sweep, th, prec), "train_hash": th,
@@ -307,7 +309,7 @@ def _record(sweep: Sweep, tp: TrainPoint, prec: str, th: str, corpus_id: str, co
         "train_flops": meta["train_flops"], "train_flops_6nd": 6.0 * counts["non_embedding"] * meta["train_tokens"],
         "train_wall_s": meta["train_wall_s"], "train_compile_s": meta["train_compile_s"],
         "train_tokens_per_s": meta["train_tokens_per_s"], "train_loss_final_nats": meta["train_loss_final_nats"],
-        "eval_tokens": len(data.eval_batches(corpus.val, t.seq_len, t.eval_tokens)) * t.seq_len,
+        "eval_tokens": eval_tokens,
         "eval_loss_nats": ev["eval_loss_nats"], "eval_loss_se_nats": ev["eval_loss_se_nats"],
         "eval_bits_per_byte": ev["eval_bits_per_byte"],
         "eval_bits_per_byte_se": ev["eval_loss_se_nats"] / math.log(2),

@@ -61,8 +61,9 @@ from typing import Any
 
 from jscale.config import ConfigError, ModelConfig, TrainConfig, config_for_params, ladder_targets
 from jscale.model import count_params
+from jscale.precision import POLICIES
 
-PRECISIONS = ("fp32", "bf16", "int8", "w8a8")
+PRECISIONS = tuple(POLICIES)  # fp32, bf16, int8, w8a8
 TRAIN_PRECISIONS = ("fp32", "bf16")
 _TOP = {"name", "out_dir", "seeds", "precisions", "train_precisions", "sizes", "tokens", "train",
         "latency", "corpus", "mesh"}

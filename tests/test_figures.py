@@ -232,3 +232,16 @@ def test_cli_errors(tmp_path, capsys):
     synthetic_results(seeds=(0,)).drop(columns=["params_non_embedding"]).to_csv(csv, index=False)
     assert main(["fit", str(csv)]) == 2
     assert "lacks column params_non_embedding" in capsys.readouterr().err
+
+
+def test_loss_figure_shows_each_precisions_paired_cost():
+    df = synthetic_results(precisions=("fp32", "int8"))
+    cost = {"fp32": 0.0, "int8": 0.0123}
+    df["delta_loss_vs_fp32_nats"] = df["inference_precision"].map(cost)
+    df["delta_loss_vs_fp32_se_nats"] = 0.001
+    fits = figures.fit_all(df, n_bootstrap=100, quantities=("loss",))
+    fig = figures.loss_vs_params(df, fits=fits)
+    assert len(fig.axes) == 2
+    ys = [np.unique(np.asarray(line.get_ydata(), float)) for line in fig.axes[1].get_lines()]
+    assert any(len(y) == 1 and y[0] == pytest.approx(0.0123) for y in ys)  # int8's cost, drawn as given
+    assert len(figures.loss_vs_params(df.drop(columns=["delta_loss_vs_fp32_nats"]), fits=fits).axes) == 1
