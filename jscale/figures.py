@@ -569,6 +569,13 @@ def fit_diagnostics(df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap: 
 # ----------------------------------------------------------------------------- tables
 
 
+def _pct(frac: float) -> str:
+    """A signed percentage: one decimal up to 1e4 %, then scientific (a failed extrapolation
+    can be off by many orders of magnitude)."""
+    p = 100 * frac
+    return f"{p:+.1f}" if abs(p) < 1e4 else f"{p:+.1e}"
+
+
 def _table_rows(fits: Fits) -> list[tuple[Quantity, list[dict]]]:
     out = []
     for q in QUANTITIES:
@@ -605,7 +612,7 @@ def fit_table_markdown(obj, *, n_bootstrap: int = 1000, seed: int = 0) -> str:
         parts.append("|---|" + "---:|" * (len(names) + 3))
         for r in rows:
             cells = [_fmt_ci(e, lo, hi) for _, e, lo, hi in r["params"]]
-            ext = "–" if not np.isfinite(r["extrap"]) else f"{100 * r['extrap']:+.1f}%{r['k_note']}"
+            ext = "–" if not np.isfinite(r["extrap"]) else f"{_pct(r['extrap'])}%{r['k_note']}"
             parts.append(f"| {r['precision']} | " + " | ".join(cells) + f" | {r['n']} | {r['r2']:.4f} | {ext} |")
         parts.append("")
     if not parts:
@@ -659,7 +666,7 @@ def fit_table_latex(obj, *, n_bootstrap: int = 1000, seed: int = 0) -> str:
         for r in rows:
             cells = [_tex_ci(e, lo, hi) for _, e, lo, hi in r["params"]]
             cells = [tex_escape(r["precision"])] + cells + [""] * (width - len(names))
-            ext = "--" if not np.isfinite(r["extrap"]) else rf"${100 * r['extrap']:+.1f}\%${r['k_note']}"
+            ext = "--" if not np.isfinite(r["extrap"]) else rf"${_pct(r['extrap'])}\%${r['k_note']}"
             cells += [str(r["n"]), f"{r['r2']:.4f}", ext]
             lines.append(" & ".join(cells) + r" \\")
     if not blocks:
