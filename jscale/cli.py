@@ -198,9 +198,14 @@ def cmd_info(a) -> int:
         k = f"matmul_{dt}_flops_per_s"
         print(f"  dense {dt} matmul  {r[k] / 1e9:8.1f} GFLOP/s  (median of 10; min {r[k + '_min'] / 1e9:.1f}, "
               f"max {r[k + '_max'] / 1e9:.1f}; {'fp32' if dt == 'bf16' else 'int32'} accumulation)")
-    print(f"  memory bandwidth   {r['bandwidth_bytes_per_s'] / 1e9:8.1f} GB/s     "
+    print(f"  read bandwidth     {r['read_bandwidth_bytes_per_s'] / 1e9:8.1f} GB/s     "
+          f"(median of 10; min {r['read_bandwidth_bytes_per_s_min'] / 1e9:.1f}, "
+          f"max {r['read_bandwidth_bytes_per_s_max'] / 1e9:.1f}; {r['bandwidth_mib']} MiB read-only, best method "
+          f"{r['read_bandwidth_method']}; the latency bounds use this one)")
+    print(f"  read+write bandw.  {r['bandwidth_bytes_per_s'] / 1e9:8.1f} GB/s     "
           f"(median of 10; min {r['bandwidth_bytes_per_s_min'] / 1e9:.1f}, max {r['bandwidth_bytes_per_s_max'] / 1e9:.1f}; "
-          f"{r['bandwidth_mib']} MiB in-place scale)  measured {r['measured_at']}")
+          f"{r['bandwidth_mib']} MiB in-place scale, reads + writes counted)")
+    print(f"  measured {r['measured_at']}")
     c = data.load_corpus()
     print(f"default corpus {c.name}: {len(c.train):,} train / {len(c.val):,} held-out bytes, "
           f"unigram entropy {c.unigram_entropy_bits():.3f} bits/byte")
@@ -219,21 +224,22 @@ def cmd_bench_latency(a) -> int:
     mesh = _make_mesh(a.mesh)
     roof = roofline.roofline()
     print(f"device {roof['device_kind']} ({roof['host_cpus']} host CPUs), jax {jax.__version__}; roofline: "
-          f"{roof['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, fp32 {roof['matmul_flops_per_s'] / 1e9:.0f} / "
+          f"read {roof['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, fp32 {roof['matmul_flops_per_s'] / 1e9:.0f} / "
           f"bf16 {roof['matmul_bf16_flops_per_s'] / 1e9:.0f} / int8 {roof['matmul_int8_flops_per_s'] / 1e9:.0f} GFLOP/s")
     print(f"batch {a.batch}, prompt {a.prompt} tokens, {a.gen} generated; median (q1..q3) of {a.repeats} runs; "
-          f"eff = roofline bound / measured\n")
-    print("| N non-emb | precision | weight MB | prefill ms | prefill bound ms | eff | decode ms/token | "
+          f"eff = roofline bound / measured; kernel layout {a.kernel_layout}\n")
+    print("| N non-emb | precision | layout | weight MB | prefill ms | prefill bound ms | eff | decode ms/token | "
           "decode bound ms | eff | decode tokens/s | compile s |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = []
     for cfg in cfgs:
         params = model.init_params(cfg, jax.random.key(0))  # latency does not depend on the values
         for pol in policies:
             r = latency.measure_latency(params, cfg, pol, batch=a.batch, prompt_tokens=a.prompt,
-                                        gen_tokens=a.gen, repeats=a.repeats, roof=roof, mesh=mesh)
+                                        gen_tokens=a.gen, repeats=a.repeats, roof=roof, mesh=mesh,
+                                        kernel_layout=a.kernel_layout)
             rows.append(r)
-            print(f"| {r['params_non_embedding']:.3g} | {pol} | {r['weight_bytes'] / 1e6:.1f} | "
+            print(f"| {r['params_non_embedding']:.3g} | {pol} | {r['kernel_layout']} | {r['weight_bytes'] / 1e6:.1f} | "
                   f"{r['prefill_ms_median']:.2f} ({r['prefill_ms_q1']:.2f}..{r['prefill_ms_q3']:.2f}) | "
                   f"{r['prefill_bound_ms']:.2f} {r['prefill_bound_kind'][0]} | {r['prefill_efficiency']:.2f} | "
                   f"{r['decode_ms_per_token_median']:.3f} ({r['decode_ms_per_token_q1']:.3f}.."
@@ -366,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--prompt", type=_positive_int, default=128, help="prompt tokens")
     bl.add_argument("--gen", type=_positive_int, default=32, help="generated tokens (decode steps per run)")
     bl.add_argument("--repeats", type=_positive_int, default=5, help="timed runs (after 2 warm-up runs)")
+    bl.add_argument("--kernel-layout", choices=("auto", "in_out", "out_in"), default="auto",
+                    help="how projection kernels are stored: auto = the layout each precision's decode "
+                         "measured fastest in on this backend; in_out = as trained; out_in = transposed")
     bl.add_argument("--csv", help="also write every measured field to this CSV file")
     bl.add_argument("--mesh", type=_mesh_spec, metavar="data=D,fsdp=F",
                     help="time sharded over a device mesh (README: reading sharded latency); bounds are for the whole mesh")

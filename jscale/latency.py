@@ -11,7 +11,7 @@ then times ``repeats`` runs of each: prefill latency and per-token decode latenc
 median, quartiles, min, max and n.  Beside every number it puts the roofline lower bound from
 analytic bytes and FLOPs and the measured rates of this machine (``jscale.roofline``):
 
-* decode step: ``max(bytes / bandwidth, compute time)`` with bytes = all weight bytes + the
+* decode step: ``max(bytes / read bandwidth, compute time)`` with bytes = all weight bytes + the
   K and V buffers read (the whole buffer of P + G positions, as executed) and compute time =
   the FLOPs of each part for B tokens, ``2 * weights`` per projection, ``2 d V`` for the
   head and ``4 layers (P + G) d`` for attention, each at the measured rate of the matmul
@@ -20,7 +20,14 @@ analytic bytes and FLOPs and the measured rates of this machine (``jscale.roofli
 
 rates: fp32 for fp32 layers and int8 weight-only (cast to fp32 in the graph), bf16 for
 bf16, int8 x int8 for w8a8; unconverted layers (e.g. the head under int8) at fp32.
-``efficiency = bound / measured`` (1 = at the roofline).
+``efficiency = bound / measured`` (1 = at the roofline).  The bandwidth is the machine's
+read-only streaming bandwidth (``roofline.measure_read_bandwidth``): inference reads weights
+and cache and writes almost nothing.
+
+Kernel layout: by default (``kernel_layout="auto"``) each precision runs in the layout whose
+batch-1 decode measured fastest on the backend (``FASTEST_LAYOUT``; ``in_out`` where nothing
+was measured).  On XLA:CPU fp32 and int8 decode 1.2-1.4x faster with kernels stored
+``[out, in]``; bf16 and w8a8 are faster as trained, ``[in, out]`` (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -34,6 +41,20 @@ import numpy as np
 
 from jscale import model, precision, roofline
 from jscale.config import ModelConfig
+
+
+# backend -> precision format -> the kernel layout its batch-1 decode measured fastest in
+# (benchmarks/README.md, "Kernel layout"); unlisted backends and formats use "in_out".
+FASTEST_LAYOUT = {"cpu": {"fp32": "out_in", "int8": "out_in", "bf16": "in_out", "w8a8": "in_out"}}
+
+
+def resolve_layout(kernel_layout: str, fmt: str, platform: str | None = None) -> str:
+    """``kernel_layout`` itself, or for ``"auto"`` the fastest measured layout of format
+    ``fmt`` on ``platform`` (default: the default device's)."""
+    if kernel_layout != "auto":
+        return kernel_layout
+    platform = platform or jax.devices()[0].platform
+    return FASTEST_LAYOUT.get(platform, {}).get(fmt, "in_out")
 
 
 def _constrain_cache(cache, mesh):
@@ -115,10 +136,13 @@ def compute_seconds(cfg: ModelConfig, policy: precision.Policy, tokens: int, key
 
 def measure_latency(params, cfg: ModelConfig, policy="fp32", *, batch: int = 1, prompt_tokens: int = 128,
                     gen_tokens: int = 32, repeats: int = 10, warmup: int = 2, roof: dict | None = None,
-                    mesh=None) -> dict:
+                    mesh=None, kernel_layout: str = "auto") -> dict:
     """Latency of prefill and decode for float32 ``params`` run in precision ``policy``.
 
-    The params are converted with ``precision.convert_params`` first.  Returns one flat dict
+    The params are converted with ``precision.convert_params`` first, their projection
+    kernels stored in ``kernel_layout``: ``in_out`` (as trained), ``out_in`` (transposed), or
+    ``auto`` (default), the layout this precision's decode measured fastest in on this
+    backend (``FASTEST_LAYOUT``).  The record says which (``kernel_layout``).  Returns one flat dict
     whose keys carry their units: compile seconds, ``prefill_ms_*`` and
     ``decode_ms_per_token_*`` (median, q1, q3, min, max over ``repeats`` timed runs, each
     after ``warmup`` untimed ones), tokens/s, weight and KV-cache bytes, XLA's memory
@@ -134,6 +158,10 @@ def measure_latency(params, cfg: ModelConfig, policy="fp32", *, batch: int = 1, 
     matmul rates (ideal scaling, no collectives), so efficiency < 1 includes communication.
     """
     pol = precision.get_policy(policy)
+    if kernel_layout != "auto" and kernel_layout not in precision.KERNEL_LAYOUTS:
+        raise ValueError(f"kernel_layout must be auto or one of {', '.join(precision.KERNEL_LAYOUTS)}, "
+                         f"got {kernel_layout!r}")
+    pol = precision.get_policy(pol, kernel_layout=resolve_layout(kernel_layout, pol.fmt))
     for name, v in (("batch", batch), ("prompt_tokens", prompt_tokens), ("gen_tokens", gen_tokens),
                     ("repeats", repeats)):
         if not isinstance(v, int) or v < 1:
@@ -176,13 +204,13 @@ def measure_latency(params, cfg: ModelConfig, policy="fp32", *, batch: int = 1, 
     counts = model.count_params(cfg)
     weight_bytes = precision.param_bytes(qp)
     kv_bytes = model.kv_cache_bytes(cfg, batch, S, 2 if pol.attention == "bf16" else 4)
-    bw = roof["bandwidth_bytes_per_s"] * n_dev
+    bw = roof["read_bandwidth_bytes_per_s"] * n_dev
     mem_s = (weight_bytes + kv_bytes) / bw
     dec_fl_s = compute_seconds(cfg, pol, batch, S, roof) / n_dev
     pre_fl_s = compute_seconds(cfg, pol, batch * prompt_tokens, S, roof) / n_dev
     dec_bound_s, pre_bound_s = max(mem_s, dec_fl_s), max(mem_s, pre_fl_s)
     out = {
-        "precision": pol.name, "batch": batch, "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens,
+        "precision": pol.name, "kernel_layout": pol.kernel_layout, "batch": batch, "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens,
         "n_repeats": repeats, "params_non_embedding": counts["non_embedding"], "params_total": counts["total"],
         "compile_prefill_s": t1 - t0, "compile_decode_s": t2 - t1,
         **_stats("prefill_ms", prefill_ms), **_stats("decode_ms_per_token", decode_ms),
@@ -197,6 +225,7 @@ def measure_latency(params, cfg: ModelConfig, policy="fp32", *, batch: int = 1, 
         "prefill_bound_kind": "memory" if mem_s >= pre_fl_s else "compute",
         "prefill_efficiency": 1e3 * pre_bound_s / float(np.median(prefill_ms)),
         "roofline_bandwidth_bytes_per_s": bw, "roofline_matmul_flops_per_s": _rate(roof, pol.fmt) * n_dev,
+        "roofline_rw_bandwidth_bytes_per_s": roof.get("bandwidth_bytes_per_s", float("nan")) * n_dev,
         **roofline.device_info(),
         "mesh_shape": None if mesh is None else ",".join(f"{k}={v}" for k, v in mesh.shape.items()),
         "mesh_devices": n_dev,

@@ -102,29 +102,40 @@ def _quant_scale(module: nn.Module, w, fmt: str, n: int):
     return module.param("scale", nn.initializers.ones, (n,))
 
 
-def _project(x, w, scale, fmt: str):
-    """The one matmul of every projection: ``x @ w`` in format ``fmt`` (jscale.precision).
-    Float formats go through ``linear`` (fast backward); bf16 casts both operands, so bf16
+def _project(x, w, scale, fmt: str, out_in: bool = False):
+    """The one matmul of every projection: ``x @ w`` in format ``fmt`` (jscale.precision), or
+    ``x @ w^T`` for a kernel stored ``[out, in]`` (``out_in``, inference only).  Float
+    formats go through ``linear`` (fast backward); bf16 casts both operands, so bf16
     training computes from float32 master weights."""
     if fmt in ("fp32", "bf16"):
         dt = jnp.bfloat16 if fmt == "bf16" else jnp.float32
-        return linear(x.astype(dt), w.astype(dt))
-    return precision.matmul(x, w, scale, fmt)
+        x, w = x.astype(dt), w.astype(dt)
+        if out_in:
+            return jax.lax.dot_general(x, w, (((x.ndim - 1,), (1,)), ((), ())), precision=_precision(x),
+                                       preferred_element_type=jnp.float32)
+        return linear(x, w)
+    return precision.matmul(x, w, scale, fmt, out_in)
 
 
 class Dense(nn.Module):
-    """Bias-free projection ``[..., in] -> [..., features]``; kernel ``[in, features]``, plus
+    """Bias-free projection ``[..., in] -> [..., features]``; kernel ``[in, features]`` (or
+    ``[features, in]`` when ``layout`` is ``out_in``, see ``jscale.precision``), plus
     ``scale [features]`` when the layer runs in int8 / w8a8.  ``fmt``: its precision format."""
 
     features: int
     fmt: str = "fp32"
     kernel_init: Callable = nn.initializers.lecun_normal()
+    layout: str = "in_out"
 
     @nn.compact
     def __call__(self, x):
-        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
+        out_in = self.layout == "out_in"
+        init, shape = self.kernel_init, (x.shape[-1], self.features)
+        if out_in:  # the transpose of the [in, out] init: same values for the same key
+            init, shape = (lambda key, s, dt=jnp.float32: self.kernel_init(key, s[::-1], dt).T), shape[::-1]
+        kernel = self.param("kernel", init, shape)
         scale = _quant_scale(self, kernel, self.fmt, self.features)
-        return _project(x, kernel, scale, self.fmt)
+        return _project(x, kernel, scale, self.fmt, out_in)
 
 
 class Embed(nn.Module):
@@ -174,6 +185,28 @@ def causal_attention(q_BxHxTxK, k_BxHxSxK, v_BxHxSxK, pos_BxT, pos_BxS):
                       precision=_precision(v_BxHxSxK), preferred_element_type=jnp.float32)
 
 
+def cached_attention(q_BxHxTxK, k_BxHxTxK, v_BxHxTxK, kc_BxHxSxK, vc_BxHxSxK, pos_BxT):
+    """Attention of T new tokens (at positions ``pos_BxT``, consecutive) over a KV cache
+    ``kc, vc [B, H, S, K]`` whose slots ``s < pos_BxT[:, 0]`` are filled, and over their own
+    keys and values ``k, v [B, H, T, K]`` (causally): ``causal_attention`` over the cache
+    with the new keys written in, computed without reading the written buffer.  One softmax
+    over both parts (scores concatenated, fp32).  Reading only the old cache lets XLA update
+    the cache in place after the reads; reading the updated buffer made XLA:CPU copy every
+    K/V buffer several times per decode step (benchmarks/README.md)."""
+    B, H, T, K = q_BxHxTxK.shape
+    S = kc_BxHxSxK.shape[2]
+    prec = _precision(q_BxHxTxK)
+    s_old = jnp.einsum("bhtk,bhsk->bhts", q_BxHxTxK, kc_BxHxSxK, precision=prec, preferred_element_type=jnp.float32)
+    s_new = jnp.einsum("bhtk,bhuk->bhtu", q_BxHxTxK, k_BxHxTxK, precision=prec, preferred_element_type=jnp.float32)
+    filled_Bx1x1xS = (jnp.arange(S) < pos_BxT[:, :1])[:, None, None, :]
+    causal_Bx1xTxT = (pos_BxT[:, :, None] >= pos_BxT[:, None, :])[:, None]
+    att = jax.nn.softmax(jnp.concatenate([jnp.where(filled_Bx1x1xS, s_old, -jnp.inf),
+                                          jnp.where(causal_Bx1xTxT, s_new, -jnp.inf)], axis=-1), axis=-1)
+    p_old, p_new = att[..., :S].astype(vc_BxHxSxK.dtype), att[..., S:].astype(v_BxHxTxK.dtype)
+    return (jnp.einsum("bhts,bhsk->bhtk", p_old, vc_BxHxSxK, precision=prec, preferred_element_type=jnp.float32)
+            + jnp.einsum("bhtu,bhuk->bhtk", p_new, v_BxHxTxK, precision=prec, preferred_element_type=jnp.float32))
+
+
 class Block(nn.Module):
     cfg: ModelConfig
     policy: precision.Policy
@@ -187,7 +220,8 @@ class Block(nn.Module):
         B, T, _ = x_BxTxD.shape
         out_init = nn.initializers.variance_scaling(1 / (2 * c.n_layers), "fan_in", "normal")
 
-        dense = lambda feats, name, **kw: Dense(feats, self.policy.layer_format(name), name=name, **kw)
+        dense = lambda feats, name, **kw: Dense(feats, self.policy.layer_format(name), name=name,
+                                                layout=self.policy.kernel_layout, **kw)
         att_dtype = jnp.bfloat16 if self.policy.attention == "bf16" else jnp.float32
 
         h = RMSNorm(name="attn_norm")(x_BxTxD)
@@ -200,11 +234,16 @@ class Block(nn.Module):
         if kv is None:
             o_BxHxTxK = causal_attention(q, k, v, pos_BxT, pos_BxT)
         else:
+            k, v = k.astype(kv["k"].dtype), v.astype(kv["v"].dtype)
+            o_BxHxTxK = cached_attention(q, k, v, kv["k"], kv["v"], pos_BxT)
+            # The written values depend on the attention output (+ 0 * o: exact for finite o),
+            # so XLA can order every read of the old buffers before the in-place write;
+            # without it XLA:CPU copied each K/V buffer twice per decode step, ~12% of a 1e8
+            # step (benchmarks/README.md).  optimization_barrier does not give that order.
+            dep = (0.0 * o_BxHxTxK[..., :1]).astype(k.dtype)
             at = (0, 0, pos_BxT[0, 0], 0)
-            kv = {"k": jax.lax.dynamic_update_slice(kv["k"], k.astype(kv["k"].dtype), at),
-                  "v": jax.lax.dynamic_update_slice(kv["v"], v.astype(kv["v"].dtype), at)}
-            S = kv["k"].shape[2]
-            o_BxHxTxK = causal_attention(q, kv["k"], kv["v"], pos_BxT, jnp.broadcast_to(jnp.arange(S), (B, S)))
+            kv = {"k": jax.lax.dynamic_update_slice(kv["k"], k + dep, at),
+                  "v": jax.lax.dynamic_update_slice(kv["v"], v + dep, at)}
         o_BxTxHxK = o_BxHxTxK.transpose(0, 2, 1, 3)
         x_BxTxD = x_BxTxD + dense(c.d_model, "out", kernel_init=out_init)(
             o_BxTxHxK.reshape(B, T, c.d_model))
@@ -248,7 +287,8 @@ class Transformer(nn.Module):
         if c.tie_embeddings:
             logits_BxTxV = embed.attend(x_BxTxD).astype(jnp.float32)
         else:
-            logits_BxTxV = Dense(c.vocab_size, p.layer_format("head"), name="head")(x_BxTxD).astype(jnp.float32)
+            logits_BxTxV = Dense(c.vocab_size, p.layer_format("head"), name="head",
+                                 layout=p.kernel_layout)(x_BxTxD).astype(jnp.float32)
         if cache is None:
             return logits_BxTxV
         return logits_BxTxV, {"layers": layers, "length": cache["length"] + T}

@@ -20,6 +20,13 @@ Pass ``layers=`` to ``get_policy`` to change that.  Always float, whatever the p
 (fp32), softmax (fp32), the residual stream (fp32), the loss (fp32).  The attention score and
 value matmuls (``q k^T``, ``p v``) run in ``Policy.attention`` (fp32, or bf16 for ``bf16``).
 
+Kernel layout (``Policy.kernel_layout``): ``in_out`` stores each projection kernel ``[in, out]``
+as trained; ``out_in`` stores it transposed, ``[out, in]`` (rows are output channels).  Same
+maths, different memory order: at batch 1 a decode step is a matrix-vector product per
+projection, and XLA:CPU streams ``[out, in]`` kernels about 1.3x faster
+(``benchmarks/decode_matvec_layout.py``), so ``jscale.latency`` measures inference in ``out_in``.
+``convert_params`` transposes the kernels of the policy's layout; training stays ``in_out``.
+
 Quantization is symmetric absmax: ``scale = max|w| / 127`` per output channel (per
 embedding row), ``q = round(w / scale)`` in [-127, 127], so ``|w - q * scale| <= scale / 2``.
 """
@@ -33,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 LAYERS = ("qkv", "out", "up", "down", "embed", "head")
+KERNEL_LAYOUTS = ("in_out", "out_in")
 BLOCK_LAYERS = ("qkv", "out", "up", "down")
 
 
@@ -44,12 +52,15 @@ class PrecisionError(ValueError):
 class Policy:
     """A precision policy.  name: one of ``POLICIES``.  fmt: the format of converted layers
     (see module docstring).  layers: the converted layers; others run fp32.  attention:
-    dtype of the attention score / value matmul inputs (``fp32`` or ``bf16``)."""
+    dtype of the attention score / value matmul inputs (``fp32`` or ``bf16``).  kernel_layout:
+    how projection kernels are stored, ``in_out`` (``[in, out]``, as trained) or ``out_in``
+    (``[out, in]``, the faster batch-1 inference layout on XLA:CPU); see the module docstring."""
 
     name: str
     fmt: str
     layers: frozenset[str]
     attention: str = "fp32"
+    kernel_layout: str = "in_out"
 
     @property
     def label(self) -> str:
@@ -72,8 +83,10 @@ POLICIES = {
 }
 
 
-def get_policy(policy: str | Policy, layers: list[str] | tuple[str, ...] | None = None) -> Policy:
-    """The policy named ``policy`` (or ``policy`` itself), optionally with other ``layers``."""
+def get_policy(policy: str | Policy, layers: list[str] | tuple[str, ...] | None = None,
+               kernel_layout: str | None = None) -> Policy:
+    """The policy named ``policy`` (or ``policy`` itself), optionally with other ``layers`` or
+    another ``kernel_layout`` (one of ``KERNEL_LAYOUTS``)."""
     if isinstance(policy, Policy):
         p = policy
     elif policy in POLICIES:
@@ -86,6 +99,11 @@ def get_policy(policy: str | Policy, layers: list[str] | tuple[str, ...] | None 
             raise PrecisionError(f"unknown layer name(s) {', '.join(bad)} for precision {p.name!r}; "
                                  f"valid layers are: {', '.join(LAYERS)}")
         p = dataclasses.replace(p, layers=frozenset(layers))
+    if kernel_layout is not None:
+        if kernel_layout not in KERNEL_LAYOUTS:
+            raise PrecisionError(f"unknown kernel layout {kernel_layout!r}; valid layouts are: "
+                                 f"{', '.join(KERNEL_LAYOUTS)}")
+        p = dataclasses.replace(p, kernel_layout=kernel_layout)
     return p
 
 
@@ -102,8 +120,10 @@ def quantize(w: jax.Array, axis: int = 0) -> tuple[jax.Array, jax.Array]:
     return q, scale
 
 
-def matmul(x_NxI: jax.Array, w_IxO: jax.Array, scale_O: jax.Array | None, fmt: str) -> jax.Array:
-    """``x @ w`` in format ``fmt`` (float32 result ``[..., O]``).
+def matmul(x_NxI: jax.Array, w_IxO: jax.Array, scale_O: jax.Array | None, fmt: str,
+           out_in: bool = False) -> jax.Array:
+    """``x @ w`` in format ``fmt`` (float32 result ``[..., O]``); with ``out_in`` the kernel
+    is stored ``[O, I]`` and the product is ``x @ w^T``.
 
     Only the integer formats; the float ones (fp32, bf16) are ``jscale.model.linear``.
     int8: ``w`` is int8 with
@@ -111,12 +131,12 @@ def matmul(x_NxI: jax.Array, w_IxO: jax.Array, scale_O: jax.Array | None, fmt: s
     matmul, output scaled per channel.  w8a8: ``x`` quantized per token (absmax over the last axis), int8 x int8 ->
     int32 accumulation, then rescaled by both scales.
     """
+    dims = (((x_NxI.ndim - 1,), (1 if out_in else 0,)), ((), ()))
     if fmt == "int8":
-        return jnp.matmul(x_NxI.astype(jnp.float32), w_IxO.astype(jnp.float32)) * scale_O
+        return jax.lax.dot_general(x_NxI.astype(jnp.float32), w_IxO.astype(jnp.float32), dims) * scale_O
     if fmt == "w8a8":
         xq, xs = quantize(x_NxI, axis=-1)
-        acc = jax.lax.dot_general(xq, w_IxO, (((xq.ndim - 1,), (0,)), ((), ())),
-                                  preferred_element_type=jnp.int32)
+        acc = jax.lax.dot_general(xq, w_IxO, dims, preferred_element_type=jnp.int32)
         return acc.astype(jnp.float32) * xs[..., None] * scale_O
     raise PrecisionError(f"integer matmul format must be int8 or w8a8, got {fmt!r}")
 
@@ -127,11 +147,15 @@ def convert_params(params: Any, policy: str | Policy) -> Any:
     """Convert trained float32 ``params`` to ``policy``: each converted layer's kernel becomes
     bfloat16 (bf16) or int8 plus a float32 ``scale`` per output channel (int8, w8a8); a
     converted embedding becomes bfloat16 or int8 with one scale per row (token), which is
-    also per output channel of the tied head.  Everything else is returned unchanged."""
+    also per output channel of the tied head.  Under ``kernel_layout="out_in"`` every
+    projection kernel (not the embedding) is stored transposed, ``[out, in]``, whatever its
+    format.  Everything else is returned unchanged."""
     p = get_policy(policy)
 
     def conv(name: str, leaf_name: str, w, axis: int):
         fmt = p.layer_format(name)
+        if leaf_name == "kernel" and p.kernel_layout == "out_in":
+            w, axis = w.T, 1 - axis
         if fmt == "fp32":
             return {leaf_name: w}
         if fmt == "bf16":

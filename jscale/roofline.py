@@ -1,8 +1,17 @@
 """The machine's measured roofline: dense matmul FLOP/s (fp32, bf16, int8) and memory bandwidth.
 
-Both are measured with jitted XLA programs on the default device (so they are what XLA can
-reach, not a datasheet number), timed after a warm-up, median of ``repeats`` runs, and
-cached on disk per device (``$JSCALE_CACHE_DIR/roofline.json``) so they are measured once.
+All are measured on the default device (so they are what the machine reaches, not a datasheet
+number), timed after a warm-up, median of ``repeats`` runs, and cached on disk per device
+(``$JSCALE_CACHE_DIR/roofline.json``) so they are measured once.
+
+Two bandwidths, because reading and writing are not the same stream:
+
+* ``read_bandwidth_bytes_per_s``: a read-only stream (the best of several reductions, see
+  ``measure_read_bandwidth``).  Inference reads its weights and KV cache and writes almost
+  nothing, so this is the rate the latency bounds use (``jscale.latency``).
+* ``bandwidth_bytes_per_s``: an in-place ``x <- 2 x``, reads + writes.  On the 2-vCPU machine of
+  record it is 1.5x the read-only rate (each core's outstanding line fills cap its reads; the
+  write-backs come on top), so no read-only kernel can reach it.  Reported for comparison.
 """
 
 from __future__ import annotations
@@ -64,6 +73,29 @@ def measure_bandwidth(mib: int = 512, repeats: int = 10) -> dict[str, float]:
             "bandwidth_bytes_per_s_max": float(bw.max()), "bandwidth_mib": mib}
 
 
+def measure_read_bandwidth(mib: int = 512, repeats: int = 10) -> dict[str, float]:
+    """Read-only memory bandwidth over a ``mib`` MiB float32 array: the best (by median) of
+    jitted XLA reductions (the full sum, and row sums of ``[rows, 1024]``) and, on a CPU
+    device, numpy's BLAS dot of the array with itself, one chunk per host thread (outside XLA,
+    so the bound is not set by XLA's own reduction kernel).  Bytes counted: the array, read
+    once.  Returns median, min and max bytes/s of the best method, and its name."""
+    x = jnp.ones((mib * 2 ** 20 // 4,), jnp.float32)
+    x2 = x.reshape(-1, 1024)
+    results = {"xla_sum": _time(jax.jit(jnp.sum), x, repeats=repeats),
+               "xla_row_sum": _time(jax.jit(lambda a: a.sum(axis=1)), x2, repeats=repeats)}
+    if jax.devices()[0].platform == "cpu":
+        from concurrent.futures import ThreadPoolExecutor
+        host = np.ones(x.size, np.float32)
+        chunks = np.array_split(host, os.cpu_count() or 1)
+        with ThreadPoolExecutor(len(chunks)) as pool:
+            results["numpy_threaded_dot"] = _time(lambda: list(pool.map(lambda c: np.dot(c, c), chunks)),
+                                                  repeats=repeats)
+    name = min(results, key=lambda k: np.median(results[k]))
+    bw = x.nbytes / results[name]
+    return {"read_bandwidth_bytes_per_s": float(np.median(bw)), "read_bandwidth_bytes_per_s_min": float(bw.min()),
+            "read_bandwidth_bytes_per_s_max": float(bw.max()), "read_bandwidth_method": name}
+
+
 def device_info() -> dict[str, str]:
     d = jax.devices()[0]
     return {"device_platform": d.platform, "device_kind": d.device_kind, "device_count": str(jax.device_count()),
@@ -74,14 +106,14 @@ def device_info() -> dict[str, str]:
 def roofline(refresh: bool = False) -> dict:
     """The measured roofline of the default device, cached on disk by device kind."""
     info = device_info()
-    key = (f"v2|{info['device_platform']}|{info['device_kind']}|{info['device_count']}|{info['host_cpus']}|"
+    key = (f"v3|{info['device_platform']}|{info['device_kind']}|{info['device_count']}|{info['host_cpus']}|"
            f"{info['jax_version']}")
     path = cache_dir() / "roofline.json"
     cached = json.loads(path.read_text()) if path.exists() else {}
     if refresh or key not in cached:
         cached[key] = {**info, **measure_matmul_flops(), **measure_matmul_flops(dtype="bf16"),
                        **measure_matmul_flops(dtype="int8"), **measure_bandwidth(),
-                       "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                       **measure_read_bandwidth(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(cached, indent=1))

@@ -41,6 +41,7 @@ File layout (every key optional except ``[sizes]`` and ``[tokens]``)::
     gen_tokens = 32
     repeats = 5
     warmup = 2
+    kernel_layout = "auto"         # auto (fastest measured per precision), in_out, out_in
 
     [corpus]
     path = ""                      # "" = Python's standard library (embedded default)
@@ -72,7 +73,8 @@ _LADDER = {"lo", "hi", "per_decade"}
 _TOKENS = {"fixed", "per_param", "min", "max"}
 _TRAIN_EXTRA = {"lr_ref_params", "lr_exponent"}
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"steps", "tokens", "seed", "compute"}
-_LATENCY = {"enabled", "batch", "prompt_tokens", "gen_tokens", "repeats", "warmup"}
+_LATENCY = {"enabled", "batch", "prompt_tokens", "gen_tokens", "repeats", "warmup", "kernel_layout"}
+_KERNEL_LAYOUTS = ("auto", "in_out", "out_in")
 _CORPUS = {"path", "val_percent"}
 _MESH = ("data", "fsdp")
 
@@ -86,6 +88,7 @@ class Latency:
     gen_tokens: int = 32
     repeats: int = 5
     warmup: int = 2
+    kernel_layout: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,8 +274,12 @@ def _build(raw: dict, text: str, out_dir_override: str | None) -> Sweep:
     enabled = lat.get("enabled", True)
     if not isinstance(enabled, bool):
         raise _err("latency.enabled", f"must be true or false, got {enabled!r}")
-    latency = Latency(enabled=enabled, **{k: _count(lat[k], f"latency.{k}", lo=0 if k == "warmup" else 1)
-                                          for k in _LATENCY - {"enabled"} if k in lat})
+    layout = lat.get("kernel_layout", "auto")
+    if layout not in _KERNEL_LAYOUTS:
+        raise _err("latency.kernel_layout", f"must be one of {', '.join(_KERNEL_LAYOUTS)}, got {layout!r}")
+    latency = Latency(enabled=enabled, kernel_layout=layout,
+                      **{k: _count(lat[k], f"latency.{k}", lo=0 if k == "warmup" else 1)
+                         for k in _LATENCY - {"enabled", "kernel_layout"} if k in lat})
 
     corpus = _table(raw.get("corpus", {}), "[corpus]")
     _check_keys(corpus, _CORPUS, "corpus.")

@@ -77,3 +77,18 @@ def test_every_export_stays_what_it_is_after_submodules_load():
     for name, obj in before.items():
         assert getattr(jscale, name) is obj, name  # a submodule import must not replace an export
         assert not isinstance(obj, type(jscale)), name
+
+
+def test_info_and_bench_latency_show_the_read_bandwidth_and_layouts(capsys):
+    """`jscale info` reports both bandwidths; `jscale bench latency` runs each precision in its
+    layout (auto) or the one asked for, and prints it per row."""
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "read bandwidth" in out and "read+write" in out
+    from jscale import latency
+    for flag, want in ((["--kernel-layout", "in_out"], {"fp32": "in_out", "bf16": "in_out"}),
+                       ([], {p: latency.resolve_layout("auto", p) for p in ("fp32", "bf16")})):
+        assert main(["bench", "latency", "--sizes", "1e4", "--precisions", "fp32,bf16", "--prompt", "8", "--gen", "2",
+                     "--repeats", "1", *flag]) == 0
+        rows = [r.split("|") for r in capsys.readouterr().out.splitlines() if r.startswith("| 1")]
+        assert {r[2].strip(): r[3].strip() for r in rows} == want

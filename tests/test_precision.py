@@ -97,6 +97,28 @@ def test_converted_bytes_shrink_as_they_must():
         matrices - V * d + 4 * (scales - V) + 4 * norms + 4 * V * d)
 
 
+@pytest.mark.parametrize("name", list(precision.POLICIES))
+def test_out_in_layout_stores_each_kernel_transposed_and_computes_the_same(name):
+    p = model.init_params(CFG, jax.random.key(0))
+    a = precision.convert_params(p, name)
+    b = precision.convert_params(p, precision.get_policy(name, kernel_layout="out_in"))
+    for layer in ("qkv", "out", "up", "down"):
+        ka, kb = a["block_0"][layer], b["block_0"][layer]
+        np.testing.assert_array_equal(np.asarray(kb["kernel"]), np.asarray(ka["kernel"]).T)
+        if "scale" in ka:  # still one scale per output channel
+            np.testing.assert_array_equal(np.asarray(kb["scale"]), np.asarray(ka["scale"]))
+    np.testing.assert_array_equal(np.asarray(b["embed"]["embedding"]), np.asarray(a["embed"]["embedding"]))
+    tok = jax.random.randint(jax.random.key(1), (2, 12), 0, CFG.vocab_size)
+    la = np.asarray(model.apply(a, CFG, tok, policy=name))
+    lb = np.asarray(model.apply(b, CFG, tok, policy=precision.get_policy(name, kernel_layout="out_in")))
+    np.testing.assert_allclose(lb, la, atol=1e-5 * np.abs(la).max(), rtol=0)
+
+
+def test_unknown_kernel_layout_lists_valid_ones():
+    with pytest.raises(precision.PrecisionError, match="in_out, out_in"):
+        precision.get_policy("fp32", kernel_layout="columns")
+
+
 def test_quantized_policy_refuses_unconverted_params():
     p = model.init_params(CFG, jax.random.key(0))
     with pytest.raises(precision.PrecisionError, match="convert_params"):

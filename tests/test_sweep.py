@@ -82,6 +82,7 @@ def copy_of(done, tmp_path):
     (lambda t: t.replace("batch_size = 4", "batch_size = 0"), "batch_size"),
     (lambda t: t.replace("repeats = 2", "repeats = 1.5"), "latency.repeats"),
     (lambda t: t.replace("repeats = 2", "repetitions = 2"), "latency.repetitions"),
+    (lambda t: t.replace("repeats = 2", "repeats = 2\nkernel_layout = \"row\""), "latency.kernel_layout"),
     (lambda t: t + "\n[corpus]\npath = \"/no/such/corpus\"\n", "corpus.path"),
     (lambda t: t.replace("[tokens]\nfixed = 8192\n", ""), "[tokens]"),
     (lambda t: t.replace("lr = 0.003", "lr = -1.0"), "lr"),
