@@ -14,6 +14,10 @@ from jscale.config import ConfigError
 from jscale.results import ResultsError
 
 
+def _auto_or_positive_int(s: str) -> int | str:
+    return "auto" if s == "auto" else _positive_int(s)
+
+
 def _size(s: str) -> float:
     try:
         v = float(s)
@@ -227,19 +231,20 @@ def cmd_bench_latency(a) -> int:
           f"read {roof['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, fp32 {roof['matmul_flops_per_s'] / 1e9:.0f} / "
           f"bf16 {roof['matmul_bf16_flops_per_s'] / 1e9:.0f} / int8 {roof['matmul_int8_flops_per_s'] / 1e9:.0f} GFLOP/s")
     print(f"batch {a.batch}, prompt {a.prompt} tokens, {a.gen} generated; median (q1..q3) of {a.repeats} runs; "
-          f"eff = roofline bound / measured; kernel layout {a.kernel_layout}\n")
-    print("| N non-emb | precision | layout | weight MB | prefill ms | prefill bound ms | eff | decode ms/token | "
+          f"eff = roofline bound / measured; kernel layout {a.kernel_layout}, min rows {a.min_rows}\n")
+    print("| N non-emb | precision | layout | rows | weight MB | prefill ms | prefill bound ms | eff | decode ms/token | "
           "decode bound ms | eff | decode tokens/s | compile s |")
-    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = []
     for cfg in cfgs:
         params = model.init_params(cfg, jax.random.key(0))  # latency does not depend on the values
         for pol in policies:
             r = latency.measure_latency(params, cfg, pol, batch=a.batch, prompt_tokens=a.prompt,
                                         gen_tokens=a.gen, repeats=a.repeats, roof=roof, mesh=mesh,
-                                        kernel_layout=a.kernel_layout)
+                                        kernel_layout=a.kernel_layout, min_rows=a.min_rows)
             rows.append(r)
-            print(f"| {r['params_non_embedding']:.3g} | {pol} | {r['kernel_layout']} | {r['weight_bytes'] / 1e6:.1f} | "
+            print(f"| {r['params_non_embedding']:.3g} | {pol} | {r['kernel_layout']} | {r['matmul_min_rows']} | "
+                  f"{r['weight_bytes'] / 1e6:.1f} | "
                   f"{r['prefill_ms_median']:.2f} ({r['prefill_ms_q1']:.2f}..{r['prefill_ms_q3']:.2f}) | "
                   f"{r['prefill_bound_ms']:.2f} {r['prefill_bound_kind'][0]} | {r['prefill_efficiency']:.2f} | "
                   f"{r['decode_ms_per_token_median']:.3f} ({r['decode_ms_per_token_q1']:.3f}.."
@@ -375,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--kernel-layout", choices=("auto", "in_out", "out_in"), default="auto",
                     help="how projection kernels are stored: auto = the layout each precision's decode "
                          "measured fastest in on this backend; in_out = as trained; out_in = transposed")
+    bl.add_argument("--min-rows", type=_auto_or_positive_int, default="auto",
+                    help="pad each projection's tokens to at least this many rows: auto = the fastest "
+                         "measured for each precision on this backend; 1 = no padding")
     bl.add_argument("--csv", help="also write every measured field to this CSV file")
     bl.add_argument("--mesh", type=_mesh_spec, metavar="data=D,fsdp=F",
                     help="time sharded over a device mesh (README: reading sharded latency); bounds are for the whole mesh")

@@ -24,10 +24,12 @@ bf16, int8 x int8 for w8a8; unconverted layers (e.g. the head under int8) at fp3
 read-only streaming bandwidth (``roofline.measure_read_bandwidth``): inference reads weights
 and cache and writes almost nothing.
 
-Kernel layout: by default (``kernel_layout="auto"``) each precision runs in the layout whose
-batch-1 decode measured fastest on the backend (``FASTEST_LAYOUT``; ``in_out`` where nothing
-was measured).  On XLA:CPU fp32 and int8 decode 1.2-1.4x faster with kernels stored
-``[out, in]``; bf16 and w8a8 are faster as trained, ``[in, out]`` (benchmarks/README.md).
+How each precision runs: by default (``"auto"``) in the formulation whose batch-1 decode
+measured fastest on the backend (``FASTEST``): the kernel layout (``Policy.kernel_layout``)
+and the rows each projection is padded to (``Policy.min_rows``); where nothing was measured,
+as trained (``in_out``, no padding).  On XLA:CPU every precision decodes fastest with kernels
+stored ``[out, in]``; bf16 and w8a8 also pad their one decode token to 4 rows, so XLA hands
+the product to YNNPACK instead of its own fp32 matrix-vector code (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -43,18 +45,25 @@ from jscale import model, precision, roofline
 from jscale.config import ModelConfig
 
 
-# backend -> precision format -> the kernel layout its batch-1 decode measured fastest in
-# (benchmarks/README.md, "Kernel layout"); unlisted backends and formats use "in_out".
-FASTEST_LAYOUT = {"cpu": {"fp32": "out_in", "int8": "out_in", "bf16": "in_out", "w8a8": "in_out"}}
+# backend -> precision format -> (kernel layout, min_rows) of its fastest measured batch-1
+# decode (benchmarks/README.md, "How each precision runs"); others run as trained.
+FASTEST = {"cpu": {"fp32": ("out_in", 1), "int8": ("out_in", 1), "bf16": ("out_in", 4), "w8a8": ("out_in", 4)}}
 
 
-def resolve_layout(kernel_layout: str, fmt: str, platform: str | None = None) -> str:
-    """``kernel_layout`` itself, or for ``"auto"`` the fastest measured layout of format
-    ``fmt`` on ``platform`` (default: the default device's)."""
-    if kernel_layout != "auto":
-        return kernel_layout
-    platform = platform or jax.devices()[0].platform
-    return FASTEST_LAYOUT.get(platform, {}).get(fmt, "in_out")
+def inference_policy(policy, kernel_layout: str = "auto", min_rows: int | str = "auto",
+                     platform: str | None = None) -> precision.Policy:
+    """``policy`` with the kernel layout and row padding inference runs in: each given value,
+    or for ``"auto"`` the fastest measured on ``platform`` (default: the default device's) for
+    the policy's format (``FASTEST``), else as trained (``in_out``, 1)."""
+    pol = precision.get_policy(policy)
+    if kernel_layout != "auto" and kernel_layout not in precision.KERNEL_LAYOUTS:
+        raise ValueError(f"kernel_layout must be auto or one of {', '.join(precision.KERNEL_LAYOUTS)}, "
+                         f"got {kernel_layout!r}")
+    if min_rows != "auto" and (isinstance(min_rows, bool) or not isinstance(min_rows, int) or min_rows < 1):
+        raise ValueError(f"min_rows must be auto or a positive integer, got {min_rows!r}")
+    best = FASTEST.get(platform or jax.devices()[0].platform, {}).get(pol.fmt, ("in_out", 1))
+    return precision.get_policy(pol, kernel_layout=best[0] if kernel_layout == "auto" else kernel_layout,
+                                min_rows=best[1] if min_rows == "auto" else min_rows)
 
 
 def _constrain_cache(cache, mesh):
@@ -136,13 +145,14 @@ def compute_seconds(cfg: ModelConfig, policy: precision.Policy, tokens: int, key
 
 def measure_latency(params, cfg: ModelConfig, policy="fp32", *, batch: int = 1, prompt_tokens: int = 128,
                     gen_tokens: int = 32, repeats: int = 10, warmup: int = 2, roof: dict | None = None,
-                    mesh=None, kernel_layout: str = "auto") -> dict:
+                    mesh=None, kernel_layout: str = "auto", min_rows: int | str = "auto") -> dict:
     """Latency of prefill and decode for float32 ``params`` run in precision ``policy``.
 
     The params are converted with ``precision.convert_params`` first, their projection
-    kernels stored in ``kernel_layout``: ``in_out`` (as trained), ``out_in`` (transposed), or
-    ``auto`` (default), the layout this precision's decode measured fastest in on this
-    backend (``FASTEST_LAYOUT``).  The record says which (``kernel_layout``).  Returns one flat dict
+    kernels stored in ``kernel_layout`` (``in_out`` as trained, ``out_in`` transposed) and each
+    projection's tokens padded to ``min_rows`` rows; ``"auto"`` (default) takes the fastest
+    measured formulation of this precision on this backend (``inference_policy``).  The record
+    says which (``kernel_layout``, ``matmul_min_rows``).  Returns one flat dict
     whose keys carry their units: compile seconds, ``prefill_ms_*`` and
     ``decode_ms_per_token_*`` (median, q1, q3, min, max over ``repeats`` timed runs, each
     after ``warmup`` untimed ones), tokens/s, weight and KV-cache bytes, XLA's memory
@@ -157,11 +167,7 @@ def measure_latency(params, cfg: ModelConfig, policy="fp32", *, batch: int = 1, 
     roofline bounds are for the whole mesh: ``mesh_devices`` x the one-device bandwidth and
     matmul rates (ideal scaling, no collectives), so efficiency < 1 includes communication.
     """
-    pol = precision.get_policy(policy)
-    if kernel_layout != "auto" and kernel_layout not in precision.KERNEL_LAYOUTS:
-        raise ValueError(f"kernel_layout must be auto or one of {', '.join(precision.KERNEL_LAYOUTS)}, "
-                         f"got {kernel_layout!r}")
-    pol = precision.get_policy(pol, kernel_layout=resolve_layout(kernel_layout, pol.fmt))
+    pol = inference_policy(policy, kernel_layout, min_rows)
     for name, v in (("batch", batch), ("prompt_tokens", prompt_tokens), ("gen_tokens", gen_tokens),
                     ("repeats", repeats)):
         if not isinstance(v, int) or v < 1:
@@ -210,7 +216,8 @@ def measure_latency(params, cfg: ModelConfig, policy="fp32", *, batch: int = 1, 
     pre_fl_s = compute_seconds(cfg, pol, batch * prompt_tokens, S, roof) / n_dev
     dec_bound_s, pre_bound_s = max(mem_s, dec_fl_s), max(mem_s, pre_fl_s)
     out = {
-        "precision": pol.name, "kernel_layout": pol.kernel_layout, "batch": batch, "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens,
+        "precision": pol.name, "kernel_layout": pol.kernel_layout, "matmul_min_rows": pol.min_rows,
+        "batch": batch, "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens,
         "n_repeats": repeats, "params_non_embedding": counts["non_embedding"], "params_total": counts["total"],
         "compile_prefill_s": t1 - t0, "compile_decode_s": t2 - t1,
         **_stats("prefill_ms", prefill_ms), **_stats("decode_ms_per_token", decode_ms),

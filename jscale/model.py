@@ -102,11 +102,17 @@ def _quant_scale(module: nn.Module, w, fmt: str, n: int):
     return module.param("scale", nn.initializers.ones, (n,))
 
 
-def _project(x, w, scale, fmt: str, out_in: bool = False):
+def _project(x, w, scale, fmt: str, out_in: bool = False, min_rows: int = 1):
     """The one matmul of every projection: ``x @ w`` in format ``fmt`` (jscale.precision), or
     ``x @ w^T`` for a kernel stored ``[out, in]`` (``out_in``, inference only).  Float
     formats go through ``linear`` (fast backward); bf16 casts both operands, so bf16
-    training computes from float32 master weights."""
+    training computes from float32 master weights.  Fewer than ``min_rows`` tokens are
+    padded with zero rows for the matmul and the extra outputs dropped (``Policy.min_rows``)."""
+    rows = math.prod(x.shape[:-1])
+    if rows < min_rows:
+        x_RxI = jnp.pad(x.reshape(rows, x.shape[-1]), ((0, min_rows - rows), (0, 0)))
+        y_RxO = _project(x_RxI, w, scale, fmt, out_in)
+        return y_RxO[:rows].reshape(*x.shape[:-1], y_RxO.shape[-1])
     if fmt in ("fp32", "bf16"):
         dt = jnp.bfloat16 if fmt == "bf16" else jnp.float32
         x, w = x.astype(dt), w.astype(dt)
@@ -126,6 +132,7 @@ class Dense(nn.Module):
     fmt: str = "fp32"
     kernel_init: Callable = nn.initializers.lecun_normal()
     layout: str = "in_out"
+    min_rows: int = 1
 
     @nn.compact
     def __call__(self, x):
@@ -135,7 +142,7 @@ class Dense(nn.Module):
             init, shape = (lambda key, s, dt=jnp.float32: self.kernel_init(key, s[::-1], dt).T), shape[::-1]
         kernel = self.param("kernel", init, shape)
         scale = _quant_scale(self, kernel, self.fmt, self.features)
-        return _project(x, kernel, scale, self.fmt, out_in)
+        return _project(x, kernel, scale, self.fmt, out_in, self.min_rows)
 
 
 class Embed(nn.Module):
@@ -213,15 +220,17 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxTxD, pos_BxT, kv=None):
-        """kv: this layer's cache ``{"k", "v": [B, H, S, K]}``; the new keys and values are
-        written at positions ``pos_BxT[0]`` and attention reads the whole buffer.  Returns
+        """kv: this layer's cache ``{"k", "v": [B, H, S, K]}``; attention reads the filled
+        cache and the new keys (``cached_attention``), then the new keys and values are written
+        in place at positions ``pos_BxT[0]``.  Returns
         ``x`` (and the updated kv when one was given)."""
         c = self.cfg
         B, T, _ = x_BxTxD.shape
         out_init = nn.initializers.variance_scaling(1 / (2 * c.n_layers), "fan_in", "normal")
 
-        dense = lambda feats, name, **kw: Dense(feats, self.policy.layer_format(name), name=name,
-                                                layout=self.policy.kernel_layout, **kw)
+        p = self.policy
+        dense = lambda feats, name, **kw: Dense(feats, p.layer_format(name), name=name, layout=p.kernel_layout,
+                                                min_rows=p.min_rows, **kw)
         att_dtype = jnp.bfloat16 if self.policy.attention == "bf16" else jnp.float32
 
         h = RMSNorm(name="attn_norm")(x_BxTxD)
@@ -287,8 +296,8 @@ class Transformer(nn.Module):
         if c.tie_embeddings:
             logits_BxTxV = embed.attend(x_BxTxD).astype(jnp.float32)
         else:
-            logits_BxTxV = Dense(c.vocab_size, p.layer_format("head"), name="head",
-                                 layout=p.kernel_layout)(x_BxTxD).astype(jnp.float32)
+            logits_BxTxV = Dense(c.vocab_size, p.layer_format("head"), name="head", layout=p.kernel_layout,
+                                 min_rows=p.min_rows)(x_BxTxD).astype(jnp.float32)
         if cache is None:
             return logits_BxTxV
         return logits_BxTxV, {"layers": layers, "length": cache["length"] + T}

@@ -260,7 +260,8 @@ def run_sweep(sweep: Sweep, *, force: bool = False, retrain: bool = False, worke
                     L = sweep.latency
                     lat = latency.measure_latency(params, tp.model, prec, batch=L.batch, prompt_tokens=L.prompt_tokens,
                                                   gen_tokens=L.gen_tokens, repeats=L.repeats, warmup=L.warmup,
-                                                  roof=roof, mesh=mesh, kernel_layout=L.kernel_layout)
+                                                  roof=roof, mesh=mesh, kernel_layout=L.kernel_layout,
+                                                  min_rows=L.min_rows)
                     lat.pop("precision")
                     lat["latency_repeats"] = lat.pop("n_repeats")
                     lat["latency_batch"] = lat.pop("batch")

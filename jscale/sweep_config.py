@@ -42,6 +42,7 @@ File layout (every key optional except ``[sizes]`` and ``[tokens]``)::
     repeats = 5
     warmup = 2
     kernel_layout = "auto"         # auto (fastest measured per precision), in_out, out_in
+    min_rows = "auto"              # auto, or pad each projection's tokens to this many rows
 
     [corpus]
     path = ""                      # "" = Python's standard library (embedded default)
@@ -73,7 +74,7 @@ _LADDER = {"lo", "hi", "per_decade"}
 _TOKENS = {"fixed", "per_param", "min", "max"}
 _TRAIN_EXTRA = {"lr_ref_params", "lr_exponent"}
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"steps", "tokens", "seed", "compute"}
-_LATENCY = {"enabled", "batch", "prompt_tokens", "gen_tokens", "repeats", "warmup", "kernel_layout"}
+_LATENCY = {"enabled", "batch", "prompt_tokens", "gen_tokens", "repeats", "warmup", "kernel_layout", "min_rows"}
 _KERNEL_LAYOUTS = ("auto", "in_out", "out_in")
 _CORPUS = {"path", "val_percent"}
 _MESH = ("data", "fsdp")
@@ -89,6 +90,7 @@ class Latency:
     repeats: int = 5
     warmup: int = 2
     kernel_layout: str = "auto"
+    min_rows: int | str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,9 +279,13 @@ def _build(raw: dict, text: str, out_dir_override: str | None) -> Sweep:
     layout = lat.get("kernel_layout", "auto")
     if layout not in _KERNEL_LAYOUTS:
         raise _err("latency.kernel_layout", f"must be one of {', '.join(_KERNEL_LAYOUTS)}, got {layout!r}")
-    latency = Latency(enabled=enabled, kernel_layout=layout,
+    rows = lat.get("min_rows", "auto")
+    if isinstance(rows, str) and rows != "auto":
+        raise _err("latency.min_rows", f'must be "auto" or a positive integer, got {rows!r}')
+    rows = rows if rows == "auto" else _count(rows, "latency.min_rows", lo=1)
+    latency = Latency(enabled=enabled, kernel_layout=layout, min_rows=rows,
                       **{k: _count(lat[k], f"latency.{k}", lo=0 if k == "warmup" else 1)
-                         for k in _LATENCY - {"enabled", "kernel_layout"} if k in lat})
+                         for k in _LATENCY - {"enabled", "kernel_layout", "min_rows"} if k in lat})
 
     corpus = _table(raw.get("corpus", {}), "[corpus]")
     _check_keys(corpus, _CORPUS, "corpus.")

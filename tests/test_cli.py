@@ -86,9 +86,11 @@ def test_info_and_bench_latency_show_the_read_bandwidth_and_layouts(capsys):
     out = capsys.readouterr().out
     assert "read bandwidth" in out and "read+write" in out
     from jscale import latency
-    for flag, want in ((["--kernel-layout", "in_out"], {"fp32": "in_out", "bf16": "in_out"}),
-                       ([], {p: latency.resolve_layout("auto", p) for p in ("fp32", "bf16")})):
+    auto = {p: latency.inference_policy(p) for p in ("fp32", "bf16")}
+    for flag, want in ((["--kernel-layout", "in_out", "--min-rows", "2"], {"fp32": ("in_out", "2"),
+                                                                          "bf16": ("in_out", "2")}),
+                       ([], {p: (q.kernel_layout, str(q.min_rows)) for p, q in auto.items()})):
         assert main(["bench", "latency", "--sizes", "1e4", "--precisions", "fp32,bf16", "--prompt", "8", "--gen", "2",
                      "--repeats", "1", *flag]) == 0
         rows = [r.split("|") for r in capsys.readouterr().out.splitlines() if r.startswith("| 1")]
-        assert {r[2].strip(): r[3].strip() for r in rows} == want
+        assert {r[2].strip(): (r[3].strip(), r[4].strip()) for r in rows} == want

@@ -16,17 +16,18 @@ def params():
     return model.init_params(CFG, jax.random.key(0))
 
 
-@pytest.mark.parametrize("layout", precision.KERNEL_LAYOUTS)
+@pytest.mark.parametrize("layout,rows", [("in_out", 1), ("out_in", 1), ("out_in", 4)])
 # w8a8 quantizes each token's activations: a last-bit difference in a sum (the cached path adds
 # the cache and the new tokens' attention separately) can flip one rounding and move the
 # logits by about one activation step, ~0.5% of their scale here; fp32 checks the mechanism.
 @pytest.mark.parametrize("policy,tol", [("fp32", 1e-4), ("bf16", 3e-2), ("int8", 1e-4), ("w8a8", 1e-2)])
-def test_prefill_plus_decode_matches_full_forward(params, policy, tol, layout):
+def test_prefill_plus_decode_matches_full_forward(params, policy, tol, layout, rows):
     """Prompt of 16, a chunk of 3 against the filled cache, then one token at a time, in either
-    kernel layout, against the full forward pass of the training layout."""
+    kernel layout and with the decode tokens padded to 4 rows (batch 2 < 4), against the full
+    forward pass of the training layout."""
     tok = jax.random.randint(jax.random.key(1), (2, 24), 0, 256)
     full = np.asarray(model.apply(precision.convert_params(params, policy), CFG, tok, policy=policy))
-    pol = precision.get_policy(policy, kernel_layout=layout)
+    pol = precision.get_policy(policy, kernel_layout=layout, min_rows=rows)
     q = precision.convert_params(params, pol)
     cache = model.init_cache(CFG, 2, 30, pol)
     logits, cache = model.apply_cached(q, CFG, tok[:, :16], cache, pol)
@@ -96,20 +97,26 @@ def test_cache_written_in_place_without_copies(params):
     assert not re.search(rf"= f32\[{shape}\]\S* copy\(", hlo)  # ...and never copied
 
 
-def test_kernel_layout_choice():
-    assert latency.resolve_layout("auto", "fp32", "cpu") == latency.FASTEST_LAYOUT["cpu"]["fp32"]
-    assert latency.resolve_layout("auto", "fp32", "tpu") == "in_out"  # not measured there: as trained
-    assert latency.resolve_layout("in_out", "fp32", "cpu") == "in_out"
+def test_inference_formulation_choice():
+    best = latency.FASTEST["cpu"]["w8a8"]
+    p = latency.inference_policy("w8a8", platform="cpu")
+    assert (p.kernel_layout, p.min_rows, p.fmt) == (*best, "w8a8")
+    p = latency.inference_policy("fp32", platform="tpu")  # not measured there: as trained
+    assert (p.kernel_layout, p.min_rows) == ("in_out", 1)
+    p = latency.inference_policy("bf16", "in_out", 3, platform="cpu")
+    assert (p.kernel_layout, p.min_rows) == ("in_out", 3)
     with pytest.raises(ValueError, match="kernel_layout"):
         latency.measure_latency({}, CFG, kernel_layout="columns", roof={})
+    with pytest.raises(ValueError, match="min_rows"):
+        latency.measure_latency({}, CFG, min_rows=0, roof={})
 
 
-def test_measured_layout_is_recorded(params):
+def test_measured_formulation_is_recorded(params):
     roof = {"matmul_flops_per_s": 1e11, "read_bandwidth_bytes_per_s": 1e10}
-    for layout in precision.KERNEL_LAYOUTS:
+    for layout, rows in (("in_out", 1), ("out_in", 4)):
         r = latency.measure_latency(params, CFG, "fp32", prompt_tokens=8, gen_tokens=2, repeats=1, warmup=0,
-                                    roof=roof, kernel_layout=layout)
-        assert r["kernel_layout"] == layout
+                                    roof=roof, kernel_layout=layout, min_rows=rows)
+        assert (r["kernel_layout"], r["matmul_min_rows"]) == (layout, rows)
 
 
 def test_bound_charges_each_part_at_its_own_matmul_rate(params):

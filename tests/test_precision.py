@@ -117,6 +117,8 @@ def test_out_in_layout_stores_each_kernel_transposed_and_computes_the_same(name)
 def test_unknown_kernel_layout_lists_valid_ones():
     with pytest.raises(precision.PrecisionError, match="in_out, out_in"):
         precision.get_policy("fp32", kernel_layout="columns")
+    with pytest.raises(precision.PrecisionError, match="min_rows"):
+        precision.get_policy("fp32", min_rows=0)
 
 
 def test_quantized_policy_refuses_unconverted_params():

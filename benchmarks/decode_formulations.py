@@ -1,0 +1,51 @@
+"""Batch-1 decode and prefill of one ladder model in every precision x formulation.
+
+A formulation is how the projections run (``jscale.precision.Policy``): the kernel layout
+(``in_out`` as trained, ``out_in`` transposed) and the rows each projection's tokens are
+padded to (``min_rows``: 1 = none; >= 2 lets XLA:CPU hand the product to YNNPACK).  Each is
+timed with ``jscale.latency.measure_latency`` (median and q1..q3 of ``--repeats`` runs after 2
+warm-ups); the speed-up is against the as-trained ``in_out``/1 of the same precision.  The
+fastest per precision is what ``latency.FASTEST`` records for the backend.
+
+    python benchmarks/decode_formulations.py --size 1e8
+"""
+
+import argparse
+
+import jax
+
+from jscale import latency, model, roofline
+from jscale.config import config_for_params
+
+FORMULATIONS = [("in_out", 1), ("out_in", 1), ("in_out", 4), ("out_in", 4)]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=float, default=1e8, help="target non-embedding params")
+    ap.add_argument("--precisions", default="fp32,bf16,int8,w8a8")
+    ap.add_argument("--repeats", type=int, default=5)
+    a = ap.parse_args()
+    cfg = config_for_params(a.size)
+    params = model.init_params(cfg, jax.random.key(0))
+    roof = roofline.roofline()
+    print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, {roof['host_cpus']} CPUs; read bandwidth "
+          f"{roof['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s; d_model {cfg.d_model}, {cfg.n_layers} layers; "
+          f"batch 1, prompt 128, 32 decode steps\n")
+    print("| precision | layout | rows | decode ms/token | vs as trained | decode eff | prefill ms | vs as trained |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for prec in a.precisions.split(","):
+        base = None
+        for layout, rows in FORMULATIONS:
+            r = latency.measure_latency(params, cfg, prec, repeats=a.repeats, roof=roof, kernel_layout=layout,
+                                        min_rows=rows)
+            dec, pre = r["decode_ms_per_token_median"], r["prefill_ms_median"]
+            base = base or (dec, pre)
+            print(f"| {prec} | {layout} | {rows} | {dec:.2f} ({r['decode_ms_per_token_q1']:.2f}.."
+                  f"{r['decode_ms_per_token_q3']:.2f}) | {base[0] / dec:.2f}x | {r['decode_efficiency']:.2f} | "
+                  f"{pre:.1f} ({r['prefill_ms_q1']:.1f}..{r['prefill_ms_q3']:.1f}) | {base[1] / pre:.2f}x |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
