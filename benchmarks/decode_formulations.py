@@ -4,10 +4,12 @@ A formulation is how the projections run (``jscale.precision.Policy``): the kern
 (``in_out`` as trained, ``out_in`` transposed) and the rows each projection's tokens are
 padded to (``min_rows``: 1 = none; >= 2 lets XLA:CPU hand the product to YNNPACK).  Each is
 timed with ``jscale.latency.measure_latency`` (median and q1..q3 of ``--repeats`` runs after 2
-warm-ups); the speed-up is against the as-trained ``in_out``/1 of the same precision.  The
+warm-ups); the speed-up is against the first formulation (default: as trained, ``in_out``/1) of the same
+precision.  The
 fastest per precision is what ``latency.FASTEST`` records for the backend.
 
     python benchmarks/decode_formulations.py --size 1e8
+    python benchmarks/decode_formulations.py --size 1e8 --batch 8 --formulations in_out:1,out_in:1
 """
 
 import argparse
@@ -17,28 +19,29 @@ import jax
 from jscale import latency, model, roofline
 from jscale.config import config_for_params
 
-FORMULATIONS = [("in_out", 1), ("out_in", 1), ("in_out", 4), ("out_in", 4)]
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=float, default=1e8, help="target non-embedding params")
     ap.add_argument("--precisions", default="fp32,bf16,int8,w8a8")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=1, help="sequences decoded together")
+    ap.add_argument("--formulations", default="in_out:1,out_in:1,in_out:4,out_in:4",
+                    help="comma-separated layout:rows pairs; the first is the baseline")
     a = ap.parse_args()
     cfg = config_for_params(a.size)
     params = model.init_params(cfg, jax.random.key(0))
     roof = roofline.roofline()
     print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, {roof['host_cpus']} CPUs; read bandwidth "
           f"{roof['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s; d_model {cfg.d_model}, {cfg.n_layers} layers; "
-          f"batch 1, prompt 128, 32 decode steps\n")
+          f"batch {a.batch}, prompt 128, 32 decode steps\n")
     print("| precision | layout | rows | decode ms/token | vs as trained | decode eff | prefill ms | vs as trained |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for prec in a.precisions.split(","):
         base = None
-        for layout, rows in FORMULATIONS:
-            r = latency.measure_latency(params, cfg, prec, repeats=a.repeats, roof=roof, kernel_layout=layout,
-                                        min_rows=rows)
+        for f in a.formulations.split(","):
+            layout, rows = f.split(":")[0], int(f.split(":")[1])
+            r = latency.measure_latency(params, cfg, prec, batch=a.batch, repeats=a.repeats, roof=roof,
+                                        kernel_layout=layout, min_rows=rows)
             dec, pre = r["decode_ms_per_token_median"], r["prefill_ms_median"]
             base = base or (dec, pre)
             print(f"| {prec} | {layout} | {rows} | {dec:.2f} ({r['decode_ms_per_token_q1']:.2f}.."
