@@ -422,7 +422,7 @@ def latency_vs_params(df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap
             _log_axis(ax, "x", _n_fmt)
             _log_axis(ax, "y")
         handles += [Line2D([], [], color="0.3", linestyle="-", label=r"fit $t = c + k N^b$"),
-                    Line2D([], [], color="0.3", linestyle="--", label="roofline bound"),
+                    Line2D([], [], color="0.3", linestyle="--", label="roofline bound (DRAM)"),
                     Line2D([], [], color="0.3", marker="o", linestyle="none", label="median, q1..q3")]
         _legend(fig, handles, title="precision")
     return fig
