@@ -9,14 +9,16 @@ precision.  The
 fastest per precision is what ``latency.FASTEST`` records for the backend.
 
     python benchmarks/decode_formulations.py --size 1e8
-    python benchmarks/decode_formulations.py --size 1e8 --batch 8 --formulations in_out:1,out_in:1
+    python benchmarks/decode_formulations.py --size 1e8 --batch 8 --formulations in_out:1,out_in:1,in_out:1,out_in:1
+
+(the last runs each layout twice, interleaved, to show the run-to-run spread).
 """
 
 import argparse
 
 import jax
 
-from jscale import latency, model, roofline
+from jscale import latency, model, precision, roofline
 from jscale.config import config_for_params
 
 def main():
@@ -28,18 +30,28 @@ def main():
     ap.add_argument("--formulations", default="in_out:1,out_in:1,in_out:4,out_in:4",
                     help="comma-separated layout:rows pairs; the first is the baseline")
     a = ap.parse_args()
+    forms = []
+    for f in a.formulations.split(","):
+        layout, _, rows = f.partition(":")
+        if layout not in ("in_out", "out_in") or not rows.isdigit() or int(rows) < 1:
+            ap.error(f"--formulations: {f!r} is not layout:rows (layout in_out or out_in, rows >= 1)")
+        forms.append((layout, int(rows)))
+    try:
+        precisions = [precision.get_policy(p).name for p in a.precisions.split(",")]
+    except precision.PrecisionError as e:
+        ap.error(f"--precisions: {e}")
     cfg = config_for_params(a.size)
     params = model.init_params(cfg, jax.random.key(0))
     roof = roofline.roofline()
     print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, {roof['host_cpus']} CPUs; read bandwidth "
           f"{roof['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s; d_model {cfg.d_model}, {cfg.n_layers} layers; "
           f"batch {a.batch}, prompt 128, 32 decode steps\n")
-    print("| precision | layout | rows | decode ms/token | vs as trained | decode eff | prefill ms | vs as trained |")
+    vs = "vs as trained" if forms[0] == ("in_out", 1) else f"vs {forms[0][0]}/{forms[0][1]}"
+    print(f"| precision | layout | rows | decode ms/token | {vs} | decode eff | prefill ms | {vs} |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for prec in a.precisions.split(","):
+    for prec in precisions:
         base = None
-        for f in a.formulations.split(","):
-            layout, rows = f.split(":")[0], int(f.split(":")[1])
+        for layout, rows in forms:
             r = latency.measure_latency(params, cfg, prec, batch=a.batch, repeats=a.repeats, roof=roof,
                                         kernel_layout=layout, min_rows=rows)
             dec, pre = r["decode_ms_per_token_median"], r["prefill_ms_median"]

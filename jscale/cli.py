@@ -18,6 +18,15 @@ def _auto_or_positive_int(s: str) -> int | str:
     return "auto" if s == "auto" else _positive_int(s)
 
 
+def _precisions(s: str) -> list[str]:
+    """The policy names of a ``--precisions`` list, or a ConfigError naming the flag."""
+    from jscale import precision
+    try:
+        return [precision.get_policy(p.strip()).name for p in s.split(",") if p.strip()]
+    except precision.PrecisionError as e:
+        raise ConfigError(f"--precisions: {e}") from None
+
+
 def _size(s: str) -> float:
     try:
         v = float(s)
@@ -124,7 +133,7 @@ def cmd_train(a) -> int:
     budget = {"steps": a.steps} if a.steps is not None else {"tokens": a.tokens or 2_000_000}
     tc = TrainConfig(batch_size=a.batch_size, seq_len=a.seq_len, lr=a.lr, seed=a.seed,
                      eval_tokens=a.eval_tokens, compute=a.compute, **budget)
-    policies = [precision.get_policy(p.strip()).name for p in a.precisions.split(",") if p.strip()]
+    policies = _precisions(a.precisions)
     mesh = _make_mesh(a.mesh)
     if mesh is not None:
         from jscale import sharding
@@ -222,7 +231,7 @@ def cmd_bench_latency(a) -> int:
     from jscale import latency, model, precision, roofline
     from jscale.config import config_for_params
 
-    policies = [precision.get_policy(p.strip()).name for p in a.precisions.split(",") if p.strip()]
+    policies = _precisions(a.precisions)
     seq = a.prompt + a.gen
     cfgs = [config_for_params(s, max_seq_len=max(seq, 8)) for s in a.sizes]  # validates sizes first
     mesh = _make_mesh(a.mesh)
@@ -382,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "measured fastest in on this backend; in_out = as trained; out_in = transposed")
     bl.add_argument("--min-rows", type=_auto_or_positive_int, default="auto",
                     help="pad each projection's tokens to at least this many rows: auto = the fastest "
-                         "measured for each precision on this backend; 1 = no padding")
+                         "measured for each precision and kernel layout on this backend; 1 = no padding")
     bl.add_argument("--csv", help="also write every measured field to this CSV file")
     bl.add_argument("--mesh", type=_mesh_spec, metavar="data=D,fsdp=F",
                     help="time sharded over a device mesh (README: reading sharded latency); bounds are for the whole mesh")

@@ -25,7 +25,7 @@ read-only streaming bandwidth (``roofline.measure_read_bandwidth``): inference r
 and cache and writes almost nothing.
 
 How each precision runs: by default (``"auto"``) in the formulation whose batch-1 decode
-measured fastest on the backend (``FASTEST``): the kernel layout (``Policy.kernel_layout``)
+measured fastest on the backend (``FASTEST_LAYOUT``, ``FASTEST_ROWS``): the kernel layout (``Policy.kernel_layout``)
 and the rows each projection is padded to (``Policy.min_rows``); where nothing was measured,
 as trained (``in_out``, no padding).  On XLA:CPU every precision decodes fastest with kernels
 stored ``[out, in]``; bf16 and w8a8 also pad their one decode token to 4 rows, so XLA hands
@@ -45,25 +45,35 @@ from jscale import model, precision, roofline
 from jscale.config import ModelConfig
 
 
-# backend -> precision format -> (kernel layout, min_rows) of its fastest measured batch-1
-# decode (benchmarks/README.md, "How each precision runs"); others run as trained.
-FASTEST = {"cpu": {"fp32": ("out_in", 1), "int8": ("out_in", 1), "bf16": ("out_in", 4), "w8a8": ("out_in", 4)}}
+# Measured on the 2-vCPU machine of record (benchmarks/README.md, "How each precision runs"):
+# backend -> precision format -> the kernel layout of its fastest batch-1 decode, and the best
+# row padding for each layout.  Backends and formats not listed run as trained (in_out, 1).
+FASTEST_LAYOUT = {"cpu": {"fp32": "out_in", "bf16": "out_in", "int8": "out_in", "w8a8": "out_in"}}
+FASTEST_ROWS = {"cpu": {"fp32": {"in_out": 1, "out_in": 1}, "bf16": {"in_out": 1, "out_in": 4},
+                        "int8": {"in_out": 1, "out_in": 1}, "w8a8": {"in_out": 4, "out_in": 4}}}
 
 
 def inference_policy(policy, kernel_layout: str = "auto", min_rows: int | str = "auto",
                      platform: str | None = None) -> precision.Policy:
-    """``policy`` with the kernel layout and row padding inference runs in: each given value,
-    or for ``"auto"`` the fastest measured on ``platform`` (default: the default device's) for
-    the policy's format (``FASTEST``), else as trained (``in_out``, 1)."""
+    """``policy`` with the kernel layout and row padding inference runs in.
+
+    Each of ``kernel_layout`` / ``min_rows`` is taken as given, or for ``"auto"``: the
+    policy's own value when it sets one (``Policy.kernel_layout`` / ``min_rows`` not None);
+    else the fastest measured on ``platform`` (default: the default device's) for the
+    policy's format: ``FASTEST_LAYOUT``, then ``FASTEST_ROWS`` for that layout; else as
+    trained (``in_out``, 1)."""
     pol = precision.get_policy(policy)
     if kernel_layout != "auto" and kernel_layout not in precision.KERNEL_LAYOUTS:
         raise ValueError(f"kernel_layout must be auto or one of {', '.join(precision.KERNEL_LAYOUTS)}, "
                          f"got {kernel_layout!r}")
-    if min_rows != "auto" and (isinstance(min_rows, bool) or not isinstance(min_rows, int) or min_rows < 1):
+    if min_rows != "auto" and not precision.is_positive_int(min_rows):
         raise ValueError(f"min_rows must be auto or a positive integer, got {min_rows!r}")
-    best = FASTEST.get(platform or jax.devices()[0].platform, {}).get(pol.fmt, ("in_out", 1))
-    return precision.get_policy(pol, kernel_layout=best[0] if kernel_layout == "auto" else kernel_layout,
-                                min_rows=best[1] if min_rows == "auto" else min_rows)
+    platform = platform or jax.devices()[0].platform
+    if kernel_layout == "auto":
+        kernel_layout = pol.kernel_layout or FASTEST_LAYOUT.get(platform, {}).get(pol.fmt, "in_out")
+    if min_rows == "auto":
+        min_rows = pol.min_rows or FASTEST_ROWS.get(platform, {}).get(pol.fmt, {}).get(kernel_layout, 1)
+    return precision.get_policy(pol, kernel_layout=kernel_layout, min_rows=int(min_rows))
 
 
 def _constrain_cache(cache, mesh):
@@ -146,13 +156,16 @@ def compute_seconds(cfg: ModelConfig, policy: precision.Policy, tokens: int, key
 def measure_latency(params, cfg: ModelConfig, policy="fp32", *, batch: int = 1, prompt_tokens: int = 128,
                     gen_tokens: int = 32, repeats: int = 10, warmup: int = 2, roof: dict | None = None,
                     mesh=None, kernel_layout: str = "auto", min_rows: int | str = "auto") -> dict:
-    """Latency of prefill and decode for float32 ``params`` run in precision ``policy``.
+    """Latency of prefill and decode for float32 ``params`` (as trained, ``in_out``) run in
+    precision ``policy`` (a name or a ``Policy``).
 
     The params are converted with ``precision.convert_params`` first, their projection
     kernels stored in ``kernel_layout`` (``in_out`` as trained, ``out_in`` transposed) and each
     projection's tokens padded to ``min_rows`` rows; ``"auto"`` (default) takes the fastest
     measured formulation of this precision on this backend (``inference_policy``).  The record
-    says which (``kernel_layout``, ``matmul_min_rows``).  Returns one flat dict
+    says which (``kernel_layout``, ``matmul_min_rows``).  ``roof``: the machine's rates
+    (``jscale.roofline.roofline()``, measured and cached when None); it must hold at least
+    ``read_bandwidth_bytes_per_s`` and ``matmul_flops_per_s`` (bytes/s, FLOP/s).  Returns one flat dict
     whose keys carry their units: compile seconds, ``prefill_ms_*`` and
     ``decode_ms_per_token_*`` (median, q1, q3, min, max over ``repeats`` timed runs, each
     after ``warmup`` untimed ones), tokens/s, weight and KV-cache bytes, XLA's memory
@@ -176,6 +189,10 @@ def measure_latency(params, cfg: ModelConfig, policy="fp32", *, batch: int = 1, 
         raise ValueError(f"prompt_tokens + gen_tokens = {prompt_tokens} + {gen_tokens} exceeds "
                          f"ModelConfig.max_seq_len = {cfg.max_seq_len}")
     roof = roofline.roofline() if roof is None else roof
+    missing = [k for k in ("read_bandwidth_bytes_per_s", "matmul_flops_per_s") if k not in roof]
+    if missing:
+        raise ValueError(f"roof lacks {', '.join(missing)}: pass jscale.roofline.roofline() (or None to "
+                         f"measure it), or a dict with at least those rates")
     qp = precision.convert_params(params, pol)
     prompt = jax.random.randint(jax.random.key(0), (batch, prompt_tokens), 0, cfg.vocab_size, jnp.int32)
     n_dev = 1
@@ -231,7 +248,7 @@ def measure_latency(params, cfg: ModelConfig, policy="fp32", *, batch: int = 1, 
         "prefill_bound_ms": 1e3 * pre_bound_s,
         "prefill_bound_kind": "memory" if mem_s >= pre_fl_s else "compute",
         "prefill_efficiency": 1e3 * pre_bound_s / float(np.median(prefill_ms)),
-        "roofline_bandwidth_bytes_per_s": bw, "roofline_matmul_flops_per_s": _rate(roof, pol.fmt) * n_dev,
+        "roofline_read_bandwidth_bytes_per_s": bw, "roofline_matmul_flops_per_s": _rate(roof, pol.fmt) * n_dev,
         "roofline_rw_bandwidth_bytes_per_s": roof.get("bandwidth_bytes_per_s", float("nan")) * n_dev,
         **roofline.device_info(),
         "mesh_shape": None if mesh is None else ",".join(f"{k}={v}" for k, v in mesh.shape.items()),

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+import flax.errors
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -229,8 +230,8 @@ class Block(nn.Module):
         out_init = nn.initializers.variance_scaling(1 / (2 * c.n_layers), "fan_in", "normal")
 
         p = self.policy
-        dense = lambda feats, name, **kw: Dense(feats, p.layer_format(name), name=name, layout=p.kernel_layout,
-                                                min_rows=p.min_rows, **kw)
+        dense = lambda feats, name, **kw: Dense(feats, p.layer_format(name), name=name,
+                                                layout=p.kernel_layout or "in_out", min_rows=p.min_rows or 1, **kw)
         att_dtype = jnp.bfloat16 if self.policy.attention == "bf16" else jnp.float32
 
         h = RMSNorm(name="attn_norm")(x_BxTxD)
@@ -296,8 +297,8 @@ class Transformer(nn.Module):
         if c.tie_embeddings:
             logits_BxTxV = embed.attend(x_BxTxD).astype(jnp.float32)
         else:
-            logits_BxTxV = Dense(c.vocab_size, p.layer_format("head"), name="head", layout=p.kernel_layout,
-                                 min_rows=p.min_rows)(x_BxTxD).astype(jnp.float32)
+            logits_BxTxV = Dense(c.vocab_size, p.layer_format("head"), name="head",
+                                 layout=p.kernel_layout or "in_out", min_rows=p.min_rows or 1)(x_BxTxD).astype(jnp.float32)
         if cache is None:
             return logits_BxTxV
         return logits_BxTxV, {"layers": layers, "length": cache["length"] + T}
@@ -309,18 +310,31 @@ def init_params(cfg: ModelConfig, key: jax.Array) -> Params:
     return Transformer(cfg).init(key, tokens)["params"]
 
 
+def _run(cfg: ModelConfig, policy, params: Params, *args, **kw):
+    """``Transformer.apply``, with a kernel stored in the other layout reported as such."""
+    pol = precision.get_policy(policy)
+    try:
+        return Transformer(cfg, pol).apply({"params": params}, *args, **kw)
+    except flax.errors.ScopeParamShapeError as e:
+        raise precision.PrecisionError(
+            f"params do not match policy {pol.label!r} with kernel_layout={pol.kernel_layout or 'in_out'!r}: convert the "
+            f"float32 params as trained with jscale.precision.convert_params(params, policy), once, with the same "
+            f"policy ({e})") from None
+
+
 def apply(params: Params, cfg: ModelConfig, tokens_BxT: jax.Array, pos_BxT: jax.Array | None = None,
           policy: str | precision.Policy = "fp32") -> jax.Array:
     """Logits ``[B, T, V]`` (float32) for integer tokens ``[B, T]``; pure and jittable.
 
     policy: a precision name or ``Policy``; params must come from
-    ``precision.convert_params(params, policy)`` for int8 / w8a8 (bf16 also accepts fp32
-    params and casts them at each matmul: that is bf16 training with fp32 master weights).
+    ``precision.convert_params(params, policy)`` for int8 / w8a8 and for any policy with
+    ``kernel_layout="out_in"`` (bf16 also accepts fp32 params and casts them at each matmul:
+    that is bf16 training with fp32 master weights).
     """
     if tokens_BxT.shape[-1] > cfg.max_seq_len:
         raise ValueError(f"sequence of {tokens_BxT.shape[-1]} tokens exceeds ModelConfig.max_seq_len "
                          f"= {cfg.max_seq_len}")
-    return Transformer(cfg, precision.get_policy(policy)).apply({"params": params}, tokens_BxT, pos_BxT)
+    return _run(cfg, policy, params, tokens_BxT, pos_BxT)
 
 
 # --------------------------------------------------------------------------- KV cache
@@ -346,7 +360,7 @@ def apply_cached(params: Params, cfg: ModelConfig, tokens_BxT: jax.Array, cache,
     ``apply_cached`` on one token.  Pure and jittable; the caller must keep
     ``cache["length"] + T <= max_len``: inside jit an overflowing write is clamped by
     ``dynamic_update_slice``, not caught (``jscale.latency`` sizes its caches exactly)."""
-    return Transformer(cfg, precision.get_policy(policy)).apply({"params": params}, tokens_BxT, cache=cache)
+    return _run(cfg, policy, params, tokens_BxT, cache=cache)
 
 
 def kv_cache_bytes(cfg: ModelConfig, batch: int, max_len: int, itemsize: int = 4) -> int:

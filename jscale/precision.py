@@ -23,8 +23,9 @@ value matmuls (``q k^T``, ``p v``) run in ``Policy.attention`` (fp32, or bf16 fo
 Kernel layout (``Policy.kernel_layout``): ``in_out`` stores each projection kernel ``[in, out]``
 as trained; ``out_in`` stores it transposed, ``[out, in]`` (rows are output channels).  Same
 maths, different memory order: at batch 1 a decode step is a matrix-vector product per
-projection, and XLA:CPU streams ``[out, in]`` kernels about 1.3x faster
-(``benchmarks/decode_matvec_layout.py``), so ``jscale.latency`` measures inference in ``out_in``.
+projection, and XLA:CPU streams fp32 ``[out, in]`` kernels faster
+(``benchmarks/decode_matvec_layout.py``: 1.25x on the projections, 1.2x on a whole fp32 decode
+step at 1e8), so ``jscale.latency`` measures most inference in ``out_in`` (its "auto").
 ``convert_params`` transposes the kernels of the policy's layout; training stays ``in_out``.
 
 Quantization is symmetric absmax: ``scale = max|w| / 127`` per output channel (per
@@ -34,6 +35,7 @@ embedding row), ``q = round(w / scale)`` in [-127, 127], so ``|w - q * scale| <=
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any
 
 import jax
@@ -52,20 +54,23 @@ class PrecisionError(ValueError):
 class Policy:
     """A precision policy.  name: one of ``POLICIES``.  fmt: the format of converted layers
     (see module docstring).  layers: the converted layers; others run fp32.  attention:
-    dtype of the attention score / value matmul inputs (``fp32`` or ``bf16``).  kernel_layout:
+    dtype of the attention score / value matmul inputs (``fp32`` or ``bf16``).  kernel_layout
+    and min_rows: None (the default) means not chosen, and runs as trained (``in_out``, 1);
+    ``jscale.latency`` fills them with the fastest measured values.  kernel_layout:
     how projection kernels are stored, ``in_out`` (``[in, out]``, as trained) or ``out_in``
     (``[out, in]``, the faster batch-1 inference layout on XLA:CPU); see the module docstring.
     min_rows: each projection's tokens are padded with zero rows to at least this many (the
     extra outputs are dropped): XLA:CPU hands matmuls of >= 2 rows to its YNNPACK library,
-    whose bf16 and int8 x int8 kernels read weights 2-4x faster than XLA's own batch-1
-    matrix-vector code.  Same result; default 1 (no padding)."""
+    whose bf16 and int8 x int8 kernels make a whole batch-1 decode step 1.4x (bf16) and 1.7-3x
+    (w8a8) faster than XLA's own matrix-vector code does (benchmarks/README.md).  Same
+    result; 1 = no padding."""
 
     name: str
     fmt: str
     layers: frozenset[str]
     attention: str = "fp32"
-    kernel_layout: str = "in_out"
-    min_rows: int = 1
+    kernel_layout: str | None = None
+    min_rows: int | None = None
 
     @property
     def label(self) -> str:
@@ -110,10 +115,15 @@ def get_policy(policy: str | Policy, layers: list[str] | tuple[str, ...] | None 
                                  f"{', '.join(KERNEL_LAYOUTS)}")
         p = dataclasses.replace(p, kernel_layout=kernel_layout)
     if min_rows is not None:
-        if isinstance(min_rows, bool) or not isinstance(min_rows, int) or min_rows < 1:
+        if not is_positive_int(min_rows):
             raise PrecisionError(f"min_rows must be a positive integer, got {min_rows!r}")
-        p = dataclasses.replace(p, min_rows=min_rows)
+        p = dataclasses.replace(p, min_rows=int(min_rows))
     return p
+
+
+def is_positive_int(v: Any) -> bool:
+    """An integer (Python or numpy, not bool) >= 1."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
 
 
 # --------------------------------------------------------------------------- quantization maths

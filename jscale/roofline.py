@@ -10,7 +10,7 @@ Two bandwidths, because reading and writing are not the same stream:
   ``measure_read_bandwidth``).  Inference reads its weights and KV cache and writes almost
   nothing, so this is the rate the latency bounds use (``jscale.latency``).
 * ``bandwidth_bytes_per_s``: an in-place ``x <- 2 x``, reads + writes.  On the 2-vCPU machine of
-  record it is 1.5x the read-only rate (each core's outstanding line fills cap its reads; the
+  record it is 1.25-1.5x the read-only rate (each core's outstanding line fills cap its reads; the
   write-backs come on top), so no read-only kernel can reach it.  Reported for comparison.
 """
 

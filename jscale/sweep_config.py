@@ -280,7 +280,7 @@ def _build(raw: dict, text: str, out_dir_override: str | None) -> Sweep:
     if layout not in _KERNEL_LAYOUTS:
         raise _err("latency.kernel_layout", f"must be one of {', '.join(_KERNEL_LAYOUTS)}, got {layout!r}")
     rows = lat.get("min_rows", "auto")
-    if isinstance(rows, str) and rows != "auto":
+    if (isinstance(rows, str) and rows != "auto") or isinstance(rows, bool):
         raise _err("latency.min_rows", f'must be "auto" or a positive integer, got {rows!r}')
     rows = rows if rows == "auto" else _count(rows, "latency.min_rows", lo=1)
     latency = Latency(enabled=enabled, kernel_layout=layout, min_rows=rows,

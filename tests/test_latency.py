@@ -81,34 +81,48 @@ def test_measure_latency_statistics_and_bounds(params):
     assert r["compile_prefill_s"] > 0 and r["compile_decode_s"] > 0
     assert r["xla_decode_argument_bytes"] >= r["weight_bytes"]
     # the bound uses the read-only bandwidth; the read + write probe is only reported
-    assert r["roofline_bandwidth_bytes_per_s"] == 1e10 and r["roofline_rw_bandwidth_bytes_per_s"] == 3e10
+    assert r["roofline_read_bandwidth_bytes_per_s"] == 1e10 and r["roofline_rw_bandwidth_bytes_per_s"] == 3e10
 
 
-def test_cache_written_in_place_without_copies(params):
+@pytest.mark.parametrize("policy", ["fp32", "bf16", "int8", "w8a8",
+                                    precision.get_policy("fp32", kernel_layout="in_out", min_rows=1)])
+def test_cache_written_in_place_without_copies(params, policy):
     """The decode loop updates every K/V buffer in place: no copy of a cache-shaped buffer in
-    the optimized program (reading the buffer after writing it made XLA:CPU copy each one
-    2-4 times per step, ~12-17% of a 1e8-parameter decode step)."""
+    the optimized program, for every precision in the formulation latency measures it in and
+    as trained (reading the buffer after writing it made XLA:CPU copy each one 4 times per
+    step, ~17% of a 1e8-parameter decode step)."""
     import re
-    pol = precision.get_policy("fp32")
-    tok, cache = latency.prefill(params, CFG, jnp.zeros((1, 16), jnp.int32), 8, pol)
-    hlo = latency.decode.lower(params, cache, tok, cfg=CFG, gen_tokens=8, policy=pol).compile().as_text()
-    shape = ",".join(map(str, cache["layers"][0]["k"].shape))
-    assert re.search(rf"f32\[{shape}\]", hlo)  # the cache is in the program...
-    assert not re.search(rf"= f32\[{shape}\]\S* copy\(", hlo)  # ...and never copied
+    pol = latency.inference_policy(policy)
+    q = precision.convert_params(params, pol)
+    tok, cache = latency.prefill(q, CFG, jnp.zeros((1, 16), jnp.int32), 8, pol)
+    hlo = latency.decode.lower(q, cache, tok, cfg=CFG, gen_tokens=8, policy=pol).compile().as_text()
+    k = cache["layers"][0]["k"]
+    dt, shape = {"float32": "f32", "bfloat16": "bf16"}[k.dtype.name], ",".join(map(str, k.shape))
+    assert re.search(rf"{dt}\[{shape}\]", hlo)  # the cache is in the program...
+    assert not re.search(rf"= {dt}\[{shape}\]\S* copy\(", hlo)  # ...and never copied
 
 
 def test_inference_formulation_choice():
-    best = latency.FASTEST["cpu"]["w8a8"]
+    best = (latency.FASTEST_LAYOUT["cpu"]["w8a8"], latency.FASTEST_ROWS["cpu"]["w8a8"][latency.FASTEST_LAYOUT["cpu"]["w8a8"]])
     p = latency.inference_policy("w8a8", platform="cpu")
     assert (p.kernel_layout, p.min_rows, p.fmt) == (*best, "w8a8")
     p = latency.inference_policy("fp32", platform="tpu")  # not measured there: as trained
     assert (p.kernel_layout, p.min_rows) == ("in_out", 1)
-    p = latency.inference_policy("bf16", "in_out", 3, platform="cpu")
+    p = latency.inference_policy("bf16", "in_out", np.int64(3), platform="cpu")
     assert (p.kernel_layout, p.min_rows) == ("in_out", 3)
+    # an explicit layout gets the rows measured best for that layout
+    p = latency.inference_policy("bf16", "in_out", platform="cpu")
+    assert p.min_rows == latency.FASTEST_ROWS["cpu"]["bf16"]["in_out"]
+    # a Policy that sets its own layout / rows keeps them under "auto"
+    own = precision.get_policy("w8a8", kernel_layout="in_out", min_rows=2)
+    p = latency.inference_policy(own, platform="cpu")
+    assert (p.kernel_layout, p.min_rows) == ("in_out", 2)
     with pytest.raises(ValueError, match="kernel_layout"):
         latency.measure_latency({}, CFG, kernel_layout="columns", roof={})
     with pytest.raises(ValueError, match="min_rows"):
         latency.measure_latency({}, CFG, min_rows=0, roof={})
+    with pytest.raises(ValueError, match="read_bandwidth_bytes_per_s"):  # before any compile
+        latency.measure_latency({}, CFG, prompt_tokens=8, gen_tokens=2, roof={"matmul_flops_per_s": 1e9})
 
 
 def test_measured_formulation_is_recorded(params):

@@ -85,6 +85,7 @@ def copy_of(done, tmp_path):
     (lambda t: t.replace("repeats = 2", "repeats = 2\nkernel_layout = \"row\""), "latency.kernel_layout"),
     (lambda t: t.replace("repeats = 2", "repeats = 2\nmin_rows = \"four\""), "latency.min_rows"),
     (lambda t: t.replace("repeats = 2", "repeats = 2\nmin_rows = 0"), "latency.min_rows"),
+    (lambda t: t.replace("repeats = 2", "repeats = 2\nmin_rows = true"), "latency.min_rows"),
     (lambda t: t + "\n[corpus]\npath = \"/no/such/corpus\"\n", "corpus.path"),
     (lambda t: t.replace("[tokens]\nfixed = 8192\n", ""), "[tokens]"),
     (lambda t: t.replace("lr = 0.003", "lr = -1.0"), "lr"),
