@@ -198,7 +198,7 @@ def measure_latency(params, cfg: ModelConfig, policy="fp32", *, batch: int = 1, 
     n_dev = 1
     if mesh is not None:
         from jscale import sharding
-        qp = sharding.put(qp, sharding.param_shardings(qp, mesh))
+        qp = sharding.put(qp, sharding.tree_shardings(qp, mesh))
         prompt = sharding.put(prompt, sharding.tokens_sharding(mesh, batch))
         n_dev = mesh.size
 

@@ -115,9 +115,6 @@ def tree_shardings(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(lambda x: NamedSharding(mesh, param_spec(tuple(np.shape(x)), f)), tree)
 
 
-param_shardings = tree_shardings  # the params' shardings; opt state: tree_shardings(opt_state, mesh)
-
-
 def batch_sharding(mesh: Mesh, ndim: int = 2, batch_axis: int = 0) -> NamedSharding:
     """Batch dimension ``batch_axis`` of an ``ndim``-D array split over ("data", "fsdp")."""
     spec = [None] * ndim

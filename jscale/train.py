@@ -204,7 +204,7 @@ def train(cfg: ModelConfig, tc: TrainConfig, corpus: data.Corpus, *, params=None
         opt_state = opt.init(params)
         chunk_fn = make_train_chunk(cfg, opt, tc.compute)
     else:
-        p_sh = sharding.param_shardings(params, mesh)
+        p_sh = sharding.tree_shardings(params, mesh)
         o_sh = sharding.tree_shardings(jax.eval_shape(opt.init, params), mesh)
         b_sh = sharding.batch_sharding(mesh, ndim=3, batch_axis=1)  # [steps, batch, T+1]
         params = sharding.put(params, p_sh)

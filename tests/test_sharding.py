@@ -70,7 +70,7 @@ SCRIPT = textwrap.dedent(r"""
         g0, _ = latency.decode(qp, c0, t0, cfg=lcfg, gen_tokens=6, policy=pol)
         for mname, kw in {"data2fsdp2": dict(data=2, fsdp=2), "fsdp4": dict(data=1, fsdp=4)}.items():
             mesh = sharding.make_mesh(**kw)
-            sq = sharding.put(qp, sharding.param_shardings(qp, mesh))
+            sq = sharding.put(qp, sharding.tree_shardings(qp, mesh))
             sp = sharding.put(prompt, sharding.tokens_sharding(mesh, 4))
             t1, c1 = latency.prefill(sq, lcfg, sp, 6, pol, mesh)
             k = c1["layers"][0]["k"]
