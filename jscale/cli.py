@@ -114,7 +114,7 @@ def cmd_sweep(a) -> int:
 
 
 def cmd_train(a) -> int:
-    from jscale import data, model, precision, train
+    from jscale import data, model, train
     from jscale.config import ModelConfig, TrainConfig, config_for_params
 
     if a.d_model is not None:
@@ -228,7 +228,7 @@ def cmd_info(a) -> int:
 def cmd_bench_latency(a) -> int:
     import jax
 
-    from jscale import latency, model, precision, roofline
+    from jscale import latency, model, roofline
     from jscale.config import config_for_params
 
     policies = _precisions(a.precisions)
