@@ -41,13 +41,16 @@ def _time(fn, *args, repeats: int) -> np.ndarray:
 def measure_matmul_flops(n: int = 2048, repeats: int = 10, dtype: str = "fp32") -> dict[str, float]:
     """Dense ``[n, n] @ [n, n]`` throughput in ``dtype``: median, min and max FLOP/s (2 n^3 per
     matmul; an int8 "FLOP" is a multiply-add of int8 x int8 -> int32 counted as 2).
-    fp32: float32 operands; bf16: bfloat16 operands, fp32 accumulation; int8: int8 operands,
+    fp32: float32 operands at ``Precision.HIGHEST`` (true fp32 on GPU/TPU too, as the model
+    runs it; no TF32); bf16: bfloat16 operands, fp32 accumulation; int8: int8 operands,
     int32 accumulation (``preferred_element_type``), as the precision policies run them."""
     kinds = {"fp32": (jnp.float32, None), "bf16": (jnp.bfloat16, jnp.float32), "int8": (jnp.int8, jnp.int32)}
     dt, acc = kinds[dtype]
     a = jax.random.randint(jax.random.key(0), (n, n), -100, 100).astype(dt)
     b = jax.random.randint(jax.random.key(1), (n, n), -100, 100).astype(dt)
-    t = _time(jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=acc)), a, b, repeats=repeats)
+    prec = jax.lax.Precision.HIGHEST if dtype == "fp32" else None
+    t = _time(jax.jit(lambda a, b: jnp.matmul(a, b, precision=prec, preferred_element_type=acc)), a, b,
+              repeats=repeats)
     flops = 2 * n ** 3 / t
     key = "matmul_flops_per_s" if dtype == "fp32" else f"matmul_{dtype}_flops_per_s"
     return {key: float(np.median(flops)), f"{key}_min": float(flops.min()), f"{key}_max": float(flops.max()),
@@ -104,16 +107,19 @@ def device_info() -> dict[str, str]:
 
 
 def roofline(refresh: bool = False) -> dict:
-    """The measured roofline of the default device, cached on disk by device kind."""
+    """The measured roofline of the default device, cached on disk by device kind.  Sizes:
+    2048^3 matmuls and 512 MiB streams on a CPU; 8192^3 and 2 GiB on an accelerator, where
+    smaller problems finish in microseconds and measure dispatch, not the hardware."""
     info = device_info()
+    n, mib = (2048, 512) if info["device_platform"] == "cpu" else (8192, 2048)
     key = (f"v3|{info['device_platform']}|{info['device_kind']}|{info['device_count']}|{info['host_cpus']}|"
            f"{info['jax_version']}")
     path = cache_dir() / "roofline.json"
     cached = json.loads(path.read_text()) if path.exists() else {}
     if refresh or key not in cached:
-        cached[key] = {**info, **measure_matmul_flops(), **measure_matmul_flops(dtype="bf16"),
-                       **measure_matmul_flops(dtype="int8"), **measure_bandwidth(),
-                       **measure_read_bandwidth(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        cached[key] = {**info, **measure_matmul_flops(n), **measure_matmul_flops(n, dtype="bf16"),
+                       **measure_matmul_flops(n, dtype="int8"), **measure_bandwidth(mib),
+                       **measure_read_bandwidth(mib), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(cached, indent=1))

@@ -151,3 +151,13 @@ def test_bound_charges_each_part_at_its_own_matmul_rate(params):
         assert r["decode_bound_ms_per_token"] == pytest.approx(1e3 * per_token_s, rel=1e-9), pol
         assert r["prefill_bound_ms"] == pytest.approx(1e3 * 16 * per_token_s, rel=1e-9), pol
         assert r["kv_cache_bytes"] == 2 * L * S * d * (2 if pol == "bf16" else 4)
+
+
+def test_roofline_probes_report_consistent_statistics():
+    from jscale import roofline
+    m = roofline.measure_matmul_flops(128, repeats=3, dtype="bf16")
+    assert m["matmul_n"] == 128
+    assert 0 < m["matmul_bf16_flops_per_s_min"] <= m["matmul_bf16_flops_per_s"] <= m["matmul_bf16_flops_per_s_max"]
+    r = roofline.measure_read_bandwidth(mib=8, repeats=3)
+    assert r["read_bandwidth_method"] in ("xla_sum", "xla_row_sum", "numpy_threaded_dot")
+    assert 0 < r["read_bandwidth_bytes_per_s_min"] <= r["read_bandwidth_bytes_per_s"] <= r["read_bandwidth_bytes_per_s_max"]
