@@ -56,10 +56,15 @@ def main():
                                         kernel_layout=layout, min_rows=rows)
             dec, pre = r["decode_ms_per_token_median"], r["prefill_ms_median"]
             base = base or (dec, pre)
-            print(f"| {prec} | {layout} | {rows} | {dec:.2f} ({r['decode_ms_per_token_q1']:.2f}.."
-                  f"{r['decode_ms_per_token_q3']:.2f}) | {base[0] / dec:.2f}x | {r['decode_efficiency']:.2f} | "
-                  f"{pre:.1f} ({r['prefill_ms_q1']:.1f}..{r['prefill_ms_q3']:.1f}) | {base[1] / pre:.2f}x |",
+            print(f"| {prec} | {layout} | {rows} | {_ms(dec)} ({_ms(r['decode_ms_per_token_q1'])}.."
+                  f"{_ms(r['decode_ms_per_token_q3'])}) | {base[0] / dec:.2f}x | {r['decode_efficiency']:.2f} | "
+                  f"{_ms(pre)} ({_ms(r['prefill_ms_q1'])}..{_ms(r['prefill_ms_q3'])}) | {base[1] / pre:.2f}x |",
                   flush=True)
+
+
+def _ms(x: float) -> str:
+    """Milliseconds to 4 significant digits, without an exponent (0.04213, 18.86, 1104)."""
+    return f"{x:.4g}" if x >= 1e-3 else f"{x:.2e}"
 
 
 if __name__ == "__main__":
