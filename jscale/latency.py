@@ -51,16 +51,21 @@ from jscale.config import ModelConfig
 FASTEST_LAYOUT = {"cpu": {"fp32": "out_in", "bf16": "out_in", "int8": "out_in", "w8a8": "out_in"}}
 FASTEST_ROWS = {"cpu": {"fp32": {"in_out": 1, "out_in": 1}, "bf16": {"in_out": 1, "out_in": 4},
                         "int8": {"in_out": 1, "out_in": 1}, "w8a8": {"in_out": 4, "out_in": 4}}}
+# ...for models whose largest projection (d_model x d_ff) has at least this many weights;
+# below it a padded product costs more than it saves (1e5 params: bf16 0.54-0.68x, w8a8 0.75x
+# of unpadded; 1e6, 65,536 weights: bf16 0.97x, w8a8 1.37x), so smaller models run unpadded.
+PAD_MIN_WEIGHTS = 2 ** 16
 
 
 def inference_policy(policy, kernel_layout: str = "auto", min_rows: int | str = "auto",
-                     platform: str | None = None) -> precision.Policy:
+                     platform: str | None = None, cfg: ModelConfig | None = None) -> precision.Policy:
     """``policy`` with the kernel layout and row padding inference runs in.
 
     Each of ``kernel_layout`` / ``min_rows`` is taken as given, or for ``"auto"``: the
     policy's own value when it sets one (``Policy.kernel_layout`` / ``min_rows`` not None);
     else the fastest measured on ``platform`` (default: the default device's) for the
-    policy's format: ``FASTEST_LAYOUT``, then ``FASTEST_ROWS`` for that layout; else as
+    policy's format: ``FASTEST_LAYOUT``, then ``FASTEST_ROWS`` for that layout (1 when
+    ``cfg`` is a model whose ``d_model * d_ff`` is under ``PAD_MIN_WEIGHTS``); else as
     trained (``in_out``, 1)."""
     pol = precision.get_policy(policy)
     if kernel_layout != "auto" and kernel_layout not in precision.KERNEL_LAYOUTS:
@@ -72,7 +77,8 @@ def inference_policy(policy, kernel_layout: str = "auto", min_rows: int | str = 
     if kernel_layout == "auto":
         kernel_layout = pol.kernel_layout or FASTEST_LAYOUT.get(platform, {}).get(pol.fmt, "in_out")
     if min_rows == "auto":
-        min_rows = pol.min_rows or FASTEST_ROWS.get(platform, {}).get(pol.fmt, {}).get(kernel_layout, 1)
+        small = cfg is not None and cfg.d_model * cfg.d_ff < PAD_MIN_WEIGHTS
+        min_rows = pol.min_rows or (1 if small else FASTEST_ROWS.get(platform, {}).get(pol.fmt, {}).get(kernel_layout, 1))
     return precision.get_policy(pol, kernel_layout=kernel_layout, min_rows=int(min_rows))
 
 
@@ -180,7 +186,7 @@ def measure_latency(params, cfg: ModelConfig, policy="fp32", *, batch: int = 1, 
     roofline bounds are for the whole mesh: ``mesh_devices`` x the one-device bandwidth and
     matmul rates (ideal scaling, no collectives), so efficiency < 1 includes communication.
     """
-    pol = inference_policy(policy, kernel_layout, min_rows)
+    pol = inference_policy(policy, kernel_layout, min_rows, cfg=cfg)
     for name, v in (("batch", batch), ("prompt_tokens", prompt_tokens), ("gen_tokens", gen_tokens),
                     ("repeats", repeats)):
         if not isinstance(v, int) or v < 1:

@@ -88,7 +88,8 @@ def test_info_and_bench_latency_show_the_read_bandwidth_and_layouts(capsys):
     out = capsys.readouterr().out
     assert "read bandwidth" in out and "read+write" in out
     from jscale import latency
-    auto = {p: latency.inference_policy(p) for p in ("fp32", "bf16")}
+    from jscale.config import config_for_params
+    auto = {p: latency.inference_policy(p, cfg=config_for_params(1e4)) for p in ("fp32", "bf16")}
     for flag, want in ((["--kernel-layout", "in_out", "--min-rows", "2"], {"fp32": ("in_out", "2"),
                                                                           "bf16": ("in_out", "2")}),
                        ([], {p: (q.kernel_layout, str(q.min_rows)) for p, q in auto.items()})):

@@ -113,6 +113,12 @@ def test_inference_formulation_choice():
     # an explicit layout gets the rows measured best for that layout
     p = latency.inference_policy("bf16", "in_out", platform="cpu")
     assert p.min_rows == latency.FASTEST_ROWS["cpu"]["bf16"]["in_out"]
+    # models too small for padding to pay run unpadded
+    small = ModelConfig(d_model=64, n_layers=2, n_heads=2, max_seq_len=48)  # 64 x 256 weights
+    big = ModelConfig(d_model=128, n_layers=1, n_heads=2, max_seq_len=48)   # 128 x 512 = 2^16
+    assert latency.inference_policy("w8a8", platform="cpu", cfg=small).min_rows == 1
+    assert latency.inference_policy("w8a8", platform="cpu", cfg=big).min_rows == best[1]
+    assert latency.inference_policy("w8a8", min_rows=4, platform="cpu", cfg=small).min_rows == 4
     # a Policy that sets its own layout / rows keeps them under "auto"
     own = precision.get_policy("w8a8", kernel_layout="in_out", min_rows=2)
     p = latency.inference_policy(own, platform="cpu")
