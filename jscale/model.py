@@ -132,8 +132,8 @@ class Dense(nn.Module):
     features: int
     fmt: str = "fp32"
     kernel_init: Callable = nn.initializers.lecun_normal()
-    layout: str = "in_out"
-    min_rows: int = 1
+    layout: str | None = None   # None: as trained, "in_out"
+    min_rows: int | None = None  # None: 1, no padding
 
     @nn.compact
     def __call__(self, x):
@@ -143,7 +143,7 @@ class Dense(nn.Module):
             init, shape = (lambda key, s, dt=jnp.float32: self.kernel_init(key, s[::-1], dt).T), shape[::-1]
         kernel = self.param("kernel", init, shape)
         scale = _quant_scale(self, kernel, self.fmt, self.features)
-        return _project(x, kernel, scale, self.fmt, out_in, self.min_rows)
+        return _project(x, kernel, scale, self.fmt, out_in, self.min_rows or 1)
 
 
 class Embed(nn.Module):
@@ -201,7 +201,6 @@ def cached_attention(q_BxHxTxK, k_BxHxTxK, v_BxHxTxK, kc_BxHxSxK, vc_BxHxSxK, po
     over both parts (scores concatenated, fp32).  Reading only the old cache lets XLA update
     the cache in place after the reads; reading the updated buffer made XLA:CPU copy every
     K/V buffer several times per decode step (benchmarks/README.md)."""
-    B, H, T, K = q_BxHxTxK.shape
     S = kc_BxHxSxK.shape[2]
     prec = _precision(q_BxHxTxK)
     s_old = jnp.einsum("bhtk,bhsk->bhts", q_BxHxTxK, kc_BxHxSxK, precision=prec, preferred_element_type=jnp.float32)
@@ -231,7 +230,7 @@ class Block(nn.Module):
 
         p = self.policy
         dense = lambda feats, name, **kw: Dense(feats, p.layer_format(name), name=name,
-                                                layout=p.kernel_layout or "in_out", min_rows=p.min_rows or 1, **kw)
+                                                layout=p.kernel_layout, min_rows=p.min_rows, **kw)
         att_dtype = jnp.bfloat16 if self.policy.attention == "bf16" else jnp.float32
 
         h = RMSNorm(name="attn_norm")(x_BxTxD)
@@ -298,7 +297,7 @@ class Transformer(nn.Module):
             logits_BxTxV = embed.attend(x_BxTxD).astype(jnp.float32)
         else:
             logits_BxTxV = Dense(c.vocab_size, p.layer_format("head"), name="head",
-                                 layout=p.kernel_layout or "in_out", min_rows=p.min_rows or 1)(x_BxTxD).astype(jnp.float32)
+                                 layout=p.kernel_layout, min_rows=p.min_rows)(x_BxTxD).astype(jnp.float32)
         if cache is None:
             return logits_BxTxV
         return logits_BxTxV, {"layers": layers, "length": cache["length"] + T}

@@ -63,7 +63,7 @@ from typing import Any
 
 from jscale.config import ConfigError, ModelConfig, TrainConfig, config_for_params, ladder_targets
 from jscale.model import count_params
-from jscale.precision import POLICIES
+from jscale.precision import KERNEL_LAYOUTS, POLICIES
 
 PRECISIONS = tuple(POLICIES)  # fp32, bf16, int8, w8a8
 TRAIN_PRECISIONS = ("fp32", "bf16")
@@ -75,7 +75,7 @@ _TOKENS = {"fixed", "per_param", "min", "max"}
 _TRAIN_EXTRA = {"lr_ref_params", "lr_exponent"}
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"steps", "tokens", "seed", "compute"}
 _LATENCY = {"enabled", "batch", "prompt_tokens", "gen_tokens", "repeats", "warmup", "kernel_layout", "min_rows"}
-_KERNEL_LAYOUTS = ("auto", "in_out", "out_in")
+_KERNEL_LAYOUTS = ("auto", *KERNEL_LAYOUTS)
 _CORPUS = {"path", "val_percent"}
 _MESH = ("data", "fsdp")
 
