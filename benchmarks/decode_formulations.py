@@ -6,7 +6,7 @@ padded to (``min_rows``: 1 = none; >= 2 lets XLA:CPU hand the product to YNNPACK
 timed with ``jscale.latency.measure_latency`` (median and q1..q3 of ``--repeats`` runs after 2
 warm-ups); the speed-up is against the first formulation (default: as trained, ``in_out``/1) of the same
 precision.  The
-fastest per precision is what ``latency.FASTEST`` records for the backend.
+fastest per precision is what ``formulation.FASTEST`` records for the backend.
 
     python benchmarks/decode_formulations.py --size 1e8
     python benchmarks/decode_formulations.py --size 1e8 --batch 8 --formulations in_out:1,out_in:1,in_out:1,out_in:1
@@ -18,7 +18,7 @@ import argparse
 
 import jax
 
-from jscale import latency, model, precision, roofline
+from jscale import formulation, latency, model, precision, roofline
 from jscale.config import config_for_params
 
 def main():
@@ -53,7 +53,7 @@ def main():
         base = None
         for layout, rows in forms:
             r = latency.measure_latency(params, cfg, prec, batch=a.batch, repeats=a.repeats, roof=roof,
-                                        kernel_layout=layout, min_rows=rows)
+                                        form=formulation.Formulation(layout, rows))
             dec, pre = r["decode_ms_per_token_median"], r["prefill_ms_median"]
             base = base or (dec, pre)
             print(f"| {prec} | {layout} | {rows} | {_ms(dec)} ({_ms(r['decode_ms_per_token_q1'])}.."

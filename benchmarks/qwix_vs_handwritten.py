@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jscale import data, model, precision, train
-from jscale.config import TrainConfig, config_for_params
+from jscale.config import TrainConfig, config_for_params, count_params
 
 
 def qwix_model(cfg, params, fmt):
@@ -82,8 +82,8 @@ def main(argv=None):
     big = config_for_params(a.speed_size, max_seq_len=256)
     big_params = model.init_params(big, jax.random.key(0))
 
-    print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}; trained model N={model.count_params(cfg)['non_embedding']:,} "
-          f"({a.tokens:.0e} tokens); latency also at N={model.count_params(big)['non_embedding']:,} (random init)\n")
+    print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}; trained model N={count_params(cfg)['non_embedding']:,} "
+          f"({a.tokens:.0e} tokens); latency also at N={count_params(big)['non_embedding']:,} (random init)\n")
     print("| precision | implementation | loss nats/token | delta vs fp32 (SE) | "
           "ms B=1 small | ms B=8 small | ms B=1 large | ms B=8 large |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")

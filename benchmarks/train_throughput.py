@@ -3,7 +3,7 @@
 For each size: build the ladder config, compile the jitted multi-step train call (AOT,
 compile time reported apart), run one untimed warm-up call, then time ``--calls`` calls of
 ``--steps-per-call`` optimizer steps each on real corpus batches.  Reports tokens/s and
-achieved training FLOP/s (analytic ``model.flops_per_token(...)["train"]`` x tokens/s) as a
+achieved training FLOP/s (analytic ``flops_per_token(...)["train"]`` x tokens/s) as a
 fraction of the measured dense fp32 matmul FLOP/s (``jscale.roofline``): median and
 min..max over calls.
 
@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from jscale import data, model, roofline, train
-from jscale.config import TrainConfig, config_for_params
+from jscale.config import TrainConfig, config_for_params, count_params, flops_per_token
 
 
 def bench_jax(cfg, tc, corpus, calls):
@@ -82,8 +82,8 @@ def main(argv=None):
                          steps_per_call=a.steps_per_call, compute=a.compute)
         times, compile_s = bench_jax(cfg, tc, corpus, a.calls)
         tps = tc.tokens_per_step * tc.steps_per_call / times
-        fpt = model.flops_per_token(cfg, a.seq_len)["train"]
-        n = model.count_params(cfg)["non_embedding"]
+        fpt = flops_per_token(cfg, a.seq_len)["train"]
+        n = count_params(cfg)["non_embedding"]
         row = (f"| {n:.3g} | {cfg.d_model} x {cfg.n_layers} | {compile_s:.1f} | "
                f"{np.median(tps):,.0f} ({tps.min():,.0f}..{tps.max():,.0f}) | {np.median(tps) * fpt / 1e9:.1f} | "
                f"{100 * np.median(tps) * fpt / peak:.0f}% |")

@@ -12,15 +12,18 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "jscale.config": ["ModelConfig", "TrainConfig", "ConfigError", "from_dict", "config_for_params",
-                      "default_ladder"],
-    "jscale.model": ["Transformer", "init_params", "apply", "count_params", "flops_per_token"],
+                      "default_ladder", "count_params", "flops_per_token"],
+    "jscale.model": ["Transformer", "init_params", "apply"],
     "jscale.data": ["Corpus", "CorpusError", "load_corpus", "train_batch", "eval_batches"],
-    # `train` and `roofline` are also submodule names, so they are not re-exported as
+    # `train`, `evaluate` and `roofline` are also submodule names, so they are not re-exported as
     # functions (importing the submodule would replace the attribute): use
-    # `from jscale.train import train`, `from jscale.roofline import roofline`.
-    "jscale.train": ["evaluate", "TrainResult", "TrainingDiverged", "make_optimizer"],
+    # `from jscale.train import train`, `from jscale.evaluate import evaluate`,
+    # `from jscale.roofline import roofline`.
+    "jscale.train": ["TrainResult", "TrainingDiverged", "make_optimizer"],
+    "jscale.evaluate": ["compare_precisions"],
     "jscale.precision": ["Policy", "POLICIES", "PrecisionError", "get_policy", "convert_params", "param_bytes"],
-    "jscale.precision_eval": ["compare_precisions"],
+    "jscale.formulation": ["Formulation"],
+    "jscale.schema": ["COLUMNS", "SchemaError"],
     "jscale.runtime": ["enable_compilation_cache"],
     "jscale.results": ["load_results", "ResultsError"],
     "jscale.sweep_config": ["load_sweep", "parse_sweep", "Sweep"],

@@ -14,8 +14,11 @@ Forms (``FORMS``; ``N`` = model size ``x``, ``D`` = tokens ``d``, all positive):
 Objective: ``sum_i w_i * huber_delta(log y_i - log yhat_i)``, summed over rows (not averaged),
 ``delta = 1e-3`` by default. Built-in forms are fitted in log-sum-exp form with positive
 coefficients (``E = exp(e)``, ...), ``N`` and ``D`` divided internally by their geometric means
-(params are reported in the caller's units). Minimised with optax L-BFGS (zoom line search) in
-float64, inside ``jax.enable_x64`` (the process-wide flag is left as it was).
+(params are reported in the caller's units). Minimised in float64 (inside ``jax.enable_x64``; the
+process-wide flag is left as it was) by L-BFGS: optax's L-BFGS preconditioner for the direction
+and a backtracking line search that tries 3 step lengths at once (``_STEPS``, Armijo test); after
+a failed step the curvature memory is reset and the steps shrink 0.03x, after a success they grow
+100x (up to 1), and ``_MAX_FAILS`` failures in a row end the run.
 
 Every L-BFGS run is a lane of one jitted, vmapped ``lax.while_loop`` that stops per lane when
 ``|grad| <= gtol`` and ``|f_prev - f| <= ftol * max(1, |f|)`` (both on the objective divided by
@@ -25,8 +28,8 @@ both tests pass at its last step.
 Main fit: every point of the start grid (>= 500 for chinchilla) runs on all rows; the lowest
 objective is kept. Bootstrap: ``n_bootstrap`` resamples of rows, as multinomial count weights
 (static shapes: one compiled function serves all resamples); each resample runs
-``bootstrap_starts`` L-BFGS starts: the best distinct optima of the full-data grid, then raw
-(unoptimised) grid points, and keeps its lowest objective. Intervals are percentiles over the
+``bootstrap_starts`` L-BFGS starts: the best distinct optima of the full-data grid, then
+jittered copies of the best one (``_JITTER``), and keeps its lowest objective. Intervals are percentiles over the
 resamples whose kept run converged; ``n_converged`` says how many.
 """
 
@@ -41,6 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pandas as pd
+
+from jscale.schema import LOSS, N, PRECISION, TOKENS
 
 
 class AnalysisError(ValueError):
@@ -347,14 +352,14 @@ def _distinct_best(theta, f, k, tol=1e-3):
     return chosen
 
 
-def fit(df=None, form="saturating", x="params_non_embedding", y="eval_loss_nats", d="train_tokens", *,
+def fit(df=None, form="saturating", x=N, y=LOSS, d=TOKENS, *,
         n_bootstrap=1000, huber_delta=1e-3, seed=0, level=0.95, bootstrap_starts=2,
         max_iter=500, grid_iter=100, gtol=1e-5, ftol=1e-10) -> Fit:
     """Fit ``form`` to ``y`` against ``x`` (and ``d``): columns of ``df`` or, with ``df=None``,
     1-D arrays of equal length, all positive. See the module docstring for the method.
 
     ``n_bootstrap`` row resamples (0 for none); each runs ``bootstrap_starts`` L-BFGS starts
-    (the best distinct full-data optima, then raw grid points). ``gtol`` bounds the gradient
+    (the best distinct full-data optima, then jittered copies of the best). ``gtol`` bounds the gradient
     norm and ``ftol`` the relative last objective change of the objective divided by
     ``huber_delta``; intervals use only the resamples that pass both."""
     fm = _get_form(form)
@@ -426,8 +431,7 @@ def fit(df=None, form="saturating", x="params_non_embedding", y="eval_loss_nats"
 
 # --------------------------------------------------------------------------- groups, tables, checks
 
-def fit_groups(df, by="inference_precision", form="saturating", x="params_non_embedding",
-               y="eval_loss_nats", **kw) -> dict:
+def fit_groups(df, by=PRECISION, form="saturating", x=N, y=LOSS, **kw) -> dict:
     """One ``fit`` per value of column ``by`` -> ``{group_value: Fit}`` (sorted by group)."""
     if by not in df.columns:
         raise AnalysisError(f"column {by!r} (by) not in the table; it has: {', '.join(map(str, df.columns))}")
@@ -447,8 +451,8 @@ def fit_table(fits) -> pd.DataFrame:
                                        "n_bootstrap", "n_converged", "r2_log", "rmse_log"])
 
 
-def extrapolation_check(df=None, form="saturating", x="params_non_embedding", y="eval_loss_nats", k=2,
-                        by=None, d="train_tokens", **kw) -> pd.DataFrame:
+def extrapolation_check(df=None, form="saturating", x=N, y=LOSS, k=2, by=None, d=TOKENS,
+                        **kw) -> pd.DataFrame:
     """Leave-largest-out: fit without the rows of the ``k`` largest distinct ``x`` (per group
     with ``by``), predict them. One row per held-out point: [group,] x, [d,] y, y_pred, y_lo,
     y_hi, rel_error = (y_pred - y) / y, n_fit_points."""

@@ -10,7 +10,7 @@ import argparse
 import math
 import sys
 
-from jscale.config import ConfigError
+from jscale.config import LATENCY_REPEATS, LATENCY_WARMUP, ConfigError, is_positive_int
 from jscale.results import ResultsError
 
 
@@ -42,7 +42,7 @@ def _positive_int(s: str) -> int:
         v = int(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
-    if v < 1:
+    if not is_positive_int(v):
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {s!r}")
     return v
 
@@ -114,8 +114,8 @@ def cmd_sweep(a) -> int:
 
 
 def cmd_train(a) -> int:
-    from jscale import data, model, train
-    from jscale.config import ModelConfig, TrainConfig, config_for_params
+    from jscale import data, evaluate, sharding, train
+    from jscale.config import ModelConfig, TrainConfig, config_for_params, count_params
 
     if a.d_model is not None:
         if a.size is not None:
@@ -135,13 +135,9 @@ def cmd_train(a) -> int:
                      eval_tokens=a.eval_tokens, compute=a.compute, **budget)
     policies = _precisions(a.precisions)
     mesh = _make_mesh(a.mesh)
-    if mesh is not None:
-        from jscale import sharding
-        if tc.batch_size % sharding.batch_devices(mesh):
-            raise ConfigError(f"--batch-size {tc.batch_size} must be divisible by the mesh's data x fsdp = "
-                              f"{sharding.batch_devices(mesh)} devices (--mesh {sharding.mesh_shape_str(mesh)})")
+    sharding.check_batch(mesh, tc.batch_size, "--batch-size")
     corpus = data.load_corpus(a.corpus, val_percent=a.val_percent)
-    n = model.count_params(cfg)
+    n = count_params(cfg)
     print(f"corpus   {corpus.name}: {len(corpus.train):,} train / {len(corpus.val):,} held-out bytes "
           f"({corpus.n_files_train} / {corpus.n_files_val} files)")
     print(f"model    d_model={cfg.d_model} n_layers={cfg.n_layers} n_heads={cfg.n_heads} d_ff={cfg.d_ff}: "
@@ -160,25 +156,23 @@ def cmd_train(a) -> int:
           f"{e['eval_bits_per_byte']:.4f} ± {e['eval_bits_per_byte_se']:.4f} bits/byte "
           f"on {e['eval_tokens']:,} tokens (unigram entropy {corpus.unigram_entropy_bits():.3f} bits/byte)")
     if policies:
-        from jscale.precision_eval import compare_precisions
         import jax
         params = sharding.to_host(r.params) if jax.process_count() > 1 else r.params
-        df = compare_precisions(params, cfg, data.eval_batches(corpus.val, tc.seq_len, tc.eval_tokens),
+        df = evaluate.compare_precisions(params, cfg, data.eval_batches(corpus.val, tc.seq_len, tc.eval_tokens),
                                 policies, tc.eval_batch_size)
         print(f"\npost-training precision of the {tc.compute}-trained params (same held-out tokens; "
               "delta vs fp32 with its paired SE):")
         print("| precision | loss nats/token | delta nats (SE) | delta % | param bytes | vs fp32 | logit rel err mean / max |")
         print("|---|---:|---:|---:|---:|---:|---:|")
         for x in df.itertuples():
-            print(f"| {x.precision} | {x.eval_loss_nats:.4f} | {x.delta_loss_nats:+.5f} ({x.delta_loss_se_nats:.5f}) | "
-                  f"{x.delta_loss_pct:+.2f}% | {x.param_bytes:,} | {x.param_bytes_vs_fp32:.3f} | "
+            print(f"| {x.inference_precision} | {x.eval_loss_nats:.4f} | {x.delta_loss_vs_fp32_nats:+.5f} "
+                  f"({x.delta_loss_vs_fp32_se_nats:.5f}) | {x.delta_loss_vs_fp32_pct:+.2f}% | {x.param_bytes:,} | {x.param_bytes_vs_fp32:.3f} | "
                   f"{x.logit_rel_err_mean:.4f} / {x.logit_rel_err_max:.4f} |")
     return 0
 
 
 def cmd_ladder(a) -> int:
-    from jscale.config import config_for_params, ladder_targets
-    from jscale.model import count_params
+    from jscale.config import config_for_params, count_params, ladder_targets
 
     targets = ladder_targets(a.lo, a.hi, a.per_decade)  # validates before printing anything
     print("| target N | achieved N | achieved/target | d_model | n_layers | n_heads | d_model/n_layers | total params |")
@@ -196,12 +190,12 @@ def cmd_info(a) -> int:
     import jax
     import optax
 
-    from jscale import data, roofline
+    from jscale import data, roofline, runtime
 
     print(f"jscale {__import__('jscale').__version__}  jax {jax.__version__}  flax {flax.__version__}  "
           f"optax {optax.__version__}  python {sys.version.split()[0]}")
     print(f"devices  {', '.join(f'{d.platform}:{d.device_kind}' for d in jax.devices())}")
-    print(f"cache    {data.cache_dir()}  (set JSCALE_CACHE_DIR to move it)")
+    print(f"cache    {runtime.cache_dir()}  (set JSCALE_CACHE_DIR to move it)")
     print("roofline (measured once per device and cached; --refresh re-measures):")
     r = roofline.roofline(refresh=a.refresh)
     print(f"  dense fp32 matmul  {r['matmul_flops_per_s'] / 1e9:8.1f} GFLOP/s  "
@@ -228,8 +222,8 @@ def cmd_info(a) -> int:
 def cmd_bench_latency(a) -> int:
     import jax
 
-    from jscale import latency, model, roofline
-    from jscale.config import config_for_params
+    from jscale import formulation, latency, model, roofline
+    from jscale.config import config_for_params, count_params
 
     policies = _precisions(a.precisions)
     seq = a.prompt + a.gen
@@ -247,10 +241,13 @@ def cmd_bench_latency(a) -> int:
     rows = []
     for cfg in cfgs:
         params = model.init_params(cfg, jax.random.key(0))  # latency does not depend on the values
+        counts = count_params(cfg)
         for pol in policies:
+            form = formulation.choose(pol, cfg, kernel_layout=a.kernel_layout, min_rows=a.min_rows)
             r = latency.measure_latency(params, cfg, pol, batch=a.batch, prompt_tokens=a.prompt,
-                                        gen_tokens=a.gen, repeats=a.repeats, roof=roof, mesh=mesh,
-                                        kernel_layout=a.kernel_layout, min_rows=a.min_rows)
+                                        gen_tokens=a.gen, repeats=a.repeats, roof=roof, mesh=mesh, form=form)
+            r = {"inference_precision": pol, "params_non_embedding": counts["non_embedding"],
+                 "params_total": counts["total"], **r, **roofline.device_info()}
             rows.append(r)
             print(f"| {r['params_non_embedding']:.3g} | {pol} | {r['kernel_layout']} | {r['matmul_min_rows']} | "
                   f"{r['weight_bytes'] / 1e6:.1f} | "
@@ -280,7 +277,7 @@ def cmd_fit(a) -> int:
     from jscale import figures
     from jscale.results import load_results
 
-    df = load_results(a.results)
+    df = load_results(a.results, check=a.check)
     fits = figures.fit_all(df, n_bootstrap=a.bootstrap, seed=a.seed, k=a.holdout)
     if not fits.fits:
         raise ResultsError(f"{a.results}: no law could be fitted: {'; '.join(fits.notes)}")
@@ -295,7 +292,7 @@ def cmd_figures(a) -> int:
     from jscale import figures
     from jscale.results import load_results
 
-    df = load_results(a.results)
+    df = load_results(a.results, check=a.check)
     print(f"{len(df)} results from {a.results}")
     r = figures.render_all(df, a.out, formats=a.format, n_bootstrap=a.bootstrap, seed=a.seed, k=a.holdout)
     if len(r.skipped) == len(figures.FIGURES):
@@ -385,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--batch", type=_positive_int, default=1, help="sequences decoded together")
     bl.add_argument("--prompt", type=_positive_int, default=128, help="prompt tokens")
     bl.add_argument("--gen", type=_positive_int, default=32, help="generated tokens (decode steps per run)")
-    bl.add_argument("--repeats", type=_positive_int, default=5, help="timed runs (after 2 warm-up runs)")
+    bl.add_argument("--repeats", type=_positive_int, default=LATENCY_REPEATS,
+                    help=f"timed runs (after {LATENCY_WARMUP} warm-up runs)")
     bl.add_argument("--kernel-layout", choices=("auto", "in_out", "out_in"), default="auto",
                     help="how projection kernels are stored: auto = the layout each precision's decode "
                          "measured fastest in on this backend; in_out = as trained; out_in = transposed")
@@ -394,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "measured for each precision and kernel layout on this backend; 1 = no padding")
     bl.add_argument("--csv", help="also write every measured field to this CSV file")
     bl.add_argument("--mesh", type=_mesh_spec, metavar="data=D,fsdp=F",
-                    help="time sharded over a device mesh (README: reading sharded latency); bounds are for the whole mesh")
+                    help="time sharded over a device mesh (docs/scale-out.md); bounds are for the whole mesh")
     bl.set_defaults(fn=cmd_bench_latency)
 
     for name, hlp in (("fit", "fit the scaling laws to a results table and print the fit table (Markdown)"),
@@ -410,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
         f.add_argument("--seed", type=int, default=0, help="bootstrap seed")
         f.add_argument("--holdout", type=_positive_int, default=2,
                        help="largest sizes held out in the extrapolation check")
+        f.add_argument("--no-check", dest="check", action="store_false",
+                       help="read a table whose columns are not jscale's schema (e.g. published data)")
         f.set_defaults(fn=cmd_fit if name == "fit" else cmd_figures)
 
     i = sub.add_parser("info", help="device, versions, measured roofline, default corpus")

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Any, Mapping, TypeVar
 
 C = TypeVar("C")
+
+LATENCY_REPEATS = 5  # timed runs behind every latency number, by default (sweeps, `jscale bench`)
+LATENCY_WARMUP = 2   # untimed runs before them
 
 
 class ConfigError(ValueError):
@@ -28,11 +32,20 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def is_positive_int(v: Any) -> bool:
+    """An integer (Python or numpy, not bool) >= 1: the one test of "positive integer" in jscale."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
+
+
+def check_positive_int(v: Any, name: str) -> int:
+    """``v`` as an int, or a ``ConfigError`` saying ``name`` must be a positive integer."""
+    _require(is_positive_int(v), f"{name} must be a positive integer, got {v!r}")
+    return int(v)
+
+
 def _positive_int(cfg: Any, *names: str) -> None:
     for n in names:
-        v = getattr(cfg, n)
-        _require(isinstance(v, int) and not isinstance(v, bool) and v > 0,
-                 f"{type(cfg).__name__}.{n} must be a positive integer, got {v!r}")
+        check_positive_int(getattr(cfg, n), f"{type(cfg).__name__}.{n}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,14 +186,12 @@ def config_for_params(target: float, *, aspect_ratio: float = 64.0, head_dim: in
     """The ladder config whose non-embedding parameter count is closest to ``target``.
 
     Non-embedding parameters of this architecture are ``n_layers * (12 d^2 + 2 d) + d``
-    (``jscale.model.count_params``).  We search n_layers and d_model (a multiple of
+    (``count_params``).  We search n_layers and d_model (a multiple of
     ``head_dim``; below ``head_dim`` a single head whose width is a multiple of 8) for the
     count closest to ``target`` in log space, with a small penalty for straying from
     ``d_model / n_layers = aspect_ratio``.  Heads are ``head_dim`` wide; d_ff = 4 d_model.
     How far the achieved count lands from the target is tabulated by ``jscale ladder``.
     """
-    from jscale.model import count_params  # counts live with the model
-
     _require(isinstance(target, (int, float)) and math.isfinite(target) and target >= 1_000,
              f"target non-embedding parameter count must be a number >= 1e3, got {target!r}")
     _require(aspect_ratio > 0, f"aspect_ratio must be > 0, got {aspect_ratio!r}")
@@ -221,3 +232,38 @@ def default_ladder(lo: float = 1e4, hi: float = 1e9, per_decade: int = 2, **kw) 
         if cfg not in out:
             out.append(cfg)
     return out
+
+
+# --------------------------------------------------------------------------- analytic counts
+
+def count_params(cfg: ModelConfig) -> dict[str, int]:
+    """Exact parameter counts of ``jscale.model.Transformer(cfg)``: ``total``, ``embedding``
+    (token embedding, plus the output head when untied) and ``non_embedding`` (everything
+    else: blocks and final norm, ``n_layers * (12 d^2 + 2 d) + d`` with d_ff = 4 d)."""
+    d, f = cfg.d_model, cfg.d_ff
+    per_layer = 3 * d * d + d * d + 2 * d * f + 2 * d  # qkv, out, up+down, two norm scales
+    non_embedding = cfg.n_layers * per_layer + d
+    embedding = cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2)
+    return {"total": non_embedding + embedding, "embedding": embedding,
+            "non_embedding": non_embedding}
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, float]:
+    """Matmul FLOPs per token for a sequence of ``seq_len`` tokens.
+
+    ``forward = 2 * (matmul weights) + 2 * d_model * vocab + 4 * n_layers * seq_len * d_model``:
+    a multiply-add is 2 FLOPs; the head is counted (tied or not); the attention term counts
+    ``q k^T`` and ``att v`` over the full T x T score matrix, as XLA computes it (the causal
+    mask zeroes half of it; the FLOPs are spent anyway).  Norms, softmax, GELU and RoPE are
+    elementwise and not counted (a few % of the total at d_model >= 128).
+    ``train = 3 * forward`` (backward = 2 x forward).
+    """
+    d, f, n_l = cfg.d_model, cfg.d_ff, cfg.n_layers
+    matmul_weights = n_l * (4 * d * d + 2 * d * f)
+    forward = 2 * matmul_weights + 2 * d * cfg.vocab_size + 4 * n_l * seq_len * d
+    return {"forward": float(forward), "train": float(3 * forward)}
+
+
+def kv_cache_bytes(cfg: ModelConfig, batch: int, max_len: int, itemsize: int = 4) -> int:
+    """Bytes of the K and V buffers of a KV cache of ``max_len`` positions."""
+    return 2 * cfg.n_layers * batch * max_len * cfg.d_model * itemsize

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jscale.runtime import cache_dir
+
 VOCAB_SIZE = 256
 SEPARATOR = 0  # the document-separator token
 _FORMAT = 1  # bump when the cache layout changes
@@ -52,10 +54,6 @@ class Corpus:
         counts = np.bincount(np.asarray(self.val), minlength=VOCAB_SIZE).astype(np.float64)
         p = counts[counts > 0] / counts.sum()
         return float(-(p * np.log2(p)).sum())
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("JSCALE_CACHE_DIR", Path.home() / ".cache" / "jscale"))
 
 
 def default_corpus_path() -> Path:

@@ -37,13 +37,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from jscale import analysis
-
-N = "params_non_embedding"
-PRECISION = "inference_precision"
-LOSS = "eval_loss_nats"
-LOSS_SE = "eval_loss_se_nats"
-DECODE = "decode_ms_per_token_median"
-PREFILL = "prefill_ms_median"
+from jscale.schema import DECODE, DELTA, DELTA_SE, LOSS, LOSS_SE, N, PRECISION, PREFILL
 
 PRECISION_ORDER = ("fp32", "bf16", "int8", "w8a8")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
@@ -159,8 +153,7 @@ def _n_fmt(v, _):
 
 def _footnote(df: pd.DataFrame) -> str:
     bits = []
-    batch = "latency_batch" if "latency_batch" in df else "batch"  # sweeps write latency_batch
-    for col, name in (("device_kind", "device"), (batch, "batch"), ("prompt_tokens", "prompt tokens"),
+    for col, name in (("device_kind", "device"), ("latency_batch", "batch"), ("prompt_tokens", "prompt tokens"),
                       ("gen_tokens", "generated tokens")):
         if col in df and df[col].notna().any():
             vals = sorted({str(v) for v in df[col].dropna()})
@@ -337,7 +330,7 @@ def loss_vs_params(df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap: i
     df = _prepare(df).dropna(subset=[N, LOSS])
     fits = _fits_for(df, fits, ("loss",), n_bootstrap, seed)
     style = precision_style(df[PRECISION])
-    delta = "delta_loss_vs_fp32_nats"
+    delta = DELTA
     with_delta = delta in df and df[delta].notna().any() and df[PRECISION].nunique() > 1
     with theme():
         fig, axes = _new_figure(df, 2 if with_delta else 1, width=4.8, height=3.6, legend=3.2)
@@ -365,7 +358,7 @@ def loss_vs_params(df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap: i
 def _delta_panel(ax, df: pd.DataFrame, delta: str, style: dict) -> None:
     """Loss minus the fp32 loss of the same params on the same held-out sequences (nats/token)
     vs N, with its paired standard error: the cost of each precision, on a linear axis."""
-    se = "delta_loss_vs_fp32_se_nats"
+    se = DELTA_SE
     for prec in _groups(df):
         d = df[df[PRECISION] == prec].dropna(subset=[delta])
         if len(d):

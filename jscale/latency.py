@@ -24,12 +24,8 @@ bf16, int8 x int8 for w8a8; unconverted layers (e.g. the head under int8) at fp3
 read-only streaming bandwidth (``roofline.measure_read_bandwidth``): inference reads weights
 and cache and writes almost nothing.
 
-How each precision runs: by default (``"auto"``) in the formulation whose batch-1 decode
-measured fastest on the backend (``FASTEST_LAYOUT``, ``FASTEST_ROWS``): the kernel layout (``Policy.kernel_layout``)
-and the rows each projection is padded to (``Policy.min_rows``); where nothing was measured,
-as trained (``in_out``, no padding).  On XLA:CPU every precision decodes fastest with kernels
-stored ``[out, in]``; bf16 and w8a8 also pad their one decode token to 4 rows, so XLA hands
-the product to YNNPACK instead of its own fp32 matrix-vector code (benchmarks/README.md).
+How each precision runs (kernel layout, row padding) is a ``jscale.formulation.Formulation``:
+by default the one ``formulation.choose`` picks for the policy's format on this backend.
 """
 
 from __future__ import annotations
@@ -41,88 +37,53 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jscale import model, precision, roofline
-from jscale.config import ModelConfig
-
-
-# Measured on the 2-vCPU machine of record (benchmarks/README.md, "How each precision runs"):
-# backend -> precision format -> the kernel layout of its fastest batch-1 decode, and the best
-# row padding for each layout.  Backends and formats not listed run as trained (in_out, 1).
-FASTEST_LAYOUT = {"cpu": {"fp32": "out_in", "bf16": "out_in", "int8": "out_in", "w8a8": "out_in"}}
-FASTEST_ROWS = {"cpu": {"fp32": {"in_out": 1, "out_in": 1}, "bf16": {"in_out": 1, "out_in": 4},
-                        "int8": {"in_out": 1, "out_in": 1}, "w8a8": {"in_out": 4, "out_in": 4}}}
-# ...for models whose largest projection (d_model x d_ff) has at least this many weights;
-# below it a padded product costs more than it saves (1e5 params: bf16 0.54-0.68x, w8a8 0.75x
-# of unpadded; 1e6, 65,536 weights: bf16 0.97x, w8a8 1.37x), so smaller models run unpadded.
-PAD_MIN_WEIGHTS = 2 ** 16
-
-
-def inference_policy(policy, kernel_layout: str = "auto", min_rows: int | str = "auto",
-                     platform: str | None = None, cfg: ModelConfig | None = None) -> precision.Policy:
-    """``policy`` with the kernel layout and row padding inference runs in.
-
-    Each of ``kernel_layout`` / ``min_rows`` is taken as given, or for ``"auto"``: the
-    policy's own value when it sets one (``Policy.kernel_layout`` / ``min_rows`` not None);
-    else the fastest measured on ``platform`` (default: the default device's) for the
-    policy's format: ``FASTEST_LAYOUT``, then ``FASTEST_ROWS`` for that layout (1 when
-    ``cfg`` is a model whose ``d_model * d_ff`` is under ``PAD_MIN_WEIGHTS``); else as
-    trained (``in_out``, 1)."""
-    pol = precision.get_policy(policy)
-    if kernel_layout != "auto" and kernel_layout not in precision.KERNEL_LAYOUTS:
-        raise ValueError(f"kernel_layout must be auto or one of {', '.join(precision.KERNEL_LAYOUTS)}, "
-                         f"got {kernel_layout!r}")
-    if min_rows != "auto" and not precision.is_positive_int(min_rows):
-        raise ValueError(f"min_rows must be auto or a positive integer, got {min_rows!r}")
-    platform = platform or jax.devices()[0].platform
-    if kernel_layout == "auto":
-        kernel_layout = pol.kernel_layout or FASTEST_LAYOUT.get(platform, {}).get(pol.fmt, "in_out")
-    if min_rows == "auto":
-        small = cfg is not None and cfg.d_model * cfg.d_ff < PAD_MIN_WEIGHTS
-        min_rows = pol.min_rows or (1 if small else FASTEST_ROWS.get(platform, {}).get(pol.fmt, {}).get(kernel_layout, 1))
-    return precision.get_policy(pol, kernel_layout=kernel_layout, min_rows=int(min_rows))
+from jscale import formulation, model, precision, roofline, schema, sharding
+from jscale.config import LATENCY_REPEATS, LATENCY_WARMUP, ConfigError, ModelConfig, check_positive_int, kv_cache_bytes
+from jscale.formulation import Formulation
 
 
 def _constrain_cache(cache, mesh):
     """With a mesh: the KV cache split by batch over "data" and heads over "fsdp"."""
     if mesh is None:
         return cache
-    from jscale import sharding
     return jax.lax.with_sharding_constraint(cache, sharding.cache_shardings(cache, mesh))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "gen_tokens", "policy", "mesh"))
-def prefill(params, cfg: ModelConfig, prompt_BxP, gen_tokens: int, policy, mesh=None):
+@functools.partial(jax.jit, static_argnames=("cfg", "gen_tokens", "policy", "form", "mesh"))
+def prefill(params, cfg: ModelConfig, prompt_BxP, gen_tokens: int, policy, *, form=formulation.TRAINED, mesh=None):
     """Prompt into a fresh cache of ``P + gen_tokens`` positions: (next token [B], cache).
     ``mesh`` (``jscale.sharding``): the cache is constrained to its sharding (batch over
     "data", heads over "fsdp"); the params keep the placement they come with."""
     cache = _constrain_cache(model.init_cache(cfg, prompt_BxP.shape[0], prompt_BxP.shape[1] + gen_tokens, policy),
                              mesh)
-    logits_BxPxV, cache = model.apply_cached(params, cfg, prompt_BxP, cache, policy)
+    logits_BxPxV, cache = model.apply_cached(params, cfg, prompt_BxP, cache, policy, form)
     return jnp.argmax(logits_BxPxV[:, -1], axis=-1).astype(jnp.int32), _constrain_cache(cache, mesh)
 
 
-def _decode(params, cache, token_B, *, cfg, gen_tokens, policy, mesh=None):
+def _decode(params, cache, token_B, *, cfg, gen_tokens, policy, form=formulation.TRAINED, mesh=None):
     def step(carry, _):
         tok, c = carry
-        logits_Bx1xV, c = model.apply_cached(params, cfg, tok[:, None], c, policy)
+        logits_Bx1xV, c = model.apply_cached(params, cfg, tok[:, None], c, policy, form)
         nxt = jnp.argmax(logits_Bx1xV[:, 0], axis=-1).astype(jnp.int32)
         return (nxt, _constrain_cache(c, mesh)), tok
     (_, cache), toks_GxB = jax.lax.scan(step, (token_B, cache), None, length=gen_tokens)
     return toks_GxB.T, cache
 
 
-decode = jax.jit(_decode, static_argnames=("cfg", "gen_tokens", "policy", "mesh"), donate_argnums=(1,))
+decode = jax.jit(_decode, static_argnames=("cfg", "gen_tokens", "policy", "form", "mesh"), donate_argnums=(1,))
 decode.__doc__ = """``gen_tokens`` greedy steps from ``token_B`` (the prefill's output): tokens
 ``[B, gen_tokens]`` (the first is ``token_B``) and the cache; the cache argument is donated.
+``form``: how the params are laid out and run (``jscale.formulation``).
 The cache must have room for ``gen_tokens`` more positions: inside jit a write past the
 buffer is clamped, not caught (``prefill`` sizes it exactly).  ``mesh``: as in ``prefill``."""
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "gen_tokens", "policy", "mesh"))
-def generate(params, cfg: ModelConfig, prompt_BxP, gen_tokens: int, policy="fp32", mesh=None):
+@functools.partial(jax.jit, static_argnames=("cfg", "gen_tokens", "policy", "form", "mesh"))
+def generate(params, cfg: ModelConfig, prompt_BxP, gen_tokens: int, policy="fp32", *, form=formulation.TRAINED,
+             mesh=None):
     """Greedy generation of ``gen_tokens`` tokens after the prompt, in one jit: ``[B, G]``."""
-    tok, cache = prefill(params, cfg, prompt_BxP, gen_tokens, policy, mesh)
-    return _decode(params, cache, tok, cfg=cfg, gen_tokens=gen_tokens, policy=policy, mesh=mesh)[0]
+    token_B, cache = prefill(params, cfg, prompt_BxP, gen_tokens, policy, form=form, mesh=mesh)
+    return _decode(params, cache, token_B, cfg=cfg, gen_tokens=gen_tokens, policy=policy, form=form, mesh=mesh)[0]
 
 
 def _stats(name: str, x_ms: np.ndarray) -> dict[str, float]:
@@ -160,104 +121,110 @@ def compute_seconds(cfg: ModelConfig, policy: precision.Policy, tokens: int, key
 
 
 def measure_latency(params, cfg: ModelConfig, policy="fp32", *, batch: int = 1, prompt_tokens: int = 128,
-                    gen_tokens: int = 32, repeats: int = 10, warmup: int = 2, roof: dict | None = None,
-                    mesh=None, kernel_layout: str = "auto", min_rows: int | str = "auto") -> dict:
-    """Latency of prefill and decode for float32 ``params`` (as trained, ``in_out``) run in
-    precision ``policy`` (a name or a ``Policy``).
+                    gen_tokens: int = 32, repeats: int = LATENCY_REPEATS, warmup: int = LATENCY_WARMUP, roof: dict | None = None,
+                    mesh=None, form: Formulation | None = None) -> dict:
+    """Latency of prefill and decode for float32 ``params`` (as trained) run in precision
+    ``policy`` (a name or a ``Policy``) and formulation ``form`` (None: ``formulation.choose``,
+    the fastest measured for this precision on this backend).
 
-    The params are converted with ``precision.convert_params`` first, their projection
-    kernels stored in ``kernel_layout`` (``in_out`` as trained, ``out_in`` transposed) and each
-    projection's tokens padded to ``min_rows`` rows; ``"auto"`` (default) takes the fastest
-    measured formulation of this precision on this backend (``inference_policy``).  The record
-    says which (``kernel_layout``, ``matmul_min_rows``).  ``roof``: the machine's rates
-    (``jscale.roofline.roofline()``, measured and cached when None); it must hold at least
-    ``read_bandwidth_bytes_per_s`` and ``matmul_flops_per_s`` (bytes/s, FLOP/s).  Returns one flat dict
-    whose keys carry their units: compile seconds, ``prefill_ms_*`` and
-    ``decode_ms_per_token_*`` (median, q1, q3, min, max over ``repeats`` timed runs, each
-    after ``warmup`` untimed ones), tokens/s, weight and KV-cache bytes, XLA's memory
-    analysis, the roofline bounds and efficiencies, device and versions.  Raises
-    ``ValueError`` before compiling if ``prompt_tokens + gen_tokens > cfg.max_seq_len``.
+    The params are converted (``precision.convert_params``) and laid out
+    (``formulation.arrange``) first.  ``roof``: the machine's rates (``roofline.roofline()``,
+    measured and cached when None); it must hold at least ``read_bandwidth_bytes_per_s`` and
+    ``matmul_flops_per_s``.  Returns one flat dict of the ``latency`` columns of
+    ``jscale.schema`` (each with its unit there): compile seconds, ``prefill_ms_*`` and
+    ``decode_ms_per_token_*`` (median, q1, q3, min, max over ``repeats`` timed runs, each after
+    ``warmup`` untimed ones), tokens/s, weight and KV-cache bytes, XLA's memory analysis, the
+    roofline bounds and efficiencies.  Raises ``ConfigError`` before compiling on a bad
+    argument or if ``prompt_tokens + gen_tokens > cfg.max_seq_len``.
 
-    mesh (``jscale.sharding.make_mesh``): the converted params are placed with the FSDP rule
-    (each matrix split along "fsdp" on its largest divisible dimension), the prompt split by
-    batch over "data" when it divides, and the KV cache by batch over "data" and heads over
-    "fsdp"; XLA partitions prefill and decode and inserts the collectives, whose time is part of
-    every measured number.  The record then carries ``mesh_shape`` and ``mesh_devices``, and the
-    roofline bounds are for the whole mesh: ``mesh_devices`` x the one-device bandwidth and
-    matmul rates (ideal scaling, no collectives), so efficiency < 1 includes communication.
+    mesh (``jscale.sharding.make_mesh``): the converted params are placed with the FSDP rule,
+    the prompt split by batch over "data" when it divides, and the KV cache by batch over "data"
+    and heads over "fsdp"; XLA partitions prefill and decode and inserts the collectives, whose
+    time is part of every measured number.  The roofline bounds are then for the whole mesh
+    (``mesh_devices`` x the one-device rates, ideal scaling), so efficiency < 1 includes
+    communication.
     """
-    pol = inference_policy(policy, kernel_layout, min_rows, cfg=cfg)
+    pol = precision.get_policy(policy)
     for name, v in (("batch", batch), ("prompt_tokens", prompt_tokens), ("gen_tokens", gen_tokens),
                     ("repeats", repeats)):
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        check_positive_int(v, name)
     if prompt_tokens + gen_tokens > cfg.max_seq_len:
-        raise ValueError(f"prompt_tokens + gen_tokens = {prompt_tokens} + {gen_tokens} exceeds "
-                         f"ModelConfig.max_seq_len = {cfg.max_seq_len}")
+        raise ConfigError(f"prompt_tokens + gen_tokens = {prompt_tokens} + {gen_tokens} exceeds "
+                          f"ModelConfig.max_seq_len = {cfg.max_seq_len}")
+    form = formulation.choose(pol, cfg) if form is None else form
     roof = roofline.roofline() if roof is None else roof
     missing = [k for k in ("read_bandwidth_bytes_per_s", "matmul_flops_per_s") if k not in roof]
     if missing:
-        raise ValueError(f"roof lacks {', '.join(missing)}: pass jscale.roofline.roofline() (or None to "
-                         f"measure it), or a dict with at least those rates")
-    qp = precision.convert_params(params, pol)
-    prompt = jax.random.randint(jax.random.key(0), (batch, prompt_tokens), 0, cfg.vocab_size, jnp.int32)
-    n_dev = 1
+        raise ConfigError(f"roof lacks {', '.join(missing)}: pass jscale.roofline.roofline() (or None to "
+                          f"measure it), or a dict with at least those rates")
+    run_params = formulation.arrange(precision.convert_params(params, pol), form)
+    prompt_BxP = jax.random.randint(jax.random.key(0), (batch, prompt_tokens), 0, cfg.vocab_size, jnp.int32)
+    n_devices = 1
     if mesh is not None:
-        from jscale import sharding
-        qp = sharding.put(qp, sharding.tree_shardings(qp, mesh))
-        prompt = sharding.put(prompt, sharding.tokens_sharding(mesh, batch))
-        n_dev = mesh.size
+        run_params = sharding.put(run_params, sharding.tree_shardings(run_params, mesh))
+        prompt_BxP = sharding.put(prompt_BxP, sharding.tokens_sharding(mesh, batch))
+        n_devices = mesh.size
 
+    timing = _time_prefill_and_decode(run_params, cfg, prompt_BxP, gen_tokens, pol, form, mesh, repeats, warmup)
+    bounds = _roofline_bounds(cfg, pol, batch, prompt_tokens, gen_tokens, precision.param_bytes(run_params),
+                              roof, n_devices, timing)
+    return schema.part("latency", {
+            "latency_batch": batch, "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens,
+            "latency_repeats": repeats, "kernel_layout": form.kernel_layout, "matmul_min_rows": form.min_rows,
+            **timing, **bounds,
+            "mesh_shape": sharding.mesh_shape_str(mesh), "mesh_devices": n_devices})
+
+
+def _time_prefill_and_decode(run_params, cfg, prompt_BxP, gen_tokens, pol, form, mesh, repeats, warmup) -> dict:
+    """Compile prefill and decode ahead of time, then time ``warmup + repeats`` runs of each
+    and keep the last ``repeats``: the timing and memory columns of a latency record."""
+    batch, prompt_tokens = prompt_BxP.shape
     t0 = time.perf_counter()
-    pre = prefill.lower(qp, cfg, prompt, gen_tokens, pol, mesh).compile()
+    prefill_exe = prefill.lower(run_params, cfg, prompt_BxP, gen_tokens, pol, form=form, mesh=mesh).compile()
     t1 = time.perf_counter()
-    tok, cache = pre(qp, prompt)
-    dec = decode.lower(qp, cache, tok, cfg=cfg, gen_tokens=gen_tokens, policy=pol, mesh=mesh).compile()
+    token_B, cache = prefill_exe(run_params, prompt_BxP)
+    decode_exe = decode.lower(run_params, cache, token_B, cfg=cfg, gen_tokens=gen_tokens, policy=pol, form=form,
+                              mesh=mesh).compile()
     t2 = time.perf_counter()
 
     prefill_s, decode_s = [], []
-    for r in range(warmup + repeats):
-        a = time.perf_counter()
-        tok, cache = pre(qp, prompt)
-        jax.block_until_ready((tok, cache))
-        b = time.perf_counter()
-        out, cache = dec(qp, cache, tok)
-        jax.block_until_ready(out)
-        c = time.perf_counter()
-        if r >= warmup:
-            prefill_s.append(b - a)
-            decode_s.append((c - b) / gen_tokens)
+    for run in range(warmup + repeats):
+        start = time.perf_counter()
+        token_B, cache = prefill_exe(run_params, prompt_BxP)
+        jax.block_until_ready((token_B, cache))
+        prefilled = time.perf_counter()
+        tokens_BxG, cache = decode_exe(run_params, cache, token_B)
+        jax.block_until_ready(tokens_BxG)
+        decoded = time.perf_counter()
+        if run >= warmup:
+            prefill_s.append(prefilled - start)
+            decode_s.append((decoded - prefilled) / gen_tokens)
     prefill_ms, decode_ms = 1e3 * np.array(prefill_s), 1e3 * np.array(decode_s)
+    return {"compile_prefill_s": t1 - t0, "compile_decode_s": t2 - t1,
+            **_stats("prefill_ms", prefill_ms), **_stats("decode_ms_per_token", decode_ms),
+            "prefill_tokens_per_s": batch * prompt_tokens / (np.median(prefill_ms) / 1e3),
+            "decode_tokens_per_s": batch / (np.median(decode_ms) / 1e3),
+            **_memory(prefill_exe, "prefill"), **_memory(decode_exe, "decode")}
 
-    S = prompt_tokens + gen_tokens
-    counts = model.count_params(cfg)
-    weight_bytes = precision.param_bytes(qp)
-    kv_bytes = model.kv_cache_bytes(cfg, batch, S, 2 if pol.attention == "bf16" else 4)
-    bw = roof["read_bandwidth_bytes_per_s"] * n_dev
-    mem_s = (weight_bytes + kv_bytes) / bw
-    dec_fl_s = compute_seconds(cfg, pol, batch, S, roof) / n_dev
-    pre_fl_s = compute_seconds(cfg, pol, batch * prompt_tokens, S, roof) / n_dev
-    dec_bound_s, pre_bound_s = max(mem_s, dec_fl_s), max(mem_s, pre_fl_s)
-    out = {
-        "precision": pol.name, "kernel_layout": pol.kernel_layout, "matmul_min_rows": pol.min_rows,
-        "batch": batch, "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens,
-        "n_repeats": repeats, "params_non_embedding": counts["non_embedding"], "params_total": counts["total"],
-        "compile_prefill_s": t1 - t0, "compile_decode_s": t2 - t1,
-        **_stats("prefill_ms", prefill_ms), **_stats("decode_ms_per_token", decode_ms),
-        "prefill_tokens_per_s": batch * prompt_tokens / (np.median(prefill_ms) / 1e3),
-        "decode_tokens_per_s": batch / (np.median(decode_ms) / 1e3),
+
+def _roofline_bounds(cfg, pol, batch, prompt_tokens, gen_tokens, weight_bytes, roof, n_devices, timing) -> dict:
+    """The bytes, roofline bounds and efficiencies of a latency record (see the module docstring)."""
+    positions = prompt_tokens + gen_tokens
+    kv_bytes = kv_cache_bytes(cfg, batch, positions, 2 if pol.attention == "bf16" else 4)
+    bandwidth = roof["read_bandwidth_bytes_per_s"] * n_devices
+    memory_s = (weight_bytes + kv_bytes) / bandwidth
+    decode_compute_s = compute_seconds(cfg, pol, batch, positions, roof) / n_devices
+    prefill_compute_s = compute_seconds(cfg, pol, batch * prompt_tokens, positions, roof) / n_devices
+    decode_bound_s, prefill_bound_s = max(memory_s, decode_compute_s), max(memory_s, prefill_compute_s)
+    return {
         "weight_bytes": weight_bytes, "kv_cache_bytes": kv_bytes,
-        **_memory(pre, "prefill"), **_memory(dec, "decode"),
-        "decode_bound_ms_per_token": 1e3 * dec_bound_s,
-        "decode_bound_kind": "memory" if mem_s >= dec_fl_s else "compute",
-        "decode_efficiency": 1e3 * dec_bound_s / float(np.median(decode_ms)),
-        "prefill_bound_ms": 1e3 * pre_bound_s,
-        "prefill_bound_kind": "memory" if mem_s >= pre_fl_s else "compute",
-        "prefill_efficiency": 1e3 * pre_bound_s / float(np.median(prefill_ms)),
-        "roofline_read_bandwidth_bytes_per_s": bw, "roofline_matmul_flops_per_s": _rate(roof, pol.fmt) * n_dev,
-        "roofline_rw_bandwidth_bytes_per_s": roof.get("bandwidth_bytes_per_s", float("nan")) * n_dev,
-        **roofline.device_info(),
-        "mesh_shape": None if mesh is None else ",".join(f"{k}={v}" for k, v in mesh.shape.items()),
-        "mesh_devices": n_dev,
+        "decode_bound_ms_per_token": 1e3 * decode_bound_s,
+        "decode_bound_kind": "memory" if memory_s >= decode_compute_s else "compute",
+        "decode_efficiency": 1e3 * decode_bound_s / timing["decode_ms_per_token_median"],
+        "prefill_bound_ms": 1e3 * prefill_bound_s,
+        "prefill_bound_kind": "memory" if memory_s >= prefill_compute_s else "compute",
+        "prefill_efficiency": 1e3 * prefill_bound_s / timing["prefill_ms_median"],
+        "roofline_read_bandwidth_bytes_per_s": bandwidth,
+        "roofline_matmul_flops_per_s": _rate(roof, pol.fmt) * n_devices,
+        "roofline_rw_bandwidth_bytes_per_s": roof.get("bandwidth_bytes_per_s", float("nan")) * n_devices,
     }
-    return out

@@ -7,8 +7,9 @@ none of it (a stray ``.tmp`` file is ignored), and two processes never write the
 (workers take disjoint points), so the store is safe on a shared filesystem too.  Redoing a
 point (``--force``) replaces its file: there is never more than one record per point.
 
-This module imports nothing of the model or training code: ``load_results`` works on any
-machine that has the directory.
+Every column is defined in ``jscale.schema`` (name, unit, type, meaning); ``load_results``
+checks a table against it.  This module imports nothing of the model or training code:
+``load_results`` works on any machine that has the directory.
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from jscale import schema
+
 RECORDS = "records"
 
 
 class ResultsError(ValueError):
-    """A results directory that is missing, empty or unreadable."""
+    """A results directory or table that is missing, empty, unreadable, or (when checked)
+    does not match ``jscale.schema``."""
 
 
 def record_path(out_dir: str | os.PathLike, point_id: str) -> Path:
@@ -69,12 +73,15 @@ def finished_points(out_dir: str | os.PathLike) -> set[str]:
     return {p.stem for p in d.glob("*.json")} if d.is_dir() else set()
 
 
-def load_results(out_dir: str | os.PathLike) -> pd.DataFrame:
+def load_results(out_dir: str | os.PathLike, *, check: bool = True) -> pd.DataFrame:
     """All records under ``out_dir`` as a DataFrame, one row per point.
 
     ``out_dir`` is a sweep's output directory (with ``records/``), or a ``.csv``/``.jsonl``
     results table.  Rows are sorted by non-embedding params, seed and precisions when those
-    columns exist.  Raises ``ResultsError`` naming the path if there is nothing to load.
+    columns exist.  ``check``: the columns must match ``jscale.schema`` (no unknown column,
+    every core column, the latency columns all or none); ``check=False`` loads any table (e.g.
+    published data, for ``jscale.analysis``).  Raises ``ResultsError`` naming the path (and
+    the columns) if there is nothing to load or the check fails.
     """
     p = Path(out_dir)
     if p.is_file():
@@ -99,12 +106,18 @@ def load_results(out_dir: str | os.PathLike) -> pd.DataFrame:
         df = pd.DataFrame(rows)
     if df.empty:
         raise ResultsError(f"{p}: the results table is empty")
+    if check:
+        try:
+            schema.check_columns(df.columns, where=str(p))
+        except schema.SchemaError as e:
+            raise ResultsError(f"{e} (load it with check=False, or `--no-check` on the command line, to "
+                               f"read a table that is not a jscale sweep's)") from None
     first = [k for k in _FIRST if k in df]  # the point's identity and headline numbers lead
     df = df[first + [c for c in df.columns if c not in first]]
-    keys = [k for k in ("params_non_embedding", "seed", "train_precision", "inference_precision") if k in df]
+    keys = [k for k in (schema.N, "seed", "train_precision", schema.PRECISION) if k in df]
     return df.sort_values(keys, kind="stable").reset_index(drop=True) if keys else df
 
 
-_FIRST = ("point_id", "size_target_params_non_embedding", "params_non_embedding", "params_total", "seed",
-          "train_precision", "inference_precision", "train_tokens", "eval_loss_nats", "eval_loss_se_nats",
-          "decode_ms_per_token_median", "prefill_ms_median", "weight_bytes", "kv_cache_bytes")
+_FIRST = ("point_id", "size_target_params_non_embedding", schema.N, "params_total", "seed",
+          "train_precision", schema.PRECISION, schema.TOKENS, schema.LOSS, schema.LOSS_SE,
+          schema.DECODE, schema.PREFILL, "weight_bytes", "kv_cache_bytes")

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jscale.data import cache_dir
+from jscale.runtime import cache_dir
 
 
 def _time(fn, *args, repeats: int) -> np.ndarray:
@@ -99,10 +99,12 @@ def measure_read_bandwidth(mib: int = 512, repeats: int = 10) -> dict[str, float
             "read_bandwidth_bytes_per_s_max": float(bw.max()), "read_bandwidth_method": name}
 
 
-def device_info() -> dict[str, str]:
+def device_info() -> dict:
+    """Where this process runs: the default device's platform and kind, the device count, the
+    host CPU and its logical cores, and the JAX version (the provenance columns of a record)."""
     d = jax.devices()[0]
-    return {"device_platform": d.platform, "device_kind": d.device_kind, "device_count": str(jax.device_count()),
-            "cpu": platform.processor() or platform.machine(), "host_cpus": str(os.cpu_count()),
+    return {"device_platform": d.platform, "device_kind": d.device_kind, "device_count": jax.device_count(),
+            "cpu": platform.processor() or platform.machine(), "host_cpus": os.cpu_count(),
             "jax_version": jax.__version__}
 
 

@@ -1,16 +1,21 @@
-"""Process-level JAX settings: the persistent compilation cache."""
+"""Process-level settings: where jscale caches things, and JAX's persistent compilation cache."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import jax
 
-from jscale.data import cache_dir
+
+def cache_dir() -> Path:
+    """jscale's cache directory: ``$JSCALE_CACHE_DIR``, default ``~/.cache/jscale`` (token caches,
+    the measured roofline, compiled executables)."""
+    return Path(os.environ.get("JSCALE_CACHE_DIR", Path.home() / ".cache" / "jscale"))
 
 
 def enable_compilation_cache(path: str | Path | None = None) -> Path:
-    """Turn on JAX's persistent compilation cache (default ``$JSCALE_CACHE_DIR/xla``), so a
+    """Turn on JAX's persistent compilation cache (default ``cache_dir() / "xla"``), so a
     second run of the same program loads its executables instead of recompiling them."""
     where = Path(path) if path else cache_dir() / "xla"
     where.mkdir(parents=True, exist_ok=True)

@@ -171,6 +171,22 @@ def put(tree: Any, shardings: Any) -> Any:
     return jax.tree.map(one, tree)
 
 
+def gather(x):
+    """``x`` itself, or a full host copy when it spans several processes."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return to_host(x)
+    return x
+
+
+def check_batch(mesh: Mesh | None, batch_size: int, where: str) -> None:
+    """A ``ConfigError`` naming ``where`` (the field or flag) unless the mesh's data x fsdp
+    devices divide ``batch_size``: each device takes an equal share of every batch."""
+    if mesh is not None and batch_size % batch_devices(mesh):
+        raise ConfigError(f"{where} = {batch_size} must be divisible by the mesh's data x fsdp = "
+                          f"{batch_devices(mesh)} devices ({mesh_shape_str(mesh)}): each device takes an "
+                          f"equal share of every batch")
+
+
 def to_host(tree: Any) -> Any:
     """Every leaf as a full numpy array on this host (gathers across processes when needed)."""
     def one(x):

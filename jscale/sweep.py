@@ -21,17 +21,20 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import json
-import math
 import os
 import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import jax
 import numpy as np
+from tqdm.auto import tqdm
 
-from jscale import checkpoint, data, model, results
+from jscale import checkpoint, data, evaluate, formulation, latency, results, roofline, schema, sharding, train
+from jscale.config import ConfigError, count_params
 from jscale.sweep_config import Sweep, TrainPoint
 
 FORMAT = 1  # bump when the meaning of a record or checkpoint changes
@@ -82,13 +85,13 @@ def _config_hash(sweep: Sweep, thash: str, precision: str) -> str:
 
 def make_plan(sweep: Sweep, corpus: data.Corpus, *, force: bool = False, worker: tuple[int, int] = (0, 1)) -> Plan:
     """Which records of ``sweep`` (this worker's share) exist, are stale, or are still to do."""
-    cid = corpus_digest(corpus)
+    corpus_id = corpus_digest(corpus)
     i, n = worker
     todo, done, stale, hashes = [], 0, [], {}
     for k, tp in enumerate(sweep.train_points):
         if k % n != i:
             continue
-        th = hashes[id(tp)] = train_hash(tp, cid)
+        thash = hashes[id(tp)] = train_hash(tp, corpus_id)
         need = []
         for prec in sweep.precisions:
             path = results.record_path(sweep.out_dir, point_id(tp, prec))
@@ -97,19 +100,19 @@ def make_plan(sweep: Sweep, corpus: data.Corpus, *, force: bool = False, worker:
                     old = json.loads(path.read_text()).get("config_hash")
                 except (OSError, json.JSONDecodeError):
                     old = None
-                if old == _config_hash(sweep, th, prec):
+                if old == _config_hash(sweep, thash, prec):
                     done += 1
                     continue
                 stale.append(path.stem)
             need.append(prec)
         if need:
             todo.append((tp, need))
-    return Plan(todo=todo, done=done, stale=stale, hashes=hashes, corpus_id=cid)
+    return Plan(todo=todo, done=done, stale=stale, hashes=hashes, corpus_id=corpus_id)
 
 
 def _provenance() -> dict:
+    """The provenance part of every record: software versions, git state, host and device."""
     import flax
-    import jax
     import optax
 
     import jscale
@@ -123,10 +126,12 @@ def _provenance() -> dict:
                                         capture_output=True, text=True, timeout=10).stdout.strip())
     except (OSError, subprocess.SubprocessError):
         pass
-    return {"jscale_version": jscale.__version__, "jax_version": jax.__version__, "flax_version": flax.__version__,
-            "optax_version": optax.__version__, "numpy_version": np.__version__,
-            "python_version": platform.python_version(), "git_commit": commit, "git_dirty": dirty,
-            "hostname": platform.node()}
+    return schema.part("provenance", {
+        **roofline.device_info(),
+        "jscale_version": jscale.__version__, "jax_version": jax.__version__, "flax_version": flax.__version__,
+        "optax_version": optax.__version__, "numpy_version": np.__version__,
+        "python_version": platform.python_version(), "git_commit": commit, "git_dirty": dirty,
+        "hostname": platform.node()})
 
 
 class _Log:
@@ -140,7 +145,6 @@ class _Log:
         with open(self.path, "a") as f:
             f.write(f"{now.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
         if self.echo:
-            from tqdm.auto import tqdm
             tqdm.write(f"{now.strftime('%H:%M:%S')} {msg}", file=sys.stderr)
 
 
@@ -155,34 +159,67 @@ class SweepSummary:
     out_dir: Path
 
 
+@dataclasses.dataclass
+class _Run:
+    """What every step of a sweep run needs: the validated sweep, its corpus and plan, the mesh,
+    the log, and (once measuring starts) the roofline and provenance written into every record."""
+    sweep: Sweep
+    corpus: data.Corpus
+    plan: Plan
+    mesh: Any
+    log: _Log
+    summary: SweepSummary
+    roof: dict | None = None
+    provenance: dict | None = None
+
+
 def run_sweep(sweep: Sweep, *, force: bool = False, retrain: bool = False, worker: tuple[int, int] = (0, 1),
               progress: bool = True, echo: bool = True) -> SweepSummary:
     """Run (or resume) ``sweep``; returns what was written, skipped, trained and failed.
 
+    The steps: ``_start`` (check everything, plan, log), then per training point
+    ``_train_point`` (load its checkpoint or train and save one) and ``_measure_point``
+    (evaluate every precision on the held-out set, time each, write one record per precision).
     Raises ``ConfigError`` (before any training) when the output directory holds stale
-    records and ``force`` is off, or the held-out set does not fit the corpus.
+    records and ``force`` is off, the mesh does not divide the batch, or the held-out set does
+    not fit the corpus.
     """
-    from tqdm.auto import tqdm
-
-    from jscale import latency, roofline, train
-    from jscale.config import ConfigError
-    from jscale.precision_eval import compare_precisions
-
     t_start = time.perf_counter()
+    run = _start(sweep, force=force, worker=worker, echo=echo)
+    if run.plan.todo:
+        run.roof = roofline.roofline() if sweep.latency.enabled else None
+        run.provenance = _provenance()
+        n_todo = sum(len(p) for _, p in run.plan.todo)
+        with tqdm(total=n_todo, unit="rec", desc="sweep", position=0, disable=None if progress else True,
+                  dynamic_ncols=True) as bar:
+            for tp, precisions in run.plan.todo:
+                trained = _train_point(run, tp, retrain=retrain, progress=progress)
+                if trained is not None:
+                    _measure_point(run, tp, *trained, precisions, bar)
+                else:
+                    bar.update(len(precisions))
+    s = run.summary
+    s.seconds = time.perf_counter() - t_start
+    if run.plan.todo:
+        run.log(f"done: {s.written} record(s) written, {s.skipped} already done, {s.trained} model(s) trained, "
+                f"{s.loaded} loaded from checkpoints, {len(s.failed)} failed, {s.seconds:.0f} s")
+    return s
+
+
+def _start(sweep: Sweep, *, force: bool, worker: tuple[int, int], echo: bool) -> _Run:
+    """Check everything a run could fail on before any compute (worker share, mesh, corpus,
+    held-out sets, stale records), make the plan, and log what it will do."""
     i, n = worker
     if not (isinstance(i, int) and isinstance(n, int) and 0 <= i < n):
         raise ConfigError(f"worker must be I/N with 0 <= I < N, got {i}/{n}")
     mesh = None
     if sweep.mesh is not None:  # the device count must fit before anything runs
-        from jscale import sharding
         mesh = sharding.make_mesh(**sweep.mesh)
         for tp in sweep.train_points:
-            if tp.train.batch_size % sharding.batch_devices(mesh):
-                raise ConfigError(f"[mesh] {sharding.mesh_shape_str(mesh)}: data x fsdp must divide "
-                                  f"train.batch_size = {tp.train.batch_size}")
+            sharding.check_batch(mesh, tp.train.batch_size, "train.batch_size")
     corpus = data.load_corpus(sweep.corpus_path, val_percent=sweep.val_percent)
-    for seq_len, n_tokens in {(tp.train.seq_len, tp.train.eval_tokens) for tp in sweep.train_points}:
-        data.eval_batches(corpus.val, seq_len, n_tokens)  # every held-out set must fit before anything runs
+    for tp in {(tp.train.seq_len, tp.train.eval_tokens): tp for tp in sweep.train_points}.values():
+        train.check_train_inputs(tp.model, tp.train, corpus)  # each distinct held-out set must fit
     plan = make_plan(sweep, corpus, force=force, worker=worker)
     if plan.stale:
         raise ConfigError(
@@ -195,134 +232,117 @@ def run_sweep(sweep: Sweep, *, force: bool = False, retrain: bool = False, worke
     log = _Log(out, echo)
     n_todo = sum(len(p) for _, p in plan.todo)
     share = f" (worker {i + 1} of {n})" if n > 1 else ""
-    nm, npr = len(sweep.train_points), len(sweep.precisions)
-    log(f"sweep {sweep.name!r}{share}: {nm} model{'s' * (nm != 1)} x {npr} precision{'s' * (npr != 1)}; "
-        f"{plan.done} record(s) done, {n_todo} to run -> {out}")
+    n_models, n_precisions = len(sweep.train_points), len(sweep.precisions)
+    log(f"sweep {sweep.name!r}{share}: {n_models} model{'s' * (n_models != 1)} x {n_precisions} "
+        f"precision{'s' * (n_precisions != 1)}; {plan.done} record(s) done, {n_todo} to run -> {out}")
     ours = {point_id(tp, p) for tp in sweep.train_points for p in sweep.precisions}
     foreign = sorted(results.finished_points(out) - ours)
     if foreign:
         log(f"note: {len(foreign)} record(s) in {out} are not points of this config (e.g. {foreign[0]}); "
             "they are kept, and load_results returns them too")
-    if not plan.todo:
-        return SweepSummary(0, plan.done, 0, 0, [], time.perf_counter() - t_start, out)
+    return _Run(sweep=sweep, corpus=corpus, plan=plan, mesh=mesh, log=log,
+                summary=SweepSummary(0, plan.done, 0, 0, [], 0.0, out))
 
-    prov = _provenance()
-    roof = roofline.roofline() if sweep.latency.enabled else None
-    bar = tqdm(total=n_todo, unit="rec", desc="sweep", position=0, disable=None if progress else True,
-               dynamic_ncols=True)
-    summary = SweepSummary(0, plan.done, 0, 0, [], 0.0, out)
+
+def _describe(tp: TrainPoint) -> str:
+    n = count_params(tp.model)["non_embedding"]
+    return (f"N={n:.3g} (d_model {tp.model.d_model} x {tp.model.n_layers} layers) seed {tp.seed} "
+            f"{tp.train_precision}")
+
+
+def _train_point(run: _Run, tp: TrainPoint, *, retrain: bool, progress: bool):
+    """``(params, meta)`` of training point ``tp``: loaded from its checkpoint, or trained and
+    checkpointed; None when training diverged (logged and counted as failed)."""
+    thash = run.plan.hashes[id(tp)]
+    ckpt = run.sweep.out_dir / "checkpoints" / f"{train_key(tp, thash)}.npz"
+    name = _describe(tp)
+    if ckpt.exists() and not retrain:
+        params, meta = checkpoint.load(ckpt, tp.model)
+        run.summary.loaded += 1
+        run.log(f"{name}: loaded checkpoint {ckpt.name}")
+        return params, meta
+    run.log(f"{name}: training on {tp.train.total_steps * tp.train.tokens_per_step:,} tokens (lr {tp.train.lr:.3g})")
     try:
-        for tp, precisions in plan.todo:
-            th = plan.hashes[id(tp)]
-            ck = out / "checkpoints" / f"{train_key(tp, th)}.npz"
-            counts = model.count_params(tp.model)
-            name = (f"N={counts['non_embedding']:.3g} (d_model {tp.model.d_model} x {tp.model.n_layers} layers) "
-                    f"seed {tp.seed} {tp.train_precision}")
-            if ck.exists() and not retrain:
-                params, meta = checkpoint.load(ck, tp.model)
-                summary.loaded += 1
-                log(f"{name}: loaded checkpoint {ck.name}")
-            else:
-                log(f"{name}: training on {tp.train.total_steps * tp.train.tokens_per_step:,} tokens "
-                    f"(lr {tp.train.lr:.3g})")
-                try:
-                    r = train.train(tp.model, tp.train, corpus, progress=progress, progress_position=1,
-                                    evaluate_heldout=False, mesh=mesh)
-                except train.TrainingDiverged as e:
-                    log(f"{name}: FAILED, training diverged: {e}")
-                    summary.failed.append(f"{name}: {e}")
-                    bar.update(len(precisions))
-                    continue
-                k = max(1, len(r.losses_nats) // 20)
-                meta = {"train_wall_s": r.train_seconds, "train_compile_s": r.compile_seconds,
-                        "train_tokens": r.tokens, "train_steps": len(r.losses_nats),
-                        "train_tokens_per_s": r.tokens_per_second,
-                        "train_flops": r.flops_per_token_train * r.tokens,
-                        "train_loss_final_nats": float(np.mean(r.losses_nats[-k:])),
-                        "train_hash": th}
-                params = r.params
-                host = params if mesh is None else sharding.to_host(params)  # a collective: every process
-                if _writer():
-                    checkpoint.save(ck, host, meta)
-                summary.trained += 1
-                log(f"{name}: trained in {r.train_seconds:.1f} s (+{r.compile_seconds:.1f} s compile), "
-                    f"final train loss {meta['train_loss_final_nats']:.3f} nats")
-            eval_set = data.eval_batches(corpus.val, tp.train.seq_len, tp.train.eval_tokens)
-            eval_tokens = eval_set.shape[0] * tp.train.seq_len  # predicted tokens, for the records
-            t0 = time.perf_counter()
-            ev = compare_precisions(params, tp.model, eval_set, precisions, tp.train.eval_batch_size)
-            eval_s = time.perf_counter() - t0
-            ev = {row["precision"]: row for row in ev.to_dict("records")}
-            for prec in precisions:
-                bar.set_postfix_str(f"{point_id(tp, prec)}", refresh=True)
-                lat = {}
-                if sweep.latency.enabled:
-                    L = sweep.latency
-                    lat = latency.measure_latency(params, tp.model, prec, batch=L.batch, prompt_tokens=L.prompt_tokens,
-                                                  gen_tokens=L.gen_tokens, repeats=L.repeats, warmup=L.warmup,
-                                                  roof=roof, mesh=mesh, kernel_layout=L.kernel_layout,
-                                                  min_rows=L.min_rows)
-                    lat.pop("precision")
-                    lat["latency_repeats"] = lat.pop("n_repeats")
-                    lat["latency_batch"] = lat.pop("batch")
-                rec = _record(sweep, tp, prec, th, plan.corpus_id, counts, meta, ev[prec], eval_tokens, eval_s, lat,
-                              prov, corpus)
-                if _writer():
-                    results.write_record(out, point_id(tp, prec), rec)
-                summary.written += 1
-                bar.update(1)
-                e = ev[prec]
-                msg = f"{name} -> {prec}: held-out loss {e['eval_loss_nats']:.4f} nats/token (SE {e['eval_loss_se_nats']:.4f})"
-                if lat:
-                    msg += (f", decode {lat['decode_ms_per_token_median']:.3f} ms/token, "
-                            f"prefill {lat['prefill_ms_median']:.2f} ms")
-                log(msg)
-            del params
-    finally:
-        bar.close()
-    summary.seconds = time.perf_counter() - t_start
-    log(f"done: {summary.written} record(s) written, {summary.skipped} already done, {summary.trained} model(s) "
-        f"trained, {summary.loaded} loaded from checkpoints, {len(summary.failed)} failed, "
-        f"{summary.seconds:.0f} s")
-    return summary
+        r = train.train(tp.model, tp.train, run.corpus, progress=progress, progress_position=1,
+                        evaluate_heldout=False, mesh=run.mesh)
+    except train.TrainingDiverged as e:
+        run.log(f"{name}: FAILED, training diverged: {e}")
+        run.summary.failed.append(f"{name}: {e}")
+        return None
+    meta = {"train_wall_s": r.train_seconds, "train_compile_s": r.compile_seconds, "train_tokens": r.tokens,
+            "train_steps": len(r.losses_nats), "train_tokens_per_s": r.tokens_per_second,
+            "train_flops": r.flops_per_token_train * r.tokens, "train_loss_final_nats": r.final_loss_nats(),
+            "train_hash": thash}
+    host_params = r.params if run.mesh is None else sharding.to_host(r.params)  # a collective: every process
+    if _writer():
+        checkpoint.save(ckpt, host_params, meta)
+    run.summary.trained += 1
+    run.log(f"{name}: trained in {r.train_seconds:.1f} s (+{r.compile_seconds:.1f} s compile), "
+            f"final train loss {meta['train_loss_final_nats']:.3f} nats")
+    return r.params, meta
+
+
+def _measure_point(run: _Run, tp: TrainPoint, params, meta: dict, precisions: list[str], bar) -> None:
+    """Evaluate ``params`` in every precision on the held-out set (paired), time each precision,
+    and write one record per precision as soon as it is measured."""
+    eval_set = data.eval_batches(run.corpus.val, tp.train.seq_len, tp.train.eval_tokens)
+    t0 = time.perf_counter()
+    table = evaluate.compare_precisions(params, tp.model, eval_set, precisions, tp.train.eval_batch_size)
+    eval_wall_s = time.perf_counter() - t0
+    by_precision = {row.pop("inference_precision"): row for row in table.to_dict("records")}
+    lat_cfg = run.sweep.latency
+    for prec in precisions:
+        bar.set_postfix_str(point_id(tp, prec), refresh=True)
+        lat = {}
+        if lat_cfg.enabled:
+            form = formulation.choose(prec, tp.model, kernel_layout=lat_cfg.kernel_layout,
+                                      min_rows=lat_cfg.min_rows)
+            lat = latency.measure_latency(params, tp.model, prec, batch=lat_cfg.batch,
+                                          prompt_tokens=lat_cfg.prompt_tokens, gen_tokens=lat_cfg.gen_tokens,
+                                          repeats=lat_cfg.repeats, warmup=lat_cfg.warmup, roof=run.roof,
+                                          mesh=run.mesh, form=form)
+        ev = {**by_precision[prec], "eval_wall_s": eval_wall_s}
+        rec = _record(run, tp, prec, meta, ev, lat)
+        if _writer():
+            results.write_record(run.sweep.out_dir, rec["point_id"], rec)
+        run.summary.written += 1
+        bar.update(1)
+        msg = (f"{_describe(tp)} -> {prec}: held-out loss {ev['eval_loss_nats']:.4f} nats/token "
+               f"(SE {ev['eval_loss_se_nats']:.4f})")
+        if lat:
+            msg += f", decode {lat['decode_ms_per_token_median']:.3f} ms/token, prefill {lat['prefill_ms_median']:.2f} ms"
+        run.log(msg)
 
 
 def _writer() -> bool:
     """Whether this process writes records and checkpoints: always, except in a multi-host
     JAX job (``jax.distributed``), where only process 0 does."""
-    import jax
     return jax.process_index() == 0
 
 
-def _record(sweep: Sweep, tp: TrainPoint, prec: str, th: str, corpus_id: str, counts: dict, meta: dict,
-            ev: dict, eval_tokens: int, eval_s: float, lat: dict, prov: dict, corpus: data.Corpus) -> dict:
-    c, t = tp.model, tp.train
-    rec = {
-        "sweep_name": sweep.name, "config_hash": _config_hash(sweep, th, prec), "train_hash": th,
+def _record(run: _Run, tp: TrainPoint, prec: str, meta: dict, ev: dict, lat: dict) -> dict:
+    """One results record, assembled from the schema's parts (``jscale.schema``)."""
+    sweep, c, t = run.sweep, tp.model, tp.train
+    thash = run.plan.hashes[id(tp)]
+    counts = count_params(c)
+    point = schema.part("sweep", {
+        "point_id": point_id(tp, prec), "sweep_name": sweep.name,
+        "config_hash": _config_hash(sweep, thash, prec), "train_hash": thash,
         "size_target_params_non_embedding": tp.size_target, "seed": tp.seed,
         "train_precision": tp.train_precision, "inference_precision": prec,
+        "corpus": run.corpus.name, "corpus_digest": run.plan.corpus_id, "val_percent": sweep.val_percent,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+    config = schema.part("config", {
         "d_model": c.d_model, "n_layers": c.n_layers, "n_heads": c.n_heads, "d_ff": c.d_ff,
         "vocab_size": c.vocab_size, "max_seq_len": c.max_seq_len, "tie_embeddings": c.tie_embeddings,
         "params_total": counts["total"], "params_non_embedding": counts["non_embedding"],
-        "params_embedding": counts["embedding"],
-        "batch_size": t.batch_size, "seq_len": t.seq_len, "lr_peak": t.lr,
-        "train_tokens": meta["train_tokens"], "train_steps": meta["train_steps"],
-        "train_flops": meta["train_flops"], "train_flops_6nd": 6.0 * counts["non_embedding"] * meta["train_tokens"],
-        "train_wall_s": meta["train_wall_s"], "train_compile_s": meta["train_compile_s"],
-        "train_tokens_per_s": meta["train_tokens_per_s"], "train_loss_final_nats": meta["train_loss_final_nats"],
-        "eval_tokens": eval_tokens,
-        "eval_loss_nats": ev["eval_loss_nats"], "eval_loss_se_nats": ev["eval_loss_se_nats"],
-        "eval_bits_per_byte": ev["eval_bits_per_byte"],
-        "eval_bits_per_byte_se": ev["eval_loss_se_nats"] / math.log(2),
-        "delta_loss_vs_fp32_nats": ev["delta_loss_nats"], "delta_loss_vs_fp32_se_nats": ev["delta_loss_se_nats"],
-        "delta_loss_vs_fp32_pct": ev["delta_loss_pct"],
-        "logit_rel_err_mean": ev["logit_rel_err_mean"], "logit_rel_err_max": ev["logit_rel_err_max"],
-        "param_bytes": ev["param_bytes"], "eval_wall_s": eval_s,
-        "corpus": corpus.name, "corpus_digest": corpus_id, "val_percent": sweep.val_percent,
-        **lat, **prov,
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    return rec
+        "params_embedding": counts["embedding"], "batch_size": t.batch_size, "seq_len": t.seq_len,
+        "lr_peak": t.lr})
+    trained = schema.part("train", {
+        **{k: meta[k] for k in schema.columns("train") if k in meta},
+        "train_flops_6nd": 6.0 * counts["non_embedding"] * meta["train_tokens"]})
+    return {**point, **config, **trained, **schema.part("evaluate", ev),
+            **(schema.part("latency", lat) if lat else {}), **run.provenance}
 
 
 def export_csv(out_dir: str | os.PathLike) -> Path:

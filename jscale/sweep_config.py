@@ -61,9 +61,10 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from jscale.config import ConfigError, ModelConfig, TrainConfig, config_for_params, ladder_targets
-from jscale.model import count_params
-from jscale.precision import KERNEL_LAYOUTS, POLICIES
+from jscale.config import (LATENCY_REPEATS, LATENCY_WARMUP, ConfigError, ModelConfig, TrainConfig,
+                           config_for_params, count_params, ladder_targets)
+from jscale.formulation import KERNEL_LAYOUTS
+from jscale.precision import POLICIES
 
 PRECISIONS = tuple(POLICIES)  # fp32, bf16, int8, w8a8
 TRAIN_PRECISIONS = ("fp32", "bf16")
@@ -87,8 +88,8 @@ class Latency:
     batch: int = 1
     prompt_tokens: int = 128
     gen_tokens: int = 32
-    repeats: int = 5
-    warmup: int = 2
+    repeats: int = LATENCY_REPEATS
+    warmup: int = LATENCY_WARMUP
     kernel_layout: str = "auto"
     min_rows: int | str = "auto"
 

@@ -74,7 +74,7 @@ def test_every_export_stays_what_it_is_after_submodules_load():
 
     import jscale
     before = {name: getattr(jscale, name) for name in jscale.__all__}
-    for mod in ("train", "roofline", "latency", "precision_eval", "sweep", "analysis", "figures"):
+    for mod in ("train", "evaluate", "roofline", "latency", "formulation", "schema", "sweep", "analysis", "figures"):
         importlib.import_module(f"jscale.{mod}")
     for name, obj in before.items():
         assert getattr(jscale, name) is obj, name  # a submodule import must not replace an export
@@ -87,9 +87,9 @@ def test_info_and_bench_latency_show_the_read_bandwidth_and_layouts(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "read bandwidth" in out and "read+write" in out
-    from jscale import latency
+    from jscale import formulation
     from jscale.config import config_for_params
-    auto = {p: latency.inference_policy(p, cfg=config_for_params(1e4)) for p in ("fp32", "bf16")}
+    auto = {p: formulation.choose(p, config_for_params(1e4)) for p in ("fp32", "bf16")}
     for flag, want in ((["--kernel-layout", "in_out", "--min-rows", "2"], {"fp32": ("in_out", "2"),
                                                                           "bf16": ("in_out", "2")}),
                        ([], {p: (q.kernel_layout, str(q.min_rows)) for p, q in auto.items()})):

@@ -3,6 +3,7 @@ law plus small noise): several precisions, one, latency columns missing, too few
 a fit; every file is a valid non-empty PNG / PDF; the Pareto frontier matches brute force;
 the tables carry the right groups and recover the known exponent; the CLI writes them."""
 
+import re
 import subprocess
 import sys
 
@@ -205,11 +206,13 @@ def test_cli_fit_and_figures(tmp_path, capsys):
     res = tmp_path / "run"
     for i, row in enumerate(synthetic_results(precisions=("fp32", "int8")).to_dict("records")):
         write_record(res, f"point{i:03d}", row)
-    assert main(["fit", str(res), "--bootstrap", "100"]) == 0
+    assert main(["fit", str(res), "--bootstrap", "100"]) == 2  # a synthetic table: not the full schema
+    assert "does not match jscale.schema" in capsys.readouterr().err
+    assert main(["fit", str(res), "--bootstrap", "100", "--no-check"]) == 0
     out = capsys.readouterr().out
     assert "| fp32 |" in out and "| int8 |" in out and "held-out loss" in out
     assert main(["figures", str(res), "--out", str(tmp_path / "figs"), "--bootstrap", "100",
-                 "--format", "png"]) == 0
+                 "--format", "png", "--no-check"]) == 0
     out = capsys.readouterr().out
     for name in figures.FIGURES:
         assert f"wrote {tmp_path / 'figs' / name}.png" in out
@@ -218,7 +221,7 @@ def test_cli_fit_and_figures(tmp_path, capsys):
     # a CSV table works too
     csv = tmp_path / "t.csv"
     synthetic_results(precisions=("bf16",), latency=False).to_csv(csv, index=False)
-    assert main(["figures", str(csv), "--out", str(tmp_path / "c"), "--bootstrap", "100"]) == 0
+    assert main(["figures", str(csv), "--out", str(tmp_path / "c"), "--bootstrap", "100", "--no-check"]) == 0
     assert "skipped latency_vs_params: the results table lacks columns" in capsys.readouterr().out
 
 
@@ -231,6 +234,8 @@ def test_cli_errors(tmp_path, capsys):
     csv = tmp_path / "no_n.csv"
     synthetic_results(seeds=(0,)).drop(columns=["params_non_embedding"]).to_csv(csv, index=False)
     assert main(["fit", str(csv)]) == 2
+    assert re.search(r"missing columns: .*params_non_embedding", capsys.readouterr().err)
+    assert main(["fit", str(csv), "--no-check"]) == 2
     assert "lacks column params_non_embedding" in capsys.readouterr().err
 
 

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jscale import latency, model, precision
-from jscale.config import ModelConfig
+from jscale import formulation, latency, model, precision, schema
+from jscale.config import ModelConfig, count_params
 
 CFG = ModelConfig(d_model=64, n_layers=2, n_heads=2, max_seq_len=48)
 
@@ -27,15 +27,15 @@ def test_prefill_plus_decode_matches_full_forward(params, policy, tol, layout, r
     forward pass of the training layout."""
     tok = jax.random.randint(jax.random.key(1), (2, 24), 0, 256)
     full = np.asarray(model.apply(precision.convert_params(params, policy), CFG, tok, policy=policy))
-    pol = precision.get_policy(policy, kernel_layout=layout, min_rows=rows)
-    q = precision.convert_params(params, pol)
-    cache = model.init_cache(CFG, 2, 30, pol)
-    logits, cache = model.apply_cached(q, CFG, tok[:, :16], cache, pol)
+    form = formulation.Formulation(layout, rows)
+    q = formulation.arrange(precision.convert_params(params, policy), form)
+    cache = model.init_cache(CFG, 2, 30, policy)
+    logits, cache = model.apply_cached(q, CFG, tok[:, :16], cache, policy, form)
     steps = [np.asarray(logits)]
-    logits, cache = model.apply_cached(q, CFG, tok[:, 16:19], cache, pol)
+    logits, cache = model.apply_cached(q, CFG, tok[:, 16:19], cache, policy, form)
     steps.append(np.asarray(logits))
     for t in range(19, 24):
-        logits, cache = model.apply_cached(q, CFG, tok[:, t:t + 1], cache, pol)
+        logits, cache = model.apply_cached(q, CFG, tok[:, t:t + 1], cache, policy, form)
         steps.append(np.asarray(logits))
     inc = np.concatenate(steps, axis=1)
     assert int(cache["length"]) == 24
@@ -64,12 +64,13 @@ def test_measure_latency_statistics_and_bounds(params):
     roof = {"matmul_flops_per_s": 1e11, "read_bandwidth_bytes_per_s": 1e10, "bandwidth_bytes_per_s": 3e10}
     r = latency.measure_latency(params, CFG, "fp32", batch=2, prompt_tokens=16, gen_tokens=8, repeats=5,
                                 warmup=1, roof=roof)
-    assert r["n_repeats"] == 5
+    assert r["latency_repeats"] == 5 and r["latency_batch"] == 2
+    assert set(r) == set(schema.columns("latency")) - {"mesh_shape"} | {"mesh_shape"}  # every latency column
     for name in ("prefill_ms", "decode_ms_per_token"):
         assert 0 < r[f"{name}_min"] <= r[f"{name}_q1"] <= r[f"{name}_median"] <= r[f"{name}_q3"] <= r[f"{name}_max"]
     assert r["decode_tokens_per_s"] == pytest.approx(2 / (r["decode_ms_per_token_median"] / 1e3))
     assert r["prefill_tokens_per_s"] == pytest.approx(2 * 16 / (r["prefill_ms_median"] / 1e3))
-    assert r["weight_bytes"] == 4 * model.count_params(CFG)["total"]
+    assert r["weight_bytes"] == 4 * count_params(CFG)["total"]
     assert r["kv_cache_bytes"] == 2 * CFG.n_layers * 2 * (16 + 8) * CFG.d_model * 4
     # bound from the analytic counts: decode reads all weights + the KV buffers once per step
     d, L, S = CFG.d_model, CFG.n_layers, 24
@@ -84,18 +85,19 @@ def test_measure_latency_statistics_and_bounds(params):
     assert r["roofline_read_bandwidth_bytes_per_s"] == 1e10 and r["roofline_rw_bandwidth_bytes_per_s"] == 3e10
 
 
-@pytest.mark.parametrize("policy", ["fp32", "bf16", "int8", "w8a8",
-                                    precision.get_policy("fp32", kernel_layout="in_out", min_rows=1)])
-def test_cache_written_in_place_without_copies(params, policy):
+@pytest.mark.parametrize("policy,form", [("fp32", None), ("bf16", None), ("int8", None), ("w8a8", None),
+                                         ("fp32", formulation.TRAINED)])
+def test_cache_written_in_place_without_copies(params, policy, form):
     """The decode loop updates every K/V buffer in place: no copy of a cache-shaped buffer in
     the optimized program, for every precision in the formulation latency measures it in and
     as trained (reading the buffer after writing it made XLA:CPU copy each one 4 times per
     step, ~17% of a 1e8-parameter decode step)."""
     import re
-    pol = latency.inference_policy(policy)
-    q = precision.convert_params(params, pol)
-    tok, cache = latency.prefill(q, CFG, jnp.zeros((1, 16), jnp.int32), 8, pol)
-    hlo = latency.decode.lower(q, cache, tok, cfg=CFG, gen_tokens=8, policy=pol).compile().as_text()
+    pol = precision.get_policy(policy)
+    form = form or formulation.choose(pol)
+    q = formulation.arrange(precision.convert_params(params, pol), form)
+    tok, cache = latency.prefill(q, CFG, jnp.zeros((1, 16), jnp.int32), 8, pol, form=form)
+    hlo = latency.decode.lower(q, cache, tok, cfg=CFG, gen_tokens=8, policy=pol, form=form).compile().as_text()
     k = cache["layers"][0]["k"]
     dt, shape = {"float32": "f32", "bfloat16": "bf16"}[k.dtype.name], ",".join(map(str, k.shape))
     assert re.search(rf"{dt}\[{shape}\]", hlo)  # the cache is in the program...
@@ -103,30 +105,28 @@ def test_cache_written_in_place_without_copies(params, policy):
 
 
 def test_inference_formulation_choice():
-    best = (latency.FASTEST_LAYOUT["cpu"]["w8a8"], latency.FASTEST_ROWS["cpu"]["w8a8"][latency.FASTEST_LAYOUT["cpu"]["w8a8"]])
-    p = latency.inference_policy("w8a8", platform="cpu")
-    assert (p.kernel_layout, p.min_rows, p.fmt) == (*best, "w8a8")
-    p = latency.inference_policy("fp32", platform="tpu")  # not measured there: as trained
-    assert (p.kernel_layout, p.min_rows) == ("in_out", 1)
-    p = latency.inference_policy("bf16", "in_out", np.int64(3), platform="cpu")
-    assert (p.kernel_layout, p.min_rows) == ("in_out", 3)
+    F = formulation.Formulation
+    best = formulation.FASTEST["cpu"]["w8a8"]
+    assert formulation.choose("w8a8", platform="cpu") == best
+    assert formulation.choose("fp32", platform="tpu") == formulation.TRAINED  # not measured there
+    assert formulation.choose("bf16", kernel_layout="in_out", min_rows=np.int64(3), platform="cpu") == F("in_out", 3)
     # an explicit layout gets the rows measured best for that layout
-    p = latency.inference_policy("bf16", "in_out", platform="cpu")
-    assert p.min_rows == latency.FASTEST_ROWS["cpu"]["bf16"]["in_out"]
+    p = formulation.choose("bf16", kernel_layout="in_out", platform="cpu")
+    assert p.min_rows == formulation.FASTEST_ROWS["cpu"]["bf16"]["in_out"]
     # models too small for padding to pay run unpadded
     small = ModelConfig(d_model=64, n_layers=2, n_heads=2, max_seq_len=48)  # 64 x 256 weights
     big = ModelConfig(d_model=128, n_layers=1, n_heads=2, max_seq_len=48)   # 128 x 512 = 2^16
-    assert latency.inference_policy("w8a8", platform="cpu", cfg=small).min_rows == 1
-    assert latency.inference_policy("w8a8", platform="cpu", cfg=big).min_rows == best[1]
-    assert latency.inference_policy("w8a8", min_rows=4, platform="cpu", cfg=small).min_rows == 4
-    # a Policy that sets its own layout / rows keeps them under "auto"
-    own = precision.get_policy("w8a8", kernel_layout="in_out", min_rows=2)
-    p = latency.inference_policy(own, platform="cpu")
-    assert (p.kernel_layout, p.min_rows) == ("in_out", 2)
+    assert formulation.choose("w8a8", small, platform="cpu").min_rows == 1
+    assert formulation.choose("w8a8", big, platform="cpu").min_rows == best.min_rows == 4
+    assert formulation.choose("w8a8", small, min_rows=4, platform="cpu").min_rows == 4
     with pytest.raises(ValueError, match="kernel_layout"):
-        latency.measure_latency({}, CFG, kernel_layout="columns", roof={})
+        formulation.choose("fp32", kernel_layout="columns")
     with pytest.raises(ValueError, match="min_rows"):
-        latency.measure_latency({}, CFG, min_rows=0, roof={})
+        formulation.choose("fp32", min_rows=0)
+    with pytest.raises(ValueError, match="kernel_layout must be one of in_out, out_in"):
+        F("columns", 1)
+    with pytest.raises(ValueError, match="min_rows"):
+        F("in_out", 0)
     with pytest.raises(ValueError, match="read_bandwidth_bytes_per_s"):  # before any compile
         latency.measure_latency({}, CFG, prompt_tokens=8, gen_tokens=2, roof={"matmul_flops_per_s": 1e9})
 
@@ -135,35 +135,5 @@ def test_measured_formulation_is_recorded(params):
     roof = {"matmul_flops_per_s": 1e11, "read_bandwidth_bytes_per_s": 1e10}
     for layout, rows in (("in_out", 1), ("out_in", 4)):
         r = latency.measure_latency(params, CFG, "fp32", prompt_tokens=8, gen_tokens=2, repeats=1, warmup=0,
-                                    roof=roof, kernel_layout=layout, min_rows=rows)
+                                    roof=roof, form=formulation.Formulation(layout, rows))
         assert (r["kernel_layout"], r["matmul_min_rows"]) == (layout, rows)
-
-
-def test_bound_charges_each_part_at_its_own_matmul_rate(params):
-    # distinct, made-up rates so that every part's rate shows in the bound
-    roof = {"matmul_flops_per_s": 1e9, "matmul_bf16_flops_per_s": 4e9, "matmul_int8_flops_per_s": 16e9,
-            "read_bandwidth_bytes_per_s": 1e15}  # so the bound is compute time
-    d, f, L, V, S = CFG.d_model, CFG.d_ff, CFG.n_layers, CFG.vocab_size, 16 + 4
-    proj = L * 2 * (4 * d * d + 2 * d * f)  # FLOPs per token of the block projections
-    head, att = 2 * d * V, 4 * L * S * d
-    expect = {"fp32": (proj + head + att) / 1e9,
-              "bf16": (proj + head + att) / 4e9,           # everything in bf16, attention too
-              "int8": (proj + head + att) / 1e9,           # weight-only runs fp32 matmuls
-              "w8a8": proj / 16e9 + (head + att) / 1e9}    # head (embedding) and attention stay fp32
-    for pol, per_token_s in expect.items():
-        r = latency.measure_latency(params, CFG, pol, batch=1, prompt_tokens=16, gen_tokens=4, repeats=1,
-                                    warmup=0, roof=roof)
-        assert r["decode_bound_kind"] == "compute"
-        assert r["decode_bound_ms_per_token"] == pytest.approx(1e3 * per_token_s, rel=1e-9), pol
-        assert r["prefill_bound_ms"] == pytest.approx(1e3 * 16 * per_token_s, rel=1e-9), pol
-        assert r["kv_cache_bytes"] == 2 * L * S * d * (2 if pol == "bf16" else 4)
-
-
-def test_roofline_probes_report_consistent_statistics():
-    from jscale import roofline
-    m = roofline.measure_matmul_flops(128, repeats=3, dtype="bf16")
-    assert m["matmul_n"] == 128
-    assert 0 < m["matmul_bf16_flops_per_s_min"] <= m["matmul_bf16_flops_per_s"] <= m["matmul_bf16_flops_per_s_max"]
-    r = roofline.measure_read_bandwidth(mib=8, repeats=3)
-    assert r["read_bandwidth_method"] in ("xla_sum", "xla_row_sum", "numpy_threaded_dot")
-    assert 0 < r["read_bandwidth_bytes_per_s_min"] <= r["read_bandwidth_bytes_per_s"] <= r["read_bandwidth_bytes_per_s_max"]

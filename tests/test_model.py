@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jscale import model
-from jscale.config import ModelConfig
+from jscale import formulation, model
+from jscale.config import ModelConfig, count_params, flops_per_token
 
 SMALL = ModelConfig(d_model=32, n_layers=2, n_heads=2, vocab_size=256, max_seq_len=32)
 
@@ -106,7 +106,7 @@ def _closed_form_non_embedding(n_layers, d, d_ff):
 def test_count_params_exact(cfg):
     # eval_shape traces init_params without running it: the same shapes, much faster
     params = jax.eval_shape(lambda k: model.init_params(cfg, k), jax.random.key(0))
-    counts = model.count_params(cfg)
+    counts = count_params(cfg)
     leaves = jax.tree.leaves(params)
     assert counts["total"] == sum(int(x.size) for x in leaves)
 
@@ -126,7 +126,7 @@ def test_count_params_exact(cfg):
 def test_count_params_default_d_ff_is_four_d():
     cfg = ModelConfig(d_model=64, n_layers=3, n_heads=1)
     # the Kaplan form n_layers * (12 d^2 + 2 d) + d when d_ff = 4 d
-    assert model.count_params(cfg)["non_embedding"] == 3 * (12 * 64 ** 2 + 2 * 64) + 64
+    assert count_params(cfg)["non_embedding"] == 3 * (12 * 64 ** 2 + 2 * 64) + 64
 
 
 # --------------------------------------------------------------------------- FLOPs
@@ -146,7 +146,7 @@ def _xla_flops(cfg, B, T):
     (ModelConfig(d_model=128, n_layers=3, n_heads=2, max_seq_len=128, tie_embeddings=False), 128, 4),
 ], ids=["d256", "d128-untied"])
 def test_forward_flops_match_xla_cost_analysis(cfg, T, B):
-    analytic = model.flops_per_token(cfg, T)["forward"] * B * T
+    analytic = flops_per_token(cfg, T)["forward"] * B * T
     xla = _xla_flops(cfg, B, T)
     assert abs(analytic / xla - 1) < 0.10, (analytic, xla)
 
@@ -157,7 +157,7 @@ def test_flops_closed_form_and_train_is_three_forward():
     d, f, L, V = 96, 200, 3, 300
     # 2 FLOPs per multiply-add: weights (qkv + out + up + down), head, and q k^T + att v
     expected = 2 * L * (4 * d * d + 2 * d * f) + 2 * d * V + 2 * 2 * L * T * d
-    fl = model.flops_per_token(cfg, T)
+    fl = flops_per_token(cfg, T)
     assert fl["forward"] == expected
     assert fl["train"] == 3 * fl["forward"]
 
@@ -239,9 +239,9 @@ def test_linear_gradients_match_float64_reference(d_in, d_out):
     x = rng.standard_normal((3, 5, d_in)).astype(np.float32)
     w = rng.standard_normal((d_in, d_out)).astype(np.float32)
     r = rng.standard_normal((3, 5, d_out)).astype(np.float32)  # upstream gradient
-    dx, dw = jax.grad(lambda x, w: (model.linear(x, w) * r).sum(), argnums=(0, 1))(jnp.asarray(x), jnp.asarray(w))
+    dx, dw = jax.grad(lambda x, w: (formulation.linear(x, w) * r).sum(), argnums=(0, 1))(jnp.asarray(x), jnp.asarray(w))
     x64, w64, r64 = (a.astype(np.float64) for a in (x, w, r))
-    np.testing.assert_allclose(np.asarray(model.linear(jnp.asarray(x), jnp.asarray(w))), x64 @ w64, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(formulation.linear(jnp.asarray(x), jnp.asarray(w))), x64 @ w64, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(dx), r64 @ w64.T, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(dw), np.einsum("bti,bto->io", x64, r64), rtol=1e-5, atol=1e-5)
 
@@ -250,12 +250,12 @@ def test_bf16_linear_accumulates_in_fp32_and_its_gradients_match_reference():
     rng = np.random.default_rng(5)
     x = jnp.asarray(rng.standard_normal((4, 300)), jnp.bfloat16)
     w = jnp.asarray(rng.standard_normal((300, 24)), jnp.bfloat16)
-    y = model.linear(x, w)
+    y = formulation.linear(x, w)
     assert y.dtype == jnp.float32
     x64, w64 = np.asarray(x, np.float64), np.asarray(w, np.float64)  # exactly the bf16 values
     np.testing.assert_allclose(np.asarray(y), x64 @ w64, rtol=1e-5, atol=1e-4)  # fp32 accumulation
     r = rng.standard_normal((4, 24))
-    dx, dw = jax.grad(lambda x, w: (model.linear(x, w) * r).sum(), argnums=(0, 1))(x, w)
+    dx, dw = jax.grad(lambda x, w: (formulation.linear(x, w) * r).sum(), argnums=(0, 1))(x, w)
     assert dx.dtype == jnp.bfloat16 and dw.dtype == jnp.bfloat16
     r16 = np.asarray(jnp.asarray(r, jnp.bfloat16), np.float64)  # the upstream gradient is cast to bf16
     np.testing.assert_allclose(np.asarray(dx, np.float64), r16 @ w64.T, rtol=1e-2, atol=1e-2)

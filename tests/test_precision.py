@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jscale import data, model, precision, train
-from jscale.config import ModelConfig, TrainConfig
-from jscale.precision_eval import compare_precisions
+from jscale import data, formulation, model, precision, train
+from jscale.config import ModelConfig, TrainConfig, count_params
+from jscale.evaluate import compare_precisions
 
 
 def test_unknown_policy_lists_valid_ones():
@@ -80,7 +80,7 @@ CFG = ModelConfig(d_model=64, n_layers=2, n_heads=1, max_seq_len=128)
 def test_converted_bytes_shrink_as_they_must():
     p = model.init_params(CFG, jax.random.key(0))
     fp32 = precision.param_bytes(p)
-    assert fp32 == 4 * model.count_params(CFG)["total"]
+    assert fp32 == 4 * count_params(CFG)["total"]
     d, f, L, V = CFG.d_model, CFG.d_ff, CFG.n_layers, CFG.vocab_size
     matrices = L * (4 * d * d + 2 * d * f) + V * d
     scales = L * (3 * d + d + f + d) + V
@@ -101,7 +101,8 @@ def test_converted_bytes_shrink_as_they_must():
 def test_out_in_layout_stores_each_kernel_transposed_and_computes_the_same(name):
     p = model.init_params(CFG, jax.random.key(0))
     a = precision.convert_params(p, name)
-    b = precision.convert_params(p, precision.get_policy(name, kernel_layout="out_in"))
+    out_in = formulation.Formulation("out_in", 1)
+    b = formulation.arrange(a, out_in)
     for layer in ("qkv", "out", "up", "down"):
         ka, kb = a["block_0"][layer], b["block_0"][layer]
         np.testing.assert_array_equal(np.asarray(kb["kernel"]), np.asarray(ka["kernel"]).T)
@@ -110,15 +111,10 @@ def test_out_in_layout_stores_each_kernel_transposed_and_computes_the_same(name)
     np.testing.assert_array_equal(np.asarray(b["embed"]["embedding"]), np.asarray(a["embed"]["embedding"]))
     tok = jax.random.randint(jax.random.key(1), (2, 12), 0, CFG.vocab_size)
     la = np.asarray(model.apply(a, CFG, tok, policy=name))
-    lb = np.asarray(model.apply(b, CFG, tok, policy=precision.get_policy(name, kernel_layout="out_in")))
+    lb = np.asarray(model.apply(b, CFG, tok, policy=name, form=out_in))
     np.testing.assert_allclose(lb, la, atol=1e-5 * np.abs(la).max(), rtol=0)
-
-
-def test_unknown_kernel_layout_lists_valid_ones():
-    with pytest.raises(precision.PrecisionError, match="in_out, out_in"):
-        precision.get_policy("fp32", kernel_layout="columns")
-    with pytest.raises(precision.PrecisionError, match="min_rows"):
-        precision.get_policy("fp32", min_rows=0)
+    with pytest.raises(precision.PrecisionError, match="kernel_layout='in_out'.*formulation.arrange"):
+        model.apply(b, CFG, tok, policy=name)  # laid out for out_in, run as trained: named
 
 
 def test_quantized_policy_refuses_unconverted_params():
@@ -145,7 +141,7 @@ def trained(corpus):
 
 def test_precision_loss_costs_on_a_trained_model(trained):
     r, ev = trained
-    df = compare_precisions(r.params, CFG, ev).set_index("precision")
+    df = compare_precisions(r.params, CFG, ev).set_index("inference_precision")
     assert list(df.index) == ["fp32", "bf16", "int8", "w8a8"]
     fp32 = df.loc["fp32", "eval_loss_nats"]
     assert fp32 == pytest.approx(r.eval["eval_loss_nats"], rel=1e-9)  # same sequences, same model
@@ -185,6 +181,6 @@ def test_every_layer_int8_including_tied_embedding_runs_close_to_fp32():
 def test_custom_layer_policies_are_measured_and_labelled(trained):
     r, ev = trained
     every = precision.get_policy("int8", layers=precision.LAYERS)
-    df = compare_precisions(r.params, CFG, ev[:16], policies=["int8", every]).set_index("precision")
+    df = compare_precisions(r.params, CFG, ev[:16], policies=["int8", every]).set_index("inference_precision")
     assert list(df.index) == ["fp32", "int8", "int8[down,embed,head,out,qkv,up]"]
     assert df.loc["int8[down,embed,head,out,qkv,up]", "param_bytes"] < df.loc["int8", "param_bytes"]

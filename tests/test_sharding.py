@@ -72,7 +72,7 @@ SCRIPT = textwrap.dedent(r"""
             mesh = sharding.make_mesh(**kw)
             sq = sharding.put(qp, sharding.tree_shardings(qp, mesh))
             sp = sharding.put(prompt, sharding.tokens_sharding(mesh, 4))
-            t1, c1 = latency.prefill(sq, lcfg, sp, 6, pol, mesh)
+            t1, c1 = latency.prefill(sq, lcfg, sp, 6, pol, mesh=mesh)
             k = c1["layers"][0]["k"]
             cache_spec, cache_shard = str(k.sharding.spec), list(k.addressable_shards[0].data.shape)
             g1, _ = latency.decode(sq, c1, t1, cfg=lcfg, gen_tokens=6, policy=pol, mesh=mesh)
@@ -130,7 +130,7 @@ def test_optimizer_state_follows_params(sharded):
 
 def test_batch_not_divisible_by_mesh_is_a_clear_error(sharded):
     e = sharded["batch_error"]
-    assert e and "batch_size (6)" in e and "data x fsdp = 4" in e
+    assert e and "TrainConfig.batch_size = 6" in e and "data x fsdp = 4" in e
 
 
 def test_sharded_inference_matches_unsharded(sharded):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jscale import model, train
+from jscale import evaluate, model, train
 from jscale.config import ConfigError, ModelConfig, TrainConfig
 
 TINY = ModelConfig(d_model=32, n_layers=1, n_heads=1, max_seq_len=32)
@@ -104,7 +104,7 @@ def test_evaluate_matches_float64_reference(n_seq, batch_size):
     batches = rng.integers(0, 256, (n_seq, 17)).astype(np.int32)
     mean, se = _reference_eval(params, cfg, batches)
     assert mean > 0.5  # non-trivial
-    ev = train.evaluate(params, cfg, batches, batch_size=batch_size)
+    ev = evaluate.evaluate(params, cfg, batches, batch_size=batch_size)
     assert ev["eval_loss_nats"] == pytest.approx(mean, rel=1e-5)
     assert ev["eval_loss_se_nats"] == pytest.approx(se, rel=1e-4)
     assert ev["eval_bits_per_byte"] == pytest.approx(mean / math.log(2), rel=1e-5)
@@ -117,7 +117,7 @@ def test_token_losses_alignment():
     cfg = ModelConfig(d_model=32, n_layers=1, n_heads=1, max_seq_len=16, vocab_size=256)
     params = model.init_params(cfg, jax.random.key(0))
     seq = (np.arange(17)[None] + 40).astype(np.int32)
-    losses = np.asarray(train.token_losses(params, cfg, jnp.asarray(seq)), np.float64)
+    losses = np.asarray(model.token_losses(params, cfg, jnp.asarray(seq)), np.float64)
     logits = np.asarray(model.apply(params, cfg, jnp.asarray(seq[:, :-1])), np.float64)
     ref = -(logits[0, np.arange(16), seq[0, 1:]]
             - np.log(np.exp(logits[0] - logits[0].max(-1, keepdims=True)).sum(-1)) - logits[0].max(-1))
