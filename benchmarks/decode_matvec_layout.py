@@ -29,8 +29,10 @@ def timed(f, *args, n=5):
 
 def main():
     keys = iter(jax.random.split(jax.random.key(0), 4 * L + 1))
-    layers = [[jax.random.normal(next(keys), s) * 0.02 for s in [(D, 3 * D), (D, D), (D, F), (F, D)]]
-              for _ in range(L)]
+    layers = [
+        [jax.random.normal(next(keys), s) * 0.02 for s in [(D, 3 * D), (D, D), (D, F), (F, D)]]
+        for _ in range(L)
+    ]
     x = jax.random.normal(next(keys), (1, D))
     nbytes = sum(w.nbytes for layer in layers for w in layer) * G
 
@@ -42,14 +44,19 @@ def main():
                 x = x + mm(mm(x, qkv)[:, :D], out)
                 x = x + mm(jax.nn.gelu(mm(x, up)), down)
             return x, None
+
         return jax.lax.scan(step, x, None, length=G)[0]
 
-    print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}; {L} layers, d {D}, d_ff {F}, {G} steps")
+    print(
+        f"jax {jax.__version__}, {jax.devices()[0].device_kind}; {L} layers, d {D}, d_ff {F}, {G} steps"
+    )
     for out_in in (False, True):
         ls = [[w.T for w in layer] for layer in layers] if out_in else layers
         med, lo, hi = timed(lambda x, ls, out_in=out_in: run(x, ls, out_in), x, ls)
-        print(f"kernel {'[out, in]' if out_in else '[in, out]'}: {med / G * 1e3:.2f} ms/step "
-              f"(min {lo / G * 1e3:.2f}, max {hi / G * 1e3:.2f}), {nbytes / med / 1e9:.1f} GB/s of weights")
+        print(
+            f"kernel {'[out, in]' if out_in else '[in, out]'}: {med / G * 1e3:.2f} ms/step "
+            f"(min {lo / G * 1e3:.2f}, max {hi / G * 1e3:.2f}), {nbytes / med / 1e9:.1f} GB/s of weights"
+        )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,11 @@ def synthetic(n=240, seed=0):
     N = np.exp(rng.uniform(np.log(7e7), np.log(1.6e10), n))
     C = np.exp(rng.uniform(np.log(6e18), np.log(3e23), n))
     D = C / (6 * N)
-    L = PUBLISHED["E"] + PUBLISHED["A"] * N ** -PUBLISHED["alpha"] + PUBLISHED["B"] * D ** -PUBLISHED["beta"]
+    L = (
+        PUBLISHED["E"]
+        + PUBLISHED["A"] * N ** -PUBLISHED["alpha"]
+        + PUBLISHED["B"] * D ** -PUBLISHED["beta"]
+    )
     return N, D, L * np.exp(rng.normal(0, 0.02, n))
 
 
@@ -44,12 +48,14 @@ def load_csv(path):
 
 def scipy_fit(theta0, u, v, ly, w, delta):
     """One L-BFGS-B run of the summed Huber objective (internal coordinates of analysis)."""
+
     def obj(t):
         a, b, c = t[0] + 0 * u, t[1] - t[2] * u, t[3] - t[4] * v
         m = np.maximum(np.maximum(a, b), c)
         r = ly - (m + np.log(np.exp(a - m) + np.exp(b - m) + np.exp(c - m)))
         h = np.where(np.abs(r) <= delta, 0.5 * r * r, delta * (np.abs(r) - 0.5 * delta))
         return np.sum(w * h)
+
     return scipy.optimize.minimize(obj, theta0, method="L-BFGS-B")
 
 
@@ -71,11 +77,15 @@ def main():
         t = time.perf_counter()
         f = analysis.fit(None, "chinchilla", N, L, d=D, n_bootstrap=args.n_bootstrap)
         warm.append(time.perf_counter() - t)
-    print(f"jscale: first call (compile + run) {first:.2f} s; warm median {np.median(warm):.2f} s "
-          f"(min {min(warm):.2f}, max {max(warm):.2f}, {args.runs} runs)")
-    print(f"  starts on all rows {f.diagnostics['n_starts']}, bootstrap starts per resample "
-          f"{f.diagnostics['bootstrap_starts']}, converged resamples {f.n_converged}/{f.n_bootstrap}, "
-          f"main fit converged {f.converged}")
+    print(
+        f"jscale: first call (compile + run) {first:.2f} s; warm median {np.median(warm):.2f} s "
+        f"(min {min(warm):.2f}, max {max(warm):.2f}, {args.runs} runs)"
+    )
+    print(
+        f"  starts on all rows {f.diagnostics['n_starts']}, bootstrap starts per resample "
+        f"{f.diagnostics['bootstrap_starts']}, converged resamples {f.n_converged}/{f.n_bootstrap}, "
+        f"main fit converged {f.converged}"
+    )
     for k in f.param_names:
         lo, hi = f.intervals[k]
         print(f"  {k:6s} {f.params[k]:10.4g}  [{lo:.4g}, {hi:.4g}]  published {PUBLISHED[k]:.4g}")
@@ -101,10 +111,14 @@ def main():
         boot.append(min(rs, key=lambda r: r.fun).x)
     t_boot = (time.perf_counter() - t) * args.n_bootstrap / args.scipy_resamples
     total = t_grid + t_boot
-    print(f"scipy: grid {t_grid:.2f} s ({len(starts)} starts) + bootstrap {t_boot:.1f} s (extrapolated from "
-          f"{args.scipy_resamples} resamples x 2 starts) = {total:.1f} s; "
-          f"ratio scipy / jscale warm = {total / np.median(warm):.1f}x")
-    print(f"  scipy resample runs that ended within 1e-6 of their start: {near}/{2 * args.scipy_resamples}")
+    print(
+        f"scipy: grid {t_grid:.2f} s ({len(starts)} starts) + bootstrap {t_boot:.1f} s (extrapolated from "
+        f"{args.scipy_resamples} resamples x 2 starts) = {total:.1f} s; "
+        f"ratio scipy / jscale warm = {total / np.median(warm):.1f}x"
+    )
+    print(
+        f"  scipy resample runs that ended within 1e-6 of their start: {near}/{2 * args.scipy_resamples}"
+    )
     bu = fm._to_user(np.array(boot), lx0, ld0)
     for i, k in enumerate(f.param_names):
         lo, hi = np.percentile(bu[:, i], [2.5, 97.5])

@@ -29,9 +29,13 @@ from jscale.config import TrainConfig, config_for_params, count_params
 
 def qwix_model(cfg, params, fmt):
     import qwix
-    rule = qwix.QuantizationRule(module_path=r".*(qkv|out|up|down)$", weight_qtype=jnp.int8,
-                                 act_qtype=jnp.int8 if fmt == "w8a8" else None,
-                                 act_batch_axes=(0, 1))  # per-token activation scales, as jscale
+
+    rule = qwix.QuantizationRule(
+        module_path=r".*(qkv|out|up|down)$",
+        weight_qtype=jnp.int8,
+        act_qtype=jnp.int8 if fmt == "w8a8" else None,
+        act_batch_axes=(0, 1),
+    )  # per-token activation scales, as jscale
     m = qwix.quantize_model(model.Transformer(cfg), qwix.PtqProvider([rule]))
     tok = jnp.zeros((1, 8), jnp.int32)
     qp = qwix.quantize_params(params, jax.eval_shape(m.init, jax.random.key(0), tok)["params"])
@@ -40,15 +44,19 @@ def qwix_model(cfg, params, fmt):
 
 def ours(cfg, params, fmt):
     pol = precision.get_policy(fmt)
-    return jax.jit(lambda p, t: model.apply(p, cfg, t, policy=pol)), precision.convert_params(params, fmt)
+    return jax.jit(lambda p, t: model.apply(p, cfg, t, policy=pol)), precision.convert_params(
+        params, fmt
+    )
 
 
 def seq_losses(fn, qp, ev):
     out = []
     for i in range(0, len(ev), 32):
-        b = ev[i:i + 32]
+        b = ev[i : i + 32]
         lp = jax.nn.log_softmax(fn(qp, b[:, :-1]), -1)
-        out.append(-np.asarray(jnp.take_along_axis(lp, b[:, 1:, None], -1)[..., 0].mean(1), np.float64))
+        out.append(
+            -np.asarray(jnp.take_along_axis(lp, b[:, 1:, None], -1)[..., 0].mean(1), np.float64)
+        )
     return np.concatenate(out)
 
 
@@ -67,10 +75,14 @@ def latency_ms(fn, qp, batch, seq, repeats):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--size", type=float, default=1e5, help="trained model (non-embedding params)")
     ap.add_argument("--tokens", type=float, default=2e6, help="training tokens")
-    ap.add_argument("--speed-size", type=float, default=1e7, help="random-init model for latency only")
+    ap.add_argument(
+        "--speed-size", type=float, default=1e7, help="random-init model for latency only"
+    )
     ap.add_argument("--repeats", type=int, default=20)
     a = ap.parse_args(argv)
 
@@ -82,13 +94,24 @@ def main(argv=None):
     big = config_for_params(a.speed_size, max_seq_len=256)
     big_params = model.init_params(big, jax.random.key(0))
 
-    print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}; trained model N={count_params(cfg)['non_embedding']:,} "
-          f"({a.tokens:.0e} tokens); latency also at N={count_params(big)['non_embedding']:,} (random init)\n")
-    print("| precision | implementation | loss nats/token | delta vs fp32 (SE) | "
-          "ms B=1 small | ms B=8 small | ms B=1 large | ms B=8 large |")
+    print(
+        f"jax {jax.__version__}, {jax.devices()[0].device_kind}; trained model N={count_params(cfg)['non_embedding']:,} "
+        f"({a.tokens:.0e} tokens); latency also at N={count_params(big)['non_embedding']:,} (random init)\n"
+    )
+    print(
+        "| precision | implementation | loss nats/token | delta vs fp32 (SE) | "
+        "ms B=1 small | ms B=8 small | ms B=1 large | ms B=8 large |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     ref = None
-    for fmt, impl in [("fp32", "jscale"), ("bf16", "jscale"), ("int8", "jscale"), ("int8", "qwix"), ("w8a8", "jscale"), ("w8a8", "qwix")]:
+    for fmt, impl in [
+        ("fp32", "jscale"),
+        ("bf16", "jscale"),
+        ("int8", "jscale"),
+        ("int8", "qwix"),
+        ("w8a8", "jscale"),
+        ("w8a8", "qwix"),
+    ]:
         build = ours if impl == "jscale" else qwix_model
         fn, qp = build(cfg, r.params, fmt)
         losses = seq_losses(fn, qp, ev)
@@ -100,8 +123,12 @@ def main(argv=None):
             for b in (1, 8):
                 m, iqr = latency_ms(f, p, b, 128, a.repeats)
                 cells.append(f"{m:.2f} ± {iqr / 2:.2f}")
-        print(f"| {fmt} | {impl} | {losses.mean():.4f} | {d.mean():+.5f} ({d.std(ddof=1) / np.sqrt(len(d)):.5f}) | "
-              + " | ".join(cells) + " |", flush=True)
+        print(
+            f"| {fmt} | {impl} | {losses.mean():.4f} | {d.mean():+.5f} ({d.std(ddof=1) / np.sqrt(len(d)):.5f}) | "
+            + " | ".join(cells)
+            + " |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -33,28 +33,41 @@ def main() -> None:
     a = ap.parse_args()
     n = jax.device_count()
     cfg = config_for_params(a.size, max_seq_len=a.seq_len)
-    tc = TrainConfig(steps=a.steps, batch_size=a.batch_size, seq_len=a.seq_len, steps_per_call=10, eval_tokens=a.seq_len)
+    tc = TrainConfig(
+        steps=a.steps,
+        batch_size=a.batch_size,
+        seq_len=a.seq_len,
+        steps_per_call=10,
+        eval_tokens=a.seq_len,
+    )
     corpus = data.load_corpus()
     settings = {"1 device (no mesh)": None}
     if n > 1:
         settings.update({f"data={n}": dict(data=n), f"fsdp={n}": dict(data=1, fsdp=n)})
         if n % 2 == 0 and n > 2:
             settings[f"data=2,fsdp={n // 2}"] = dict(data=2, fsdp=n // 2)
-    print(f"{jax.device_count()} {jax.devices()[0].platform} devices; d_model={cfg.d_model} n_layers={cfg.n_layers}; "
-          f"{a.steps} steps x {tc.tokens_per_step} tokens; median of {a.repeats}\n")
+    print(
+        f"{jax.device_count()} {jax.devices()[0].platform} devices; d_model={cfg.d_model} n_layers={cfg.n_layers}; "
+        f"{a.steps} steps x {tc.tokens_per_step} tokens; median of {a.repeats}\n"
+    )
     print("| mesh | compile s | train s | tokens/s | vs 1 device | final loss - 1 device |")
     print("|---|---:|---:|---:|---:|---:|")
     base = ref_loss = None
     for name, kw in settings.items():
         mesh = None if kw is None else sharding.make_mesh(**kw)
-        runs = [train.train(cfg, tc, corpus, progress=False, evaluate_heldout=False, mesh=mesh)
-                for _ in range(a.repeats)]
+        runs = [
+            train.train(cfg, tc, corpus, progress=False, evaluate_heldout=False, mesh=mesh)
+            for _ in range(a.repeats)
+        ]
         ts = float(np.median([r.train_seconds for r in runs]))
         tps = runs[0].tokens / ts
         base = base or tps
         ref_loss = runs[0].losses_nats[-1] if ref_loss is None else ref_loss
-        print(f"| {name} | {np.median([r.compile_seconds for r in runs]):.1f} | {ts:.2f} | {tps:,.0f} | "
-              f"{tps / base:.2f} | {runs[0].losses_nats[-1] - ref_loss:+.1e} |", flush=True)
+        print(
+            f"| {name} | {np.median([r.compile_seconds for r in runs]):.1f} | {ts:.2f} | {tps:,.0f} | "
+            f"{tps / base:.2f} | {runs[0].losses_nats[-1] - ref_loss:+.1e} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

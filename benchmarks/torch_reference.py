@@ -31,7 +31,7 @@ def rope(x, base):  # x: [B, H, T, K]
     inv = base ** (-torch.arange(0, k // 2, dtype=torch.float32) * 2 / k)
     ang = torch.arange(t, dtype=torch.float32)[:, None] * inv
     sin, cos = ang.sin(), ang.cos()
-    x1, x2 = x[..., : k // 2], x[..., k // 2:]
+    x1, x2 = x[..., : k // 2], x[..., k // 2 :]
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
 
 
@@ -64,7 +64,9 @@ class TorchLM(torch.nn.Module):
         self.embed = torch.nn.Embedding(c.vocab_size, c.d_model)
         self.blocks = torch.nn.ModuleList(Block(c) for _ in range(c.n_layers))
         self.norm = RMSNorm(c.d_model)
-        self.head = None if c.tie_embeddings else torch.nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.head = (
+            None if c.tie_embeddings else torch.nn.Linear(c.d_model, c.vocab_size, bias=False)
+        )
 
     def forward(self, tokens):
         x = self.embed(tokens)
@@ -79,7 +81,9 @@ def torch_train_times(cfg, tc, corpus, calls: int) -> np.ndarray:
     warm-up group; torch uses all host threads (its default)."""
     torch.manual_seed(0)
     m = TorchLM(cfg)
-    opt = torch.optim.AdamW(m.parameters(), lr=tc.lr, betas=(tc.b1, tc.b2), weight_decay=tc.weight_decay)
+    opt = torch.optim.AdamW(
+        m.parameters(), lr=tc.lr, betas=(tc.b1, tc.b2), weight_decay=tc.weight_decay
+    )
 
     def step(s):
         b = torch.from_numpy(data.train_batch(corpus.train, 0, s, tc.batch_size, tc.seq_len)).long()

@@ -11,8 +11,16 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "jscale.config": ["ModelConfig", "TrainConfig", "ConfigError", "from_dict", "config_for_params",
-                      "default_ladder", "count_params", "flops_per_token"],
+    "jscale.config": [
+        "ModelConfig",
+        "TrainConfig",
+        "ConfigError",
+        "from_dict",
+        "config_for_params",
+        "default_ladder",
+        "count_params",
+        "flops_per_token",
+    ],
     "jscale.model": ["Transformer", "init_params", "apply"],
     "jscale.data": ["Corpus", "CorpusError", "load_corpus", "train_batch", "eval_batches"],
     # `train`, `evaluate` and `roofline` are also submodule names, so they are not re-exported as
@@ -21,7 +29,14 @@ _EXPORTS = {
     # `from jscale.roofline import roofline`.
     "jscale.train": ["TrainResult", "TrainingDiverged", "make_optimizer"],
     "jscale.evaluate": ["compare_precisions"],
-    "jscale.precision": ["Policy", "POLICIES", "PrecisionError", "get_policy", "convert_params", "param_bytes"],
+    "jscale.precision": [
+        "Policy",
+        "POLICIES",
+        "PrecisionError",
+        "get_policy",
+        "convert_params",
+        "param_bytes",
+    ],
     "jscale.formulation": ["Formulation"],
     "jscale.schema": ["COLUMNS", "SchemaError"],
     "jscale.runtime": ["enable_compilation_cache"],

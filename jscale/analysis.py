@@ -45,7 +45,7 @@ import numpy as np
 import optax
 import pandas as pd
 
-from jscale.schema import LOSS, N, PRECISION, TOKENS
+from jscale.schema import LOSS, PRECISION, TOKENS, N
 
 
 class AnalysisError(ValueError):
@@ -54,20 +54,22 @@ class AnalysisError(ValueError):
 
 # --------------------------------------------------------------------------- forms
 
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Form:
     """A fitted law. ``fn(params: dict[str, scalar], x, d) -> y`` (JAX, caller's units; ``d`` is
     ones for one-input forms). ``init_grid``: starts, either an array ``[G, P]`` or a dict
     ``name -> values`` (Cartesian product); default 64 log-normal jitters around ones.
     Built-in forms carry private log-space versions used for fitting."""
+
     name: str
     fn: Callable
     param_names: tuple
     init_grid: Any = None
     needs_d: bool = False
-    log_pred: Callable | None = None   # (theta[P], u[n], v[n]) -> log yhat[n], internal coords
-    to_user: Callable | None = None    # (theta[..., P], lx0, ld0) -> user params [..., P]
-    grid: Callable | None = None       # (s = mean log y) -> internal starts [G, P]
+    log_pred: Callable | None = None  # (theta[P], u[n], v[n]) -> log yhat[n], internal coords
+    to_user: Callable | None = None  # (theta[..., P], lx0, ld0) -> user params [..., P]
+    grid: Callable | None = None  # (s = mean log y) -> internal starts [G, P]
 
     def __post_init__(self):
         object.__setattr__(self, "param_names", tuple(self.param_names))
@@ -96,11 +98,15 @@ class Form:
             jit_ = np.exp(np.random.default_rng(0).normal(0, 1, (63, P)))
             return np.vstack([np.ones((1, P)), jit_])
         if isinstance(g, dict):
-            return np.array(list(itertools.product(*[np.atleast_1d(g[k]) for k in self.param_names])), float)
+            return np.array(
+                list(itertools.product(*[np.atleast_1d(g[k]) for k in self.param_names])), float
+            )
         g = np.atleast_2d(np.asarray(g, float))
         if g.shape[1] != len(self.param_names):
-            raise AnalysisError(f"init_grid of form {self.name!r} has {g.shape[1]} columns, "
-                                f"expected {len(self.param_names)} ({', '.join(self.param_names)})")
+            raise AnalysisError(
+                f"init_grid of form {self.name!r} has {g.shape[1]} columns, "
+                f"expected {len(self.param_names)} ({', '.join(self.param_names)})"
+            )
         return g
 
 
@@ -117,32 +123,65 @@ def _grid(*axes):
 _FR = np.log([0.01, 0.1, 0.5])
 FORMS: dict[str, Form] = {
     "saturating": Form(
-        "saturating", lambda p, x, d: p["E"] + p["A"] * x ** -p["alpha"], ("E", "A", "alpha"),
+        "saturating",
+        lambda p, x, d: p["E"] + p["A"] * x ** -p["alpha"],
+        ("E", "A", "alpha"),
         log_pred=lambda t, u, v: jnp.logaddexp(t[0], t[1] - t[2] * u),
-        to_user=lambda t, lx0, ld0: np.stack([np.exp(t[..., 0]), np.exp(t[..., 1] + t[..., 2] * lx0),
-                                              t[..., 2]], -1),
-        grid=lambda s: _grid(s + np.log([0.05, 0.3, 0.6, 0.9]), s + np.log([0.01, 0.1, 0.5, 1.0]),
-                             [0.05, 0.15, 0.3, 0.6, 1.0, 2.0])),
+        to_user=lambda t, lx0, ld0: np.stack(
+            [np.exp(t[..., 0]), np.exp(t[..., 1] + t[..., 2] * lx0), t[..., 2]], -1
+        ),
+        grid=lambda s: _grid(
+            s + np.log([0.05, 0.3, 0.6, 0.9]),
+            s + np.log([0.01, 0.1, 0.5, 1.0]),
+            [0.05, 0.15, 0.3, 0.6, 1.0, 2.0],
+        ),
+    ),
     "power": Form(
-        "power", lambda p, x, d: p["k"] * x ** p["b"], ("k", "b"),
+        "power",
+        lambda p, x, d: p["k"] * x ** p["b"],
+        ("k", "b"),
         log_pred=lambda t, u, v: t[0] + t[1] * u,
         to_user=lambda t, lx0, ld0: np.stack([np.exp(t[..., 0] - t[..., 1] * lx0), t[..., 1]], -1),
-        grid=lambda s: _grid(s + np.array([-1.0, 0.0, 1.0]), [-2, -1, -0.3, 0, 0.3, 1, 2])),
+        grid=lambda s: _grid(s + np.array([-1.0, 0.0, 1.0]), [-2, -1, -0.3, 0, 0.3, 1, 2]),
+    ),
     "offset_power": Form(
-        "offset_power", lambda p, x, d: p["c"] + p["k"] * x ** p["b"], ("c", "k", "b"),
+        "offset_power",
+        lambda p, x, d: p["c"] + p["k"] * x ** p["b"],
+        ("c", "k", "b"),
         log_pred=lambda t, u, v: jnp.logaddexp(t[0], t[1] + t[2] * u),
-        to_user=lambda t, lx0, ld0: np.stack([np.exp(t[..., 0]), np.exp(t[..., 1] - t[..., 2] * lx0),
-                                              t[..., 2]], -1),
-        grid=lambda s: _grid(s + np.log([0.01, 0.3, 0.9]), s + np.log([0.01, 0.1, 0.5, 1.0]),
-                             [-2, -1, -0.5, -0.2, 0.2, 0.5, 1, 2])),
+        to_user=lambda t, lx0, ld0: np.stack(
+            [np.exp(t[..., 0]), np.exp(t[..., 1] - t[..., 2] * lx0), t[..., 2]], -1
+        ),
+        grid=lambda s: _grid(
+            s + np.log([0.01, 0.3, 0.9]),
+            s + np.log([0.01, 0.1, 0.5, 1.0]),
+            [-2, -1, -0.5, -0.2, 0.2, 0.5, 1, 2],
+        ),
+    ),
     "chinchilla": Form(
-        "chinchilla", lambda p, x, d: p["E"] + p["A"] * x ** -p["alpha"] + p["B"] * d ** -p["beta"],
-        ("E", "A", "alpha", "B", "beta"), needs_d=True,
+        "chinchilla",
+        lambda p, x, d: p["E"] + p["A"] * x ** -p["alpha"] + p["B"] * d ** -p["beta"],
+        ("E", "A", "alpha", "B", "beta"),
+        needs_d=True,
         log_pred=lambda t, u, v: _lse(t[0], t[1] - t[2] * u, t[3] - t[4] * v),
-        to_user=lambda t, lx0, ld0: np.stack([np.exp(t[..., 0]), np.exp(t[..., 1] + t[..., 2] * lx0), t[..., 2],
-                                              np.exp(t[..., 3] + t[..., 4] * ld0), t[..., 4]], -1),
-        grid=lambda s: _grid(s + np.log([0.2, 0.5, 0.8, 0.95]), s + _FR, [0.1, 0.3, 0.6, 1.2],
-                             s + _FR, [0.1, 0.3, 0.6, 1.2])),      # 4*3*4*3*4 = 576 starts
+        to_user=lambda t, lx0, ld0: np.stack(
+            [
+                np.exp(t[..., 0]),
+                np.exp(t[..., 1] + t[..., 2] * lx0),
+                t[..., 2],
+                np.exp(t[..., 3] + t[..., 4] * ld0),
+                t[..., 4],
+            ],
+            -1,
+        ),
+        grid=lambda s: _grid(
+            s + np.log([0.2, 0.5, 0.8, 0.95]),
+            s + _FR,
+            [0.1, 0.3, 0.6, 1.2],
+            s + _FR,
+            [0.1, 0.3, 0.6, 1.2],
+        ),
+    ),  # 4*3*4*3*4 = 576 starts
 }
 
 
@@ -150,17 +189,19 @@ def _get_form(form) -> Form:
     if isinstance(form, Form):
         return form
     if form not in FORMS:
-        raise AnalysisError(f"unknown form {form!r}; allowed: {', '.join(FORMS)} or an analysis.Form")
+        raise AnalysisError(
+            f"unknown form {form!r}; allowed: {', '.join(FORMS)} or an analysis.Form"
+        )
     return FORMS[form]
 
 
 # --------------------------------------------------------------------------- the solver
 
-_STEPS = (1.0, 0.3, 0.1)   # line-search trial steps, tried at once
+_STEPS = (1.0, 0.3, 0.1)  # line-search trial steps, tried at once
 _MAX_FAILS = 6
-_POLISH = 8      # distinct best grid results run again to the full budget
-_JITTER = 0.3    # sd of the jitter (internal, log-scale coordinates) of extra bootstrap starts
-_TRACES = {"count": 0}     # bumped at trace time; tests use it to check nothing recompiles
+_POLISH = 8  # distinct best grid results run again to the full budget
+_JITTER = 0.3  # sd of the jitter (internal, log-scale coordinates) of extra bootstrap starts
+_TRACES = {"count": 0}  # bumped at trace time; tests use it to check nothing recompiles
 _SOLVERS: dict = {}
 _PREDICTORS: dict = {}
 
@@ -178,25 +219,35 @@ def _solver(form: Form, max_iter: int, gtol: float, ftol: float):
         def obj(theta):
             r = ly - form._log_pred(theta, u, v)
             a = jnp.abs(r)
-            h = jnp.where(a <= delta, 0.5 * r * r / delta, a - 0.5 * delta)   # huber / delta
+            h = jnp.where(a <= delta, 0.5 * r * r / delta, a - 0.5 * delta)  # huber / delta
             return jnp.sum(w * h)
 
         vg = jax.value_and_grad(obj)
         f0, g0 = vg(theta0)
         inf = jnp.asarray(jnp.inf, f0.dtype)
-        init = (theta0, precond.init(theta0), 0, f0, g0, inf, jnp.linalg.norm(g0), jnp.asarray(False), 0,
-                jnp.asarray(1.0, f0.dtype))
+        init = (
+            theta0,
+            precond.init(theta0),
+            0,
+            f0,
+            g0,
+            inf,
+            jnp.linalg.norm(g0),
+            jnp.asarray(False),
+            0,
+            jnp.asarray(1.0, f0.dtype),
+        )
 
         def cond(c):
             return (~c[7]) & (c[2] < max_iter)
 
         def body(c):
             theta, state, it, f, g, _, _, _, fails, scale = c
-            dirn, nstate = precond.update(g, state, theta)        # L-BFGS two-loop: ~ H^-1 g
+            dirn, nstate = precond.update(g, state, theta)  # L-BFGS two-loop: ~ H^-1 g
             slope = jnp.vdot(g, dirn)
             dirn = jnp.where(slope > 0, dirn, g / jnp.maximum(jnp.linalg.norm(g), 1e-300))
             slope = jnp.vdot(g, dirn)
-            cand = theta[None] - (scale * steps)[:, None] * dirn[None]      # all step lengths at once
+            cand = theta[None] - (scale * steps)[:, None] * dirn[None]  # all step lengths at once
             fc = jax.vmap(obj)(cand)
             fc = jnp.where(jnp.isfinite(fc), fc, jnp.inf)
             armijo = fc <= f - 1e-4 * scale * steps * slope
@@ -213,9 +264,18 @@ def _solver(form: Form, max_iter: int, gtol: float, ftol: float):
             # steps; _MAX_FAILS failures in a row end the run
             fails = jnp.where(ok, 0, fails + 1)
             scale = jnp.where(ok, jnp.minimum(1.0, scale * 100.0), scale * 0.03)
-            return (keep(ntheta, theta), jax.tree.map(keep, nstate, precond.init(theta)), it + 1,
-                    keep(nf, f), keep(ng, g), df, keep(gn, jnp.linalg.norm(g)), conv | (fails >= _MAX_FAILS),
-                    fails, scale)
+            return (
+                keep(ntheta, theta),
+                jax.tree.map(keep, nstate, precond.init(theta)),
+                it + 1,
+                keep(nf, f),
+                keep(ng, g),
+                df,
+                keep(gn, jnp.linalg.norm(g)),
+                conv | (fails >= _MAX_FAILS),
+                fails,
+                scale,
+            )
 
         theta, _, it, f, _, df, gn, _, _, _ = jax.lax.while_loop(cond, body, init)
         conv = (gn <= gtol) & (df <= ftol * jnp.maximum(1.0, jnp.abs(f)))
@@ -224,13 +284,16 @@ def _solver(form: Form, max_iter: int, gtol: float, ftol: float):
     def solve(theta0, w, u, v, ly, delta):
         _TRACES["count"] += 1
         per_start = jax.vmap(one, in_axes=(0, None, None, None, None, None))
-        return jax.vmap(per_start, in_axes=(0, 0, None, None, None, None))(theta0, w, u, v, ly, delta)
+        return jax.vmap(per_start, in_axes=(0, 0, None, None, None, None))(
+            theta0, w, u, v, ly, delta
+        )
 
     _SOLVERS[key] = jax.jit(solve)
     return _SOLVERS[key]
 
 
 # --------------------------------------------------------------------------- inputs
+
 
 def _column(df, spec, role):
     if df is None:
@@ -240,11 +303,15 @@ def _column(df, spec, role):
     if not isinstance(spec, str):
         return np.asarray(spec, dtype=float).ravel()
     if spec not in df.columns:
-        raise AnalysisError(f"column {spec!r} ({role}) not in the table; it has: {', '.join(map(str, df.columns))}")
+        raise AnalysisError(
+            f"column {spec!r} ({role}) not in the table; it has: {', '.join(map(str, df.columns))}"
+        )
     col = pd.to_numeric(df[spec], errors="coerce").to_numpy(dtype=float)
     if np.isnan(col).any():
-        raise AnalysisError(f"column {spec!r} ({role}) has {int(np.isnan(col).sum())} NaN or non-numeric "
-                            f"value(s); drop or fill those rows first")
+        raise AnalysisError(
+            f"column {spec!r} ({role}) has {int(np.isnan(col).sum())} NaN or non-numeric "
+            f"value(s); drop or fill those rows first"
+        )
     return col
 
 
@@ -265,11 +332,14 @@ def _inputs(df, form: Form, x, y, d):
             raise AnalysisError(f"{k} must be positive; {int((v <= 0).sum())} value(s) are <= 0")
     P = len(form.param_names)
     if len(xs) < P + 1:
-        raise AnalysisError(f"form {form.name!r} has {P} parameters and needs at least {P + 1} points, got {len(xs)}")
+        raise AnalysisError(
+            f"form {form.name!r} has {P} parameters and needs at least {P + 1} points, got {len(xs)}"
+        )
     return xs, ys, (ds if ds is not None else np.ones_like(xs))
 
 
 # --------------------------------------------------------------------------- the fit
+
 
 @dataclasses.dataclass(eq=False)
 class Fit:
@@ -277,6 +347,7 @@ class Fit:
     bootstrap percentile intervals at ``level`` over the ``n_converged`` converged resamples
     (NaN when none); ``bootstrap_params``: ``[n_converged, P]``; ``residuals_log``: ``log y -
     log yhat`` per input row, in input order; ``r2_log``, ``rmse_log`` in log space."""
+
     form: str
     param_names: tuple
     params: dict
@@ -300,10 +371,16 @@ class Fit:
     def _log_y(self, theta, x, d):
         u, v = self._form._prep(x, d, *self._scale)
         if self._form not in _PREDICTORS:
-            _PREDICTORS[self._form] = jax.jit(jax.vmap(self._form._log_pred, in_axes=(0, None, None)))
+            _PREDICTORS[self._form] = jax.jit(
+                jax.vmap(self._form._log_pred, in_axes=(0, None, None))
+            )
         with jax.enable_x64(True):
             th = jnp.atleast_2d(jnp.asarray(theta, jnp.float64))
-            return np.asarray(_PREDICTORS[self._form](th, jnp.asarray(u, jnp.float64), jnp.asarray(v, jnp.float64)))
+            return np.asarray(
+                _PREDICTORS[self._form](
+                    th, jnp.asarray(u, jnp.float64), jnp.asarray(v, jnp.float64)
+                )
+            )
 
     def predict(self, x_new, d_new=None, level=None) -> pd.DataFrame:
         """Predictions at sizes ``x_new`` (and tokens ``d_new`` for two-input forms), with
@@ -334,9 +411,15 @@ class Fit:
         row = {"form": self.form, "n_points": self.n_points}
         for k in self.param_names:
             row[k], (row[k + "_lo"], row[k + "_hi"]) = self.params[k], self.intervals[k]
-        return row | {"r2_log": self.r2_log, "rmse_log": self.rmse_log, "objective": self.objective,
-                      "converged": self.converged, "n_bootstrap": self.n_bootstrap,
-                      "n_converged": self.n_converged, "level": self.level}
+        return row | {
+            "r2_log": self.r2_log,
+            "rmse_log": self.rmse_log,
+            "objective": self.objective,
+            "converged": self.converged,
+            "n_bootstrap": self.n_bootstrap,
+            "n_converged": self.n_converged,
+            "level": self.level,
+        }
 
 
 def _distinct_best(theta, f, k, tol=1e-3):
@@ -352,9 +435,23 @@ def _distinct_best(theta, f, k, tol=1e-3):
     return chosen
 
 
-def fit(df=None, form="saturating", x=N, y=LOSS, d=TOKENS, *,
-        n_bootstrap=1000, huber_delta=1e-3, seed=0, level=0.95, bootstrap_starts=2,
-        max_iter=500, grid_iter=100, gtol=1e-5, ftol=1e-10) -> Fit:
+def fit(
+    df=None,
+    form="saturating",
+    x=N,
+    y=LOSS,
+    d=TOKENS,
+    *,
+    n_bootstrap=1000,
+    huber_delta=1e-3,
+    seed=0,
+    level=0.95,
+    bootstrap_starts=2,
+    max_iter=500,
+    grid_iter=100,
+    gtol=1e-5,
+    ftol=1e-10,
+) -> Fit:
     """Fit ``form`` to ``y`` against ``x`` (and ``d``): columns of ``df`` or, with ``df=None``,
     1-D arrays of equal length, all positive. See the module docstring for the method.
 
@@ -365,7 +462,9 @@ def fit(df=None, form="saturating", x=N, y=LOSS, d=TOKENS, *,
     fm = _get_form(form)
     xs, ys, ds = _inputs(df, fm, x, y, d)
     if not huber_delta > 0 or not 0 < level < 1 or n_bootstrap < 0 or bootstrap_starts < 1:
-        raise AnalysisError("need huber_delta > 0, 0 < level < 1, n_bootstrap >= 0, bootstrap_starts >= 1")
+        raise AnalysisError(
+            "need huber_delta > 0, 0 < level < 1, n_bootstrap >= 0, bootstrap_starts >= 1"
+        )
     n, P = len(xs), len(fm.param_names)
     scale = (float(np.mean(np.log(xs))), float(np.mean(np.log(ds)))) if fm.log_pred else (0.0, 0.0)
     u, v = fm._prep(xs, ds, *scale)
@@ -377,14 +476,16 @@ def fit(df=None, form="saturating", x=N, y=LOSS, d=TOKENS, *,
         args = (jnp.asarray(u), jnp.asarray(v), jnp.asarray(ly), jnp.float64(huber_delta))
 
         def run(th0, w, sol=solve):
-            return {k: np.asarray(a) for k, a in jax.device_get(sol(jnp.asarray(th0), w, *args)).items()}
+            return {
+                k: np.asarray(a) for k, a in jax.device_get(sol(jnp.asarray(th0), w, *args)).items()
+            }
 
-        g = run(starts[None], jnp.ones((1, n)), gsolve)          # the full grid, `grid_iter` steps each ...
+        g = run(starts[None], jnp.ones((1, n)), gsolve)  # the full grid, `grid_iter` steps each ...
         gf = np.where(np.isfinite(g["f"][0]), g["f"][0], np.inf)
         if not np.isfinite(gf).any():
             raise AnalysisError(f"no start of form {fm.name!r} gave a finite objective")
         top = _distinct_best(g["theta"][0], gf, _POLISH)
-        p = run(g["theta"][0][top][None], jnp.ones((1, n)))   # ... then the best few polished
+        p = run(g["theta"][0][top][None], jnp.ones((1, n)))  # ... then the best few polished
         p = {k: a[0] for k, a in p.items()}
         pf = np.where(np.isfinite(p["f"]), p["f"], np.inf)
         best = int(np.argmin(pf))
@@ -396,45 +497,75 @@ def fit(df=None, form="saturating", x=N, y=LOSS, d=TOKENS, *,
             w = rng.multinomial(n, np.full(n, 1.0 / n), size=n_bootstrap)
             seeds = p["theta"][_distinct_best(p["theta"], pf, bootstrap_starts)]
             s0 = np.repeat(seeds[None], n_bootstrap, 0)
-            if len(seeds) < bootstrap_starts:                # fill with jittered full-data optima
-                jit_ = theta + rng.normal(0, _JITTER, (n_bootstrap, bootstrap_starts - len(seeds), P))
+            if len(seeds) < bootstrap_starts:  # fill with jittered full-data optima
+                jit_ = theta + rng.normal(
+                    0, _JITTER, (n_bootstrap, bootstrap_starts - len(seeds), P)
+                )
                 s0 = np.concatenate([s0, jit_], 1)
             b = run(s0, jnp.asarray(w, jnp.float64))
             k = np.argmin(np.where(np.isfinite(b["f"]), b["f"], np.inf), axis=1)
-            pick = lambda a: np.take_along_axis(a, k.reshape((-1, 1) + (1,) * (a.ndim - 2)), 1)[:, 0]
+            pick = lambda a: np.take_along_axis(a, k.reshape((-1, 1) + (1,) * (a.ndim - 2)), 1)[
+                :, 0
+            ]
             conv = pick(b["converged"]) & np.isfinite(pick(b["f"]))
             boot_theta = pick(b["theta"])[conv]
             n_conv, boot_iters = int(conv.sum()), int(np.max(b["n_iter"]))
     user = fm._to_user(theta, *scale)
     boot_user = fm._to_user(boot_theta, *scale).reshape(-1, P)
     q = 50 * (1 - level)
-    iv = (np.percentile(boot_user, [q, 100 - q], axis=0) if n_conv else np.full((2, P), np.nan))
-    fit_ = Fit(form=fm.name, param_names=fm.param_names,
-               params={k: float(user[i]) for i, k in enumerate(fm.param_names)},
-               intervals={k: (float(iv[0, i]), float(iv[1, i])) for i, k in enumerate(fm.param_names)},
-               level=level, residuals_log=np.zeros(n), r2_log=np.nan, rmse_log=np.nan, n_points=n,
-               n_bootstrap=int(n_bootstrap), n_converged=n_conv, converged=bool(p["converged"][best]),
-               objective=float(p["f"][best] * huber_delta),
-               diagnostics=dict(n_starts=len(starts), n_starts_converged=int(g["converged"].sum()),
-                                n_polished=len(top), n_polished_converged=int(p["converged"].sum()),
-                                grad_norm=float(p["grad_norm"][best]), last_change=float(p["df"][best]),
-                                n_iter=int(p["n_iter"][best]), max_iter=int(max_iter),
-                                bootstrap_starts=int(bootstrap_starts), bootstrap_max_iter_used=boot_iters,
-                                gtol=gtol, ftol=ftol),
-               bootstrap_params=boot_user, _form=fm, _theta=theta, _boot_theta=boot_theta, _scale=scale)
+    iv = np.percentile(boot_user, [q, 100 - q], axis=0) if n_conv else np.full((2, P), np.nan)
+    fit_ = Fit(
+        form=fm.name,
+        param_names=fm.param_names,
+        params={k: float(user[i]) for i, k in enumerate(fm.param_names)},
+        intervals={k: (float(iv[0, i]), float(iv[1, i])) for i, k in enumerate(fm.param_names)},
+        level=level,
+        residuals_log=np.zeros(n),
+        r2_log=np.nan,
+        rmse_log=np.nan,
+        n_points=n,
+        n_bootstrap=int(n_bootstrap),
+        n_converged=n_conv,
+        converged=bool(p["converged"][best]),
+        objective=float(p["f"][best] * huber_delta),
+        diagnostics=dict(
+            n_starts=len(starts),
+            n_starts_converged=int(g["converged"].sum()),
+            n_polished=len(top),
+            n_polished_converged=int(p["converged"].sum()),
+            grad_norm=float(p["grad_norm"][best]),
+            last_change=float(p["df"][best]),
+            n_iter=int(p["n_iter"][best]),
+            max_iter=int(max_iter),
+            bootstrap_starts=int(bootstrap_starts),
+            bootstrap_max_iter_used=boot_iters,
+            gtol=gtol,
+            ftol=ftol,
+        ),
+        bootstrap_params=boot_user,
+        _form=fm,
+        _theta=theta,
+        _boot_theta=boot_theta,
+        _scale=scale,
+    )
     res = ly - fit_._log_y(theta, xs, ds)[0]
     fit_.residuals_log = res
-    fit_.r2_log = float(1 - np.sum(res ** 2) / np.sum((ly - ly.mean()) ** 2)) if np.ptp(ly) > 0 else np.nan
-    fit_.rmse_log = float(np.sqrt(np.mean(res ** 2)))
+    fit_.r2_log = (
+        float(1 - np.sum(res**2) / np.sum((ly - ly.mean()) ** 2)) if np.ptp(ly) > 0 else np.nan
+    )
+    fit_.rmse_log = float(np.sqrt(np.mean(res**2)))
     return fit_
 
 
 # --------------------------------------------------------------------------- groups, tables, checks
 
+
 def fit_groups(df, by=PRECISION, form="saturating", x=N, y=LOSS, **kw) -> dict:
     """One ``fit`` per value of column ``by`` -> ``{group_value: Fit}`` (sorted by group)."""
     if by not in df.columns:
-        raise AnalysisError(f"column {by!r} (by) not in the table; it has: {', '.join(map(str, df.columns))}")
+        raise AnalysisError(
+            f"column {by!r} (by) not in the table; it has: {', '.join(map(str, df.columns))}"
+        )
     return {key: fit(part, form=form, x=x, y=y, **kw) for key, part in df.groupby(by, sort=True)}
 
 
@@ -443,36 +574,78 @@ def fit_table(fits) -> pd.DataFrame:
     n_bootstrap, n_converged, r2_log, rmse_log. Takes a dict from ``fit_groups`` or one Fit."""
     if isinstance(fits, Fit):
         fits = {None: fits}
-    rows = [dict(group=key, form=f.form, param=p, estimate=f.params[p], lo=f.intervals[p][0],
-                 hi=f.intervals[p][1], n_points=f.n_points, n_bootstrap=f.n_bootstrap,
-                 n_converged=f.n_converged, r2_log=f.r2_log, rmse_log=f.rmse_log)
-            for key, f in fits.items() for p in f.param_names]
-    return pd.DataFrame(rows, columns=["group", "form", "param", "estimate", "lo", "hi", "n_points",
-                                       "n_bootstrap", "n_converged", "r2_log", "rmse_log"])
+    rows = [
+        dict(
+            group=key,
+            form=f.form,
+            param=p,
+            estimate=f.params[p],
+            lo=f.intervals[p][0],
+            hi=f.intervals[p][1],
+            n_points=f.n_points,
+            n_bootstrap=f.n_bootstrap,
+            n_converged=f.n_converged,
+            r2_log=f.r2_log,
+            rmse_log=f.rmse_log,
+        )
+        for key, f in fits.items()
+        for p in f.param_names
+    ]
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "group",
+            "form",
+            "param",
+            "estimate",
+            "lo",
+            "hi",
+            "n_points",
+            "n_bootstrap",
+            "n_converged",
+            "r2_log",
+            "rmse_log",
+        ],
+    )
 
 
-def extrapolation_check(df=None, form="saturating", x=N, y=LOSS, k=2, by=None, d=TOKENS,
-                        **kw) -> pd.DataFrame:
+def extrapolation_check(
+    df=None, form="saturating", x=N, y=LOSS, k=2, by=None, d=TOKENS, **kw
+) -> pd.DataFrame:
     """Leave-largest-out: fit without the rows of the ``k`` largest distinct ``x`` (per group
     with ``by``), predict them. One row per held-out point: [group,] x, [d,] y, y_pred, y_lo,
     y_hi, rel_error = (y_pred - y) / y, n_fit_points."""
     if by is not None:
         if by not in df.columns:
-            raise AnalysisError(f"column {by!r} (by) not in the table; it has: {', '.join(map(str, df.columns))}")
-        parts = [extrapolation_check(p, form, x, y, k, None, d, **kw).assign(group=key)
-                 for key, p in df.groupby(by, sort=True)]
+            raise AnalysisError(
+                f"column {by!r} (by) not in the table; it has: {', '.join(map(str, df.columns))}"
+            )
+        parts = [
+            extrapolation_check(p, form, x, y, k, None, d, **kw).assign(group=key)
+            for key, p in df.groupby(by, sort=True)
+        ]
         out = pd.concat(parts, ignore_index=True)
         return out[["group"] + [c for c in out.columns if c != "group"]]
     fm = _get_form(form)
     xs, ys, ds = _inputs(df, fm, x, y, d)
     sizes = np.unique(xs)
     if not 1 <= k < len(sizes):
-        raise AnalysisError(f"k={k} must be at least 1 and below the number of distinct sizes ({len(sizes)})")
+        raise AnalysisError(
+            f"k={k} must be at least 1 and below the number of distinct sizes ({len(sizes)})"
+        )
     held = xs >= sizes[-k]
     f = fit(None, fm, xs[~held], ys[~held], ds[~held] if fm.needs_d else None, **kw)
     p = f.predict(xs[held], ds[held] if fm.needs_d else None)
-    out = pd.DataFrame({"x": xs[held]} | ({"d": ds[held]} if fm.needs_d else {}) | {
-        "y": ys[held], "y_pred": p["y"].to_numpy(), "y_lo": p["y_lo"].to_numpy(), "y_hi": p["y_hi"].to_numpy()})
+    out = pd.DataFrame(
+        {"x": xs[held]}
+        | ({"d": ds[held]} if fm.needs_d else {})
+        | {
+            "y": ys[held],
+            "y_pred": p["y"].to_numpy(),
+            "y_lo": p["y_lo"].to_numpy(),
+            "y_hi": p["y_hi"].to_numpy(),
+        }
+    )
     out["rel_error"] = (out["y_pred"] - out["y"]) / out["y"]
     out["n_fit_points"] = int((~held).sum())
     return out
@@ -492,7 +665,9 @@ def compute_optimal(fit: Fit, C, flops_per_param_token=6.0) -> dict:
 
     def nd(p):
         E, A, a, B, b = (p[..., i, None] for i in range(5))
-        N = (a * A / (b * B)) ** (1 / (a + b)) * (Cs.ravel() / flops_per_param_token) ** (b / (a + b))
+        N = (a * A / (b * B)) ** (1 / (a + b)) * (Cs.ravel() / flops_per_param_token) ** (
+            b / (a + b)
+        )
         return N, Cs.ravel() / (flops_per_param_token * N)
 
     N, D = nd(np.array([fit.params[k] for k in fit.param_names]))

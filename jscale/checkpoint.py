@@ -57,8 +57,12 @@ def load(path: str | os.PathLike, cfg: ModelConfig):
         a = stored.pop(name, None)
         if a is None or a.shape != spec.shape or a.dtype != spec.dtype:
             got = "missing" if a is None else f"{a.dtype}{list(a.shape)}"
-            raise CheckpointError(f"{path}: parameter {name} is {got}, the model needs {spec.dtype}{list(spec.shape)}")
+            raise CheckpointError(
+                f"{path}: parameter {name} is {got}, the model needs {spec.dtype}{list(spec.shape)}"
+            )
         leaves.append(jax.numpy.asarray(a))
     if stored:
-        raise CheckpointError(f"{path}: parameters the model does not have: {', '.join(sorted(stored))}")
+        raise CheckpointError(
+            f"{path}: parameters the model does not have: {', '.join(sorted(stored))}"
+        )
     return jax.tree_util.tree_unflatten(treedef, leaves), meta

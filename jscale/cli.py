@@ -21,6 +21,7 @@ def _auto_or_positive_int(s: str) -> int | str:
 def _precisions(s: str) -> list[str]:
     """The policy names of a ``--precisions`` list, or a ConfigError naming the flag."""
     from jscale import precision
+
     try:
         return [precision.get_policy(p.strip()).name for p in s.split(",") if p.strip()]
     except precision.PrecisionError as e:
@@ -58,7 +59,9 @@ def _worker(s: str) -> tuple[int, int]:
     try:
         i, n = (int(x) for x in s.split("/"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be I/N (e.g. 1/4: the first of four workers), got {s!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"must be I/N (e.g. 1/4: the first of four workers), got {s!r}"
+        ) from None
     if not 1 <= i <= n:
         raise argparse.ArgumentTypeError(f"must be I/N with 1 <= I <= N, got {s!r}")
     return i - 1, n
@@ -66,6 +69,7 @@ def _worker(s: str) -> tuple[int, int]:
 
 def _mesh_spec(s: str) -> dict[str, int]:
     from jscale.sharding import parse_mesh
+
     try:
         return parse_mesh(s)
     except ConfigError as e:
@@ -77,6 +81,7 @@ def _make_mesh(spec: dict[str, int] | None):
     if spec is None:
         return None
     from jscale import sharding
+
     return sharding.make_mesh(**spec)
 
 
@@ -90,19 +95,26 @@ def cmd_sweep(a) -> int:
     s = load_sweep(a.config, out_dir=a.out)  # validates the whole file before any compute
     if a.plan:
         from jscale import data, model
+
         corpus = data.load_corpus(s.corpus_path, val_percent=s.val_percent)
         plan = sw.make_plan(s, corpus, force=a.force, worker=a.worker)
         todo = {id(tp): p for tp, p in plan.todo}
-        print(f"sweep {s.name!r} -> {s.out_dir}: {plan.done} record(s) done, "
-              f"{sum(map(len, todo.values()))} to run, {len(plan.stale)} stale")
-        print("| target N | N non-emb | d_model x layers | seed | train | tokens | train TFLOP | precisions to run |")
+        print(
+            f"sweep {s.name!r} -> {s.out_dir}: {plan.done} record(s) done, "
+            f"{sum(map(len, todo.values()))} to run, {len(plan.stale)} stale"
+        )
+        print(
+            "| target N | N non-emb | d_model x layers | seed | train | tokens | train TFLOP | precisions to run |"
+        )
         print("|---:|---:|---|---:|---|---:|---:|---|")
         for tp in s.train_points:
             n = model.count_params(tp.model)["non_embedding"]
             tok = tp.train.total_steps * tp.train.tokens_per_step
             fl = model.flops_per_token(tp.model, tp.train.seq_len)["train"] * tok / 1e12
-            print(f"| {tp.size_target:.3g} | {n:,} | {tp.model.d_model} x {tp.model.n_layers} | {tp.seed} | "
-                  f"{tp.train_precision} | {tok:,} | {fl:.2f} | {', '.join(todo.get(id(tp), [])) or '-'} |")
+            print(
+                f"| {tp.size_target:.3g} | {n:,} | {tp.model.d_model} x {tp.model.n_layers} | {tp.seed} | "
+                f"{tp.train_precision} | {tok:,} | {fl:.2f} | {', '.join(todo.get(id(tp), [])) or '-'} |"
+            )
         return 0
     r = sw.run_sweep(s, force=a.force, retrain=a.retrain, worker=a.worker, progress=not a.quiet)
     if r.written or not (s.out_dir / "results.csv").exists():
@@ -119,55 +131,95 @@ def cmd_train(a) -> int:
 
     if a.d_model is not None:
         if a.size is not None:
-            raise ConfigError("give --size (a ladder model) or --d-model/--n-layers/--n-heads, not both")
-        cfg = ModelConfig(d_model=a.d_model, n_layers=2 if a.n_layers is None else a.n_layers,
-                          n_heads=1 if a.n_heads is None else a.n_heads,
-                          max_seq_len=a.seq_len, tie_embeddings=not a.untied)
+            raise ConfigError(
+                "give --size (a ladder model) or --d-model/--n-layers/--n-heads, not both"
+            )
+        cfg = ModelConfig(
+            d_model=a.d_model,
+            n_layers=2 if a.n_layers is None else a.n_layers,
+            n_heads=1 if a.n_heads is None else a.n_heads,
+            max_seq_len=a.seq_len,
+            tie_embeddings=not a.untied,
+        )
     else:
         if a.n_layers is not None or a.n_heads is not None:
-            raise ConfigError("--n-layers and --n-heads need --d-model (an explicit shape); "
-                              "a ladder model (--size) chooses its own")
+            raise ConfigError(
+                "--n-layers and --n-heads need --d-model (an explicit shape); "
+                "a ladder model (--size) chooses its own"
+            )
         cfg = config_for_params(a.size or 1e5, max_seq_len=a.seq_len, tie_embeddings=not a.untied)
     if a.steps is not None and a.tokens is not None:
         raise ConfigError("give --steps or --tokens (a token budget), not both")
     budget = {"steps": a.steps} if a.steps is not None else {"tokens": a.tokens or 2_000_000}
-    tc = TrainConfig(batch_size=a.batch_size, seq_len=a.seq_len, lr=a.lr, seed=a.seed,
-                     eval_tokens=a.eval_tokens, compute=a.compute, **budget)
+    tc = TrainConfig(
+        batch_size=a.batch_size,
+        seq_len=a.seq_len,
+        lr=a.lr,
+        seed=a.seed,
+        eval_tokens=a.eval_tokens,
+        compute=a.compute,
+        **budget,
+    )
     policies = _precisions(a.precisions)
     mesh = _make_mesh(a.mesh)
     sharding.check_batch(mesh, tc.batch_size, "--batch-size")
     corpus = data.load_corpus(a.corpus, val_percent=a.val_percent)
     n = count_params(cfg)
-    print(f"corpus   {corpus.name}: {len(corpus.train):,} train / {len(corpus.val):,} held-out bytes "
-          f"({corpus.n_files_train} / {corpus.n_files_val} files)")
-    print(f"model    d_model={cfg.d_model} n_layers={cfg.n_layers} n_heads={cfg.n_heads} d_ff={cfg.d_ff}: "
-          f"{n['non_embedding']:,} non-embedding + {n['embedding']:,} embedding params")
-    print(f"training {tc.total_steps} step{'s' * (tc.total_steps != 1)} x {tc.tokens_per_step:,} tokens = {tc.total_steps * tc.tokens_per_step:,} "
-          f"tokens, peak lr {tc.lr}, seed {tc.seed}")
+    print(
+        f"corpus   {corpus.name}: {len(corpus.train):,} train / {len(corpus.val):,} held-out bytes "
+        f"({corpus.n_files_train} / {corpus.n_files_val} files)"
+    )
+    print(
+        f"model    d_model={cfg.d_model} n_layers={cfg.n_layers} n_heads={cfg.n_heads} d_ff={cfg.d_ff}: "
+        f"{n['non_embedding']:,} non-embedding + {n['embedding']:,} embedding params"
+    )
+    print(
+        f"training {tc.total_steps} step{'s' * (tc.total_steps != 1)} x {tc.tokens_per_step:,} tokens = {tc.total_steps * tc.tokens_per_step:,} "
+        f"tokens, peak lr {tc.lr}, seed {tc.seed}"
+    )
     if mesh is not None:
         import jax
-        print(f"mesh     {sharding.mesh_shape_str(mesh)} over {mesh.size} {jax.devices()[0].platform} device(s), "
-              f"{jax.process_count()} process(es)")
+
+        print(
+            f"mesh     {sharding.mesh_shape_str(mesh)} over {mesh.size} {jax.devices()[0].platform} device(s), "
+            f"{jax.process_count()} process(es)"
+        )
     r = train.train(cfg, tc, corpus, progress=not a.quiet, mesh=mesh)
     e = r.eval
-    print(f"compile  {r.compile_seconds:.1f} s; train {r.train_seconds:.1f} s, {r.tokens_per_second:,.0f} tokens/s, "
-          f"{r.tokens_per_second * r.flops_per_token_train / 1e9:.1f} GFLOP/s (analytic train FLOPs)")
-    print(f"held-out loss {e['eval_loss_nats']:.4f} ± {e['eval_loss_se_nats']:.4f} nats/token = "
-          f"{e['eval_bits_per_byte']:.4f} ± {e['eval_bits_per_byte_se']:.4f} bits/byte "
-          f"on {e['eval_tokens']:,} tokens (unigram entropy {corpus.unigram_entropy_bits():.3f} bits/byte)")
+    print(
+        f"compile  {r.compile_seconds:.1f} s; train {r.train_seconds:.1f} s, {r.tokens_per_second:,.0f} tokens/s, "
+        f"{r.tokens_per_second * r.flops_per_token_train / 1e9:.1f} GFLOP/s (analytic train FLOPs)"
+    )
+    print(
+        f"held-out loss {e['eval_loss_nats']:.4f} ± {e['eval_loss_se_nats']:.4f} nats/token = "
+        f"{e['eval_bits_per_byte']:.4f} ± {e['eval_bits_per_byte_se']:.4f} bits/byte "
+        f"on {e['eval_tokens']:,} tokens (unigram entropy {corpus.unigram_entropy_bits():.3f} bits/byte)"
+    )
     if policies:
         import jax
+
         params = sharding.to_host(r.params) if jax.process_count() > 1 else r.params
-        df = evaluate.compare_precisions(params, cfg, data.eval_batches(corpus.val, tc.seq_len, tc.eval_tokens),
-                                policies, tc.eval_batch_size)
-        print(f"\npost-training precision of the {tc.compute}-trained params (same held-out tokens; "
-              "delta vs fp32 with its paired SE):")
-        print("| precision | loss nats/token | delta nats (SE) | delta % | param bytes | vs fp32 | logit rel err mean / max |")
+        df = evaluate.compare_precisions(
+            params,
+            cfg,
+            data.eval_batches(corpus.val, tc.seq_len, tc.eval_tokens),
+            policies,
+            tc.eval_batch_size,
+        )
+        print(
+            f"\npost-training precision of the {tc.compute}-trained params (same held-out tokens; "
+            "delta vs fp32 with its paired SE):"
+        )
+        print(
+            "| precision | loss nats/token | delta nats (SE) | delta % | param bytes | vs fp32 | logit rel err mean / max |"
+        )
         print("|---|---:|---:|---:|---:|---:|---:|")
         for x in df.itertuples():
-            print(f"| {x.inference_precision} | {x.eval_loss_nats:.4f} | {x.delta_loss_vs_fp32_nats:+.5f} "
-                  f"({x.delta_loss_vs_fp32_se_nats:.5f}) | {x.delta_loss_vs_fp32_pct:+.2f}% | {x.param_bytes:,} | {x.param_bytes_vs_fp32:.3f} | "
-                  f"{x.logit_rel_err_mean:.4f} / {x.logit_rel_err_max:.4f} |")
+            print(
+                f"| {x.inference_precision} | {x.eval_loss_nats:.4f} | {x.delta_loss_vs_fp32_nats:+.5f} "
+                f"({x.delta_loss_vs_fp32_se_nats:.5f}) | {x.delta_loss_vs_fp32_pct:+.2f}% | {x.param_bytes:,} | {x.param_bytes_vs_fp32:.3f} | "
+                f"{x.logit_rel_err_mean:.4f} / {x.logit_rel_err_max:.4f} |"
+            )
     return 0
 
 
@@ -175,13 +227,17 @@ def cmd_ladder(a) -> int:
     from jscale.config import config_for_params, count_params, ladder_targets
 
     targets = ladder_targets(a.lo, a.hi, a.per_decade)  # validates before printing anything
-    print("| target N | achieved N | achieved/target | d_model | n_layers | n_heads | d_model/n_layers | total params |")
+    print(
+        "| target N | achieved N | achieved/target | d_model | n_layers | n_heads | d_model/n_layers | total params |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for t in targets:
         c = config_for_params(t)
         n = count_params(c)
-        print(f"| {t:.3g} | {n['non_embedding']:,} | {n['non_embedding'] / t:.3f} | {c.d_model} | {c.n_layers} | "
-              f"{c.n_heads} | {c.d_model / c.n_layers:.0f} | {n['total']:,} |")
+        print(
+            f"| {t:.3g} | {n['non_embedding']:,} | {n['non_embedding'] / t:.3f} | {c.d_model} | {c.n_layers} | "
+            f"{c.n_heads} | {c.d_model / c.n_layers:.0f} | {n['total']:,} |"
+        )
     return 0
 
 
@@ -192,30 +248,42 @@ def cmd_info(a) -> int:
 
     from jscale import data, roofline, runtime
 
-    print(f"jscale {__import__('jscale').__version__}  jax {jax.__version__}  flax {flax.__version__}  "
-          f"optax {optax.__version__}  python {sys.version.split()[0]}")
+    print(
+        f"jscale {__import__('jscale').__version__}  jax {jax.__version__}  flax {flax.__version__}  "
+        f"optax {optax.__version__}  python {sys.version.split()[0]}"
+    )
     print(f"devices  {', '.join(f'{d.platform}:{d.device_kind}' for d in jax.devices())}")
     print(f"cache    {runtime.cache_dir()}  (set JSCALE_CACHE_DIR to move it)")
     print("roofline (measured once per device and cached; --refresh re-measures):")
     r = roofline.roofline(refresh=a.refresh)
-    print(f"  dense fp32 matmul  {r['matmul_flops_per_s'] / 1e9:8.1f} GFLOP/s  "
-          f"(median of 10; min {r['matmul_flops_per_s_min'] / 1e9:.1f}, max {r['matmul_flops_per_s_max'] / 1e9:.1f}; "
-          f"{r['matmul_n']}^3)")
+    print(
+        f"  dense fp32 matmul  {r['matmul_flops_per_s'] / 1e9:8.1f} GFLOP/s  "
+        f"(median of 10; min {r['matmul_flops_per_s_min'] / 1e9:.1f}, max {r['matmul_flops_per_s_max'] / 1e9:.1f}; "
+        f"{r['matmul_n']}^3)"
+    )
     for dt in ("bf16", "int8"):
         k = f"matmul_{dt}_flops_per_s"
-        print(f"  dense {dt} matmul  {r[k] / 1e9:8.1f} GFLOP/s  (median of 10; min {r[k + '_min'] / 1e9:.1f}, "
-              f"max {r[k + '_max'] / 1e9:.1f}; {'fp32' if dt == 'bf16' else 'int32'} accumulation)")
-    print(f"  read bandwidth     {r['read_bandwidth_bytes_per_s'] / 1e9:8.1f} GB/s     "
-          f"(median of 10; min {r['read_bandwidth_bytes_per_s_min'] / 1e9:.1f}, "
-          f"max {r['read_bandwidth_bytes_per_s_max'] / 1e9:.1f}; {r['bandwidth_mib']} MiB read-only, best method "
-          f"{r['read_bandwidth_method']}; the latency bounds use this one)")
-    print(f"  read+write bandw.  {r['bandwidth_bytes_per_s'] / 1e9:8.1f} GB/s     "
-          f"(median of 10; min {r['bandwidth_bytes_per_s_min'] / 1e9:.1f}, max {r['bandwidth_bytes_per_s_max'] / 1e9:.1f}; "
-          f"{r['bandwidth_mib']} MiB in-place scale, reads + writes counted)")
+        print(
+            f"  dense {dt} matmul  {r[k] / 1e9:8.1f} GFLOP/s  (median of 10; min {r[k + '_min'] / 1e9:.1f}, "
+            f"max {r[k + '_max'] / 1e9:.1f}; {'fp32' if dt == 'bf16' else 'int32'} accumulation)"
+        )
+    print(
+        f"  read bandwidth     {r['read_bandwidth_bytes_per_s'] / 1e9:8.1f} GB/s     "
+        f"(median of 10; min {r['read_bandwidth_bytes_per_s_min'] / 1e9:.1f}, "
+        f"max {r['read_bandwidth_bytes_per_s_max'] / 1e9:.1f}; {r['bandwidth_mib']} MiB read-only, best method "
+        f"{r['read_bandwidth_method']}; the latency bounds use this one)"
+    )
+    print(
+        f"  read+write bandw.  {r['bandwidth_bytes_per_s'] / 1e9:8.1f} GB/s     "
+        f"(median of 10; min {r['bandwidth_bytes_per_s_min'] / 1e9:.1f}, max {r['bandwidth_bytes_per_s_max'] / 1e9:.1f}; "
+        f"{r['bandwidth_mib']} MiB in-place scale, reads + writes counted)"
+    )
     print(f"  measured {r['measured_at']}")
     c = data.load_corpus()
-    print(f"default corpus {c.name}: {len(c.train):,} train / {len(c.val):,} held-out bytes, "
-          f"unigram entropy {c.unigram_entropy_bits():.3f} bits/byte")
+    print(
+        f"default corpus {c.name}: {len(c.train):,} train / {len(c.val):,} held-out bytes, "
+        f"unigram entropy {c.unigram_entropy_bits():.3f} bits/byte"
+    )
     return 0
 
 
@@ -230,13 +298,19 @@ def cmd_bench_latency(a) -> int:
     cfgs = [config_for_params(s, max_seq_len=max(seq, 8)) for s in a.sizes]  # validates sizes first
     mesh = _make_mesh(a.mesh)
     roof = roofline.roofline()
-    print(f"device {roof['device_kind']} ({roof['host_cpus']} host CPUs), jax {jax.__version__}; roofline: "
-          f"read {roof['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, fp32 {roof['matmul_flops_per_s'] / 1e9:.0f} / "
-          f"bf16 {roof['matmul_bf16_flops_per_s'] / 1e9:.0f} / int8 {roof['matmul_int8_flops_per_s'] / 1e9:.0f} GFLOP/s")
-    print(f"batch {a.batch}, prompt {a.prompt} tokens, {a.gen} generated; median (q1..q3) of {a.repeats} runs; "
-          f"eff = roofline bound / measured; kernel layout {a.kernel_layout}, min rows {a.min_rows}\n")
-    print("| N non-emb | precision | layout | rows | weight MB | prefill ms | prefill bound ms | eff | decode ms/token | "
-          "decode bound ms | eff | decode tokens/s | compile s |")
+    print(
+        f"device {roof['device_kind']} ({roof['host_cpus']} host CPUs), jax {jax.__version__}; roofline: "
+        f"read {roof['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, fp32 {roof['matmul_flops_per_s'] / 1e9:.0f} / "
+        f"bf16 {roof['matmul_bf16_flops_per_s'] / 1e9:.0f} / int8 {roof['matmul_int8_flops_per_s'] / 1e9:.0f} GFLOP/s"
+    )
+    print(
+        f"batch {a.batch}, prompt {a.prompt} tokens, {a.gen} generated; median (q1..q3) of {a.repeats} runs; "
+        f"eff = roofline bound / measured; kernel layout {a.kernel_layout}, min rows {a.min_rows}\n"
+    )
+    print(
+        "| N non-emb | precision | layout | rows | weight MB | prefill ms | prefill bound ms | eff | decode ms/token | "
+        "decode bound ms | eff | decode tokens/s | compile s |"
+    )
     print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = []
     for cfg in cfgs:
@@ -244,22 +318,41 @@ def cmd_bench_latency(a) -> int:
         counts = count_params(cfg)
         for pol in policies:
             form = formulation.choose(pol, cfg, kernel_layout=a.kernel_layout, min_rows=a.min_rows)
-            r = latency.measure_latency(params, cfg, pol, batch=a.batch, prompt_tokens=a.prompt,
-                                        gen_tokens=a.gen, repeats=a.repeats, roof=roof, mesh=mesh, form=form)
-            r = {"inference_precision": pol, "params_non_embedding": counts["non_embedding"],
-                 "params_total": counts["total"], **r, **roofline.device_info()}
+            r = latency.measure_latency(
+                params,
+                cfg,
+                pol,
+                batch=a.batch,
+                prompt_tokens=a.prompt,
+                gen_tokens=a.gen,
+                repeats=a.repeats,
+                roof=roof,
+                mesh=mesh,
+                form=form,
+            )
+            r = {
+                "inference_precision": pol,
+                "params_non_embedding": counts["non_embedding"],
+                "params_total": counts["total"],
+                **r,
+                **roofline.device_info(),
+            }
             rows.append(r)
-            print(f"| {r['params_non_embedding']:.3g} | {pol} | {r['kernel_layout']} | {r['matmul_min_rows']} | "
-                  f"{r['weight_bytes'] / 1e6:.1f} | "
-                  f"{r['prefill_ms_median']:.2f} ({r['prefill_ms_q1']:.2f}..{r['prefill_ms_q3']:.2f}) | "
-                  f"{r['prefill_bound_ms']:.2f} {r['prefill_bound_kind'][0]} | {r['prefill_efficiency']:.2f} | "
-                  f"{r['decode_ms_per_token_median']:.3f} ({r['decode_ms_per_token_q1']:.3f}.."
-                  f"{r['decode_ms_per_token_q3']:.3f}) | {r['decode_bound_ms_per_token']:.3f} "
-                  f"{r['decode_bound_kind'][0]} | {r['decode_efficiency']:.2f} | {r['decode_tokens_per_s']:,.0f} | "
-                  f"{r['compile_prefill_s'] + r['compile_decode_s']:.1f} |", flush=True)
+            print(
+                f"| {r['params_non_embedding']:.3g} | {pol} | {r['kernel_layout']} | {r['matmul_min_rows']} | "
+                f"{r['weight_bytes'] / 1e6:.1f} | "
+                f"{r['prefill_ms_median']:.2f} ({r['prefill_ms_q1']:.2f}..{r['prefill_ms_q3']:.2f}) | "
+                f"{r['prefill_bound_ms']:.2f} {r['prefill_bound_kind'][0]} | {r['prefill_efficiency']:.2f} | "
+                f"{r['decode_ms_per_token_median']:.3f} ({r['decode_ms_per_token_q1']:.3f}.."
+                f"{r['decode_ms_per_token_q3']:.3f}) | {r['decode_bound_ms_per_token']:.3f} "
+                f"{r['decode_bound_kind'][0]} | {r['decode_efficiency']:.2f} | {r['decode_tokens_per_s']:,.0f} | "
+                f"{r['compile_prefill_s'] + r['compile_decode_s']:.1f} |",
+                flush=True,
+            )
         del params
     if a.csv:
         import pandas as pd
+
         pd.DataFrame(rows).to_csv(a.csv, index=False)
         print(f"\nwrote {len(rows)} rows to {a.csv}")
     return 0
@@ -287,6 +380,7 @@ def cmd_fit(a) -> int:
 
 def cmd_figures(a) -> int:
     import matplotlib
+
     matplotlib.use("Agg")  # files only; no display needed
 
     from jscale import figures
@@ -294,9 +388,13 @@ def cmd_figures(a) -> int:
 
     df = load_results(a.results, check=a.check)
     print(f"{len(df)} results from {a.results}")
-    r = figures.render_all(df, a.out, formats=a.format, n_bootstrap=a.bootstrap, seed=a.seed, k=a.holdout)
+    r = figures.render_all(
+        df, a.out, formats=a.format, n_bootstrap=a.bootstrap, seed=a.seed, k=a.holdout
+    )
     if len(r.skipped) == len(figures.FIGURES):
-        raise ResultsError(f"{a.results}: no figure could be drawn: {'; '.join(why for _, why in r.skipped)}")
+        raise ResultsError(
+            f"{a.results}: no figure could be drawn: {'; '.join(why for _, why in r.skipped)}"
+        )
     return 0
 
 
@@ -321,52 +419,98 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     fmt = _Help
     p = _Parser(prog="jscale", description="Scaling laws of LM inference in JAX.")
-    p.add_argument("--version", action="version", version=f"jscale {__import__('jscale').__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{sweep,fit,figures,train,ladder,bench,info}", required=True)
+    p.add_argument(
+        "--version", action="version", version=f"jscale {__import__('jscale').__version__}"
+    )
+    sub = p.add_subparsers(
+        dest="command", metavar="{sweep,fit,figures,train,ladder,bench,info}", required=True
+    )
 
-    sw = sub.add_parser("sweep", help="run (or resume) a sweep config: sizes x precisions x seeds -> results",
-                        formatter_class=fmt)
+    sw = sub.add_parser(
+        "sweep",
+        help="run (or resume) a sweep config: sizes x precisions x seeds -> results",
+        formatter_class=fmt,
+    )
     sw.add_argument("config", help="sweep config (TOML), e.g. experiments/quick.toml")
     sw.add_argument("--out", help="output directory instead of the config's out_dir")
-    sw.add_argument("--force", action="store_true",
-                    help="redo every point (re-evaluate and re-time; reuses checkpoints whose training config is unchanged)")
+    sw.add_argument(
+        "--force",
+        action="store_true",
+        help="redo every point (re-evaluate and re-time; reuses checkpoints whose training config is unchanged)",
+    )
     sw.add_argument("--retrain", action="store_true", help="with --force: retrain the models too")
-    sw.add_argument("--worker", type=_worker, metavar="I/N",
-                    help="run only this worker's share (models with index %% N == I-1), e.g. $SLURM_ARRAY_TASK_ID/N")
-    sw.add_argument("--plan", action="store_true", help="print the points, their cost and what is left; run nothing")
+    sw.add_argument(
+        "--worker",
+        type=_worker,
+        metavar="I/N",
+        help="run only this worker's share (models with index %% N == I-1), e.g. $SLURM_ARRAY_TASK_ID/N",
+    )
+    sw.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the points, their cost and what is left; run nothing",
+    )
     sw.add_argument("--quiet", action="store_true", help="no progress bars (the log still prints)")
     sw.set_defaults(fn=cmd_sweep)
 
-    t = sub.add_parser("train", help="train one model and print its held-out loss", formatter_class=fmt)
+    t = sub.add_parser(
+        "train", help="train one model and print its held-out loss", formatter_class=fmt
+    )
     g = t.add_argument_group("model (a ladder size, or an explicit shape)")
-    g.add_argument("--size", type=_size, help="target non-embedding params of a ladder model (default 1e5)")
+    g.add_argument(
+        "--size", type=_size, help="target non-embedding params of a ladder model (default 1e5)"
+    )
     g.add_argument("--d-model", type=int, help="explicit shape instead of --size: d_model")
-    g.add_argument("--n-layers", type=int, help="explicit shape: layers (with --d-model; default 2)")
+    g.add_argument(
+        "--n-layers", type=int, help="explicit shape: layers (with --d-model; default 2)"
+    )
     g.add_argument("--n-heads", type=int, help="explicit shape: heads (with --d-model; default 1)")
     g.add_argument("--untied", action="store_true", help="untied input embedding and output head")
     g = t.add_argument_group("training")
     g.add_argument("--steps", type=int, help="optimizer steps (instead of --tokens)")
-    g.add_argument("--tokens", type=_count, help="token budget, rounded up to whole steps (default 2e6)")
+    g.add_argument(
+        "--tokens", type=_count, help="token budget, rounded up to whole steps (default 2e6)"
+    )
     g.add_argument("--batch-size", type=int, default=16, help="sequences per optimizer step")
     g.add_argument("--seq-len", type=int, default=256, help="tokens (bytes) per training sequence")
     g.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     g.add_argument("--seed", type=int, default=0, help="the one seed of init and batches")
-    g.add_argument("--eval-tokens", type=_count, default=262_144, help="held-out tokens to evaluate on")
-    g.add_argument("--corpus", help="text file or directory (default: Python's standard library source)")
-    g.add_argument("--val-percent", type=float, default=2.0, help="share of the corpus held out, in %%")
-    g.add_argument("--compute", default="fp32", choices=["fp32", "bf16"],
-                   help="training precision: fp32, or bf16 mixed precision (fp32 master weights)")
-    g.add_argument("--precisions", default="fp32,bf16,int8,w8a8",
-                   help="comma-separated post-training precisions to evaluate the trained params in "
-                        "(fp32, bf16, int8, w8a8; empty for none)")
-    g.add_argument("--mesh", type=_mesh_spec, metavar="data=D,fsdp=F",
-                   help="train sharded over a device mesh (jscale.sharding): batch split over data x fsdp, "
-                        "params and optimizer state split along fsdp; -1 = all remaining devices")
+    g.add_argument(
+        "--eval-tokens", type=_count, default=262_144, help="held-out tokens to evaluate on"
+    )
+    g.add_argument(
+        "--corpus", help="text file or directory (default: Python's standard library source)"
+    )
+    g.add_argument(
+        "--val-percent", type=float, default=2.0, help="share of the corpus held out, in %%"
+    )
+    g.add_argument(
+        "--compute",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="training precision: fp32, or bf16 mixed precision (fp32 master weights)",
+    )
+    g.add_argument(
+        "--precisions",
+        default="fp32,bf16,int8,w8a8",
+        help="comma-separated post-training precisions to evaluate the trained params in "
+        "(fp32, bf16, int8, w8a8; empty for none)",
+    )
+    g.add_argument(
+        "--mesh",
+        type=_mesh_spec,
+        metavar="data=D,fsdp=F",
+        help="train sharded over a device mesh (jscale.sharding): batch split over data x fsdp, "
+        "params and optimizer state split along fsdp; -1 = all remaining devices",
+    )
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(fn=cmd_train)
 
-    lad = sub.add_parser("ladder", help="print the size ladder: target vs achieved non-embedding params",
-                         formatter_class=fmt)
+    lad = sub.add_parser(
+        "ladder",
+        help="print the size ladder: target vs achieved non-embedding params",
+        formatter_class=fmt,
+    )
     lad.add_argument("--lo", type=_size, default=1e4, help="smallest target non-embedding params")
     lad.add_argument("--hi", type=_size, default=1e9, help="largest target")
     lad.add_argument("--per-decade", type=int, default=2, help="sizes per factor of 10")
@@ -374,42 +518,93 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks: `jscale bench latency`")
     bsub = b.add_subparsers(dest="bench", metavar="{latency}", required=True)
-    bl = bsub.add_parser("latency", help="prefill and KV-cache decode latency vs size and precision, "
-                         "beside the roofline", formatter_class=fmt)
-    bl.add_argument("--sizes", nargs="+", type=_size, default=[1e5, 1e6, 1e7, 1e8],
-                    help="target non-embedding params (ladder models, random init)")
-    bl.add_argument("--precisions", default="fp32,bf16,int8,w8a8", help="comma-separated precisions")
+    bl = bsub.add_parser(
+        "latency",
+        help="prefill and KV-cache decode latency vs size and precision, beside the roofline",
+        formatter_class=fmt,
+    )
+    bl.add_argument(
+        "--sizes",
+        nargs="+",
+        type=_size,
+        default=[1e5, 1e6, 1e7, 1e8],
+        help="target non-embedding params (ladder models, random init)",
+    )
+    bl.add_argument(
+        "--precisions", default="fp32,bf16,int8,w8a8", help="comma-separated precisions"
+    )
     bl.add_argument("--batch", type=_positive_int, default=1, help="sequences decoded together")
     bl.add_argument("--prompt", type=_positive_int, default=128, help="prompt tokens")
-    bl.add_argument("--gen", type=_positive_int, default=32, help="generated tokens (decode steps per run)")
-    bl.add_argument("--repeats", type=_positive_int, default=LATENCY_REPEATS,
-                    help=f"timed runs (after {LATENCY_WARMUP} warm-up runs)")
-    bl.add_argument("--kernel-layout", choices=("auto", "in_out", "out_in"), default="auto",
-                    help="how projection kernels are stored: auto = the layout each precision's decode "
-                         "measured fastest in on this backend; in_out = as trained; out_in = transposed")
-    bl.add_argument("--min-rows", type=_auto_or_positive_int, default="auto",
-                    help="pad each projection's tokens to at least this many rows: auto = the fastest "
-                         "measured for each precision and kernel layout on this backend; 1 = no padding")
+    bl.add_argument(
+        "--gen", type=_positive_int, default=32, help="generated tokens (decode steps per run)"
+    )
+    bl.add_argument(
+        "--repeats",
+        type=_positive_int,
+        default=LATENCY_REPEATS,
+        help=f"timed runs (after {LATENCY_WARMUP} warm-up runs)",
+    )
+    bl.add_argument(
+        "--kernel-layout",
+        choices=("auto", "in_out", "out_in"),
+        default="auto",
+        help="how projection kernels are stored: auto = the layout each precision's decode "
+        "measured fastest in on this backend; in_out = as trained; out_in = transposed",
+    )
+    bl.add_argument(
+        "--min-rows",
+        type=_auto_or_positive_int,
+        default="auto",
+        help="pad each projection's tokens to at least this many rows: auto = the fastest "
+        "measured for each precision and kernel layout on this backend; 1 = no padding",
+    )
     bl.add_argument("--csv", help="also write every measured field to this CSV file")
-    bl.add_argument("--mesh", type=_mesh_spec, metavar="data=D,fsdp=F",
-                    help="time sharded over a device mesh (docs/scale-out.md); bounds are for the whole mesh")
+    bl.add_argument(
+        "--mesh",
+        type=_mesh_spec,
+        metavar="data=D,fsdp=F",
+        help="time sharded over a device mesh (docs/scale-out.md); bounds are for the whole mesh",
+    )
     bl.set_defaults(fn=cmd_bench_latency)
 
-    for name, hlp in (("fit", "fit the scaling laws to a results table and print the fit table (Markdown)"),
-                      ("figures", "render the paper figures (PNG, PDF) and the fit table from a results table")):
+    for name, hlp in (
+        ("fit", "fit the scaling laws to a results table and print the fit table (Markdown)"),
+        ("figures", "render the paper figures (PNG, PDF) and the fit table from a results table"),
+    ):
         f = sub.add_parser(name, help=hlp, formatter_class=fmt)
-        f.add_argument("results", metavar="RESULTS_DIR",
-                       help="a sweep's output directory (records/*.json), or a .csv/.jsonl results table")
+        f.add_argument(
+            "results",
+            metavar="RESULTS_DIR",
+            help="a sweep's output directory (records/*.json), or a .csv/.jsonl results table",
+        )
         if name == "figures":
-            f.add_argument("--out", required=True, help="directory to write the figures and fits.md/fits.tex to")
-            f.add_argument("--format", type=_formats, default=("png", "pdf"),
-                           help="comma-separated file formats: png, pdf, svg")
-        f.add_argument("--bootstrap", type=_positive_int, default=1000, help="bootstrap resamples per fit")
+            f.add_argument(
+                "--out",
+                required=True,
+                help="directory to write the figures and fits.md/fits.tex to",
+            )
+            f.add_argument(
+                "--format",
+                type=_formats,
+                default=("png", "pdf"),
+                help="comma-separated file formats: png, pdf, svg",
+            )
+        f.add_argument(
+            "--bootstrap", type=_positive_int, default=1000, help="bootstrap resamples per fit"
+        )
         f.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-        f.add_argument("--holdout", type=_positive_int, default=2,
-                       help="largest sizes held out in the extrapolation check")
-        f.add_argument("--no-check", dest="check", action="store_false",
-                       help="read a table whose columns are not jscale's schema (e.g. published data)")
+        f.add_argument(
+            "--holdout",
+            type=_positive_int,
+            default=2,
+            help="largest sizes held out in the extrapolation check",
+        )
+        f.add_argument(
+            "--no-check",
+            dest="check",
+            action="store_false",
+            help="read a table whose columns are not jscale's schema (e.g. published data)",
+        )
         f.set_defaults(fn=cmd_fit if name == "fit" else cmd_figures)
 
     i = sub.add_parser("info", help="device, versions, measured roofline, default corpus")
@@ -421,9 +616,15 @@ def build_parser() -> argparse.ArgumentParser:
 # Errors that are the user's to fix: one line, exit 2.  Looked up only in modules already
 # imported (an exception can only come from a loaded module), so `jscale fit` never pays
 # for importing the model and training code.
-_USER_ERRORS = {"jscale.config": "ConfigError", "jscale.data": "CorpusError", "jscale.precision": "PrecisionError",
-                "jscale.results": "ResultsError", "jscale.checkpoint": "CheckpointError",
-                "jscale.analysis": "AnalysisError", "jscale.figures": "FigureError"}
+_USER_ERRORS = {
+    "jscale.config": "ConfigError",
+    "jscale.data": "CorpusError",
+    "jscale.precision": "PrecisionError",
+    "jscale.results": "ResultsError",
+    "jscale.checkpoint": "CheckpointError",
+    "jscale.analysis": "AnalysisError",
+    "jscale.figures": "FigureError",
+}
 
 
 def _loaded(names: dict[str, str]) -> tuple[type, ...]:
@@ -434,8 +635,10 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     if a.command in ("train", "sweep"):  # a no-op unless this is one host of a multi-host job
         from jscale.sharding import maybe_initialize_distributed
+
         maybe_initialize_distributed()
     from jscale.runtime import enable_compilation_cache
+
     enable_compilation_cache()
     try:
         return a.fn(a)
@@ -448,8 +651,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # the device ran out of memory: say so in one line, not a traceback
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
-        print(f"jscale: out of device memory: {str(e).splitlines()[0][:300]}; use a smaller model, "
-              "--batch-size or --seq-len", file=sys.stderr)
+        print(
+            f"jscale: out of device memory: {str(e).splitlines()[0][:300]}; use a smaller model, "
+            "--batch-size or --seq-len",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print("jscale: interrupted", file=sys.stderr)

@@ -16,7 +16,7 @@ from typing import Any, Mapping, TypeVar
 C = TypeVar("C")
 
 LATENCY_REPEATS = 5  # timed runs behind every latency number, by default (sweeps, `jscale bench`)
-LATENCY_WARMUP = 2   # untimed runs before them
+LATENCY_WARMUP = 2  # untimed runs before them
 
 
 class ConfigError(ValueError):
@@ -73,16 +73,26 @@ class ModelConfig:
         if self.d_ff is None:
             object.__setattr__(self, "d_ff", 4 * self.d_model)
         _positive_int(self, "d_model", "n_layers", "n_heads", "d_ff", "vocab_size", "max_seq_len")
-        _require(self.vocab_size >= 2, f"ModelConfig.vocab_size must be >= 2, got {self.vocab_size}")
-        _require(self.d_model % self.n_heads == 0,
-                 f"ModelConfig.d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
-        _require((self.d_model // self.n_heads) % 2 == 0,
-                 f"ModelConfig head width d_model/n_heads = {self.d_model // self.n_heads} must be even "
-                 "(rotary position encoding rotates pairs of channels)")
-        _require(isinstance(self.tie_embeddings, bool),
-                 f"ModelConfig.tie_embeddings must be true or false, got {self.tie_embeddings!r}")
-        _require(_is_number(self.rope_base) and math.isfinite(self.rope_base) and self.rope_base > 1,
-                 f"ModelConfig.rope_base must be a number > 1, got {self.rope_base!r}")
+        _require(
+            self.vocab_size >= 2, f"ModelConfig.vocab_size must be >= 2, got {self.vocab_size}"
+        )
+        _require(
+            self.d_model % self.n_heads == 0,
+            f"ModelConfig.d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})",
+        )
+        _require(
+            (self.d_model // self.n_heads) % 2 == 0,
+            f"ModelConfig head width d_model/n_heads = {self.d_model // self.n_heads} must be even "
+            "(rotary position encoding rotates pairs of channels)",
+        )
+        _require(
+            isinstance(self.tie_embeddings, bool),
+            f"ModelConfig.tie_embeddings must be true or false, got {self.tie_embeddings!r}",
+        )
+        _require(
+            _is_number(self.rope_base) and math.isfinite(self.rope_base) and self.rope_base > 1,
+            f"ModelConfig.rope_base must be a number > 1, got {self.rope_base!r}",
+        )
 
     @property
     def head_dim(self) -> int:
@@ -124,32 +134,59 @@ class TrainConfig:
     compute: str = "fp32"
 
     def __post_init__(self):
-        _positive_int(self, "batch_size", "seq_len", "eval_tokens", "eval_batch_size", "steps_per_call")
+        _positive_int(
+            self, "batch_size", "seq_len", "eval_tokens", "eval_batch_size", "steps_per_call"
+        )
         for name in ("lr", "warmup_frac", "min_lr_ratio", "weight_decay", "b1", "b2", "grad_clip"):
-            _require(_is_number(getattr(self, name)) and math.isfinite(getattr(self, name)),
-                     f"TrainConfig.{name} must be a finite number, got {getattr(self, name)!r}")
-        _require(self.eval_tokens >= self.seq_len,
-                 f"TrainConfig.eval_tokens ({self.eval_tokens}) must be at least seq_len ({self.seq_len}): "
-                 "the held-out set is made of whole sequences")
-        _require((self.steps is None) != (self.tokens is None),
-                 "TrainConfig: give exactly one of `steps` or `tokens` (a token budget); "
-                 f"got steps={self.steps!r}, tokens={self.tokens!r}")
+            _require(
+                _is_number(getattr(self, name)) and math.isfinite(getattr(self, name)),
+                f"TrainConfig.{name} must be a finite number, got {getattr(self, name)!r}",
+            )
+        _require(
+            self.eval_tokens >= self.seq_len,
+            f"TrainConfig.eval_tokens ({self.eval_tokens}) must be at least seq_len ({self.seq_len}): "
+            "the held-out set is made of whole sequences",
+        )
+        _require(
+            (self.steps is None) != (self.tokens is None),
+            "TrainConfig: give exactly one of `steps` or `tokens` (a token budget); "
+            f"got steps={self.steps!r}, tokens={self.tokens!r}",
+        )
         if self.steps is not None:
             _positive_int(self, "steps")
         if self.tokens is not None:
             _positive_int(self, "tokens")
         if self.warmup_steps is not None:
-            _require(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0,
-                     f"TrainConfig.warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
-        _require(0 <= self.warmup_frac < 1, f"TrainConfig.warmup_frac must be in [0, 1), got {self.warmup_frac!r}")
+            _require(
+                isinstance(self.warmup_steps, int) and self.warmup_steps >= 0,
+                f"TrainConfig.warmup_steps must be an integer >= 0, got {self.warmup_steps!r}",
+            )
+        _require(
+            0 <= self.warmup_frac < 1,
+            f"TrainConfig.warmup_frac must be in [0, 1), got {self.warmup_frac!r}",
+        )
         _require(self.lr > 0, f"TrainConfig.lr must be a positive number, got {self.lr!r}")
-        _require(0 <= self.min_lr_ratio <= 1, f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
-        _require(self.weight_decay >= 0, f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
-        _require(0 <= self.b1 < 1 and 0 <= self.b2 < 1, f"TrainConfig.b1 and b2 must be in [0, 1), got {self.b1!r}, {self.b2!r}")
+        _require(
+            0 <= self.min_lr_ratio <= 1,
+            f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}",
+        )
+        _require(
+            self.weight_decay >= 0,
+            f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay!r}",
+        )
+        _require(
+            0 <= self.b1 < 1 and 0 <= self.b2 < 1,
+            f"TrainConfig.b1 and b2 must be in [0, 1), got {self.b1!r}, {self.b2!r}",
+        )
         _require(self.grad_clip > 0, f"TrainConfig.grad_clip must be > 0, got {self.grad_clip!r}")
-        _require(self.compute in ("fp32", "bf16"),
-                 f"TrainConfig.compute must be 'fp32' or 'bf16', got {self.compute!r}")
-        _require(isinstance(self.seed, int) and self.seed >= 0, f"TrainConfig.seed must be an integer >= 0, got {self.seed!r}")
+        _require(
+            self.compute in ("fp32", "bf16"),
+            f"TrainConfig.compute must be 'fp32' or 'bf16', got {self.compute!r}",
+        )
+        _require(
+            isinstance(self.seed, int) and self.seed >= 0,
+            f"TrainConfig.seed must be an integer >= 0, got {self.seed!r}",
+        )
 
     @property
     def tokens_per_step(self) -> int:
@@ -173,16 +210,26 @@ def from_dict(cls: type[C], d: Mapping[str, Any], where: str = "") -> C:
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - fields)
     loc = f" in {where}" if where else ""
-    _require(not unknown, f"unknown {cls.__name__} field(s){loc}: {', '.join(unknown)}; "
-                          f"valid fields are: {', '.join(sorted(fields))}")
+    _require(
+        not unknown,
+        f"unknown {cls.__name__} field(s){loc}: {', '.join(unknown)}; "
+        f"valid fields are: {', '.join(sorted(fields))}",
+    )
     return cls(**d)
 
 
 # --------------------------------------------------------------------------- size ladder
 
-def config_for_params(target: float, *, aspect_ratio: float = 64.0, head_dim: int = 64,
-                      vocab_size: int = 256, max_seq_len: int = 1024,
-                      tie_embeddings: bool = True) -> ModelConfig:
+
+def config_for_params(
+    target: float,
+    *,
+    aspect_ratio: float = 64.0,
+    head_dim: int = 64,
+    vocab_size: int = 256,
+    max_seq_len: int = 1024,
+    tie_embeddings: bool = True,
+) -> ModelConfig:
     """The ladder config whose non-embedding parameter count is closest to ``target``.
 
     Non-embedding parameters of this architecture are ``n_layers * (12 d^2 + 2 d) + d``
@@ -192,20 +239,30 @@ def config_for_params(target: float, *, aspect_ratio: float = 64.0, head_dim: in
     ``d_model / n_layers = aspect_ratio``.  Heads are ``head_dim`` wide; d_ff = 4 d_model.
     How far the achieved count lands from the target is tabulated by ``jscale ladder``.
     """
-    _require(isinstance(target, (int, float)) and math.isfinite(target) and target >= 1_000,
-             f"target non-embedding parameter count must be a number >= 1e3, got {target!r}")
+    _require(
+        isinstance(target, (int, float)) and math.isfinite(target) and target >= 1_000,
+        f"target non-embedding parameter count must be a number >= 1e3, got {target!r}",
+    )
     _require(aspect_ratio > 0, f"aspect_ratio must be > 0, got {aspect_ratio!r}")
-    l_ideal = (target / (12 * aspect_ratio ** 2)) ** (1 / 3)
+    l_ideal = (target / (12 * aspect_ratio**2)) ** (1 / 3)
     best = None
     for n_layers in range(1, max(2, math.ceil(3 * l_ideal)) + 1):
         d_ideal = math.sqrt(target / (12 * n_layers))
         quantum = head_dim if d_ideal >= head_dim else 8
-        for d in {max(8, quantum * math.floor(d_ideal / quantum)), quantum * math.ceil(d_ideal / quantum)}:
+        for d in {
+            max(8, quantum * math.floor(d_ideal / quantum)),
+            quantum * math.ceil(d_ideal / quantum),
+        }:
             if d >= head_dim and d % head_dim:
                 continue
-            cfg = ModelConfig(d_model=d, n_layers=n_layers, n_heads=max(1, d // head_dim),
-                              vocab_size=vocab_size, max_seq_len=max_seq_len,
-                              tie_embeddings=tie_embeddings)
+            cfg = ModelConfig(
+                d_model=d,
+                n_layers=n_layers,
+                n_heads=max(1, d // head_dim),
+                vocab_size=vocab_size,
+                max_seq_len=max_seq_len,
+                tie_embeddings=tie_embeddings,
+            )
             n = count_params(cfg)["non_embedding"]
             score = abs(math.log(n / target)) + 0.1 * abs(math.log(d / n_layers / aspect_ratio))
             if best is None or score < best[0]:
@@ -216,15 +273,25 @@ def config_for_params(target: float, *, aspect_ratio: float = 64.0, head_dim: in
 def ladder_targets(lo: float = 1e4, hi: float = 1e9, per_decade: int = 2) -> list[float]:
     """Targets ``lo * 10^(i / per_decade)`` non-embedding parameters for i = 0 .. n, with n the
     step count nearest to reaching ``hi`` (so the last target is within half a step of hi)."""
-    _require(_is_number(lo) and _is_number(hi) and math.isfinite(lo) and math.isfinite(hi)
-             and 1_000 <= lo <= hi,
-             f"ladder range must satisfy 1e3 <= lo <= hi (finite), got lo={lo!r}, hi={hi!r}")
-    _require(isinstance(per_decade, int) and per_decade >= 1, f"per_decade must be a positive integer, got {per_decade!r}")
+    _require(
+        _is_number(lo)
+        and _is_number(hi)
+        and math.isfinite(lo)
+        and math.isfinite(hi)
+        and 1_000 <= lo <= hi,
+        f"ladder range must satisfy 1e3 <= lo <= hi (finite), got lo={lo!r}, hi={hi!r}",
+    )
+    _require(
+        isinstance(per_decade, int) and per_decade >= 1,
+        f"per_decade must be a positive integer, got {per_decade!r}",
+    )
     n = round(math.log10(hi / lo) * per_decade)
     return [lo * 10 ** (i / per_decade) for i in range(n + 1)]
 
 
-def default_ladder(lo: float = 1e4, hi: float = 1e9, per_decade: int = 2, **kw) -> list[ModelConfig]:
+def default_ladder(
+    lo: float = 1e4, hi: float = 1e9, per_decade: int = 2, **kw
+) -> list[ModelConfig]:
     """Configs for ``ladder_targets(lo, hi, per_decade)``; duplicates are dropped."""
     out: list[ModelConfig] = []
     for t in ladder_targets(lo, hi, per_decade):
@@ -236,6 +303,7 @@ def default_ladder(lo: float = 1e4, hi: float = 1e9, per_decade: int = 2, **kw) 
 
 # --------------------------------------------------------------------------- analytic counts
 
+
 def count_params(cfg: ModelConfig) -> dict[str, int]:
     """Exact parameter counts of ``jscale.model.Transformer(cfg)``: ``total``, ``embedding``
     (token embedding, plus the output head when untied) and ``non_embedding`` (everything
@@ -244,8 +312,11 @@ def count_params(cfg: ModelConfig) -> dict[str, int]:
     per_layer = 3 * d * d + d * d + 2 * d * f + 2 * d  # qkv, out, up+down, two norm scales
     non_embedding = cfg.n_layers * per_layer + d
     embedding = cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2)
-    return {"total": non_embedding + embedding, "embedding": embedding,
-            "non_embedding": non_embedding}
+    return {
+        "total": non_embedding + embedding,
+        "embedding": embedding,
+        "non_embedding": non_embedding,
+    }
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, float]:

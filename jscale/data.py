@@ -70,8 +70,11 @@ def _list_files(root: Path, default: bool) -> list[Path]:
     if default:
         files = [p for p in root.rglob("*.py") if "site-packages" not in p.relative_to(root).parts]
     else:
-        files = [p for p in root.rglob("*") if p.is_file()
-                 and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+        files = [
+            p
+            for p in root.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        ]
     return sorted(files)
 
 
@@ -79,8 +82,9 @@ def _is_val(rel: str, val_percent: float) -> bool:
     return zlib.crc32(rel.encode()) % 10_000 < val_percent * 100
 
 
-def load_corpus(path: str | os.PathLike | None = None, *, val_percent: float = 2.0,
-                cache: Path | None = None) -> Corpus:
+def load_corpus(
+    path: str | os.PathLike | None = None, *, val_percent: float = 2.0, cache: Path | None = None
+) -> Corpus:
     """Load (building the token cache on first use) a byte-level corpus.
 
     path: a text file or a directory of text files (all regular, non-hidden files; binary
@@ -90,7 +94,9 @@ def load_corpus(path: str | os.PathLike | None = None, *, val_percent: float = 2
     ``val_percent`` % of its bytes instead.
     """
     if path is not None and str(path).strip() == "":
-        raise CorpusError("corpus path is empty; give a text file or directory, or omit it for the default corpus")
+        raise CorpusError(
+            "corpus path is empty; give a text file or directory, or omit it for the default corpus"
+        )
     if not 0 < val_percent < 100:
         raise CorpusError(f"val_percent must be in (0, 100), got {val_percent!r}")
     default = path is None
@@ -104,7 +110,9 @@ def load_corpus(path: str | os.PathLike | None = None, *, val_percent: float = 2
             st = f.stat()
         except OSError as e:
             raise CorpusError(f"cannot read corpus file {f}: {e}") from e
-        h.update(f"|{f.relative_to(root) if f != root else f.name}|{st.st_size}|{st.st_mtime_ns}".encode())
+        h.update(
+            f"|{f.relative_to(root) if f != root else f.name}|{st.st_size}|{st.st_mtime_ns}".encode()
+        )
     fp = h.hexdigest()[:16]
     where = (cache or cache_dir()) / "corpora" / fp
     meta_path = where / "meta.json"
@@ -113,8 +121,14 @@ def load_corpus(path: str | os.PathLike | None = None, *, val_percent: float = 2
     meta = json.loads(meta_path.read_text())
     train = np.load(where / "train.npy", mmap_mode="r")
     val = np.load(where / "val.npy", mmap_mode="r")
-    return Corpus(train=train, val=val, name=str(root), fingerprint=fp,
-                  n_files_train=meta["n_files_train"], n_files_val=meta["n_files_val"])
+    return Corpus(
+        train=train,
+        val=val,
+        name=str(root),
+        fingerprint=fp,
+        n_files_train=meta["n_files_train"],
+        n_files_val=meta["n_files_val"],
+    )
 
 
 def _read(f: Path) -> bytes | None:
@@ -137,7 +151,9 @@ def _build_cache(root: Path, files: list[Path], val_percent: float, where: Path)
         for f in files:
             data = _read(f)
             if data:  # skip binary (None) and empty files
-                parts["val" if _is_val(str(f.relative_to(root)), val_percent) else "train"].append(data)
+                parts["val" if _is_val(str(f.relative_to(root)), val_percent) else "train"].append(
+                    data
+                )
     n_bytes = {k: sum(map(len, v)) for k, v in parts.items()}
     if not root.is_file() and n_bytes["val"] < 1024 and n_bytes["train"] + n_bytes["val"] > 0:
         # too few files for a split by file (e.g. one big file in a directory): hold out the
@@ -149,22 +165,34 @@ def _build_cache(root: Path, files: list[Path], val_percent: float, where: Path)
     if n_bytes["train"] == 0:
         raise CorpusError(f"corpus {root} has no text: every file is empty or binary")
     if n_bytes["val"] < 1024:
-        raise CorpusError(f"corpus {root} is too small: its validation split has {n_bytes['val']} "
-                          f"bytes (need >= 1024); add text or raise val_percent (--val-percent)")
+        raise CorpusError(
+            f"corpus {root} is too small: its validation split has {n_bytes['val']} "
+            f"bytes (need >= 1024); add text or raise val_percent (--val-percent)"
+        )
     where.mkdir(parents=True, exist_ok=True)
     for split, docs in parts.items():
         tokens = np.frombuffer(bytes([SEPARATOR]).join(docs), dtype=np.uint8)
-        tmp = where / f"{split}.{os.getpid()}.tmp.npy"  # per-process: concurrent builders never share
+        tmp = (
+            where / f"{split}.{os.getpid()}.tmp.npy"
+        )  # per-process: concurrent builders never share
         np.save(tmp, tokens)
         os.replace(tmp, where / f"{split}.npy")
-    meta = {"root": str(root), "n_files_train": len(parts["train"]), "n_files_val": len(parts["val"]),
-            "n_tokens_train": n_bytes["train"], "n_tokens_val": n_bytes["val"], "val_percent": val_percent}
+    meta = {
+        "root": str(root),
+        "n_files_train": len(parts["train"]),
+        "n_files_val": len(parts["val"]),
+        "n_tokens_train": n_bytes["train"],
+        "n_tokens_val": n_bytes["val"],
+        "val_percent": val_percent,
+    }
     tmp = where / f"meta.{os.getpid()}.tmp.json"
     tmp.write_text(json.dumps(meta, indent=1))
     os.replace(tmp, where / "meta.json")  # written last: its presence means the cache is complete
 
 
-def train_batch(tokens: np.ndarray, seed: int, step: int, batch_size: int, seq_len: int) -> np.ndarray:
+def train_batch(
+    tokens: np.ndarray, seed: int, step: int, batch_size: int, seq_len: int
+) -> np.ndarray:
     """Batch ``[batch_size, seq_len + 1]`` (int32) of random windows of ``tokens``.
 
     A pure function of (seed, step): the window starts come from a NumPy generator seeded
@@ -189,8 +217,10 @@ def eval_batches(tokens: np.ndarray, seq_len: int, n_tokens: int) -> np.ndarray:
     n_avail = (len(tokens) - 1) // seq_len
     n_seq = min(n_tokens // seq_len, n_avail)
     if n_seq < 1:
-        raise CorpusError(f"held-out set would be empty: {len(tokens)} validation tokens and an "
-                          f"eval budget of {n_tokens} tokens, with seq_len={seq_len}")
+        raise CorpusError(
+            f"held-out set would be empty: {len(tokens)} validation tokens and an "
+            f"eval budget of {n_tokens} tokens, with seq_len={seq_len}"
+        )
     starts = (np.arange(n_seq) * n_avail // n_seq) * seq_len
     idx = starts[:, None] + np.arange(seq_len + 1)
     return np.asarray(tokens[idx], dtype=np.int32)

@@ -32,8 +32,14 @@ def _logits(params, cfg: ModelConfig, tokens_BxT, policy):
     return model.apply(params, cfg, tokens_BxT, policy=policy)
 
 
-def sequence_losses(params, cfg: ModelConfig, batches_NxT1: np.ndarray, batch_size: int = 32,
-                    policy="fp32", mesh=None) -> np.ndarray:
+def sequence_losses(
+    params,
+    cfg: ModelConfig,
+    batches_NxT1: np.ndarray,
+    batch_size: int = 32,
+    policy="fp32",
+    mesh=None,
+) -> np.ndarray:
     """Mean next-token loss (nats) of each of N fixed sequences ``[N, T+1]``: float64 ``[N]``.
     With a ``mesh`` each batch is split over its devices when they divide ``batch_size``
     (else replicated); the params keep whatever placement they have."""
@@ -41,20 +47,22 @@ def sequence_losses(params, cfg: ModelConfig, batches_NxT1: np.ndarray, batch_si
 
     def put(b):
         return b
+
     if mesh is not None:
         divides = batch_size % sharding.batch_devices(mesh) == 0
         where = sharding.batch_sharding(mesh) if divides else sharding.replicated(mesh)
 
         def put(b):
             return sharding.put(b, where)
+
     out = []
     for start in range(0, len(batches_NxT1), batch_size):
-        b = batches_NxT1[start:start + batch_size]
+        b = batches_NxT1[start : start + batch_size]
         pad = batch_size - len(b)
         if pad:  # keep one compiled shape; padded rows are dropped below
             b = np.concatenate([b, np.repeat(b[-1:], pad, axis=0)])
         losses_B = sharding.gather(_sequence_mean_losses(params, cfg, put(b), policy))
-        out.append(np.asarray(losses_B, dtype=np.float64)[:batch_size - pad])
+        out.append(np.asarray(losses_B, dtype=np.float64)[: batch_size - pad])
     return np.concatenate(out)
 
 
@@ -64,8 +72,14 @@ def mean_and_se(x: np.ndarray) -> tuple[float, float]:
     return float(x.mean()), float(x.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
 
 
-def evaluate(params, cfg: ModelConfig, batches_NxT1: np.ndarray, batch_size: int = 32,
-             policy="fp32", mesh=None) -> dict[str, float]:
+def evaluate(
+    params,
+    cfg: ModelConfig,
+    batches_NxT1: np.ndarray,
+    batch_size: int = 32,
+    policy="fp32",
+    mesh=None,
+) -> dict[str, float]:
     """Held-out loss on fixed sequences ``[N, T+1]`` in precision ``policy``.
 
     Returns ``eval_loss_nats`` (mean next-token loss, nats/token), ``eval_loss_se_nats``
@@ -74,13 +88,23 @@ def evaluate(params, cfg: ModelConfig, batches_NxT1: np.ndarray, batch_size: int
     accumulated in float64 on the host.  ``mesh``: see ``sequence_losses``.
     """
     mean, se = mean_and_se(sequence_losses(params, cfg, batches_NxT1, batch_size, policy, mesh))
-    return {"eval_loss_nats": mean, "eval_loss_se_nats": se, "eval_bits_per_byte": mean / LN2,
-            "eval_bits_per_byte_se": se / LN2, "eval_tokens": int(batches_NxT1.shape[0] * (batches_NxT1.shape[1] - 1))}
+    return {
+        "eval_loss_nats": mean,
+        "eval_loss_se_nats": se,
+        "eval_bits_per_byte": mean / LN2,
+        "eval_bits_per_byte_se": se / LN2,
+        "eval_tokens": int(batches_NxT1.shape[0] * (batches_NxT1.shape[1] - 1)),
+    }
 
 
-def compare_precisions(params, cfg: ModelConfig, eval_set_NxT1: np.ndarray,
-                       policies=("fp32", "bf16", "int8", "w8a8"), batch_size: int = 32,
-                       logit_sequences: int = 8) -> pd.DataFrame:
+def compare_precisions(
+    params,
+    cfg: ModelConfig,
+    eval_set_NxT1: np.ndarray,
+    policies=("fp32", "bf16", "int8", "w8a8"),
+    batch_size: int = 32,
+    logit_sequences: int = 8,
+) -> pd.DataFrame:
     """One row per policy (names or ``Policy`` objects; the first row is fp32, the reference,
     always included), with the ``evaluate`` columns of ``jscale.schema`` (their units and
     meaning are there): ``inference_precision`` (a policy with non-default layers is labelled
@@ -102,17 +126,26 @@ def compare_precisions(params, cfg: ModelConfig, eval_set_NxT1: np.ndarray,
         nbytes = precision.param_bytes(converted)
         if ref is None:
             ref = {"losses_N": losses_N, "logits": logits, "bytes": nbytes}
-        rel_err = (np.linalg.norm(logits - ref["logits"], axis=-1) / np.linalg.norm(ref["logits"], axis=-1))
+        rel_err = np.linalg.norm(logits - ref["logits"], axis=-1) / np.linalg.norm(
+            ref["logits"], axis=-1
+        )
         loss, loss_se = mean_and_se(losses_N)
         delta, delta_se = mean_and_se(losses_N - ref["losses_N"])
-        rows.append({
-            "inference_precision": policy.label, "eval_tokens": n_predicted,
-            "eval_loss_nats": loss, "eval_loss_se_nats": loss_se,
-            "eval_bits_per_byte": loss / LN2, "eval_bits_per_byte_se": loss_se / LN2,
-            "delta_loss_vs_fp32_nats": delta, "delta_loss_vs_fp32_se_nats": delta_se,
-            "delta_loss_vs_fp32_pct": 100 * delta / ref["losses_N"].mean(),
-            "param_bytes": nbytes, "param_bytes_vs_fp32": nbytes / ref["bytes"],
-            "logit_rel_err_mean": rel_err.mean(), "logit_rel_err_max": rel_err.max(),
-        })
+        rows.append(
+            {
+                "inference_precision": policy.label,
+                "eval_tokens": n_predicted,
+                "eval_loss_nats": loss,
+                "eval_loss_se_nats": loss_se,
+                "eval_bits_per_byte": loss / LN2,
+                "eval_bits_per_byte_se": loss_se / LN2,
+                "delta_loss_vs_fp32_nats": delta,
+                "delta_loss_vs_fp32_se_nats": delta_se,
+                "delta_loss_vs_fp32_pct": 100 * delta / ref["losses_N"].mean(),
+                "param_bytes": nbytes,
+                "param_bytes_vs_fp32": nbytes / ref["bytes"],
+                "logit_rel_err_mean": rel_err.mean(),
+                "logit_rel_err_max": rel_err.max(),
+            }
+        )
     return pd.DataFrame(rows)
-

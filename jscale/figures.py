@@ -37,14 +37,20 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from jscale import analysis
-from jscale.schema import DECODE, DELTA, DELTA_SE, LOSS, LOSS_SE, N, PRECISION, PREFILL
+from jscale.schema import DECODE, DELTA, DELTA_SE, LOSS, LOSS_SE, PRECISION, PREFILL, N
 
 PRECISION_ORDER = ("fp32", "bf16", "int8", "w8a8")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 LEVEL = 0.95
 DPI = 300
 N_LABEL = "non-embedding parameters N"
-FIGURES = ("loss_vs_params", "latency_vs_params", "loss_vs_latency", "memory_vs_params", "fit_diagnostics")
+FIGURES = (
+    "loss_vs_params",
+    "latency_vs_params",
+    "loss_vs_latency",
+    "memory_vs_params",
+    "fit_diagnostics",
+)
 
 
 class FigureError(ValueError):
@@ -54,6 +60,7 @@ class FigureError(ValueError):
 @dataclass(frozen=True)
 class Quantity:
     """A fitted quantity: its column, law and axis label (with units)."""
+
     name: str
     column: str
     form: str
@@ -82,15 +89,30 @@ def precision_style(precisions) -> dict[str, dict]:
     extra = sorted(set(map(str, precisions)) - set(PRECISION_ORDER))
     names = list(PRECISION_ORDER) + extra
     pal = sns.color_palette("colorblind", max(10, len(names)))
-    return {p: {"color": pal[i % len(pal)], "marker": MARKERS[i % len(MARKERS)]} for i, p in enumerate(names)}
+    return {
+        p: {"color": pal[i % len(pal)], "marker": MARKERS[i % len(MARKERS)]}
+        for i, p in enumerate(names)
+    }
 
 
 @contextlib.contextmanager
 def theme():
     """The figures' seaborn theme, applied only inside the ``with`` block."""
-    with sns.axes_style("whitegrid"), sns.plotting_context("paper", font_scale=1.25), mpl.rc_context({
-            "axes.titlesize": "medium", "legend.frameon": False, "pdf.fonttype": 42, "ps.fonttype": 42,
-            "grid.linewidth": 0.6, "axes.grid.which": "major", "savefig.dpi": DPI}):
+    with (
+        sns.axes_style("whitegrid"),
+        sns.plotting_context("paper", font_scale=1.25),
+        mpl.rc_context(
+            {
+                "axes.titlesize": "medium",
+                "legend.frameon": False,
+                "pdf.fonttype": 42,
+                "ps.fonttype": 42,
+                "grid.linewidth": 0.6,
+                "axes.grid.which": "major",
+                "savefig.dpi": DPI,
+            }
+        ),
+    ):
         yield
 
 
@@ -102,8 +124,10 @@ def _groups(df: pd.DataFrame) -> list[str]:
 def _require(df: pd.DataFrame, figure: str, cols) -> None:
     missing = [c for c in cols if c not in df.columns or df[c].isna().all()]
     if missing:
-        raise FigureError(f"{figure}: the results table lacks column{'s' * (len(missing) > 1)} "
-                          f"{', '.join(missing)}")
+        raise FigureError(
+            f"{figure}: the results table lacks column{'s' * (len(missing) > 1)} "
+            f"{', '.join(missing)}"
+        )
 
 
 def _prepare(df: pd.DataFrame) -> pd.DataFrame:
@@ -128,7 +152,7 @@ def _log_axis(ax, which: str, fmt=None) -> None:
     round values labelled plainly (a loss from 2.5 to 4 has no decade tick at all)."""
     getattr(ax, f"set_{which}scale")("log")
     axis = ax.xaxis if which == "x" else ax.yaxis
-    lo, hi = (ax.get_xlim() if which == "x" else ax.get_ylim())
+    lo, hi = ax.get_xlim() if which == "x" else ax.get_ylim()
     if lo <= 0 or not np.isfinite([lo, hi]).all():
         return
     if hi / lo >= 100:
@@ -138,10 +162,15 @@ def _log_axis(ax, which: str, fmt=None) -> None:
         axis.set_major_formatter(ticker.FuncFormatter(fmt or (lambda v, _: f"{v:g}")))
         axis.set_minor_formatter(ticker.NullFormatter())
         return
-    ticks = [t for t in ticker.MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi)
-             if lo <= t <= hi and t > 0]
+    ticks = [
+        t
+        for t in ticker.MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi)
+        if lo <= t <= hi and t > 0
+    ]
     if len(ticks) < 2:
-        ticks = [t for t in ticker.MaxNLocator(nbins=8).tick_values(lo, hi) if lo <= t <= hi and t > 0]
+        ticks = [
+            t for t in ticker.MaxNLocator(nbins=8).tick_values(lo, hi) if lo <= t <= hi and t > 0
+        ]
     axis.set_major_locator(ticker.FixedLocator(ticks))
     axis.set_major_formatter(ticker.FuncFormatter(fmt or (lambda v, _: f"{v:g}")))
     axis.set_minor_formatter(ticker.NullFormatter())
@@ -153,19 +182,27 @@ def _n_fmt(v, _):
 
 def _footnote(df: pd.DataFrame) -> str:
     bits = []
-    for col, name in (("device_kind", "device"), ("latency_batch", "batch"), ("prompt_tokens", "prompt tokens"),
-                      ("gen_tokens", "generated tokens")):
+    for col, name in (
+        ("device_kind", "device"),
+        ("latency_batch", "batch"),
+        ("prompt_tokens", "prompt tokens"),
+        ("gen_tokens", "generated tokens"),
+    ):
         if col in df and df[col].notna().any():
             vals = sorted({str(v) for v in df[col].dropna()})
             bits.append(f"{name} {', '.join(vals[:3])}{'...' if len(vals) > 3 else ''}")
     if "seed" in df:
         bits.append(f"{df['seed'].nunique()} seed{'s' * (df['seed'].nunique() > 1)}")
     if "train_precision" in df and df["train_precision"].nunique() > 1:
-        bits.append(f"train precisions {', '.join(sorted(df['train_precision'].astype(str).unique()))} pooled")
+        bits.append(
+            f"train precisions {', '.join(sorted(df['train_precision'].astype(str).unique()))} pooled"
+        )
     return "; ".join(bits)
 
 
-def _new_figure(df: pd.DataFrame, ncols: int, width: float = 4.2, height: float = 3.4, legend: float = 1.6):
+def _new_figure(
+    df: pd.DataFrame, ncols: int, width: float = 4.2, height: float = 3.4, legend: float = 1.6
+):
     """A constrained-layout figure with ``legend`` inches on the right for the legend and the
     footnote (device, batch, prompt and generated tokens, seeds) at the bottom left."""
     fig = Figure(figsize=(width * ncols + legend, height + 0.3), layout="constrained")
@@ -178,18 +215,39 @@ def _new_figure(df: pd.DataFrame, ncols: int, width: float = 4.2, height: float 
 
 def _legend(fig: Figure, handles, title: str | None = None) -> None:
     """One legend for the whole figure, outside the axes on the right: it covers no data."""
-    fig.legend(handles=handles, loc="outside right upper", title=title, fontsize="small",
-               title_fontsize="small", alignment="left")
+    fig.legend(
+        handles=handles,
+        loc="outside right upper",
+        title=title,
+        fontsize="small",
+        title_fontsize="small",
+        alignment="left",
+    )
 
 
 def _handle(style: dict, label: str, line: bool = True) -> Line2D:
-    return Line2D([], [], color=style["color"], marker=style["marker"], linestyle="-" if line else "none",
-                  markersize=6, label=label)
+    return Line2D(
+        [],
+        [],
+        color=style["color"],
+        marker=style["marker"],
+        linestyle="-" if line else "none",
+        markersize=6,
+        label=label,
+    )
 
 
 def _points(ax, d: pd.DataFrame, x: str, y: str, style: dict, yerr=None) -> None:
-    kw = dict(color=style["color"], marker=style["marker"], linestyle="none", markersize=5.5,
-              markeredgecolor="white", markeredgewidth=0.5, alpha=0.9, zorder=3)
+    kw = dict(
+        color=style["color"],
+        marker=style["marker"],
+        linestyle="none",
+        markersize=5.5,
+        markeredgecolor="white",
+        markeredgewidth=0.5,
+        alpha=0.9,
+        zorder=3,
+    )
     if yerr is not None:
         ax.errorbar(d[x], d[y], yerr=yerr, elinewidth=0.9, capsize=2, ecolor=style["color"], **kw)
     else:
@@ -212,14 +270,23 @@ def _ylim_to(ax, values, pad: float = 1.25) -> None:
         ax.set_ylim(max(lo, v.min() / pad), min(hi, v.max() * pad))
 
 
-def _draw_fit(ax, fit, x: np.ndarray, style: dict, level: float = LEVEL, band: bool = True) -> np.ndarray:
+def _draw_fit(
+    ax, fit, x: np.ndarray, style: dict, level: float = LEVEL, band: bool = True
+) -> np.ndarray:
     """The law as a line over a dense grid beyond the data, and its bootstrap band; returns
     the line's values (for the axis limits)."""
     pred = fit.predict(_grid(x), level=level)
     ax.plot(pred["x"], pred["y"], color=style["color"], linewidth=1.4, zorder=2)
     if band:
-        ax.fill_between(pred["x"], pred["y_lo"], pred["y_hi"], color=style["color"], alpha=0.18,
-                        linewidth=0, zorder=1)
+        ax.fill_between(
+            pred["x"],
+            pred["y_lo"],
+            pred["y_hi"],
+            color=style["color"],
+            alpha=0.18,
+            linewidth=0,
+            zorder=1,
+        )
     return pred["y"].to_numpy(float)
 
 
@@ -248,6 +315,7 @@ class Fits:
     the leave-``k``-largest-sizes-out check (columns x, y, y_pred, y_lo, y_hi, rel_error,
     n_fit_points); ``notes`` one line per fit that could not be made, and why.
     """
+
     fits: dict = field(default_factory=dict)
     extrapolation: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
@@ -259,8 +327,16 @@ class Fits:
         return self.fits.get(quantity, {}).get(precision)
 
 
-def fit_all(df: pd.DataFrame, *, n_bootstrap: int = 1000, seed: int = 0, level: float = LEVEL, k: int = 2,
-            quantities=("loss", "decode", "prefill"), log=None) -> Fits:
+def fit_all(
+    df: pd.DataFrame,
+    *,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    level: float = LEVEL,
+    k: int = 2,
+    quantities=("loss", "decode", "prefill"),
+    log=None,
+) -> Fits:
     """Fit each quantity's law (``QUANTITIES``) per inference precision, on every row (all
     seeds), with ``n_bootstrap`` bootstrap resamples, and the extrapolation check that holds
     out the ``k`` largest sizes.  Failures become ``notes`` (and are passed to ``log``)."""
@@ -277,24 +353,38 @@ def fit_all(df: pd.DataFrame, *, n_bootstrap: int = 1000, seed: int = 0, level: 
         for prec in _groups(df):
             d = df[(df[PRECISION] == prec) & df[N].notna() & df[q.column].notna()]
             try:
-                f = analysis.fit(d, form=q.form, x=N, y=q.column, n_bootstrap=n_bootstrap, seed=seed, level=level)
+                f = analysis.fit(
+                    d, form=q.form, x=N, y=q.column, n_bootstrap=n_bootstrap, seed=seed, level=level
+                )
                 out.fits.setdefault(qname, {})[prec] = f
             except (ValueError, ArithmeticError, RuntimeError) as e:
-                out.notes.append(f"{qname} {prec}: no {q.form} fit ({e}); points drawn without the law")
+                out.notes.append(
+                    f"{qname} {prec}: no {q.form} fit ({e}); points drawn without the law"
+                )
                 continue
             for kk in range(k, 0, -1):  # hold out fewer sizes when k leave too few to fit
                 try:
                     # the band of a prediction is drawn for the loss only; latency needs just y_pred
                     nb = n_bootstrap if qname == "loss" else 0
-                    ex = analysis.extrapolation_check(d, form=q.form, x=N, y=q.column, k=kk, n_bootstrap=nb,
-                                                      seed=seed, level=level)
+                    ex = analysis.extrapolation_check(
+                        d,
+                        form=q.form,
+                        x=N,
+                        y=q.column,
+                        k=kk,
+                        n_bootstrap=nb,
+                        seed=seed,
+                        level=level,
+                    )
                 except (ValueError, ArithmeticError, RuntimeError) as e:
                     err = e
                     continue
                 out.extrapolation.setdefault(qname, {})[prec] = ex.assign(k=kk)
                 if kk < k:
-                    out.notes.append(f"{qname} {prec}: extrapolation check holds out the {kk} largest "
-                                     f"size{'s' * (kk > 1)}, not {k} (too few sizes)")
+                    out.notes.append(
+                        f"{qname} {prec}: extrapolation check holds out the {kk} largest "
+                        f"size{'s' * (kk > 1)}, not {k} (too few sizes)"
+                    )
                 break
             else:
                 out.notes.append(f"{qname} {prec}: no extrapolation check ({err})")
@@ -320,7 +410,9 @@ def _alpha_label(fit, prec: str) -> str:
 # ----------------------------------------------------------------------------- figures
 
 
-def loss_vs_params(df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap: int = 1000, seed: int = 0) -> Figure:
+def loss_vs_params(
+    df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap: int = 1000, seed: int = 0
+) -> Figure:
     """(a) Held-out loss (nats/token) vs non-embedding parameters N, log-log, per inference
     precision: every row as a point (± its standard error when ``eval_loss_se_nats`` is
     there), the fitted saturating law L = E + A N^-alpha and its bootstrap band; the legend
@@ -340,7 +432,14 @@ def loss_vs_params(df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap: i
         handles, shown = [], [df[LOSS]]
         for prec in _groups(df):
             d, st, f = df[df[PRECISION] == prec], style[prec], fits.get("loss", prec)
-            _points(ax, d, N, LOSS, st, yerr=d[LOSS_SE] if LOSS_SE in d and d[LOSS_SE].notna().all() else None)
+            _points(
+                ax,
+                d,
+                N,
+                LOSS,
+                st,
+                yerr=d[LOSS_SE] if LOSS_SE in d and d[LOSS_SE].notna().all() else None,
+            )
             if f is not None:
                 shown.append(_draw_fit(ax, f, d[N].to_numpy(float), st, fits.level))
             handles.append(_handle(st, _alpha_label(f, prec), line=f is not None))
@@ -350,8 +449,13 @@ def loss_vs_params(df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap: i
         _ylim_to(ax, np.concatenate([np.asarray(v, float) for v in shown]))
         _log_axis(ax, "x", _n_fmt)
         _log_axis(ax, "y")
-        _legend(fig, handles, title=rf"fit $L = E + A N^{{-\alpha}}$, {fits.level:.0%} bootstrap band;" "\n"
-                                    rf"precision: $\alpha$ [{fits.level:.0%} interval]")
+        _legend(
+            fig,
+            handles,
+            title=rf"fit $L = E + A N^{{-\alpha}}$, {fits.level:.0%} bootstrap band;"
+            "\n"
+            rf"precision: $\alpha$ [{fits.level:.0%} interval]",
+        )
     return fig
 
 
@@ -362,7 +466,14 @@ def _delta_panel(ax, df: pd.DataFrame, delta: str, style: dict) -> None:
     for prec in _groups(df):
         d = df[df[PRECISION] == prec].dropna(subset=[delta])
         if len(d):
-            _points(ax, d, N, delta, style[prec], yerr=d[se] if se in d and d[se].notna().all() else None)
+            _points(
+                ax,
+                d,
+                N,
+                delta,
+                style[prec],
+                yerr=d[se] if se in d and d[se].notna().all() else None,
+            )
             ax.plot(d[N], d[delta], color=style[prec]["color"], linewidth=0.8, alpha=0.6, zorder=2)
     ax.axhline(0, color="0.3", linewidth=0.8, zorder=1)
     ax.set_xlabel(N_LABEL)
@@ -371,17 +482,27 @@ def _delta_panel(ax, df: pd.DataFrame, delta: str, style: dict) -> None:
     _log_axis(ax, "x", _n_fmt)
 
 
-def latency_vs_params(df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap: int = 1000,
-                      seed: int = 0) -> Figure:
+def latency_vs_params(
+    df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap: int = 1000, seed: int = 0
+) -> Figure:
     """(b) Per-token decode latency (ms/token) and prefill latency (ms/prompt) vs N per
     precision, log-log: medians with q1..q3 bars, the fitted law t = c + k N^b (an offset
     power law: a fixed overhead floor plus a power of N), and the roofline lower bound
     (``decode_bound_ms_per_token``, ``prefill_bound_ms``) dashed in the same colour.
     Draws the panels whose columns exist; needs at least one."""
-    panels = [(q, b, lo, hi) for q, b, lo, hi in (
-        ("decode", "decode_bound_ms_per_token", "decode_ms_per_token_q1", "decode_ms_per_token_q3"),
-        ("prefill", "prefill_bound_ms", "prefill_ms_q1", "prefill_ms_q3"))
-        if _Q[q].column in df and df[_Q[q].column].notna().any()]
+    panels = [
+        (q, b, lo, hi)
+        for q, b, lo, hi in (
+            (
+                "decode",
+                "decode_bound_ms_per_token",
+                "decode_ms_per_token_q1",
+                "decode_ms_per_token_q3",
+            ),
+            ("prefill", "prefill_bound_ms", "prefill_ms_q1", "prefill_ms_q3"),
+        )
+        if _Q[q].column in df and df[_Q[q].column].notna().any()
+    ]
     if not panels:
         _require(df, "latency_vs_params", [DECODE, PREFILL])
     _require(df, "latency_vs_params", [N])
@@ -405,18 +526,33 @@ def latency_vs_params(df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap
                     shown.append(_draw_fit(ax, f, d[N].to_numpy(float), st, fits.level))
                 if bound in d and d[bound].notna().any():
                     b = d.groupby(N)[bound].mean().sort_index()
-                    ax.plot(b.index, b.to_numpy(), color=st["color"], linestyle="--", linewidth=1.1, zorder=2)
+                    ax.plot(
+                        b.index,
+                        b.to_numpy(),
+                        color=st["color"],
+                        linestyle="--",
+                        linewidth=1.1,
+                        zorder=2,
+                    )
                 if ax is axes[0]:
-                    handles.append(_handle(st, prec if f is not None else f"{prec} (no fit)", line=f is not None))
+                    handles.append(
+                        _handle(
+                            st, prec if f is not None else f"{prec} (no fit)", line=f is not None
+                        )
+                    )
             ax.set_xlabel(N_LABEL)
             ax.set_ylabel(q.label)
-            ax.set_title("Decode (per generated token)" if qn == "decode" else "Prefill (per prompt)")
+            ax.set_title(
+                "Decode (per generated token)" if qn == "decode" else "Prefill (per prompt)"
+            )
             _ylim_to(ax, np.concatenate([np.asarray(v, float) for v in shown]))
             _log_axis(ax, "x", _n_fmt)
             _log_axis(ax, "y")
-        handles += [Line2D([], [], color="0.3", linestyle="-", label=r"fit $t = c + k N^b$"),
-                    Line2D([], [], color="0.3", linestyle="--", label="roofline bound (DRAM)"),
-                    Line2D([], [], color="0.3", marker="o", linestyle="none", label="median, q1..q3")]
+        handles += [
+            Line2D([], [], color="0.3", linestyle="-", label=r"fit $t = c + k N^b$"),
+            Line2D([], [], color="0.3", linestyle="--", label="roofline bound (DRAM)"),
+            Line2D([], [], color="0.3", marker="o", linestyle="none", label="median, q1..q3"),
+        ]
         _legend(fig, handles, title="precision")
     return fig
 
@@ -429,7 +565,9 @@ def pareto_frontier(latency, loss) -> np.ndarray:
     lat = np.asarray(latency, dtype=float)
     los = np.asarray(loss, dtype=float)
     if lat.shape != los.shape or lat.ndim != 1:
-        raise ValueError(f"latency and loss must be 1-D of one length, got {lat.shape} and {los.shape}")
+        raise ValueError(
+            f"latency and loss must be 1-D of one length, got {lat.shape} and {los.shape}"
+        )
     mask = np.zeros(lat.shape, bool)
     ok = np.flatnonzero(np.isfinite(lat) & np.isfinite(los))
     best, best_lat = np.inf, np.nan
@@ -461,14 +599,22 @@ def loss_vs_latency(df: pd.DataFrame) -> Figure:
         ax.step(xs, ys, where="post", color="0.15", linewidth=1.2, zorder=2.5)
         if N in front:
             for r in front.drop_duplicates(subset=[N]).itertuples():  # one label per size
-                ax.annotate(_fmt_n(getattr(r, N)), (getattr(r, DECODE), getattr(r, LOSS)), xytext=(4, 4),
-                            textcoords="offset points", fontsize="x-small", color="0.25")
+                ax.annotate(
+                    _fmt_n(getattr(r, N)),
+                    (getattr(r, DECODE), getattr(r, LOSS)),
+                    xytext=(4, 4),
+                    textcoords="offset points",
+                    fontsize="x-small",
+                    color="0.25",
+                )
         ax.set_xlabel("decode latency (ms/token)")
         ax.set_ylabel("held-out loss (nats/token)")
         ax.set_title("Loss vs decode latency")
         _log_axis(ax, "x")
         _log_axis(ax, "y")
-        handles.append(Line2D([], [], color="0.15", linewidth=1.2, label="Pareto frontier\n(labels: N)"))
+        handles.append(
+            Line2D([], [], color="0.15", linewidth=1.2, label="Pareto frontier\n(labels: N)")
+        )
         _legend(fig, handles, title="precision")
     return fig
 
@@ -476,8 +622,11 @@ def loss_vs_latency(df: pd.DataFrame) -> Figure:
 def memory_vs_params(df: pd.DataFrame) -> Figure:
     """(d) Weight bytes and KV-cache bytes (plotted in MB = 10^6 bytes) vs N per precision,
     log-log.  Draws the panels whose columns exist; needs at least one."""
-    panels = [(c, t) for c, t in (("weight_bytes", "weights"), ("kv_cache_bytes", "KV cache"))
-              if c in df and df[c].notna().any()]
+    panels = [
+        (c, t)
+        for c, t in (("weight_bytes", "weights"), ("kv_cache_bytes", "KV cache"))
+        if c in df and df[c].notna().any()
+    ]
     if not panels:
         _require(df, "memory_vs_params", ["weight_bytes", "kv_cache_bytes"])
     _require(df, "memory_vs_params", [N])
@@ -492,8 +641,17 @@ def memory_vs_params(df: pd.DataFrame) -> Figure:
                 d, st = dc[dc[PRECISION] == prec], style[prec]
                 m = (d.groupby(N)[col].mean() / 1e6).sort_index()
                 # later precisions drawn smaller, so coinciding ones (same KV cache) stay visible
-                ax.plot(m.index, m.to_numpy(), color=st["color"], marker=st["marker"], markersize=max(8.5 - 1.5 * i, 3),
-                        markeredgecolor="white", markeredgewidth=0.5, linewidth=1.1, alpha=0.9)
+                ax.plot(
+                    m.index,
+                    m.to_numpy(),
+                    color=st["color"],
+                    marker=st["marker"],
+                    markersize=max(8.5 - 1.5 * i, 3),
+                    markeredgecolor="white",
+                    markeredgewidth=0.5,
+                    linewidth=1.1,
+                    alpha=0.9,
+                )
                 if ax is axes[0]:
                     handles.append(_handle(st, prec))
             ax.set_xlabel(N_LABEL)
@@ -505,8 +663,9 @@ def memory_vs_params(df: pd.DataFrame) -> Figure:
     return fig
 
 
-def fit_diagnostics(df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap: int = 1000,
-                    seed: int = 0) -> Figure:
+def fit_diagnostics(
+    df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap: int = 1000, seed: int = 0
+) -> Figure:
     """(e) The loss fit's checks, per precision: residuals log L - log L_fit vs N (left), and
     the extrapolation check (right): the law fitted without the k largest sizes predicts
     them; plotted as the relative error prediction/actual - 1 (%) with the prediction's
@@ -519,15 +678,30 @@ def fit_diagnostics(df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap: 
         fig, (ax, bx) = _new_figure(df, 2)
         handles = []
         groups = _groups(df)
-        offsets = dict(zip(groups, np.linspace(-0.03, 0.03, len(groups)) if len(groups) > 1 else [0.0]))
-        dodge = dict(zip(groups, np.linspace(-0.25, 0.25, len(groups)) if len(groups) > 1 else [0.0]))
-        held = sorted({float(v) for e in fits.extrapolation.get("loss", {}).values() if len(e) for v in e["x"]})
+        offsets = dict(
+            zip(groups, np.linspace(-0.03, 0.03, len(groups)) if len(groups) > 1 else [0.0])
+        )
+        dodge = dict(
+            zip(groups, np.linspace(-0.25, 0.25, len(groups)) if len(groups) > 1 else [0.0])
+        )
+        held = sorted(
+            {
+                float(v)
+                for e in fits.extrapolation.get("loss", {}).values()
+                if len(e)
+                for v in e["x"]
+            }
+        )
         slot = {v: i for i, v in enumerate(held)}  # one slot per held-out size, labelled with its N
         for prec in groups:
             d, st, f = df[df[PRECISION] == prec], style[prec], fits.get("loss", prec)
             if f is not None:
-                r = pd.DataFrame({N: d[N].to_numpy(float) * 10 ** offsets[prec],  # dodged apart
-                                  "res": np.asarray(f.residuals_log, float)})
+                r = pd.DataFrame(
+                    {
+                        N: d[N].to_numpy(float) * 10 ** offsets[prec],  # dodged apart
+                        "res": np.asarray(f.residuals_log, float),
+                    }
+                )
                 _points(ax, r, N, "res", st)
             ex = fits.extrapolation.get("loss", {}).get(prec)
             if ex is not None and len(ex):
@@ -535,9 +709,17 @@ def fit_diagnostics(df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap: 
                 rel = 100 * (ex["y_pred"].to_numpy(float) / y - 1)
                 lo = 100 * (ex["y_lo"].to_numpy(float) / y - 1)
                 hi = 100 * (ex["y_hi"].to_numpy(float) / y - 1)
-                xx = np.array([slot[float(v)] for v in ex["x"]]) + dodge[prec]  # precisions side by side
-                _points(bx, pd.DataFrame({"x": xx, "rel": rel}), "x", "rel", st,
-                        yerr=np.clip(np.vstack([rel - lo, hi - rel]), 0, None))
+                xx = (
+                    np.array([slot[float(v)] for v in ex["x"]]) + dodge[prec]
+                )  # precisions side by side
+                _points(
+                    bx,
+                    pd.DataFrame({"x": xx, "rel": rel}),
+                    "x",
+                    "rel",
+                    st,
+                    yerr=np.clip(np.vstack([rel - lo, hi - rel]), 0, None),
+                )
             handles.append(_handle(st, prec if f is not None else f"{prec} (no fit)", line=False))
         for a in (ax, bx):
             a.axhline(0, color="0.3", linewidth=0.9, zorder=1)
@@ -549,13 +731,38 @@ def fit_diagnostics(df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap: 
         ax.set_ylabel(r"residual $\log L - \log L_\mathrm{fit}$")
         ax.set_title("Loss-law residuals")
         bx.set_ylabel("prediction / actual − 1 (%)")
-        ks = sorted({int(e["k"].iloc[0]) for e in fits.extrapolation.get("loss", {}).values() if len(e)} or {fits.k})
-        bx.set_title(f"Extrapolation: {'/'.join(map(str, ks))} largest size{'s' * (ks[-1] > 1)} held out")
+        ks = sorted(
+            {int(e["k"].iloc[0]) for e in fits.extrapolation.get("loss", {}).values() if len(e)}
+            or {fits.k}
+        )
+        bx.set_title(
+            f"Extrapolation: {'/'.join(map(str, ks))} largest size{'s' * (ks[-1] > 1)} held out"
+        )
         if not fits.extrapolation.get("loss"):
-            bx.text(0.5, 0.5, "no extrapolation check\n(too few sizes)", transform=bx.transAxes,
-                    ha="center", va="center", color="0.4")
-        _legend(fig, handles + [Line2D([], [], color="0.3", marker="o", linestyle="none",
-                                       label=f"prediction, {fits.level:.0%} band")], title="precision")
+            bx.text(
+                0.5,
+                0.5,
+                "no extrapolation check\n(too few sizes)",
+                transform=bx.transAxes,
+                ha="center",
+                va="center",
+                color="0.4",
+            )
+        _legend(
+            fig,
+            handles
+            + [
+                Line2D(
+                    [],
+                    [],
+                    color="0.3",
+                    marker="o",
+                    linestyle="none",
+                    label=f"prediction, {fits.level:.0%} band",
+                )
+            ],
+            title="precision",
+        )
     return fig
 
 
@@ -575,12 +782,23 @@ def _table_rows(fits: Fits) -> list[tuple[Quantity, list[dict]]]:
         rows = []
         for prec, f in fits.fits.get(q.name, {}).items():
             ex = fits.extrapolation.get(q.name, {}).get(prec)
-            rel = (ex["y_pred"] / ex["y"] - 1).to_numpy() if ex is not None and len(ex) else np.array([np.nan])
+            rel = (
+                (ex["y_pred"] / ex["y"] - 1).to_numpy()
+                if ex is not None and len(ex)
+                else np.array([np.nan])
+            )
             err = float(rel[np.argmax(np.abs(rel))])  # the worst of the held-out sizes, signed
             kk = int(ex["k"].iloc[0]) if ex is not None and len(ex) else fits.k
-            rows.append({"precision": prec, "params": [(p, f.params[p], *f.intervals[p]) for p in f.param_names],
-                         "n": int(f.n_points), "r2": float(f.r2_log), "extrap": err,
-                         "k_note": "" if kk == fits.k else f" (k={kk})"})
+            rows.append(
+                {
+                    "precision": prec,
+                    "params": [(p, f.params[p], *f.intervals[p]) for p in f.param_names],
+                    "n": int(f.n_points),
+                    "r2": float(f.r2_log),
+                    "extrap": err,
+                    "k_note": "" if kk == fits.k else f" (k={kk})",
+                }
+            )
         if rows:
             out.append((q, rows))
     return out
@@ -599,14 +817,24 @@ def fit_table_markdown(obj, *, n_bootstrap: int = 1000, seed: int = 0) -> str:
     parts = []
     for q, rows in _table_rows(fits):
         names = [p[0] for p in rows[0]["params"]]
-        parts.append(f"**{q.label}**: {q.law} ({q.form}); estimate [{fits.level:.0%} bootstrap interval, "
-                     f"{fits.n_bootstrap} resamples]\n")
-        parts.append("| precision | " + " | ".join(names) + f" | n | R² (log) | extrap. error (worst of {fits.k} largest) |")
+        parts.append(
+            f"**{q.label}**: {q.law} ({q.form}); estimate [{fits.level:.0%} bootstrap interval, "
+            f"{fits.n_bootstrap} resamples]\n"
+        )
+        parts.append(
+            "| precision | "
+            + " | ".join(names)
+            + f" | n | R² (log) | extrap. error (worst of {fits.k} largest) |"
+        )
         parts.append("|---|" + "---:|" * (len(names) + 3))
         for r in rows:
             cells = [_fmt_ci(e, lo, hi) for _, e, lo, hi in r["params"]]
             ext = "–" if not np.isfinite(r["extrap"]) else f"{_pct(r['extrap'])}%{r['k_note']}"
-            parts.append(f"| {r['precision']} | " + " | ".join(cells) + f" | {r['n']} | {r['r2']:.4f} | {ext} |")
+            parts.append(
+                f"| {r['precision']} | "
+                + " | ".join(cells)
+                + f" | {r['n']} | {r['r2']:.4f} | {ext} |"
+            )
         parts.append("")
     if not parts:
         parts = ["(no law could be fitted)", ""]
@@ -614,11 +842,24 @@ def fit_table_markdown(obj, *, n_bootstrap: int = 1000, seed: int = 0) -> str:
     return "\n".join(parts).rstrip() + "\n"
 
 
-_TEX_ESC = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-            "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_TEX_ESC = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
 _TEX_PARAM = {"alpha": r"$\alpha$", "E": "$E$", "A": "$A$", "c": "$c$", "k": "$k$", "b": "$b$"}
-_TEX_LAW = {"saturating": r"$L = E + A N^{-\alpha}$", "offset_power": r"$t = c + k N^{b}$",
-            "power": r"$y = k N^{b}$"}
+_TEX_LAW = {
+    "saturating": r"$L = E + A N^{-\alpha}$",
+    "offset_power": r"$t = c + k N^{b}$",
+    "power": r"$y = k N^{b}$",
+}
 
 
 def tex_escape(s: str) -> str:
@@ -645,15 +886,22 @@ def fit_table_latex(obj, *, n_bootstrap: int = 1000, seed: int = 0) -> str:
     blocks = _table_rows(fits)
     width = max((len(rows[0]["params"]) for _, rows in blocks), default=0)
     ncol = 1 + width + 3
-    lines = [f"% jscale fit table: estimate [{fits.level:.0%} bootstrap interval, {fits.n_bootstrap} resamples]",
-             r"\begin{tabular}{l" + "c" * width + "rrr}", r"\toprule"]
+    lines = [
+        f"% jscale fit table: estimate [{fits.level:.0%} bootstrap interval, {fits.n_bootstrap} resamples]",
+        r"\begin{tabular}{l" + "c" * width + "rrr}",
+        r"\toprule",
+    ]
     for bi, (q, rows) in enumerate(blocks):
         names = [p[0] for p in rows[0]["params"]]
         law = _TEX_LAW.get(q.form, tex_escape(q.law))
         if bi:
             lines.append(r"\midrule")
         lines.append(rf"\multicolumn{{{ncol}}}{{l}}{{\textbf{{{tex_escape(q.label)}}}: {law}}} \\")
-        head = ["precision"] + [_TEX_PARAM.get(n, tex_escape(n)) for n in names] + [""] * (width - len(names))
+        head = (
+            ["precision"]
+            + [_TEX_PARAM.get(n, tex_escape(n)) for n in names]
+            + [""] * (width - len(names))
+        )
         head += ["$n$", r"$R^2$ (log)", rf"extrap.\ error (worst of {fits.k} largest)"]
         lines += [r"\midrule", " & ".join(head) + r" \\", r"\midrule"]
         for r in rows:
@@ -674,13 +922,22 @@ def fit_table_latex(obj, *, n_bootstrap: int = 1000, seed: int = 0) -> str:
 @dataclass
 class Rendered:
     """What ``render_all`` did: files written, figures skipped (name, reason), fit notes."""
+
     written: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
     notes: list = field(default_factory=list)
 
 
-def render_all(df: pd.DataFrame, out_dir: str | os.PathLike, *, formats=("png", "pdf"), n_bootstrap: int = 1000,
-               seed: int = 0, k: int = 2, log=print) -> Rendered:
+def render_all(
+    df: pd.DataFrame,
+    out_dir: str | os.PathLike,
+    *,
+    formats=("png", "pdf"),
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    k: int = 2,
+    log=print,
+) -> Rendered:
     """Write every figure (``FIGURES``) as ``out_dir/<name>.<fmt>`` (PNG at 300 dpi, vector
     PDF) and the fit table as ``fits.md`` and ``fits.tex``.  A figure whose columns are
     missing is skipped with a message; the rest are drawn.  ``log`` (default ``print``)
@@ -697,11 +954,13 @@ def render_all(df: pd.DataFrame, out_dir: str | os.PathLike, *, formats=("png", 
     res.notes = list(fits.notes)
     for n in fits.notes:
         log(f"note: {n}")
-    makers = {"loss_vs_params": lambda: loss_vs_params(df, fits=fits),
-              "latency_vs_params": lambda: latency_vs_params(df, fits=fits),
-              "loss_vs_latency": lambda: loss_vs_latency(df),
-              "memory_vs_params": lambda: memory_vs_params(df),
-              "fit_diagnostics": lambda: fit_diagnostics(df, fits=fits)}
+    makers = {
+        "loss_vs_params": lambda: loss_vs_params(df, fits=fits),
+        "latency_vs_params": lambda: latency_vs_params(df, fits=fits),
+        "loss_vs_latency": lambda: loss_vs_latency(df),
+        "memory_vs_params": lambda: memory_vs_params(df),
+        "fit_diagnostics": lambda: fit_diagnostics(df, fits=fits),
+    }
     for name in FIGURES:
         try:
             fig = makers[name]()
@@ -712,7 +971,9 @@ def render_all(df: pd.DataFrame, out_dir: str | os.PathLike, *, formats=("png", 
             continue
         for fmt in formats:
             path = out / f"{name}.{fmt}"
-            fig.savefig(path, dpi=DPI, metadata={"CreationDate": None} if fmt == "pdf" else None)  # reproducible PDF
+            fig.savefig(
+                path, dpi=DPI, metadata={"CreationDate": None} if fmt == "pdf" else None
+            )  # reproducible PDF
             res.written.append(path)
             log(f"wrote {path}")
     for name, text in (("fits.md", fit_table_markdown(fits)), ("fits.tex", fit_table_latex(fits))):

@@ -52,8 +52,10 @@ class Formulation:
 
     def __post_init__(self):
         if self.kernel_layout not in KERNEL_LAYOUTS:
-            raise ConfigError(f"kernel_layout must be one of {', '.join(KERNEL_LAYOUTS)}, "
-                              f"got {self.kernel_layout!r}")
+            raise ConfigError(
+                f"kernel_layout must be one of {', '.join(KERNEL_LAYOUTS)}, "
+                f"got {self.kernel_layout!r}"
+            )
         if not is_positive_int(self.min_rows):
             raise ConfigError(f"min_rows must be a positive integer, got {self.min_rows!r}")
         object.__setattr__(self, "min_rows", int(self.min_rows))
@@ -68,26 +70,46 @@ TRAINED = Formulation()
 # Measured on the 2-vCPU machine of record (benchmarks/README.md, "How each precision runs"):
 # backend -> precision format -> its fastest batch-1 decode formulation.  Formats and backends
 # not listed run TRAINED.
-FASTEST = {"cpu": {"fp32": Formulation("out_in", 1), "bf16": Formulation("out_in", 4),
-                   "int8": Formulation("out_in", 1), "w8a8": Formulation("out_in", 4)}}
+FASTEST = {
+    "cpu": {
+        "fp32": Formulation("out_in", 1),
+        "bf16": Formulation("out_in", 4),
+        "int8": Formulation("out_in", 1),
+        "w8a8": Formulation("out_in", 4),
+    }
+}
 # The best padding when a layout is forced (``choose(..., kernel_layout=...)``).
-FASTEST_ROWS = {"cpu": {"fp32": {"in_out": 1, "out_in": 1}, "bf16": {"in_out": 1, "out_in": 4},
-                        "int8": {"in_out": 1, "out_in": 1}, "w8a8": {"in_out": 4, "out_in": 4}}}
+FASTEST_ROWS = {
+    "cpu": {
+        "fp32": {"in_out": 1, "out_in": 1},
+        "bf16": {"in_out": 1, "out_in": 4},
+        "int8": {"in_out": 1, "out_in": 1},
+        "w8a8": {"in_out": 4, "out_in": 4},
+    }
+}
 # ...for models whose largest projection (d_model x d_ff) has at least this many weights;
 # below it a padded product costs more than it saves (1e5 params: bf16 0.54-0.68x, w8a8 0.75x
 # of unpadded; 1e6, 65,536 weights: bf16 0.97x, w8a8 1.37x), so smaller models run unpadded.
-PAD_MIN_WEIGHTS = 2 ** 16
+PAD_MIN_WEIGHTS = 2**16
 
 
-def choose(policy, cfg: ModelConfig | None = None, *, kernel_layout: str = "auto",
-           min_rows: int | str = "auto", platform: str | None = None) -> Formulation:
+def choose(
+    policy,
+    cfg: ModelConfig | None = None,
+    *,
+    kernel_layout: str = "auto",
+    min_rows: int | str = "auto",
+    platform: str | None = None,
+) -> Formulation:
     """The formulation inference runs ``policy`` in on ``platform`` (default: the default
     device's).  ``kernel_layout`` / ``min_rows``: as given, or ``"auto"``: the fastest measured
     for the policy's format (``FASTEST``; with a forced layout, ``FASTEST_ROWS``), with no row
     padding when ``cfg``'s ``d_model * d_ff`` is under ``PAD_MIN_WEIGHTS``; unmeasured: TRAINED."""
     fmt = precision.get_policy(policy).fmt
     if kernel_layout != "auto" and kernel_layout not in KERNEL_LAYOUTS:
-        raise ConfigError(f"kernel_layout must be auto or one of {', '.join(KERNEL_LAYOUTS)}, got {kernel_layout!r}")
+        raise ConfigError(
+            f"kernel_layout must be auto or one of {', '.join(KERNEL_LAYOUTS)}, got {kernel_layout!r}"
+        )
     if min_rows != "auto" and not is_positive_int(min_rows):
         raise ConfigError(f"min_rows must be auto or a positive integer, got {min_rows!r}")
     platform = platform or jax.devices()[0].platform
@@ -108,14 +130,21 @@ def arrange(params, form: Formulation):
 
     def leaf(path, x):
         return x.T if getattr(path[-1], "key", None) == "kernel" else x
+
     return jax.tree_util.tree_map_with_path(leaf, params)
 
 
 # --------------------------------------------------------------------------- the projection
 
+
 def _dot(a, b, b_in_axis: int = 0):
-    return jax.lax.dot_general(a, b, (((a.ndim - 1,), (b_in_axis,)), ((), ())), precision=precision.dot_precision(a),
-                               preferred_element_type=jnp.float32)
+    return jax.lax.dot_general(
+        a,
+        b,
+        (((a.ndim - 1,), (b_in_axis,)), ((), ())),
+        precision=precision.dot_precision(a),
+        preferred_element_type=jnp.float32,
+    )
 
 
 @jax.custom_vjp
@@ -178,5 +207,7 @@ def write_kv(kv: dict, k_BxHxTxK, v_BxHxTxK, o_BxHxTxK, start):
     ``jax.lax.optimization_barrier`` does not give that order."""
     dep = (0.0 * o_BxHxTxK[..., :1]).astype(k_BxHxTxK.dtype)
     at = (0, 0, start, 0)
-    return {"k": jax.lax.dynamic_update_slice(kv["k"], k_BxHxTxK + dep, at),
-            "v": jax.lax.dynamic_update_slice(kv["v"], v_BxHxTxK + dep, at)}
+    return {
+        "k": jax.lax.dynamic_update_slice(kv["k"], k_BxHxTxK + dep, at),
+        "v": jax.lax.dynamic_update_slice(kv["v"], v_BxHxTxK + dep, at),
+    }

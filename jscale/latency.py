@@ -38,7 +38,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jscale import formulation, model, precision, roofline, schema, sharding
-from jscale.config import LATENCY_REPEATS, LATENCY_WARMUP, ConfigError, ModelConfig, check_positive_int, kv_cache_bytes
+from jscale.config import (
+    LATENCY_REPEATS,
+    LATENCY_WARMUP,
+    ConfigError,
+    ModelConfig,
+    check_positive_int,
+    kv_cache_bytes,
+)
 from jscale.formulation import Formulation
 
 
@@ -50,27 +57,42 @@ def _constrain_cache(cache, mesh):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "gen_tokens", "policy", "form", "mesh"))
-def prefill(params, cfg: ModelConfig, prompt_BxP, gen_tokens: int, policy, *, form=formulation.TRAINED, mesh=None):
+def prefill(
+    params,
+    cfg: ModelConfig,
+    prompt_BxP,
+    gen_tokens: int,
+    policy,
+    *,
+    form=formulation.TRAINED,
+    mesh=None,
+):
     """Prompt into a fresh cache of ``P + gen_tokens`` positions: (next token [B], cache).
     ``mesh`` (``jscale.sharding``): the cache is constrained to its sharding (batch over
     "data", heads over "fsdp"); the params keep the placement they come with."""
-    cache = _constrain_cache(model.init_cache(cfg, prompt_BxP.shape[0], prompt_BxP.shape[1] + gen_tokens, policy),
-                             mesh)
+    cache = _constrain_cache(
+        model.init_cache(cfg, prompt_BxP.shape[0], prompt_BxP.shape[1] + gen_tokens, policy), mesh
+    )
     logits_BxPxV, cache = model.apply_cached(params, cfg, prompt_BxP, cache, policy, form)
     return jnp.argmax(logits_BxPxV[:, -1], axis=-1).astype(jnp.int32), _constrain_cache(cache, mesh)
 
 
-def _decode(params, cache, token_B, *, cfg, gen_tokens, policy, form=formulation.TRAINED, mesh=None):
+def _decode(
+    params, cache, token_B, *, cfg, gen_tokens, policy, form=formulation.TRAINED, mesh=None
+):
     def step(carry, _):
         tok, c = carry
         logits_Bx1xV, c = model.apply_cached(params, cfg, tok[:, None], c, policy, form)
         nxt = jnp.argmax(logits_Bx1xV[:, 0], axis=-1).astype(jnp.int32)
         return (nxt, _constrain_cache(c, mesh)), tok
+
     (_, cache), toks_GxB = jax.lax.scan(step, (token_B, cache), None, length=gen_tokens)
     return toks_GxB.T, cache
 
 
-decode = jax.jit(_decode, static_argnames=("cfg", "gen_tokens", "policy", "form", "mesh"), donate_argnums=(1,))
+decode = jax.jit(
+    _decode, static_argnames=("cfg", "gen_tokens", "policy", "form", "mesh"), donate_argnums=(1,)
+)
 decode.__doc__ = """``gen_tokens`` greedy steps from ``token_B`` (the prefill's output): tokens
 ``[B, gen_tokens]`` (the first is ``token_B``) and the cache; the cache argument is donated.
 ``form``: how the params are laid out and run (``jscale.formulation``).
@@ -79,35 +101,56 @@ buffer is clamped, not caught (``prefill`` sizes it exactly).  ``mesh``: as in `
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "gen_tokens", "policy", "form", "mesh"))
-def generate(params, cfg: ModelConfig, prompt_BxP, gen_tokens: int, policy="fp32", *, form=formulation.TRAINED,
-             mesh=None):
+def generate(
+    params,
+    cfg: ModelConfig,
+    prompt_BxP,
+    gen_tokens: int,
+    policy="fp32",
+    *,
+    form=formulation.TRAINED,
+    mesh=None,
+):
     """Greedy generation of ``gen_tokens`` tokens after the prompt, in one jit: ``[B, G]``."""
     token_B, cache = prefill(params, cfg, prompt_BxP, gen_tokens, policy, form=form, mesh=mesh)
-    return _decode(params, cache, token_B, cfg=cfg, gen_tokens=gen_tokens, policy=policy, form=form, mesh=mesh)[0]
+    return _decode(
+        params, cache, token_B, cfg=cfg, gen_tokens=gen_tokens, policy=policy, form=form, mesh=mesh
+    )[0]
 
 
 def _stats(name: str, x_ms: np.ndarray) -> dict[str, float]:
     q1, med, q3 = np.percentile(x_ms, [25, 50, 75])
-    return {f"{name}_median": float(med), f"{name}_q1": float(q1), f"{name}_q3": float(q3),
-            f"{name}_min": float(x_ms.min()), f"{name}_max": float(x_ms.max())}
+    return {
+        f"{name}_median": float(med),
+        f"{name}_q1": float(q1),
+        f"{name}_q3": float(q3),
+        f"{name}_min": float(x_ms.min()),
+        f"{name}_max": float(x_ms.max()),
+    }
 
 
 def _memory(compiled, prefix: str) -> dict[str, int]:
     m = compiled.memory_analysis()
     if m is None:
         return {}
-    return {f"xla_{prefix}_{k}_bytes": int(getattr(m, f"{k}_size_in_bytes"))
-            for k in ("argument", "output", "temp", "generated_code")}
+    return {
+        f"xla_{prefix}_{k}_bytes": int(getattr(m, f"{k}_size_in_bytes"))
+        for k in ("argument", "output", "temp", "generated_code")
+    }
 
 
 def _rate(roof: dict, fmt: str) -> float:
     """Measured matmul FLOP/s of the matmul that format ``fmt`` really runs: fp32 for fp32 and
     int8 weight-only (cast to fp32 in the graph), bf16 for bf16, int8 x int8 for w8a8."""
-    key = {"bf16": "matmul_bf16_flops_per_s", "w8a8": "matmul_int8_flops_per_s"}.get(fmt, "matmul_flops_per_s")
+    key = {"bf16": "matmul_bf16_flops_per_s", "w8a8": "matmul_int8_flops_per_s"}.get(
+        fmt, "matmul_flops_per_s"
+    )
     return roof.get(key, roof["matmul_flops_per_s"])
 
 
-def compute_seconds(cfg: ModelConfig, policy: precision.Policy, tokens: int, keys: int, roof: dict) -> float:
+def compute_seconds(
+    cfg: ModelConfig, policy: precision.Policy, tokens: int, keys: int, roof: dict
+) -> float:
     """Lower bound on the matmul time of ``tokens`` tokens attending over ``keys`` positions:
     every part's FLOPs at the rate of the format it runs in (block projections and the head
     per ``policy.layers``; the attention ``q k^T`` and ``p v`` in ``policy.attention``)."""
@@ -120,9 +163,20 @@ def compute_seconds(cfg: ModelConfig, policy: precision.Policy, tokens: int, key
     return s
 
 
-def measure_latency(params, cfg: ModelConfig, policy="fp32", *, batch: int = 1, prompt_tokens: int = 128,
-                    gen_tokens: int = 32, repeats: int = LATENCY_REPEATS, warmup: int = LATENCY_WARMUP, roof: dict | None = None,
-                    mesh=None, form: Formulation | None = None) -> dict:
+def measure_latency(
+    params,
+    cfg: ModelConfig,
+    policy="fp32",
+    *,
+    batch: int = 1,
+    prompt_tokens: int = 128,
+    gen_tokens: int = 32,
+    repeats: int = LATENCY_REPEATS,
+    warmup: int = LATENCY_WARMUP,
+    roof: dict | None = None,
+    mesh=None,
+    form: Formulation | None = None,
+) -> dict:
     """Latency of prefill and decode for float32 ``params`` (as trained) run in precision
     ``policy`` (a name or a ``Policy``) and formulation ``form`` (None: ``formulation.choose``,
     the fastest measured for this precision on this backend).
@@ -145,46 +199,82 @@ def measure_latency(params, cfg: ModelConfig, policy="fp32", *, batch: int = 1, 
     communication.
     """
     pol = precision.get_policy(policy)
-    for name, v in (("batch", batch), ("prompt_tokens", prompt_tokens), ("gen_tokens", gen_tokens),
-                    ("repeats", repeats)):
+    for name, v in (
+        ("batch", batch),
+        ("prompt_tokens", prompt_tokens),
+        ("gen_tokens", gen_tokens),
+        ("repeats", repeats),
+    ):
         check_positive_int(v, name)
     if prompt_tokens + gen_tokens > cfg.max_seq_len:
-        raise ConfigError(f"prompt_tokens + gen_tokens = {prompt_tokens} + {gen_tokens} exceeds "
-                          f"ModelConfig.max_seq_len = {cfg.max_seq_len}")
+        raise ConfigError(
+            f"prompt_tokens + gen_tokens = {prompt_tokens} + {gen_tokens} exceeds "
+            f"ModelConfig.max_seq_len = {cfg.max_seq_len}"
+        )
     form = formulation.choose(pol, cfg) if form is None else form
     roof = roofline.roofline() if roof is None else roof
     missing = [k for k in ("read_bandwidth_bytes_per_s", "matmul_flops_per_s") if k not in roof]
     if missing:
-        raise ConfigError(f"roof lacks {', '.join(missing)}: pass jscale.roofline.roofline() (or None to "
-                          f"measure it), or a dict with at least those rates")
+        raise ConfigError(
+            f"roof lacks {', '.join(missing)}: pass jscale.roofline.roofline() (or None to "
+            f"measure it), or a dict with at least those rates"
+        )
     run_params = formulation.arrange(precision.convert_params(params, pol), form)
-    prompt_BxP = jax.random.randint(jax.random.key(0), (batch, prompt_tokens), 0, cfg.vocab_size, jnp.int32)
+    prompt_BxP = jax.random.randint(
+        jax.random.key(0), (batch, prompt_tokens), 0, cfg.vocab_size, jnp.int32
+    )
     n_devices = 1
     if mesh is not None:
         run_params = sharding.put(run_params, sharding.tree_shardings(run_params, mesh))
         prompt_BxP = sharding.put(prompt_BxP, sharding.tokens_sharding(mesh, batch))
         n_devices = mesh.size
 
-    timing = _time_prefill_and_decode(run_params, cfg, prompt_BxP, gen_tokens, pol, form, mesh, repeats, warmup)
-    bounds = _roofline_bounds(cfg, pol, batch, prompt_tokens, gen_tokens, precision.param_bytes(run_params),
-                              roof, n_devices, timing)
-    return schema.part("latency", {
-            "latency_batch": batch, "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens,
-            "latency_repeats": repeats, "kernel_layout": form.kernel_layout, "matmul_min_rows": form.min_rows,
-            **timing, **bounds,
-            "mesh_shape": sharding.mesh_shape_str(mesh), "mesh_devices": n_devices})
+    timing = _time_prefill_and_decode(
+        run_params, cfg, prompt_BxP, gen_tokens, pol, form, mesh, repeats, warmup
+    )
+    bounds = _roofline_bounds(
+        cfg,
+        pol,
+        batch,
+        prompt_tokens,
+        gen_tokens,
+        precision.param_bytes(run_params),
+        roof,
+        n_devices,
+        timing,
+    )
+    return schema.part(
+        "latency",
+        {
+            "latency_batch": batch,
+            "prompt_tokens": prompt_tokens,
+            "gen_tokens": gen_tokens,
+            "latency_repeats": repeats,
+            "kernel_layout": form.kernel_layout,
+            "matmul_min_rows": form.min_rows,
+            **timing,
+            **bounds,
+            "mesh_shape": sharding.mesh_shape_str(mesh),
+            "mesh_devices": n_devices,
+        },
+    )
 
 
-def _time_prefill_and_decode(run_params, cfg, prompt_BxP, gen_tokens, pol, form, mesh, repeats, warmup) -> dict:
+def _time_prefill_and_decode(
+    run_params, cfg, prompt_BxP, gen_tokens, pol, form, mesh, repeats, warmup
+) -> dict:
     """Compile prefill and decode ahead of time, then time ``warmup + repeats`` runs of each
     and keep the last ``repeats``: the timing and memory columns of a latency record."""
     batch, prompt_tokens = prompt_BxP.shape
     t0 = time.perf_counter()
-    prefill_exe = prefill.lower(run_params, cfg, prompt_BxP, gen_tokens, pol, form=form, mesh=mesh).compile()
+    prefill_exe = prefill.lower(
+        run_params, cfg, prompt_BxP, gen_tokens, pol, form=form, mesh=mesh
+    ).compile()
     t1 = time.perf_counter()
     token_B, cache = prefill_exe(run_params, prompt_BxP)
-    decode_exe = decode.lower(run_params, cache, token_B, cfg=cfg, gen_tokens=gen_tokens, policy=pol, form=form,
-                              mesh=mesh).compile()
+    decode_exe = decode.lower(
+        run_params, cache, token_B, cfg=cfg, gen_tokens=gen_tokens, policy=pol, form=form, mesh=mesh
+    ).compile()
     t2 = time.perf_counter()
 
     prefill_s, decode_s = [], []
@@ -200,24 +290,37 @@ def _time_prefill_and_decode(run_params, cfg, prompt_BxP, gen_tokens, pol, form,
             prefill_s.append(prefilled - start)
             decode_s.append((decoded - prefilled) / gen_tokens)
     prefill_ms, decode_ms = 1e3 * np.array(prefill_s), 1e3 * np.array(decode_s)
-    return {"compile_prefill_s": t1 - t0, "compile_decode_s": t2 - t1,
-            **_stats("prefill_ms", prefill_ms), **_stats("decode_ms_per_token", decode_ms),
-            "prefill_tokens_per_s": batch * prompt_tokens / (np.median(prefill_ms) / 1e3),
-            "decode_tokens_per_s": batch / (np.median(decode_ms) / 1e3),
-            **_memory(prefill_exe, "prefill"), **_memory(decode_exe, "decode")}
+    return {
+        "compile_prefill_s": t1 - t0,
+        "compile_decode_s": t2 - t1,
+        **_stats("prefill_ms", prefill_ms),
+        **_stats("decode_ms_per_token", decode_ms),
+        "prefill_tokens_per_s": batch * prompt_tokens / (np.median(prefill_ms) / 1e3),
+        "decode_tokens_per_s": batch / (np.median(decode_ms) / 1e3),
+        **_memory(prefill_exe, "prefill"),
+        **_memory(decode_exe, "decode"),
+    }
 
 
-def _roofline_bounds(cfg, pol, batch, prompt_tokens, gen_tokens, weight_bytes, roof, n_devices, timing) -> dict:
+def _roofline_bounds(
+    cfg, pol, batch, prompt_tokens, gen_tokens, weight_bytes, roof, n_devices, timing
+) -> dict:
     """The bytes, roofline bounds and efficiencies of a latency record (see the module docstring)."""
     positions = prompt_tokens + gen_tokens
     kv_bytes = kv_cache_bytes(cfg, batch, positions, 2 if pol.attention == "bf16" else 4)
     bandwidth = roof["read_bandwidth_bytes_per_s"] * n_devices
     memory_s = (weight_bytes + kv_bytes) / bandwidth
     decode_compute_s = compute_seconds(cfg, pol, batch, positions, roof) / n_devices
-    prefill_compute_s = compute_seconds(cfg, pol, batch * prompt_tokens, positions, roof) / n_devices
-    decode_bound_s, prefill_bound_s = max(memory_s, decode_compute_s), max(memory_s, prefill_compute_s)
+    prefill_compute_s = (
+        compute_seconds(cfg, pol, batch * prompt_tokens, positions, roof) / n_devices
+    )
+    decode_bound_s, prefill_bound_s = (
+        max(memory_s, decode_compute_s),
+        max(memory_s, prefill_compute_s),
+    )
     return {
-        "weight_bytes": weight_bytes, "kv_cache_bytes": kv_bytes,
+        "weight_bytes": weight_bytes,
+        "kv_cache_bytes": kv_bytes,
         "decode_bound_ms_per_token": 1e3 * decode_bound_s,
         "decode_bound_kind": "memory" if memory_s >= decode_compute_s else "compute",
         "decode_efficiency": 1e3 * decode_bound_s / timing["decode_ms_per_token_median"],
@@ -226,5 +329,6 @@ def _roofline_bounds(cfg, pol, batch, prompt_tokens, gen_tokens, weight_bytes, r
         "prefill_efficiency": 1e3 * prefill_bound_s / timing["prefill_ms_median"],
         "roofline_read_bandwidth_bytes_per_s": bandwidth,
         "roofline_matmul_flops_per_s": _rate(roof, pol.fmt) * n_devices,
-        "roofline_rw_bandwidth_bytes_per_s": roof.get("bandwidth_bytes_per_s", float("nan")) * n_devices,
+        "roofline_rw_bandwidth_bytes_per_s": roof.get("bandwidth_bytes_per_s", float("nan"))
+        * n_devices,
     }

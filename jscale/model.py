@@ -57,7 +57,8 @@ def _quant_scale(module: nn.Module, w, fmt: str, n: int):
     if w.dtype != jnp.int8 and not module.is_initializing():
         raise precision.PrecisionError(
             f"layer {module.name} runs in {fmt} but its weights are {w.dtype}: convert trained "
-            f"params first with jscale.precision.convert_params(params, policy)")
+            f"params first with jscale.precision.convert_params(params, policy)"
+        )
     return module.param("scale", nn.initializers.ones, (n,))
 
 
@@ -73,7 +74,9 @@ class Dense(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        kernel = self.param("kernel", self.kernel_init, self.form.kernel_shape(x.shape[-1], self.features))
+        kernel = self.param(
+            "kernel", self.kernel_init, self.form.kernel_shape(x.shape[-1], self.features)
+        )
         scale = _quant_scale(self, kernel, self.fmt, self.features)
         return project(x, kernel, scale, self.fmt, self.form)
 
@@ -87,8 +90,11 @@ class Embed(nn.Module):
     fmt: str = "fp32"
 
     def setup(self):
-        self.embedding = self.param("embedding", nn.initializers.normal(1 / math.sqrt(self.d_model)),
-                                    (self.vocab_size, self.d_model))
+        self.embedding = self.param(
+            "embedding",
+            nn.initializers.normal(1 / math.sqrt(self.d_model)),
+            (self.vocab_size, self.d_model),
+        )
         self.scale = _quant_scale(self, self.embedding, self.fmt, self.vocab_size)
 
     def __call__(self, tokens_BxT):
@@ -116,12 +122,18 @@ def causal_attention(q_BxHxTxK, k_BxHxSxK, v_BxHxSxK, pos_BxT, pos_BxS):
     (skipping the blocks above the diagonal was only 5% faster in a training step on XLA:CPU,
     because of the slice copies it added; not worth its code)."""
     prec = precision.dot_precision(q_BxHxTxK)
-    att_BxHxTxS = jnp.einsum("bhtk,bhsk->bhts", q_BxHxTxK, k_BxHxSxK, precision=prec,
-                             preferred_element_type=jnp.float32)
+    att_BxHxTxS = jnp.einsum(
+        "bhtk,bhsk->bhts", q_BxHxTxK, k_BxHxSxK, precision=prec, preferred_element_type=jnp.float32
+    )
     mask_Bx1xTxS = pos_BxT[:, None, :, None] >= pos_BxS[:, None, None, :]
     att_BxHxTxS = jax.nn.softmax(jnp.where(mask_Bx1xTxS, att_BxHxTxS, -jnp.inf), axis=-1)
-    return jnp.einsum("bhts,bhsk->bhtk", att_BxHxTxS.astype(v_BxHxSxK.dtype), v_BxHxSxK, precision=prec,
-                      preferred_element_type=jnp.float32)
+    return jnp.einsum(
+        "bhts,bhsk->bhtk",
+        att_BxHxTxS.astype(v_BxHxSxK.dtype),
+        v_BxHxSxK,
+        precision=prec,
+        preferred_element_type=jnp.float32,
+    )
 
 
 def cached_attention(q_BxHxTxK, k_BxHxTxK, v_BxHxTxK, kc_BxHxSxK, vc_BxHxSxK, pos_BxT):
@@ -133,18 +145,33 @@ def cached_attention(q_BxHxTxK, k_BxHxTxK, v_BxHxTxK, kc_BxHxSxK, vc_BxHxSxK, po
     (``jscale.formulation.write_kv``)."""
     S = kc_BxHxSxK.shape[2]
     prec = precision.dot_precision(q_BxHxTxK)
-    att_old_BxHxTxS = jnp.einsum("bhtk,bhsk->bhts", q_BxHxTxK, kc_BxHxSxK, precision=prec,
-                                 preferred_element_type=jnp.float32)
-    att_new_BxHxTxT = jnp.einsum("bhtk,bhuk->bhtu", q_BxHxTxK, k_BxHxTxK, precision=prec,
-                                 preferred_element_type=jnp.float32)
+    att_old_BxHxTxS = jnp.einsum(
+        "bhtk,bhsk->bhts", q_BxHxTxK, kc_BxHxSxK, precision=prec, preferred_element_type=jnp.float32
+    )
+    att_new_BxHxTxT = jnp.einsum(
+        "bhtk,bhuk->bhtu", q_BxHxTxK, k_BxHxTxK, precision=prec, preferred_element_type=jnp.float32
+    )
     filled_Bx1x1xS = (jnp.arange(S) < pos_BxT[:, :1])[:, None, None, :]
     causal_Bx1xTxT = (pos_BxT[:, :, None] >= pos_BxT[:, None, :])[:, None]
-    att_BxHxTxST = jax.nn.softmax(jnp.concatenate([jnp.where(filled_Bx1x1xS, att_old_BxHxTxS, -jnp.inf),
-                                                   jnp.where(causal_Bx1xTxT, att_new_BxHxTxT, -jnp.inf)],
-                                                  axis=-1), axis=-1)
-    p_old, p_new = att_BxHxTxST[..., :S].astype(vc_BxHxSxK.dtype), att_BxHxTxST[..., S:].astype(v_BxHxTxK.dtype)
-    return (jnp.einsum("bhts,bhsk->bhtk", p_old, vc_BxHxSxK, precision=prec, preferred_element_type=jnp.float32)
-            + jnp.einsum("bhtu,bhuk->bhtk", p_new, v_BxHxTxK, precision=prec, preferred_element_type=jnp.float32))
+    att_BxHxTxST = jax.nn.softmax(
+        jnp.concatenate(
+            [
+                jnp.where(filled_Bx1x1xS, att_old_BxHxTxS, -jnp.inf),
+                jnp.where(causal_Bx1xTxT, att_new_BxHxTxT, -jnp.inf),
+            ],
+            axis=-1,
+        ),
+        axis=-1,
+    )
+    p_old, p_new = (
+        att_BxHxTxST[..., :S].astype(vc_BxHxSxK.dtype),
+        att_BxHxTxST[..., S:].astype(v_BxHxTxK.dtype),
+    )
+    return jnp.einsum(
+        "bhts,bhsk->bhtk", p_old, vc_BxHxSxK, precision=prec, preferred_element_type=jnp.float32
+    ) + jnp.einsum(
+        "bhtu,bhuk->bhtk", p_new, v_BxHxTxK, precision=prec, preferred_element_type=jnp.float32
+    )
 
 
 class Block(nn.Module):
@@ -224,7 +251,9 @@ class Transformer(nn.Module):
         if c.tie_embeddings:
             logits_BxTxV = embed.attend(x_BxTxD)
         else:
-            logits_BxTxV = Dense(c.vocab_size, p.layer_format("head"), self.form, name="head")(x_BxTxD)
+            logits_BxTxV = Dense(c.vocab_size, p.layer_format("head"), self.form, name="head")(
+                x_BxTxD
+            )
         logits_BxTxV = logits_BxTxV.astype(jnp.float32)
         if cache is None:
             return logits_BxTxV
@@ -246,11 +275,18 @@ def _run(cfg: ModelConfig, policy, form: Formulation, params: Params, *args, **k
         raise precision.PrecisionError(
             f"params do not match policy {pol.label!r} with kernel_layout={form.kernel_layout!r}: convert the "
             f"float32 params as trained with jscale.precision.convert_params(params, policy) and lay them out "
-            f"with jscale.formulation.arrange(params, form), once, with the same policy and form ({e})") from None
+            f"with jscale.formulation.arrange(params, form), once, with the same policy and form ({e})"
+        ) from None
 
 
-def apply(params: Params, cfg: ModelConfig, tokens_BxT: jax.Array, pos_BxT: jax.Array | None = None,
-          policy: str | precision.Policy = "fp32", form: Formulation = TRAINED) -> jax.Array:
+def apply(
+    params: Params,
+    cfg: ModelConfig,
+    tokens_BxT: jax.Array,
+    pos_BxT: jax.Array | None = None,
+    policy: str | precision.Policy = "fp32",
+    form: Formulation = TRAINED,
+) -> jax.Array:
     """Logits ``[B, T, V]`` (float32) for integer tokens ``[B, T]``; pure and jittable.
 
     policy: a precision name or ``Policy``; params must come from
@@ -259,12 +295,16 @@ def apply(params: Params, cfg: ModelConfig, tokens_BxT: jax.Array, pos_BxT: jax.
     from ``formulation.arrange(params, form)`` for a ``form`` other than as trained.
     """
     if tokens_BxT.shape[-1] > cfg.max_seq_len:
-        raise ValueError(f"sequence of {tokens_BxT.shape[-1]} tokens exceeds ModelConfig.max_seq_len "
-                         f"= {cfg.max_seq_len}")
+        raise ValueError(
+            f"sequence of {tokens_BxT.shape[-1]} tokens exceeds ModelConfig.max_seq_len "
+            f"= {cfg.max_seq_len}"
+        )
     return _run(cfg, policy, form, params, tokens_BxT, pos_BxT)
 
 
-def token_losses(params: Params, cfg: ModelConfig, batch_BxT1: jax.Array, policy="fp32") -> jax.Array:
+def token_losses(
+    params: Params, cfg: ModelConfig, batch_BxT1: jax.Array, policy="fp32"
+) -> jax.Array:
     """Next-token cross-entropy ``[B, T]`` in nats (float32) for a batch of T+1 tokens, with
     the model run in precision ``policy``: the loss training minimises and evaluation reports."""
     inputs_BxT, targets_BxT = batch_BxT1[:, :-1], batch_BxT1[:, 1:]
@@ -275,22 +315,35 @@ def token_losses(params: Params, cfg: ModelConfig, batch_BxT1: jax.Array, policy
 
 # --------------------------------------------------------------------------- KV cache
 
+
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, policy: str | precision.Policy = "fp32"):
     """An empty KV cache: ``{"layers": [{"k", "v": [B, H, max_len, K]}] * n_layers,
     "length": int32 scalar}`` (zeros; length 0), in bfloat16 for policies whose attention
     runs in bf16, else float32.  ``max_len`` (prompt + generated tokens) may not exceed
     ``cfg.max_seq_len``."""
     if not 0 < max_len <= cfg.max_seq_len:
-        raise ValueError(f"prompt + generated tokens = {max_len} must be in [1, ModelConfig.max_seq_len "
-                         f"= {cfg.max_seq_len}]")
+        raise ValueError(
+            f"prompt + generated tokens = {max_len} must be in [1, ModelConfig.max_seq_len "
+            f"= {cfg.max_seq_len}]"
+        )
     dt = jnp.bfloat16 if precision.get_policy(policy).attention == "bf16" else jnp.float32
     shape = (batch, cfg.n_heads, max_len, cfg.head_dim)
-    return {"layers": [{"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)} for _ in range(cfg.n_layers)],
-            "length": jnp.zeros((), jnp.int32)}
+    return {
+        "layers": [
+            {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)} for _ in range(cfg.n_layers)
+        ],
+        "length": jnp.zeros((), jnp.int32),
+    }
 
 
-def apply_cached(params: Params, cfg: ModelConfig, tokens_BxT: jax.Array, cache,
-                 policy: str | precision.Policy = "fp32", form: Formulation = TRAINED):
+def apply_cached(
+    params: Params,
+    cfg: ModelConfig,
+    tokens_BxT: jax.Array,
+    cache,
+    policy: str | precision.Policy = "fp32",
+    form: Formulation = TRAINED,
+):
     """Run T new tokens against a KV cache: ``(logits [B, T, V] float32, updated cache)``.
     Prefill is ``apply_cached`` on the prompt with an empty cache; one decode step is
     ``apply_cached`` on one token.  Pure and jittable; the caller must keep

@@ -83,12 +83,16 @@ def get_policy(policy: str | Policy, layers: list[str] | tuple[str, ...] | None 
     elif policy in POLICIES:
         p = POLICIES[policy]
     else:
-        raise PrecisionError(f"unknown precision {policy!r}; valid precisions are: {', '.join(POLICIES)}")
+        raise PrecisionError(
+            f"unknown precision {policy!r}; valid precisions are: {', '.join(POLICIES)}"
+        )
     if layers is not None:
         bad = sorted(set(layers) - set(LAYERS))
         if bad:
-            raise PrecisionError(f"unknown layer name(s) {', '.join(bad)} for precision {p.name!r}; "
-                                 f"valid layers are: {', '.join(LAYERS)}")
+            raise PrecisionError(
+                f"unknown layer name(s) {', '.join(bad)} for precision {p.name!r}; "
+                f"valid layers are: {', '.join(LAYERS)}"
+            )
         p = dataclasses.replace(p, layers=frozenset(layers))
     return p
 
@@ -102,6 +106,7 @@ def dot_precision(a: jax.Array):
 
 # --------------------------------------------------------------------------- quantization maths
 
+
 def quantize(w: jax.Array, axis: int = 0) -> tuple[jax.Array, jax.Array]:
     """Symmetric absmax int8 quantization of ``w``, one scale per slice along every axis but
     ``axis`` (the reduced one).  For a kernel ``[in, out]`` use axis=0: per output channel.
@@ -113,8 +118,9 @@ def quantize(w: jax.Array, axis: int = 0) -> tuple[jax.Array, jax.Array]:
     return q, scale
 
 
-def matmul(x_NxI: jax.Array, w: jax.Array, scale_O: jax.Array | None, fmt: str,
-           w_in_axis: int = 0) -> jax.Array:
+def matmul(
+    x_NxI: jax.Array, w: jax.Array, scale_O: jax.Array | None, fmt: str, w_in_axis: int = 0
+) -> jax.Array:
     """``x @ w`` in integer format ``fmt``, float32 ``[..., O]``; ``w_in_axis`` is the kernel's
     input (contracted) axis: 0 for ``[I, O]``, 1 for ``[O, I]``.  The float formats (fp32, bf16)
     are ``jscale.formulation.project``.
@@ -134,6 +140,7 @@ def matmul(x_NxI: jax.Array, w: jax.Array, scale_O: jax.Array | None, fmt: str,
 
 
 # --------------------------------------------------------------------------- converting params
+
 
 def convert_params(params: Any, policy: str | Policy) -> Any:
     """Convert trained float32 ``params`` to ``policy``: each converted layer's kernel becomes
@@ -159,8 +166,10 @@ def convert_params(params: Any, policy: str | Policy) -> Any:
         elif key == "head":
             out[key] = conv("head", "kernel", sub["kernel"], axis=0)
         elif key.startswith("block_"):
-            out[key] = {k: (conv(k, "kernel", v["kernel"], axis=0) if k in BLOCK_LAYERS else v)
-                        for k, v in sub.items()}
+            out[key] = {
+                k: (conv(k, "kernel", v["kernel"], axis=0) if k in BLOCK_LAYERS else v)
+                for k, v in sub.items()
+            }
         else:
             out[key] = sub
     return out

@@ -49,8 +49,11 @@ def write_record(out_dir: str | os.PathLike, point_id: str, record: dict) -> Pat
     path = record_path(out_dir, point_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    body = json.dumps({"point_id": point_id, **{k: _clean(v) for k, v in record.items()}},
-                      sort_keys=True, indent=1)
+    body = json.dumps(
+        {"point_id": point_id, **{k: _clean(v) for k, v in record.items()}},
+        sort_keys=True,
+        indent=1,
+    )
     with open(tmp, "w") as f:
         f.write(body + "\n")
         f.flush()
@@ -96,7 +99,9 @@ def load_results(out_dir: str | os.PathLike, *, check: bool = True) -> pd.DataFr
             raise ResultsError(f"{p}: no such results directory or .csv/.jsonl file")
         files = sorted((p / RECORDS).glob("*.json"))
         if not files:
-            raise ResultsError(f"{p}: no results (expected {RECORDS}/*.json written by `jscale sweep`)")
+            raise ResultsError(
+                f"{p}: no results (expected {RECORDS}/*.json written by `jscale sweep`)"
+            )
         rows = []
         for f in files:
             try:
@@ -110,14 +115,29 @@ def load_results(out_dir: str | os.PathLike, *, check: bool = True) -> pd.DataFr
         try:
             schema.check_columns(df.columns, where=str(p))
         except schema.SchemaError as e:
-            raise ResultsError(f"{e} (load it with check=False, or `--no-check` on the command line, to "
-                               f"read a table that is not a jscale sweep's)") from None
+            raise ResultsError(
+                f"{e} (load it with check=False, or `--no-check` on the command line, to "
+                f"read a table that is not a jscale sweep's)"
+            ) from None
     first = [k for k in _FIRST if k in df]  # the point's identity and headline numbers lead
     df = df[first + [c for c in df.columns if c not in first]]
     keys = [k for k in (schema.N, "seed", "train_precision", schema.PRECISION) if k in df]
     return df.sort_values(keys, kind="stable").reset_index(drop=True) if keys else df
 
 
-_FIRST = ("point_id", "size_target_params_non_embedding", schema.N, "params_total", "seed",
-          "train_precision", schema.PRECISION, schema.TOKENS, schema.LOSS, schema.LOSS_SE,
-          schema.DECODE, schema.PREFILL, "weight_bytes", "kv_cache_bytes")
+_FIRST = (
+    "point_id",
+    "size_target_params_non_embedding",
+    schema.N,
+    "params_total",
+    "seed",
+    "train_precision",
+    schema.PRECISION,
+    schema.TOKENS,
+    schema.LOSS,
+    schema.LOSS_SE,
+    schema.DECODE,
+    schema.PREFILL,
+    "weight_bytes",
+    "kv_cache_bytes",
+)

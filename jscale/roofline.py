@@ -44,17 +44,29 @@ def measure_matmul_flops(n: int = 2048, repeats: int = 10, dtype: str = "fp32") 
     fp32: float32 operands at ``Precision.HIGHEST`` (true fp32 on GPU/TPU too, as the model
     runs it; no TF32); bf16: bfloat16 operands, fp32 accumulation; int8: int8 operands,
     int32 accumulation (``preferred_element_type``), as the precision policies run them."""
-    kinds = {"fp32": (jnp.float32, None), "bf16": (jnp.bfloat16, jnp.float32), "int8": (jnp.int8, jnp.int32)}
+    kinds = {
+        "fp32": (jnp.float32, None),
+        "bf16": (jnp.bfloat16, jnp.float32),
+        "int8": (jnp.int8, jnp.int32),
+    }
     dt, acc = kinds[dtype]
     a = jax.random.randint(jax.random.key(0), (n, n), -100, 100).astype(dt)
     b = jax.random.randint(jax.random.key(1), (n, n), -100, 100).astype(dt)
     prec = jax.lax.Precision.HIGHEST if dtype == "fp32" else None
-    t = _time(jax.jit(lambda a, b: jnp.matmul(a, b, precision=prec, preferred_element_type=acc)), a, b,
-              repeats=repeats)
-    flops = 2 * n ** 3 / t
+    t = _time(
+        jax.jit(lambda a, b: jnp.matmul(a, b, precision=prec, preferred_element_type=acc)),
+        a,
+        b,
+        repeats=repeats,
+    )
+    flops = 2 * n**3 / t
     key = "matmul_flops_per_s" if dtype == "fp32" else f"matmul_{dtype}_flops_per_s"
-    return {key: float(np.median(flops)), f"{key}_min": float(flops.min()), f"{key}_max": float(flops.max()),
-            "matmul_n": n}
+    return {
+        key: float(np.median(flops)),
+        f"{key}_min": float(flops.min()),
+        f"{key}_max": float(flops.max()),
+        "matmul_n": n,
+    }
 
 
 def measure_bandwidth(mib: int = 512, repeats: int = 10) -> dict[str, float]:
@@ -62,7 +74,7 @@ def measure_bandwidth(mib: int = 512, repeats: int = 10) -> dict[str, float]:
     array (reads + writes 2 x mib MiB per call); median, min and max bytes/s.  Donation makes
     XLA write in place: without it every call page-faults a fresh output buffer and reports
     about a fifth of the real bandwidth on Linux CPUs."""
-    x = jnp.ones((mib * 2 ** 20 // 4,), jnp.float32)
+    x = jnp.ones((mib * 2**20 // 4,), jnp.float32)
     nbytes = 2 * x.nbytes
     scale = jax.jit(lambda x: x * 2.0, donate_argnums=0)
     x = jax.block_until_ready(scale(x))  # compile + warm-up
@@ -72,8 +84,12 @@ def measure_bandwidth(mib: int = 512, repeats: int = 10) -> dict[str, float]:
         x = jax.block_until_ready(scale(x))
         t.append(time.perf_counter() - t0)
     bw = nbytes / np.array(t)
-    return {"bandwidth_bytes_per_s": float(np.median(bw)), "bandwidth_bytes_per_s_min": float(bw.min()),
-            "bandwidth_bytes_per_s_max": float(bw.max()), "bandwidth_mib": mib}
+    return {
+        "bandwidth_bytes_per_s": float(np.median(bw)),
+        "bandwidth_bytes_per_s_min": float(bw.min()),
+        "bandwidth_bytes_per_s_max": float(bw.max()),
+        "bandwidth_mib": mib,
+    }
 
 
 def measure_read_bandwidth(mib: int = 512, repeats: int = 10) -> dict[str, float]:
@@ -82,30 +98,43 @@ def measure_read_bandwidth(mib: int = 512, repeats: int = 10) -> dict[str, float
     device, numpy's BLAS dot of the array with itself, one chunk per host thread (outside XLA,
     so the bound is not set by XLA's own reduction kernel).  Bytes counted: the array, read
     once.  Returns median, min and max bytes/s of the best method, and its name."""
-    x = jnp.ones((mib * 2 ** 20 // 4,), jnp.float32)
+    x = jnp.ones((mib * 2**20 // 4,), jnp.float32)
     x2 = x.reshape(-1, 1024)
-    results = {"xla_sum": _time(jax.jit(jnp.sum), x, repeats=repeats),
-               "xla_row_sum": _time(jax.jit(lambda a: a.sum(axis=1)), x2, repeats=repeats)}
+    results = {
+        "xla_sum": _time(jax.jit(jnp.sum), x, repeats=repeats),
+        "xla_row_sum": _time(jax.jit(lambda a: a.sum(axis=1)), x2, repeats=repeats),
+    }
     if jax.devices()[0].platform == "cpu":
         from concurrent.futures import ThreadPoolExecutor
+
         host = np.ones(x.size, np.float32)
         chunks = np.array_split(host, os.cpu_count() or 1)
         with ThreadPoolExecutor(len(chunks)) as pool:
-            results["numpy_threaded_dot"] = _time(lambda: list(pool.map(lambda c: np.dot(c, c), chunks)),
-                                                  repeats=repeats)
+            results["numpy_threaded_dot"] = _time(
+                lambda: list(pool.map(lambda c: np.dot(c, c), chunks)), repeats=repeats
+            )
     name = min(results, key=lambda k: np.median(results[k]))
     bw = x.nbytes / results[name]
-    return {"read_bandwidth_bytes_per_s": float(np.median(bw)), "read_bandwidth_bytes_per_s_min": float(bw.min()),
-            "read_bandwidth_bytes_per_s_max": float(bw.max()), "read_bandwidth_method": name}
+    return {
+        "read_bandwidth_bytes_per_s": float(np.median(bw)),
+        "read_bandwidth_bytes_per_s_min": float(bw.min()),
+        "read_bandwidth_bytes_per_s_max": float(bw.max()),
+        "read_bandwidth_method": name,
+    }
 
 
 def device_info() -> dict:
     """Where this process runs: the default device's platform and kind, the device count, the
     host CPU and its logical cores, and the JAX version (the provenance columns of a record)."""
     d = jax.devices()[0]
-    return {"device_platform": d.platform, "device_kind": d.device_kind, "device_count": jax.device_count(),
-            "cpu": platform.processor() or platform.machine(), "host_cpus": os.cpu_count(),
-            "jax_version": jax.__version__}
+    return {
+        "device_platform": d.platform,
+        "device_kind": d.device_kind,
+        "device_count": jax.device_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "host_cpus": os.cpu_count(),
+        "jax_version": jax.__version__,
+    }
 
 
 def roofline(refresh: bool = False) -> dict:
@@ -114,14 +143,22 @@ def roofline(refresh: bool = False) -> dict:
     smaller problems finish in microseconds and measure dispatch, not the hardware."""
     info = device_info()
     n, mib = (2048, 512) if info["device_platform"] == "cpu" else (8192, 2048)
-    key = (f"v3|{info['device_platform']}|{info['device_kind']}|{info['device_count']}|{info['host_cpus']}|"
-           f"{info['jax_version']}")
+    key = (
+        f"v3|{info['device_platform']}|{info['device_kind']}|{info['device_count']}|{info['host_cpus']}|"
+        f"{info['jax_version']}"
+    )
     path = cache_dir() / "roofline.json"
     cached = json.loads(path.read_text()) if path.exists() else {}
     if refresh or key not in cached:
-        cached[key] = {**info, **measure_matmul_flops(n), **measure_matmul_flops(n, dtype="bf16"),
-                       **measure_matmul_flops(n, dtype="int8"), **measure_bandwidth(mib),
-                       **measure_read_bandwidth(mib), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        cached[key] = {
+            **info,
+            **measure_matmul_flops(n),
+            **measure_matmul_flops(n, dtype="bf16"),
+            **measure_matmul_flops(n, dtype="int8"),
+            **measure_bandwidth(mib),
+            **measure_read_bandwidth(mib),
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(cached, indent=1))

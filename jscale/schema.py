@@ -45,133 +45,525 @@ def _c(source, group, name, unit, dtype, meaning):
 
 
 _STAT = "over `latency_repeats` timed runs, each after `warmup` untimed ones"
-_XLA = {"argument": "inputs", "output": "outputs", "temp": "temporaries", "generated_code": "compiled code"}
+_XLA = {
+    "argument": "inputs",
+    "output": "outputs",
+    "temp": "temporaries",
+    "generated_code": "compiled code",
+}
 
 COLUMNS: tuple[Column, ...] = (
     # ---- the point: written by jscale.sweep
-    _c("sweep", "core", "point_id", "-", "str",
-       "`N<target>-seed<s>-<train precision>-<inference precision>`: one record per point"),
+    _c(
+        "sweep",
+        "core",
+        "point_id",
+        "-",
+        "str",
+        "`N<target>-seed<s>-<train precision>-<inference precision>`: one record per point",
+    ),
     _c("sweep", "core", "sweep_name", "-", "str", "the sweep config's `name`"),
-    _c("sweep", "core", "config_hash", "-", "str",
-       "SHA-256 of everything that determines this record (training hash, precision, latency settings)"),
-    _c("sweep", "core", "train_hash", "-", "str",
-       "SHA-256 of everything that determines the trained params (model, training config, corpus content)"),
-    _c("sweep", "core", "size_target_params_non_embedding", "params", "float",
-       "the size the ladder aimed for (the achieved count is `params_non_embedding`)"),
-    _c("sweep", "core", "seed", "-", "int", "the one integer all randomness of the run (init, batches) derives from"),
-    _c("sweep", "core", "train_precision", "-", "str", "`fp32`, or `bf16` (mixed precision: fp32 master weights)"),
-    _c("sweep", "core", "inference_precision", "-", "str",
-       "the precision policy the params were converted to and evaluated/timed in (`jscale.precision`)"),
+    _c(
+        "sweep",
+        "core",
+        "config_hash",
+        "-",
+        "str",
+        "SHA-256 of everything that determines this record (training hash, precision, latency settings)",
+    ),
+    _c(
+        "sweep",
+        "core",
+        "train_hash",
+        "-",
+        "str",
+        "SHA-256 of everything that determines the trained params (model, training config, corpus content)",
+    ),
+    _c(
+        "sweep",
+        "core",
+        "size_target_params_non_embedding",
+        "params",
+        "float",
+        "the size the ladder aimed for (the achieved count is `params_non_embedding`)",
+    ),
+    _c(
+        "sweep",
+        "core",
+        "seed",
+        "-",
+        "int",
+        "the one integer all randomness of the run (init, batches) derives from",
+    ),
+    _c(
+        "sweep",
+        "core",
+        "train_precision",
+        "-",
+        "str",
+        "`fp32`, or `bf16` (mixed precision: fp32 master weights)",
+    ),
+    _c(
+        "sweep",
+        "core",
+        "inference_precision",
+        "-",
+        "str",
+        "the precision policy the params were converted to and evaluated/timed in (`jscale.precision`)",
+    ),
     _c("sweep", "core", "corpus", "-", "str", "the corpus path"),
-    _c("sweep", "core", "corpus_digest", "-", "str", "content hash of the corpus tokens (train and held-out)"),
+    _c(
+        "sweep",
+        "core",
+        "corpus_digest",
+        "-",
+        "str",
+        "content hash of the corpus tokens (train and held-out)",
+    ),
     _c("sweep", "core", "val_percent", "%", "float", "share of the corpus held out (by file)"),
     _c("sweep", "core", "created_at", "UTC ISO 8601", "str", "when the record was written"),
     # ---- the model and its training configuration (jscale.config)
     _c("config", "core", "d_model", "channels", "int", "residual width"),
     _c("config", "core", "n_layers", "blocks", "int", "transformer blocks"),
-    _c("config", "core", "n_heads", "heads", "int", "attention heads (head width = d_model / n_heads)"),
+    _c(
+        "config",
+        "core",
+        "n_heads",
+        "heads",
+        "int",
+        "attention heads (head width = d_model / n_heads)",
+    ),
     _c("config", "core", "d_ff", "channels", "int", "MLP hidden width"),
     _c("config", "core", "vocab_size", "tokens", "int", "vocabulary (256: bytes)"),
     _c("config", "core", "max_seq_len", "tokens", "int", "longest sequence the model accepts"),
-    _c("config", "core", "tie_embeddings", "-", "bool", "the output head reuses the token embedding"),
-    _c("config", "core", "params_total", "params", "int", "exact parameter count (`jscale.config.count_params`)"),
-    _c("config", "core", "params_non_embedding", "params", "int",
-       "parameters except the token embedding (and untied head): Kaplan's N"),
-    _c("config", "core", "params_embedding", "params", "int", "token embedding (plus the untied head)"),
+    _c(
+        "config",
+        "core",
+        "tie_embeddings",
+        "-",
+        "bool",
+        "the output head reuses the token embedding",
+    ),
+    _c(
+        "config",
+        "core",
+        "params_total",
+        "params",
+        "int",
+        "exact parameter count (`jscale.config.count_params`)",
+    ),
+    _c(
+        "config",
+        "core",
+        "params_non_embedding",
+        "params",
+        "int",
+        "parameters except the token embedding (and untied head): Kaplan's N",
+    ),
+    _c(
+        "config",
+        "core",
+        "params_embedding",
+        "params",
+        "int",
+        "token embedding (plus the untied head)",
+    ),
     _c("config", "core", "batch_size", "sequences", "int", "training batch"),
     _c("config", "core", "seq_len", "tokens", "int", "training (and held-out) sequence length"),
-    _c("config", "core", "lr_peak", "-", "float", "peak AdamW learning rate, after the sweep's size rule"),
+    _c(
+        "config",
+        "core",
+        "lr_peak",
+        "-",
+        "float",
+        "peak AdamW learning rate, after the sweep's size rule",
+    ),
     # ---- training (jscale.train)
-    _c("train", "core", "train_tokens", "tokens", "int", "tokens trained on (the budget rounded up to whole steps)"),
+    _c(
+        "train",
+        "core",
+        "train_tokens",
+        "tokens",
+        "int",
+        "tokens trained on (the budget rounded up to whole steps)",
+    ),
     _c("train", "core", "train_steps", "steps", "int", "optimizer steps"),
-    _c("train", "core", "train_flops", "FLOPs", "float",
-       "analytic training FLOPs: 3 x forward matmul FLOPs per token (projections, head, attention) x tokens"),
-    _c("train", "core", "train_flops_6nd", "FLOPs", "float",
-       "`6 x params_non_embedding x train_tokens` (the Kaplan/Chinchilla convention)"),
-    _c("train", "core", "train_wall_s", "s", "float", "wall time of the training loop, compilation excluded"),
-    _c("train", "core", "train_compile_s", "s", "float", "ahead-of-time compile time of the train step"),
+    _c(
+        "train",
+        "core",
+        "train_flops",
+        "FLOPs",
+        "float",
+        "analytic training FLOPs: 3 x forward matmul FLOPs per token (projections, head, attention) x tokens",
+    ),
+    _c(
+        "train",
+        "core",
+        "train_flops_6nd",
+        "FLOPs",
+        "float",
+        "`6 x params_non_embedding x train_tokens` (the Kaplan/Chinchilla convention)",
+    ),
+    _c(
+        "train",
+        "core",
+        "train_wall_s",
+        "s",
+        "float",
+        "wall time of the training loop, compilation excluded",
+    ),
+    _c(
+        "train",
+        "core",
+        "train_compile_s",
+        "s",
+        "float",
+        "ahead-of-time compile time of the train step",
+    ),
     _c("train", "core", "train_tokens_per_s", "tokens/s", "float", "`train_tokens / train_wall_s`"),
-    _c("train", "core", "train_loss_final_nats", "nats/token", "float",
-       "mean training loss over the last 5% of steps (training batches, not held out)"),
+    _c(
+        "train",
+        "core",
+        "train_loss_final_nats",
+        "nats/token",
+        "float",
+        "mean training loss over the last 5% of steps (training batches, not held out)",
+    ),
     # ---- held-out evaluation in this precision (jscale.evaluate)
-    _c("evaluate", "core", "eval_tokens", "tokens", "int",
-       "predicted tokens in the fixed held-out set (the same windows for every model)"),
-    _c("evaluate", "core", "eval_loss_nats", "nats/token", "float",
-       "held-out next-token loss, run in `inference_precision`"),
-    _c("evaluate", "core", "eval_loss_se_nats", "nats/token", "float",
-       "standard error of `eval_loss_nats` over held-out sequences (sampling noise of the held-out set only)"),
-    _c("evaluate", "core", "eval_bits_per_byte", "bits/byte", "float", "`eval_loss_nats / ln 2` (one token = one byte)"),
-    _c("evaluate", "core", "eval_bits_per_byte_se", "bits/byte", "float", "`eval_loss_se_nats / ln 2`"),
-    _c("evaluate", "core", "delta_loss_vs_fp32_nats", "nats/token", "float",
-       "this precision's loss minus fp32's, same params, same sequences"),
-    _c("evaluate", "core", "delta_loss_vs_fp32_se_nats", "nats/token", "float",
-       "paired standard error of the delta over sequences"),
+    _c(
+        "evaluate",
+        "core",
+        "eval_tokens",
+        "tokens",
+        "int",
+        "predicted tokens in the fixed held-out set (the same windows for every model)",
+    ),
+    _c(
+        "evaluate",
+        "core",
+        "eval_loss_nats",
+        "nats/token",
+        "float",
+        "held-out next-token loss, run in `inference_precision`",
+    ),
+    _c(
+        "evaluate",
+        "core",
+        "eval_loss_se_nats",
+        "nats/token",
+        "float",
+        "standard error of `eval_loss_nats` over held-out sequences (sampling noise of the held-out set only)",
+    ),
+    _c(
+        "evaluate",
+        "core",
+        "eval_bits_per_byte",
+        "bits/byte",
+        "float",
+        "`eval_loss_nats / ln 2` (one token = one byte)",
+    ),
+    _c(
+        "evaluate",
+        "core",
+        "eval_bits_per_byte_se",
+        "bits/byte",
+        "float",
+        "`eval_loss_se_nats / ln 2`",
+    ),
+    _c(
+        "evaluate",
+        "core",
+        "delta_loss_vs_fp32_nats",
+        "nats/token",
+        "float",
+        "this precision's loss minus fp32's, same params, same sequences",
+    ),
+    _c(
+        "evaluate",
+        "core",
+        "delta_loss_vs_fp32_se_nats",
+        "nats/token",
+        "float",
+        "paired standard error of the delta over sequences",
+    ),
     _c("evaluate", "core", "delta_loss_vs_fp32_pct", "%", "float", "100 x delta / fp32 loss"),
-    _c("evaluate", "core", "logit_rel_err_mean", "-", "float",
-       "`||z - z_fp32|| / ||z_fp32||` of the logit vector, mean over the positions of the first 8 held-out sequences"),
+    _c(
+        "evaluate",
+        "core",
+        "logit_rel_err_mean",
+        "-",
+        "float",
+        "`||z - z_fp32|| / ||z_fp32||` of the logit vector, mean over the positions of the first 8 held-out sequences",
+    ),
     _c("evaluate", "core", "logit_rel_err_max", "-", "float", "the same, max over positions"),
-    _c("evaluate", "core", "param_bytes", "bytes", "int", "real bytes of the params converted to this precision"),
-    _c("evaluate", "optional", "param_bytes_vs_fp32", "-", "float",
-       "`param_bytes` / the fp32 params' bytes (records since 2026-12-02)"),
-    _c("evaluate", "core", "eval_wall_s", "s", "float", "wall time of evaluating all of this model's precisions"),
+    _c(
+        "evaluate",
+        "core",
+        "param_bytes",
+        "bytes",
+        "int",
+        "real bytes of the params converted to this precision",
+    ),
+    _c(
+        "evaluate",
+        "optional",
+        "param_bytes_vs_fp32",
+        "-",
+        "float",
+        "`param_bytes` / the fp32 params' bytes (records since 2026-12-02)",
+    ),
+    _c(
+        "evaluate",
+        "core",
+        "eval_wall_s",
+        "s",
+        "float",
+        "wall time of evaluating all of this model's precisions",
+    ),
     # ---- latency (jscale.latency.measure_latency)
     _c("latency", "latency", "latency_batch", "sequences", "int", "sequences decoded together"),
     _c("latency", "latency", "prompt_tokens", "tokens", "int", "prompt length (prefill)"),
-    _c("latency", "latency", "gen_tokens", "tokens", "int", "greedy tokens generated per timed decode run"),
-    _c("latency", "latency", "latency_repeats", "runs", "int", "timed runs behind every latency statistic"),
-    _c("latency", "latency", "kernel_layout", "-", "str",
-       "how projection kernels were stored (`jscale.formulation`): `in_out` as trained, `out_in` transposed"),
-    _c("latency", "latency", "matmul_min_rows", "rows", "int",
-       "rows each projection's tokens were padded to (`jscale.formulation`; 1 = none)"),
-    _c("latency", "latency", "compile_prefill_s", "s", "float", "ahead-of-time compile time of prefill (not timed)"),
-    _c("latency", "latency", "compile_decode_s", "s", "float",
-       "ahead-of-time compile time of the decode loop (not timed)"),
-    *[_c("latency", "latency", f"prefill_ms_{s}", "ms", "float",
-         f"prompt into an empty KV cache, {w} {_STAT}")
-      for s, w in (("median", "median"), ("q1", "first quartile"), ("q3", "third quartile"),
-                   ("min", "fastest"), ("max", "slowest"))],
-    *[_c("latency", "latency", f"decode_ms_per_token_{s}", "ms/token", "float",
-         f"one `lax.scan` of `gen_tokens` greedy steps / `gen_tokens`, {w} {_STAT}")
-      for s, w in (("median", "median"), ("q1", "first quartile"), ("q3", "third quartile"),
-                   ("min", "fastest"), ("max", "slowest"))],
-    _c("latency", "latency", "prefill_tokens_per_s", "tokens/s", "float",
-       "`latency_batch x prompt_tokens / prefill_ms_median`"),
-    _c("latency", "latency", "decode_tokens_per_s", "tokens/s", "float",
-       "`latency_batch / decode_ms_per_token_median`"),
-    _c("latency", "latency", "weight_bytes", "bytes", "int", "bytes of the params as run (converted, laid out)"),
-    _c("latency", "latency", "kv_cache_bytes", "bytes", "int", "K and V buffers of `prompt + gen` positions"),
-    *[_c("latency", "optional", f"xla_{part}_{k}_bytes", "bytes", "int",
-         f"XLA's memory analysis of the compiled {part}: {v}")
-      for part in ("prefill", "decode") for k, v in _XLA.items()],
-    _c("latency", "latency", "prefill_bound_ms", "ms", "float",
-       "roofline lower bound of prefill: max(bytes / read bandwidth, FLOPs at the measured matmul rates)"),
-    _c("latency", "latency", "prefill_bound_kind", "-", "str", "`memory` or `compute`: which term sets the bound"),
-    _c("latency", "latency", "prefill_efficiency", "-", "float", "`prefill_bound_ms / prefill_ms_median` (1 = at the roofline)"),
-    _c("latency", "latency", "decode_bound_ms_per_token", "ms/token", "float",
-       "roofline lower bound of one decode step: max((weight + KV bytes) / read bandwidth, FLOPs at the measured rates)"),
+    _c(
+        "latency",
+        "latency",
+        "gen_tokens",
+        "tokens",
+        "int",
+        "greedy tokens generated per timed decode run",
+    ),
+    _c(
+        "latency",
+        "latency",
+        "latency_repeats",
+        "runs",
+        "int",
+        "timed runs behind every latency statistic",
+    ),
+    _c(
+        "latency",
+        "latency",
+        "kernel_layout",
+        "-",
+        "str",
+        "how projection kernels were stored (`jscale.formulation`): `in_out` as trained, `out_in` transposed",
+    ),
+    _c(
+        "latency",
+        "latency",
+        "matmul_min_rows",
+        "rows",
+        "int",
+        "rows each projection's tokens were padded to (`jscale.formulation`; 1 = none)",
+    ),
+    _c(
+        "latency",
+        "latency",
+        "compile_prefill_s",
+        "s",
+        "float",
+        "ahead-of-time compile time of prefill (not timed)",
+    ),
+    _c(
+        "latency",
+        "latency",
+        "compile_decode_s",
+        "s",
+        "float",
+        "ahead-of-time compile time of the decode loop (not timed)",
+    ),
+    *[
+        _c(
+            "latency",
+            "latency",
+            f"prefill_ms_{s}",
+            "ms",
+            "float",
+            f"prompt into an empty KV cache, {w} {_STAT}",
+        )
+        for s, w in (
+            ("median", "median"),
+            ("q1", "first quartile"),
+            ("q3", "third quartile"),
+            ("min", "fastest"),
+            ("max", "slowest"),
+        )
+    ],
+    *[
+        _c(
+            "latency",
+            "latency",
+            f"decode_ms_per_token_{s}",
+            "ms/token",
+            "float",
+            f"one `lax.scan` of `gen_tokens` greedy steps / `gen_tokens`, {w} {_STAT}",
+        )
+        for s, w in (
+            ("median", "median"),
+            ("q1", "first quartile"),
+            ("q3", "third quartile"),
+            ("min", "fastest"),
+            ("max", "slowest"),
+        )
+    ],
+    _c(
+        "latency",
+        "latency",
+        "prefill_tokens_per_s",
+        "tokens/s",
+        "float",
+        "`latency_batch x prompt_tokens / prefill_ms_median`",
+    ),
+    _c(
+        "latency",
+        "latency",
+        "decode_tokens_per_s",
+        "tokens/s",
+        "float",
+        "`latency_batch / decode_ms_per_token_median`",
+    ),
+    _c(
+        "latency",
+        "latency",
+        "weight_bytes",
+        "bytes",
+        "int",
+        "bytes of the params as run (converted, laid out)",
+    ),
+    _c(
+        "latency",
+        "latency",
+        "kv_cache_bytes",
+        "bytes",
+        "int",
+        "K and V buffers of `prompt + gen` positions",
+    ),
+    *[
+        _c(
+            "latency",
+            "optional",
+            f"xla_{part}_{k}_bytes",
+            "bytes",
+            "int",
+            f"XLA's memory analysis of the compiled {part}: {v}",
+        )
+        for part in ("prefill", "decode")
+        for k, v in _XLA.items()
+    ],
+    _c(
+        "latency",
+        "latency",
+        "prefill_bound_ms",
+        "ms",
+        "float",
+        "roofline lower bound of prefill: max(bytes / read bandwidth, FLOPs at the measured matmul rates)",
+    ),
+    _c(
+        "latency",
+        "latency",
+        "prefill_bound_kind",
+        "-",
+        "str",
+        "`memory` or `compute`: which term sets the bound",
+    ),
+    _c(
+        "latency",
+        "latency",
+        "prefill_efficiency",
+        "-",
+        "float",
+        "`prefill_bound_ms / prefill_ms_median` (1 = at the roofline)",
+    ),
+    _c(
+        "latency",
+        "latency",
+        "decode_bound_ms_per_token",
+        "ms/token",
+        "float",
+        "roofline lower bound of one decode step: max((weight + KV bytes) / read bandwidth, FLOPs at the measured rates)",
+    ),
     _c("latency", "latency", "decode_bound_kind", "-", "str", "`memory` or `compute`"),
-    _c("latency", "latency", "decode_efficiency", "-", "float",
-       "`decode_bound_ms_per_token / decode_ms_per_token_median` (1 = at the roofline)"),
-    _c("latency", "latency", "roofline_read_bandwidth_bytes_per_s", "bytes/s", "float",
-       "measured read-only streaming bandwidth (`jscale info`) x mesh devices: the bounds use it"),
-    _c("latency", "latency", "roofline_matmul_flops_per_s", "FLOP/s", "float",
-       "measured dense matmul rate of the precision's format x mesh devices"),
-    _c("latency", "latency", "roofline_rw_bandwidth_bytes_per_s", "bytes/s", "float",
-       "measured read + write (in-place scale) bandwidth, for comparison; no bound uses it"),
-    _c("latency", "optional", "mesh_shape", "-", "str",
-       "the `[mesh]` latency ran on (`data=2,fsdp=2`); empty without a mesh"),
-    _c("latency", "latency", "mesh_devices", "devices", "int", "devices the latency ran on (1 without a mesh)"),
+    _c(
+        "latency",
+        "latency",
+        "decode_efficiency",
+        "-",
+        "float",
+        "`decode_bound_ms_per_token / decode_ms_per_token_median` (1 = at the roofline)",
+    ),
+    _c(
+        "latency",
+        "latency",
+        "roofline_read_bandwidth_bytes_per_s",
+        "bytes/s",
+        "float",
+        "measured read-only streaming bandwidth (`jscale info`) x mesh devices: the bounds use it",
+    ),
+    _c(
+        "latency",
+        "latency",
+        "roofline_matmul_flops_per_s",
+        "FLOP/s",
+        "float",
+        "measured dense matmul rate of the precision's format x mesh devices",
+    ),
+    _c(
+        "latency",
+        "latency",
+        "roofline_rw_bandwidth_bytes_per_s",
+        "bytes/s",
+        "float",
+        "measured read + write (in-place scale) bandwidth, for comparison; no bound uses it",
+    ),
+    _c(
+        "latency",
+        "optional",
+        "mesh_shape",
+        "-",
+        "str",
+        "the `[mesh]` latency ran on (`data=2,fsdp=2`); empty without a mesh",
+    ),
+    _c(
+        "latency",
+        "latency",
+        "mesh_devices",
+        "devices",
+        "int",
+        "devices the latency ran on (1 without a mesh)",
+    ),
     # ---- where and with what (jscale.sweep provenance)
-    _c("provenance", "core", "device_platform", "-", "str", "JAX platform of the default device (`cpu`, `gpu`, `tpu`)"),
+    _c(
+        "provenance",
+        "core",
+        "device_platform",
+        "-",
+        "str",
+        "JAX platform of the default device (`cpu`, `gpu`, `tpu`)",
+    ),
     _c("provenance", "core", "device_kind", "-", "str", "the default device's kind"),
     _c("provenance", "core", "device_count", "devices", "int", "JAX devices visible"),
     _c("provenance", "core", "cpu", "-", "str", "host processor"),
     _c("provenance", "core", "host_cpus", "cores", "int", "host logical CPUs"),
     _c("provenance", "core", "hostname", "-", "str", "host that wrote the record"),
-    *[_c("provenance", "core", f"{lib}_version", "-", "str", f"{lib} version")
-      for lib in ("jscale", "jax", "flax", "optax", "numpy", "python")],
-    _c("provenance", "optional", "git_commit", "-", "str", "the jscale checkout's commit (empty outside git)"),
-    _c("provenance", "optional", "git_dirty", "-", "bool", "whether tracked files had uncommitted changes"),
+    *[
+        _c("provenance", "core", f"{lib}_version", "-", "str", f"{lib} version")
+        for lib in ("jscale", "jax", "flax", "optax", "numpy", "python")
+    ],
+    _c(
+        "provenance",
+        "optional",
+        "git_commit",
+        "-",
+        "str",
+        "the jscale checkout's commit (empty outside git)",
+    ),
+    _c(
+        "provenance",
+        "optional",
+        "git_dirty",
+        "-",
+        "bool",
+        "whether tracked files had uncommitted changes",
+    ),
 )
 
 BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
@@ -203,13 +595,19 @@ def part(source: str, values: Mapping) -> dict:
     Writers build their part of every record through this."""
     known = {c.name: c for c in COLUMNS if c.source == source}
     if not known:
-        raise SchemaError(f"unknown schema source {source!r}; sources: {', '.join(sorted({c.source for c in COLUMNS}))}")
+        raise SchemaError(
+            f"unknown schema source {source!r}; sources: {', '.join(sorted({c.source for c in COLUMNS}))}"
+        )
     unknown = sorted(set(values) - set(known))
     missing = [n for n, c in known.items() if c.group != "optional" and n not in values]
     if unknown or missing:
-        raise SchemaError(f"{source} record part: " + "; ".join(
-            ([f"columns not in jscale.schema: {', '.join(unknown)}"] if unknown else [])
-            + ([f"missing columns: {', '.join(missing)}"] if missing else [])))
+        raise SchemaError(
+            f"{source} record part: "
+            + "; ".join(
+                ([f"columns not in jscale.schema: {', '.join(unknown)}"] if unknown else [])
+                + ([f"missing columns: {', '.join(missing)}"] if missing else [])
+            )
+        )
     return dict(values)
 
 
@@ -224,24 +622,37 @@ def check_columns(names: Iterable[str], where: str = "table") -> None:
     if any(n in have for n in lat):
         missing += [n for n in lat if n not in have]
     if unknown or missing:
-        raise SchemaError(f"{where} does not match jscale.schema: " + "; ".join(
-            ([f"unknown columns: {', '.join(unknown)}"] if unknown else [])
-            + ([f"missing columns: {', '.join(missing)}"] if missing else [])))
+        raise SchemaError(
+            f"{where} does not match jscale.schema: "
+            + "; ".join(
+                ([f"unknown columns: {', '.join(unknown)}"] if unknown else [])
+                + ([f"missing columns: {', '.join(missing)}"] if missing else [])
+            )
+        )
 
 
 def markdown() -> str:
     """The schema as the Markdown page ``docs/schema.md``."""
-    lines = ["# Results schema", "",
-             "<!-- generated by `python -m jscale.schema > docs/schema.md`; tests/test_schema.py fails when this "
-             "page and jscale/schema.py differ -->", "",
-             "`jscale.load_results(DIR)` returns a sweep's records as a pandas DataFrame, one row per point "
-             "(size, seed, training precision, inference precision); it checks the columns against this table. "
-             "A value that was NaN or Inf is stored as null (JSON has neither) and loads as NaN.", "",
-             "Groups: **core** columns are in every record; **latency** columns are there when the sweep measured "
-             "latency (`[latency] enabled = true`), all or none; **optional** columns may be absent or empty.", "",
-             "| column | unit | type | group | filled by | meaning |", "|---|---|---|---|---|---|"]
+    lines = [
+        "# Results schema",
+        "",
+        "<!-- generated by `python -m jscale.schema > docs/schema.md`; tests/test_schema.py fails when this "
+        "page and jscale/schema.py differ -->",
+        "",
+        "`jscale.load_results(DIR)` returns a sweep's records as a pandas DataFrame, one row per point "
+        "(size, seed, training precision, inference precision); it checks the columns against this table. "
+        "A value that was NaN or Inf is stored as null (JSON has neither) and loads as NaN.",
+        "",
+        "Groups: **core** columns are in every record; **latency** columns are there when the sweep measured "
+        "latency (`[latency] enabled = true`), all or none; **optional** columns may be absent or empty.",
+        "",
+        "| column | unit | type | group | filled by | meaning |",
+        "|---|---|---|---|---|---|",
+    ]
     for c in COLUMNS:
-        lines.append(f"| `{c.name}` | {c.unit} | {c.dtype} | {c.group} | {c.source} | {c.meaning} |")
+        lines.append(
+            f"| `{c.name}` | {c.unit} | {c.dtype} | {c.group} | {c.source} | {c.meaning} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -30,7 +30,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jscale.config import ConfigError
 
@@ -48,21 +49,31 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
     sizes = {"data": data, "fsdp": fsdp}
     for name, v in sizes.items():
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or (v < 1 and v != -1):
-            raise ConfigError(f"mesh.{name}: must be a positive integer or -1 (all remaining devices), got {v!r}")
+            raise ConfigError(
+                f"mesh.{name}: must be a positive integer or -1 (all remaining devices), got {v!r}"
+            )
     free = [k for k, v in sizes.items() if v == -1]
     if len(free) > 1:
         raise ConfigError("mesh: at most one of data, fsdp may be -1 (all remaining devices)")
     if free:
         other = next(k for k in AXES if k != free[0])
         if n % sizes[other]:
-            raise ConfigError(f"mesh.{other}: {sizes[other]} does not divide the {n} available device(s)")
+            raise ConfigError(
+                f"mesh.{other}: {sizes[other]} does not divide the {n} available device(s)"
+            )
         sizes[free[0]] = n // sizes[other]
     if sizes["data"] * sizes["fsdp"] != n:
-        raise ConfigError(f"mesh: data={sizes['data']} x fsdp={sizes['fsdp']} = {sizes['data'] * sizes['fsdp']} "
-                          f"devices, but there {'is' if n == 1 else 'are'} {n}; the product must equal the device count "
-                          f"(use -1 for all remaining devices)")
-    return jax.make_mesh((sizes["data"], sizes["fsdp"]), AXES, axis_types=(AxisType.Auto, AxisType.Auto),
-                         devices=devices)
+        raise ConfigError(
+            f"mesh: data={sizes['data']} x fsdp={sizes['fsdp']} = {sizes['data'] * sizes['fsdp']} "
+            f"devices, but there {'is' if n == 1 else 'are'} {n}; the product must equal the device count "
+            f"(use -1 for all remaining devices)"
+        )
+    return jax.make_mesh(
+        (sizes["data"], sizes["fsdp"]),
+        AXES,
+        axis_types=(AxisType.Auto, AxisType.Auto),
+        devices=devices,
+    )
 
 
 def parse_mesh(spec: str) -> dict[str, int]:
@@ -75,8 +86,10 @@ def parse_mesh(spec: str) -> dict[str, int]:
         key, eq, val = part.partition("=")
         key = key.strip()
         if not eq or key not in AXES:
-            raise ConfigError(f"mesh: {part!r} is not AXIS=SIZE with AXIS one of {', '.join(AXES)} "
-                              f"(e.g. data=2,fsdp=2)")
+            raise ConfigError(
+                f"mesh: {part!r} is not AXIS=SIZE with AXIS one of {', '.join(AXES)} "
+                f"(e.g. data=2,fsdp=2)"
+            )
         if key in out:
             raise ConfigError(f"mesh.{key}: given twice in {spec!r}")
         try:
@@ -133,6 +146,7 @@ def batch_devices(mesh: Mesh) -> int:
 def cache_shardings(cache: Any, mesh: Mesh) -> Any:
     """KV cache ``{"layers": [{"k", "v": [B, H, S, K]}], "length"}``: batch over "data" and
     heads over "fsdp" where the sizes divide (else replicated along that axis)."""
+
     def one(x):
         shape = np.shape(x)
         if len(shape) != 4:
@@ -140,6 +154,7 @@ def cache_shardings(cache: Any, mesh: Mesh) -> Any:
         b = "data" if shape[0] % mesh.shape["data"] == 0 and mesh.shape["data"] > 1 else None
         h = "fsdp" if shape[1] % mesh.shape["fsdp"] == 0 and mesh.shape["fsdp"] > 1 else None
         return NamedSharding(mesh, P(b, h))
+
     return jax.tree.map(one, cache)
 
 
@@ -168,6 +183,7 @@ def put(tree: Any, shardings: Any) -> Any:
             return jax.device_put(x, shardings)  # already global: reshard on device
         x = np.asarray(x)
         return jax.make_array_from_callback(x.shape, shardings, lambda idx: x[idx])
+
     return jax.tree.map(one, tree)
 
 
@@ -182,18 +198,23 @@ def check_batch(mesh: Mesh | None, batch_size: int, where: str) -> None:
     """A ``ConfigError`` naming ``where`` (the field or flag) unless the mesh's data x fsdp
     devices divide ``batch_size``: each device takes an equal share of every batch."""
     if mesh is not None and batch_size % batch_devices(mesh):
-        raise ConfigError(f"{where} = {batch_size} must be divisible by the mesh's data x fsdp = "
-                          f"{batch_devices(mesh)} devices ({mesh_shape_str(mesh)}): each device takes an "
-                          f"equal share of every batch")
+        raise ConfigError(
+            f"{where} = {batch_size} must be divisible by the mesh's data x fsdp = "
+            f"{batch_devices(mesh)} devices ({mesh_shape_str(mesh)}): each device takes an "
+            f"equal share of every batch"
+        )
 
 
 def to_host(tree: Any) -> Any:
     """Every leaf as a full numpy array on this host (gathers across processes when needed)."""
+
     def one(x):
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
             from jax.experimental import multihost_utils
+
             return np.asarray(multihost_utils.process_allgather(x, tiled=True))
         return np.asarray(x)
+
     return jax.tree.map(one, tree)
 
 

@@ -33,7 +33,18 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from jscale import checkpoint, data, evaluate, formulation, latency, results, roofline, schema, sharding, train
+from jscale import (
+    checkpoint,
+    data,
+    evaluate,
+    formulation,
+    latency,
+    results,
+    roofline,
+    schema,
+    sharding,
+    train,
+)
 from jscale.config import ConfigError, count_params
 from jscale.sweep_config import Sweep, TrainPoint
 
@@ -54,8 +65,14 @@ def corpus_digest(corpus: data.Corpus) -> str:
 
 
 def train_hash(tp: TrainPoint, corpus_id: str) -> str:
-    return _sha({"format": FORMAT, "model": dataclasses.asdict(tp.model), "train": dataclasses.asdict(tp.train),
-                 "corpus": corpus_id})
+    return _sha(
+        {
+            "format": FORMAT,
+            "model": dataclasses.asdict(tp.model),
+            "train": dataclasses.asdict(tp.train),
+            "corpus": corpus_id,
+        }
+    )
 
 
 def point_id(tp: TrainPoint, precision: str) -> str:
@@ -69,6 +86,7 @@ def train_key(tp: TrainPoint, thash: str) -> str:
 @dataclasses.dataclass
 class Plan:
     """What a run will do: for each training point (in order), the precisions still to measure."""
+
     todo: list[tuple[TrainPoint, list[str]]]
     done: int
     stale: list[str]
@@ -83,7 +101,9 @@ def _config_hash(sweep: Sweep, thash: str, precision: str) -> str:
     return _sha(h)
 
 
-def make_plan(sweep: Sweep, corpus: data.Corpus, *, force: bool = False, worker: tuple[int, int] = (0, 1)) -> Plan:
+def make_plan(
+    sweep: Sweep, corpus: data.Corpus, *, force: bool = False, worker: tuple[int, int] = (0, 1)
+) -> Plan:
     """Which records of ``sweep`` (this worker's share) exist, are stale, or are still to do."""
     corpus_id = corpus_digest(corpus)
     i, n = worker
@@ -116,22 +136,45 @@ def _provenance() -> dict:
     import optax
 
     import jscale
+
     root = Path(__file__).resolve().parent.parent
     commit = dirty = None
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "-C", str(root), "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+            or None
+        )
         if commit:
-            dirty = bool(subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                        capture_output=True, text=True, timeout=10).stdout.strip())
+            dirty = bool(
+                subprocess.run(
+                    ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                ).stdout.strip()
+            )
     except (OSError, subprocess.SubprocessError):
         pass
-    return schema.part("provenance", {
-        **roofline.device_info(),
-        "jscale_version": jscale.__version__, "jax_version": jax.__version__, "flax_version": flax.__version__,
-        "optax_version": optax.__version__, "numpy_version": np.__version__,
-        "python_version": platform.python_version(), "git_commit": commit, "git_dirty": dirty,
-        "hostname": platform.node()})
+    return schema.part(
+        "provenance",
+        {
+            **roofline.device_info(),
+            "jscale_version": jscale.__version__,
+            "jax_version": jax.__version__,
+            "flax_version": flax.__version__,
+            "optax_version": optax.__version__,
+            "numpy_version": np.__version__,
+            "python_version": platform.python_version(),
+            "git_commit": commit,
+            "git_dirty": dirty,
+            "hostname": platform.node(),
+        },
+    )
 
 
 class _Log:
@@ -163,6 +206,7 @@ class SweepSummary:
 class _Run:
     """What every step of a sweep run needs: the validated sweep, its corpus and plan, the mesh,
     the log, and (once measuring starts) the roofline and provenance written into every record."""
+
     sweep: Sweep
     corpus: data.Corpus
     plan: Plan
@@ -173,8 +217,15 @@ class _Run:
     provenance: dict | None = None
 
 
-def run_sweep(sweep: Sweep, *, force: bool = False, retrain: bool = False, worker: tuple[int, int] = (0, 1),
-              progress: bool = True, echo: bool = True) -> SweepSummary:
+def run_sweep(
+    sweep: Sweep,
+    *,
+    force: bool = False,
+    retrain: bool = False,
+    worker: tuple[int, int] = (0, 1),
+    progress: bool = True,
+    echo: bool = True,
+) -> SweepSummary:
     """Run (or resume) ``sweep``; returns what was written, skipped, trained and failed.
 
     The steps: ``_start`` (check everything, plan, log), then per training point
@@ -190,8 +241,14 @@ def run_sweep(sweep: Sweep, *, force: bool = False, retrain: bool = False, worke
         run.roof = roofline.roofline() if sweep.latency.enabled else None
         run.provenance = _provenance()
         n_todo = sum(len(p) for _, p in run.plan.todo)
-        with tqdm(total=n_todo, unit="rec", desc="sweep", position=0, disable=None if progress else True,
-                  dynamic_ncols=True) as bar:
+        with tqdm(
+            total=n_todo,
+            unit="rec",
+            desc="sweep",
+            position=0,
+            disable=None if progress else True,
+            dynamic_ncols=True,
+        ) as bar:
             for tp, precisions in run.plan.todo:
                 trained = _train_point(run, tp, retrain=retrain, progress=progress)
                 if trained is not None:
@@ -201,8 +258,10 @@ def run_sweep(sweep: Sweep, *, force: bool = False, retrain: bool = False, worke
     s = run.summary
     s.seconds = time.perf_counter() - t_start
     if run.plan.todo:
-        run.log(f"done: {s.written} record(s) written, {s.skipped} already done, {s.trained} model(s) trained, "
-                f"{s.loaded} loaded from checkpoints, {len(s.failed)} failed, {s.seconds:.0f} s")
+        run.log(
+            f"done: {s.written} record(s) written, {s.skipped} already done, {s.trained} model(s) trained, "
+            f"{s.loaded} loaded from checkpoints, {len(s.failed)} failed, {s.seconds:.0f} s"
+        )
     return s
 
 
@@ -224,7 +283,8 @@ def _start(sweep: Sweep, *, force: bool, worker: tuple[int, int], echo: bool) ->
     if plan.stale:
         raise ConfigError(
             f"{sweep.out_dir} holds {len(plan.stale)} record(s) made with a different config "
-            f"(e.g. {', '.join(plan.stale[:3])}); rerun with --force to redo them, or set another out_dir")
+            f"(e.g. {', '.join(plan.stale[:3])}); rerun with --force to redo them, or set another out_dir"
+        )
 
     out = sweep.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -233,21 +293,33 @@ def _start(sweep: Sweep, *, force: bool, worker: tuple[int, int], echo: bool) ->
     n_todo = sum(len(p) for _, p in plan.todo)
     share = f" (worker {i + 1} of {n})" if n > 1 else ""
     n_models, n_precisions = len(sweep.train_points), len(sweep.precisions)
-    log(f"sweep {sweep.name!r}{share}: {n_models} model{'s' * (n_models != 1)} x {n_precisions} "
-        f"precision{'s' * (n_precisions != 1)}; {plan.done} record(s) done, {n_todo} to run -> {out}")
+    log(
+        f"sweep {sweep.name!r}{share}: {n_models} model{'s' * (n_models != 1)} x {n_precisions} "
+        f"precision{'s' * (n_precisions != 1)}; {plan.done} record(s) done, {n_todo} to run -> {out}"
+    )
     ours = {point_id(tp, p) for tp in sweep.train_points for p in sweep.precisions}
     foreign = sorted(results.finished_points(out) - ours)
     if foreign:
-        log(f"note: {len(foreign)} record(s) in {out} are not points of this config (e.g. {foreign[0]}); "
-            "they are kept, and load_results returns them too")
-    return _Run(sweep=sweep, corpus=corpus, plan=plan, mesh=mesh, log=log,
-                summary=SweepSummary(0, plan.done, 0, 0, [], 0.0, out))
+        log(
+            f"note: {len(foreign)} record(s) in {out} are not points of this config (e.g. {foreign[0]}); "
+            "they are kept, and load_results returns them too"
+        )
+    return _Run(
+        sweep=sweep,
+        corpus=corpus,
+        plan=plan,
+        mesh=mesh,
+        log=log,
+        summary=SweepSummary(0, plan.done, 0, 0, [], 0.0, out),
+    )
 
 
 def _describe(tp: TrainPoint) -> str:
     n = count_params(tp.model)["non_embedding"]
-    return (f"N={n:.3g} (d_model {tp.model.d_model} x {tp.model.n_layers} layers) seed {tp.seed} "
-            f"{tp.train_precision}")
+    return (
+        f"N={n:.3g} (d_model {tp.model.d_model} x {tp.model.n_layers} layers) seed {tp.seed} "
+        f"{tp.train_precision}"
+    )
 
 
 def _train_point(run: _Run, tp: TrainPoint, *, retrain: bool, progress: bool):
@@ -261,33 +333,56 @@ def _train_point(run: _Run, tp: TrainPoint, *, retrain: bool, progress: bool):
         run.summary.loaded += 1
         run.log(f"{name}: loaded checkpoint {ckpt.name}")
         return params, meta
-    run.log(f"{name}: training on {tp.train.total_steps * tp.train.tokens_per_step:,} tokens (lr {tp.train.lr:.3g})")
+    run.log(
+        f"{name}: training on {tp.train.total_steps * tp.train.tokens_per_step:,} tokens (lr {tp.train.lr:.3g})"
+    )
     try:
-        r = train.train(tp.model, tp.train, run.corpus, progress=progress, progress_position=1,
-                        evaluate_heldout=False, mesh=run.mesh)
+        r = train.train(
+            tp.model,
+            tp.train,
+            run.corpus,
+            progress=progress,
+            progress_position=1,
+            evaluate_heldout=False,
+            mesh=run.mesh,
+        )
     except train.TrainingDiverged as e:
         run.log(f"{name}: FAILED, training diverged: {e}")
         run.summary.failed.append(f"{name}: {e}")
         return None
-    meta = {"train_wall_s": r.train_seconds, "train_compile_s": r.compile_seconds, "train_tokens": r.tokens,
-            "train_steps": len(r.losses_nats), "train_tokens_per_s": r.tokens_per_second,
-            "train_flops": r.flops_per_token_train * r.tokens, "train_loss_final_nats": r.final_loss_nats(),
-            "train_hash": thash}
-    host_params = r.params if run.mesh is None else sharding.to_host(r.params)  # a collective: every process
+    meta = {
+        "train_wall_s": r.train_seconds,
+        "train_compile_s": r.compile_seconds,
+        "train_tokens": r.tokens,
+        "train_steps": len(r.losses_nats),
+        "train_tokens_per_s": r.tokens_per_second,
+        "train_flops": r.flops_per_token_train * r.tokens,
+        "train_loss_final_nats": r.final_loss_nats(),
+        "train_hash": thash,
+    }
+    host_params = (
+        r.params if run.mesh is None else sharding.to_host(r.params)
+    )  # a collective: every process
     if _writer():
         checkpoint.save(ckpt, host_params, meta)
     run.summary.trained += 1
-    run.log(f"{name}: trained in {r.train_seconds:.1f} s (+{r.compile_seconds:.1f} s compile), "
-            f"final train loss {meta['train_loss_final_nats']:.3f} nats")
+    run.log(
+        f"{name}: trained in {r.train_seconds:.1f} s (+{r.compile_seconds:.1f} s compile), "
+        f"final train loss {meta['train_loss_final_nats']:.3f} nats"
+    )
     return r.params, meta
 
 
-def _measure_point(run: _Run, tp: TrainPoint, params, meta: dict, precisions: list[str], bar) -> None:
+def _measure_point(
+    run: _Run, tp: TrainPoint, params, meta: dict, precisions: list[str], bar
+) -> None:
     """Evaluate ``params`` in every precision on the held-out set (paired), time each precision,
     and write one record per precision as soon as it is measured."""
     eval_set = data.eval_batches(run.corpus.val, tp.train.seq_len, tp.train.eval_tokens)
     t0 = time.perf_counter()
-    table = evaluate.compare_precisions(params, tp.model, eval_set, precisions, tp.train.eval_batch_size)
+    table = evaluate.compare_precisions(
+        params, tp.model, eval_set, precisions, tp.train.eval_batch_size
+    )
     eval_wall_s = time.perf_counter() - t0
     by_precision = {row.pop("inference_precision"): row for row in table.to_dict("records")}
     lat_cfg = run.sweep.latency
@@ -295,20 +390,32 @@ def _measure_point(run: _Run, tp: TrainPoint, params, meta: dict, precisions: li
         bar.set_postfix_str(point_id(tp, prec), refresh=True)
         lat = {}
         if lat_cfg.enabled:
-            form = formulation.choose(prec, tp.model, kernel_layout=lat_cfg.kernel_layout,
-                                      min_rows=lat_cfg.min_rows)
-            lat = latency.measure_latency(params, tp.model, prec, batch=lat_cfg.batch,
-                                          prompt_tokens=lat_cfg.prompt_tokens, gen_tokens=lat_cfg.gen_tokens,
-                                          repeats=lat_cfg.repeats, warmup=lat_cfg.warmup, roof=run.roof,
-                                          mesh=run.mesh, form=form)
+            form = formulation.choose(
+                prec, tp.model, kernel_layout=lat_cfg.kernel_layout, min_rows=lat_cfg.min_rows
+            )
+            lat = latency.measure_latency(
+                params,
+                tp.model,
+                prec,
+                batch=lat_cfg.batch,
+                prompt_tokens=lat_cfg.prompt_tokens,
+                gen_tokens=lat_cfg.gen_tokens,
+                repeats=lat_cfg.repeats,
+                warmup=lat_cfg.warmup,
+                roof=run.roof,
+                mesh=run.mesh,
+                form=form,
+            )
         ev = {**by_precision[prec], "eval_wall_s": eval_wall_s}
         rec = _record(run, tp, prec, meta, ev, lat)
         if _writer():
             results.write_record(run.sweep.out_dir, rec["point_id"], rec)
         run.summary.written += 1
         bar.update(1)
-        msg = (f"{_describe(tp)} -> {prec}: held-out loss {ev['eval_loss_nats']:.4f} nats/token "
-               f"(SE {ev['eval_loss_se_nats']:.4f})")
+        msg = (
+            f"{_describe(tp)} -> {prec}: held-out loss {ev['eval_loss_nats']:.4f} nats/token "
+            f"(SE {ev['eval_loss_se_nats']:.4f})"
+        )
         if lat:
             msg += f", decode {lat['decode_ms_per_token_median']:.3f} ms/token, prefill {lat['prefill_ms_median']:.2f} ms"
         run.log(msg)
@@ -325,24 +432,56 @@ def _record(run: _Run, tp: TrainPoint, prec: str, meta: dict, ev: dict, lat: dic
     sweep, c, t = run.sweep, tp.model, tp.train
     thash = run.plan.hashes[id(tp)]
     counts = count_params(c)
-    point = schema.part("sweep", {
-        "point_id": point_id(tp, prec), "sweep_name": sweep.name,
-        "config_hash": _config_hash(sweep, thash, prec), "train_hash": thash,
-        "size_target_params_non_embedding": tp.size_target, "seed": tp.seed,
-        "train_precision": tp.train_precision, "inference_precision": prec,
-        "corpus": run.corpus.name, "corpus_digest": run.plan.corpus_id, "val_percent": sweep.val_percent,
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
-    config = schema.part("config", {
-        "d_model": c.d_model, "n_layers": c.n_layers, "n_heads": c.n_heads, "d_ff": c.d_ff,
-        "vocab_size": c.vocab_size, "max_seq_len": c.max_seq_len, "tie_embeddings": c.tie_embeddings,
-        "params_total": counts["total"], "params_non_embedding": counts["non_embedding"],
-        "params_embedding": counts["embedding"], "batch_size": t.batch_size, "seq_len": t.seq_len,
-        "lr_peak": t.lr})
-    trained = schema.part("train", {
-        **{k: meta[k] for k in schema.columns("train") if k in meta},
-        "train_flops_6nd": 6.0 * counts["non_embedding"] * meta["train_tokens"]})
-    return {**point, **config, **trained, **schema.part("evaluate", ev),
-            **(schema.part("latency", lat) if lat else {}), **run.provenance}
+    point = schema.part(
+        "sweep",
+        {
+            "point_id": point_id(tp, prec),
+            "sweep_name": sweep.name,
+            "config_hash": _config_hash(sweep, thash, prec),
+            "train_hash": thash,
+            "size_target_params_non_embedding": tp.size_target,
+            "seed": tp.seed,
+            "train_precision": tp.train_precision,
+            "inference_precision": prec,
+            "corpus": run.corpus.name,
+            "corpus_digest": run.plan.corpus_id,
+            "val_percent": sweep.val_percent,
+            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
+    config = schema.part(
+        "config",
+        {
+            "d_model": c.d_model,
+            "n_layers": c.n_layers,
+            "n_heads": c.n_heads,
+            "d_ff": c.d_ff,
+            "vocab_size": c.vocab_size,
+            "max_seq_len": c.max_seq_len,
+            "tie_embeddings": c.tie_embeddings,
+            "params_total": counts["total"],
+            "params_non_embedding": counts["non_embedding"],
+            "params_embedding": counts["embedding"],
+            "batch_size": t.batch_size,
+            "seq_len": t.seq_len,
+            "lr_peak": t.lr,
+        },
+    )
+    trained = schema.part(
+        "train",
+        {
+            **{k: meta[k] for k in schema.columns("train") if k in meta},
+            "train_flops_6nd": 6.0 * counts["non_embedding"] * meta["train_tokens"],
+        },
+    )
+    return {
+        **point,
+        **config,
+        **trained,
+        **schema.part("evaluate", ev),
+        **(schema.part("latency", lat) if lat else {}),
+        **run.provenance,
+    }
 
 
 def export_csv(out_dir: str | os.PathLike) -> Path:

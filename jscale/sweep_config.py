@@ -61,21 +61,54 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from jscale.config import (LATENCY_REPEATS, LATENCY_WARMUP, ConfigError, ModelConfig, TrainConfig,
-                           config_for_params, count_params, ladder_targets)
+from jscale.config import (
+    LATENCY_REPEATS,
+    LATENCY_WARMUP,
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    config_for_params,
+    count_params,
+    ladder_targets,
+)
 from jscale.formulation import KERNEL_LAYOUTS
 from jscale.precision import POLICIES
 
 PRECISIONS = tuple(POLICIES)  # fp32, bf16, int8, w8a8
 TRAIN_PRECISIONS = ("fp32", "bf16")
-_TOP = {"name", "out_dir", "seeds", "precisions", "train_precisions", "sizes", "tokens", "train",
-        "latency", "corpus", "mesh"}
+_TOP = {
+    "name",
+    "out_dir",
+    "seeds",
+    "precisions",
+    "train_precisions",
+    "sizes",
+    "tokens",
+    "train",
+    "latency",
+    "corpus",
+    "mesh",
+}
 _SIZES = {"params_non_embedding", "ladder", "aspect_ratio", "head_dim", "tie_embeddings"}
 _LADDER = {"lo", "hi", "per_decade"}
 _TOKENS = {"fixed", "per_param", "min", "max"}
 _TRAIN_EXTRA = {"lr_ref_params", "lr_exponent"}
-_TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"steps", "tokens", "seed", "compute"}
-_LATENCY = {"enabled", "batch", "prompt_tokens", "gen_tokens", "repeats", "warmup", "kernel_layout", "min_rows"}
+_TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {
+    "steps",
+    "tokens",
+    "seed",
+    "compute",
+}
+_LATENCY = {
+    "enabled",
+    "batch",
+    "prompt_tokens",
+    "gen_tokens",
+    "repeats",
+    "warmup",
+    "kernel_layout",
+    "min_rows",
+}
 _KERNEL_LAYOUTS = ("auto", *KERNEL_LAYOUTS)
 _CORPUS = {"path", "val_percent"}
 _MESH = ("data", "fsdp")
@@ -84,6 +117,7 @@ _MESH = ("data", "fsdp")
 @dataclasses.dataclass(frozen=True)
 class Latency:
     """How latency is measured for every record (see ``jscale.latency.measure_latency``)."""
+
     enabled: bool = True
     batch: int = 1
     prompt_tokens: int = 128
@@ -97,6 +131,7 @@ class Latency:
 @dataclasses.dataclass(frozen=True)
 class TrainPoint:
     """One model to train: a size target, its resolved config, one seed, one training precision."""
+
     size_target: float
     model: ModelConfig
     train: TrainConfig
@@ -113,6 +148,7 @@ class TrainPoint:
 @dataclasses.dataclass(frozen=True)
 class Sweep:
     """A validated sweep: ``train_points`` (size-major order) x ``precisions``."""
+
     name: str
     out_dir: Path
     train_points: tuple[TrainPoint, ...]
@@ -141,12 +177,16 @@ def _table(d: Any, key: str) -> dict:
 def _check_keys(d: dict, allowed: set[str], where: str) -> None:
     unknown = sorted(set(d) - allowed)
     if unknown:
-        raise _err(f"{where}{unknown[0]}" if where else unknown[0],
-                   f"unknown key; allowed {'in [' + where.rstrip('.') + ']' if where else 'at the top level'}: "
-                   f"{', '.join(sorted(allowed))}")
+        raise _err(
+            f"{where}{unknown[0]}" if where else unknown[0],
+            f"unknown key; allowed {'in [' + where.rstrip('.') + ']' if where else 'at the top level'}: "
+            f"{', '.join(sorted(allowed))}",
+        )
 
 
-def _number(v: Any, key: str, *, lo: float | None = None, hi: float | None = None, strict_lo: bool = False) -> float:
+def _number(
+    v: Any, key: str, *, lo: float | None = None, hi: float | None = None, strict_lo: bool = False
+) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise _err(key, f"must be a finite number, got {v!r}")
     if lo is not None and (v <= lo if strict_lo else v < lo):
@@ -180,11 +220,17 @@ def _sizes(d: dict) -> tuple[list[float], dict]:
     _check_keys(d, _SIZES, "sizes.")
     has_list, has_ladder = "params_non_embedding" in d, "ladder" in d
     if has_list == has_ladder:
-        raise _err("sizes", "give exactly one of params_non_embedding = [...] or ladder = {lo, hi, per_decade}")
+        raise _err(
+            "sizes",
+            "give exactly one of params_non_embedding = [...] or ladder = {lo, hi, per_decade}",
+        )
     if has_list:
         v = d["params_non_embedding"]
         if not isinstance(v, list) or not v:
-            raise _err("sizes.params_non_embedding", "must be a non-empty list of numbers (e.g. [1e4, 1e5])")
+            raise _err(
+                "sizes.params_non_embedding",
+                "must be a non-empty list of numbers (e.g. [1e4, 1e5])",
+            )
         targets = [_number(x, "sizes.params_non_embedding", lo=1e3) for x in v]
     else:
         lad = _table(d["ladder"], "sizes.ladder")
@@ -194,11 +240,17 @@ def _sizes(d: dict) -> tuple[list[float], dict]:
                 raise _err(f"sizes.ladder.{k}", "missing")
         lo = _number(lad["lo"], "sizes.ladder.lo", lo=1e3)
         hi = _number(lad["hi"], "sizes.ladder.hi", lo=lo)
-        targets = ladder_targets(lo, hi, _count(lad.get("per_decade", 2), "sizes.ladder.per_decade"))
+        targets = ladder_targets(
+            lo, hi, _count(lad.get("per_decade", 2), "sizes.ladder.per_decade")
+        )
     if len(set(targets)) != len(targets):
         raise _err("sizes", f"lists a size twice: {targets}")
-    kw = {"aspect_ratio": _number(d.get("aspect_ratio", 64.0), "sizes.aspect_ratio", lo=0, strict_lo=True),
-          "head_dim": _count(d.get("head_dim", 64), "sizes.head_dim", lo=8)}
+    kw = {
+        "aspect_ratio": _number(
+            d.get("aspect_ratio", 64.0), "sizes.aspect_ratio", lo=0, strict_lo=True
+        ),
+        "head_dim": _count(d.get("head_dim", 64), "sizes.head_dim", lo=8),
+    }
     tie = d.get("tie_embeddings", True)
     if not isinstance(tie, bool):
         raise _err("sizes.tie_embeddings", f"must be true or false, got {tie!r}")
@@ -209,7 +261,10 @@ def _sizes(d: dict) -> tuple[list[float], dict]:
 def _token_rule(d: dict):
     _check_keys(d, _TOKENS, "tokens.")
     if ("fixed" in d) == ("per_param" in d):
-        raise _err("tokens", "give exactly one of fixed = <tokens> or per_param = <tokens per non-embedding param>")
+        raise _err(
+            "tokens",
+            "give exactly one of fixed = <tokens> or per_param = <tokens per non-embedding param>",
+        )
     if "fixed" in d:
         if "min" in d or "max" in d:
             raise _err("tokens", "min and max apply to per_param only")
@@ -217,7 +272,7 @@ def _token_rule(d: dict):
         return lambda n: fixed
     per = _number(d["per_param"], "tokens.per_param", lo=0, strict_lo=True)
     tmin = _count(d.get("min", 1), "tokens.min")
-    tmax = _count(d.get("max", 10 ** 15), "tokens.max", lo=tmin)
+    tmax = _count(d.get("max", 10**15), "tokens.max", lo=tmin)
     return lambda n: int(min(max(round(per * n), tmin), tmax))
 
 
@@ -237,7 +292,9 @@ def load_sweep(path: str | Path, *, out_dir: str | None = None) -> Sweep:
     """Read and validate the sweep config at ``path`` (``out_dir`` overrides the file's)."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"{p}: {'is a directory, not a' if p.is_dir() else 'no such'} sweep config file (a .toml)")
+        raise ConfigError(
+            f"{p}: {'is a directory, not a' if p.is_dir() else 'no such'} sweep config file (a .toml)"
+        )
     return parse_sweep(p.read_text(), where=str(p), out_dir=out_dir)
 
 
@@ -259,7 +316,9 @@ def _build(raw: dict, text: str, out_dir_override: str | None) -> Sweep:
     if len(set(seeds)) != len(seeds):
         raise _err("seeds", f"lists a seed twice: {seeds}")
     precisions = _names(raw.get("precisions", list(PRECISIONS)), "precisions", PRECISIONS)
-    train_precisions = _names(raw.get("train_precisions", ["fp32"]), "train_precisions", TRAIN_PRECISIONS)
+    train_precisions = _names(
+        raw.get("train_precisions", ["fp32"]), "train_precisions", TRAIN_PRECISIONS
+    )
 
     targets, size_kw = _sizes(_table(raw["sizes"], "[sizes]"))
     tokens_for = _token_rule(_table(raw["tokens"], "[tokens]"))
@@ -269,7 +328,11 @@ def _build(raw: dict, text: str, out_dir_override: str | None) -> Sweep:
     lr_ref = _number(tr.pop("lr_ref_params", 1e5), "train.lr_ref_params", lo=0, strict_lo=True)
     lr_exp = _number(tr.pop("lr_exponent", 0.0), "train.lr_exponent", lo=-2, hi=2)
     for k, v in tr.items():  # TOML floats like 2.62e5 for integer fields
-        if isinstance(v, float) and v.is_integer() and isinstance(getattr(TrainConfig, k, None), int):
+        if (
+            isinstance(v, float)
+            and v.is_integer()
+            and isinstance(getattr(TrainConfig, k, None), int)
+        ):
             tr[k] = int(v)
 
     lat = _table(raw.get("latency", {}), "[latency]")
@@ -279,23 +342,36 @@ def _build(raw: dict, text: str, out_dir_override: str | None) -> Sweep:
         raise _err("latency.enabled", f"must be true or false, got {enabled!r}")
     layout = lat.get("kernel_layout", "auto")
     if layout not in _KERNEL_LAYOUTS:
-        raise _err("latency.kernel_layout", f"must be one of {', '.join(_KERNEL_LAYOUTS)}, got {layout!r}")
+        raise _err(
+            "latency.kernel_layout", f"must be one of {', '.join(_KERNEL_LAYOUTS)}, got {layout!r}"
+        )
     rows = lat.get("min_rows", "auto")
     if (isinstance(rows, str) and rows != "auto") or isinstance(rows, bool):
         raise _err("latency.min_rows", f'must be "auto" or a positive integer, got {rows!r}')
     rows = rows if rows == "auto" else _count(rows, "latency.min_rows", lo=1)
-    latency = Latency(enabled=enabled, kernel_layout=layout, min_rows=rows,
-                      **{k: _count(lat[k], f"latency.{k}", lo=0 if k == "warmup" else 1)
-                         for k in _LATENCY - {"enabled", "kernel_layout", "min_rows"} if k in lat})
+    latency = Latency(
+        enabled=enabled,
+        kernel_layout=layout,
+        min_rows=rows,
+        **{
+            k: _count(lat[k], f"latency.{k}", lo=0 if k == "warmup" else 1)
+            for k in _LATENCY - {"enabled", "kernel_layout", "min_rows"}
+            if k in lat
+        },
+    )
 
     corpus = _table(raw.get("corpus", {}), "[corpus]")
     _check_keys(corpus, _CORPUS, "corpus.")
     cpath = corpus.get("path", "")
     if not isinstance(cpath, str):
-        raise _err("corpus.path", f"must be a path string (\"\" for the default corpus), got {cpath!r}")
+        raise _err(
+            "corpus.path", f'must be a path string ("" for the default corpus), got {cpath!r}'
+        )
     if cpath and not Path(cpath).expanduser().exists():
         raise _err("corpus.path", f"{cpath} does not exist")
-    val_percent = _number(corpus.get("val_percent", 2.0), "corpus.val_percent", lo=0, strict_lo=True, hi=99)
+    val_percent = _number(
+        corpus.get("val_percent", 2.0), "corpus.val_percent", lo=0, strict_lo=True, hi=99
+    )
 
     mesh = None
     if "mesh" in raw:
@@ -306,23 +382,33 @@ def _build(raw: dict, text: str, out_dir_override: str | None) -> Sweep:
             if k in m:
                 v = m[k]
                 if isinstance(v, bool) or not isinstance(v, int) or (v < 1 and v != -1):
-                    raise _err(f"mesh.{k}", f"must be a positive integer or -1 (all remaining devices), got {v!r}")
+                    raise _err(
+                        f"mesh.{k}",
+                        f"must be a positive integer or -1 (all remaining devices), got {v!r}",
+                    )
                 mesh[k] = v
         if mesh["data"] == -1 and mesh["fsdp"] == -1:
             raise _err("mesh", "at most one of data, fsdp may be -1 (all remaining devices)")
         bs = tr.get("batch_size", TrainConfig.batch_size)
         fixed = math.prod(v for v in mesh.values() if v != -1)
         if isinstance(bs, int) and bs % fixed:
-            raise _err("mesh", f"data x fsdp must divide train.batch_size = {bs}; {fixed} devices do not")
+            raise _err(
+                "mesh", f"data x fsdp must divide train.batch_size = {bs}; {fixed} devices do not"
+            )
 
     seq_len = tr.get("seq_len", TrainConfig.seq_len)
-    max_seq = max(seq_len if isinstance(seq_len, int) else 1, latency.prompt_tokens + latency.gen_tokens)
+    max_seq = max(
+        seq_len if isinstance(seq_len, int) else 1, latency.prompt_tokens + latency.gen_tokens
+    )
     points, seen = [], {}
     for t in targets:
         cfg = config_for_params(t, max_seq_len=max_seq, **size_kw)
         if cfg in seen:
-            raise _err("sizes", f"targets {seen[cfg]:.4g} and {t:.4g} give the same ladder model "
-                                f"(d_model={cfg.d_model}, n_layers={cfg.n_layers}); drop one or space them further")
+            raise _err(
+                "sizes",
+                f"targets {seen[cfg]:.4g} and {t:.4g} give the same ladder model "
+                f"(d_model={cfg.d_model}, n_layers={cfg.n_layers}); drop one or space them further",
+            )
         seen[cfg] = t
         n = count_params(cfg)["non_embedding"]
         lr = tr.get("lr", TrainConfig.lr)
@@ -331,9 +417,24 @@ def _build(raw: dict, text: str, out_dir_override: str | None) -> Sweep:
         for seed in seeds:
             for tp in train_precisions:
                 try:
-                    tc = TrainConfig(**{**tr, "lr": lr}, tokens=tokens_for(n), seed=seed, compute=tp)
+                    tc = TrainConfig(
+                        **{**tr, "lr": lr}, tokens=tokens_for(n), seed=seed, compute=tp
+                    )
                 except (ConfigError, TypeError) as e:  # name the key as it is written in the file
-                    raise ConfigError(str(e).replace("TrainConfig: ", "[train]: ").replace("TrainConfig.", "train.")) from None
+                    raise ConfigError(
+                        str(e)
+                        .replace("TrainConfig: ", "[train]: ")
+                        .replace("TrainConfig.", "train.")
+                    ) from None
                 points.append(TrainPoint(size_target=t, model=cfg, train=tc))
-    return Sweep(name=name, out_dir=Path(out_dir), train_points=tuple(points), precisions=precisions,
-                 latency=latency, corpus_path=cpath or None, val_percent=val_percent, source=text, mesh=mesh)
+    return Sweep(
+        name=name,
+        out_dir=Path(out_dir),
+        train_points=tuple(points),
+        precisions=precisions,
+        latency=latency,
+        corpus_path=cpath or None,
+        val_percent=val_percent,
+        source=text,
+        mesh=mesh,
+    )

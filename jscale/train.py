@@ -30,24 +30,40 @@ def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
     decays (cosine) to ``tc.lr * tc.min_lr_ratio`` at the last step.  Weight decay applies
     to matrices (ndim >= 2), not to norm scales."""
     sched = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=tc.lr, warmup_steps=tc.total_warmup_steps,
-        decay_steps=max(tc.total_steps, tc.total_warmup_steps + 1), end_value=tc.lr * tc.min_lr_ratio)
+        init_value=0.0,
+        peak_value=tc.lr,
+        warmup_steps=tc.total_warmup_steps,
+        decay_steps=max(tc.total_steps, tc.total_warmup_steps + 1),
+        end_value=tc.lr * tc.min_lr_ratio,
+    )
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
     return optax.chain(
         optax.clip_by_global_norm(tc.grad_clip),
-        optax.adamw(sched, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay, mask=decay_mask))
+        optax.adamw(sched, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay, mask=decay_mask),
+    )
 
 
-def train_step(params, opt_state, batch_BxT1, *, cfg: ModelConfig, opt: optax.GradientTransformation,
-               policy="fp32"):
+def train_step(
+    params,
+    opt_state,
+    batch_BxT1,
+    *,
+    cfg: ModelConfig,
+    opt: optax.GradientTransformation,
+    policy="fp32",
+):
     """One optimizer step; returns (params, opt_state, loss_nats, grad_norm).  ``policy``
     "bf16" computes in bfloat16 from the float32 master params (mixed precision)."""
-    loss, grads = jax.value_and_grad(lambda p: model.token_losses(p, cfg, batch_BxT1, policy).mean())(params)
+    loss, grads = jax.value_and_grad(
+        lambda p: model.token_losses(p, cfg, batch_BxT1, policy).mean()
+    )(params)
     updates, opt_state = opt.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss, optax.tree.norm(grads)
 
 
-def make_train_chunk(cfg: ModelConfig, opt: optax.GradientTransformation, policy="fp32", shardings=None):
+def make_train_chunk(
+    cfg: ModelConfig, opt: optax.GradientTransformation, policy="fp32", shardings=None
+):
     """Jitted ``(params, opt_state, batches_SxBxT1) -> (params, opt_state, losses_S, gnorms_S)``
     running S steps in one ``lax.scan``; params and opt_state are donated.
 
@@ -55,17 +71,24 @@ def make_train_chunk(cfg: ModelConfig, opt: optax.GradientTransformation, policy
     (``jscale.sharding``): they become the jit's ``in_shardings`` / ``out_shardings``, so the
     params and optimizer state keep their (FSDP) placement across calls and XLA's SPMD
     partitioner inserts the collectives."""
+
     def chunk(params, opt_state, batches):
         def body(carry, batch):
             p, s, loss, gn = train_step(*carry, batch, cfg=cfg, opt=opt, policy=policy)
             return (p, s), (loss, gn)
+
         (params, opt_state), (losses, gnorms) = jax.lax.scan(body, (params, opt_state), batches)
         return params, opt_state, losses, gnorms
+
     if shardings is None:
         return jax.jit(chunk, donate_argnums=(0, 1))
     p_sh, o_sh, b_sh, r_sh = shardings
-    return jax.jit(chunk, donate_argnums=(0, 1), in_shardings=(p_sh, o_sh, b_sh),
-                   out_shardings=(p_sh, o_sh, r_sh, r_sh))
+    return jax.jit(
+        chunk,
+        donate_argnums=(0, 1),
+        in_shardings=(p_sh, o_sh, b_sh),
+        out_shardings=(p_sh, o_sh, r_sh, r_sh),
+    )
 
 
 @dataclasses.dataclass
@@ -92,12 +115,16 @@ class TrainResult:
         return float(np.mean(self.losses_nats[-k:]))
 
 
-def check_train_inputs(cfg: ModelConfig, tc: TrainConfig, corpus: data.Corpus, mesh=None) -> np.ndarray:
+def check_train_inputs(
+    cfg: ModelConfig, tc: TrainConfig, corpus: data.Corpus, mesh=None
+) -> np.ndarray:
     """Everything that would make ``train`` fail, checked before any compute: the sequence fits
     the model, the mesh divides the batch, the corpus holds a training window and the held-out
     set.  Returns the held-out set ``[N, T+1]``."""
     if tc.seq_len > cfg.max_seq_len:
-        raise ConfigError(f"TrainConfig.seq_len ({tc.seq_len}) exceeds ModelConfig.max_seq_len ({cfg.max_seq_len})")
+        raise ConfigError(
+            f"TrainConfig.seq_len ({tc.seq_len}) exceeds ModelConfig.max_seq_len ({cfg.max_seq_len})"
+        )
     sharding.check_batch(mesh, tc.batch_size, "TrainConfig.batch_size")
     data.train_batch(corpus.train, tc.seed, 0, 1, tc.seq_len)
     return data.eval_batches(corpus.val, tc.seq_len, tc.eval_tokens)
@@ -116,44 +143,70 @@ class _Trainer:
         else:
             p_sh = sharding.tree_shardings(params, mesh)
             o_sh = sharding.tree_shardings(jax.eval_shape(opt.init, params), mesh)
-            self.batch_sharding = sharding.batch_sharding(mesh, ndim=3, batch_axis=1)  # [steps, batch, T+1]
+            self.batch_sharding = sharding.batch_sharding(
+                mesh, ndim=3, batch_axis=1
+            )  # [steps, batch, T+1]
             self.params = sharding.put(params, p_sh)
             self.opt_state = jax.jit(opt.init, out_shardings=o_sh)(self.params)
-            self.chunk_fn = make_train_chunk(cfg, opt, tc.compute,
-                                             (p_sh, o_sh, self.batch_sharding, sharding.replicated(mesh)))
+            self.chunk_fn = make_train_chunk(
+                cfg, opt, tc.compute, (p_sh, o_sh, self.batch_sharding, sharding.replicated(mesh))
+            )
         self.losses, self.gnorms = [], []
 
     def batches(self, start: int, n: int):
         """Steps ``start .. start + n - 1``'s batches, ``[n, B, T+1]`` (placed on the mesh)."""
         tc = self.tc
-        b = np.stack([data.train_batch(self.corpus.train, tc.seed, s, tc.batch_size, tc.seq_len)
-                      for s in range(start, start + n)])
+        b = np.stack(
+            [
+                data.train_batch(self.corpus.train, tc.seed, s, tc.batch_size, tc.seq_len)
+                for s in range(start, start + n)
+            ]
+        )
         return b if self.batch_sharding is None else sharding.put(b, self.batch_sharding)
 
     def compile(self) -> dict:
         """Ahead-of-time compiled chunk functions, one per chunk length the run needs."""
         total, per = self.tc.total_steps, self.tc.steps_per_call
-        return {n: self.chunk_fn.lower(self.params, self.opt_state, self.batches(0, n)).compile()
-                for n in {min(per, total), total % per or min(per, total)}}
+        return {
+            n: self.chunk_fn.lower(self.params, self.opt_state, self.batches(0, n)).compile()
+            for n in {min(per, total), total % per or min(per, total)}
+        }
 
     def record(self, first_step: int, losses_dev, gnorms_dev) -> int:
         """Read back one call's losses and gradient norms; ``TrainingDiverged`` at the first
         non-finite one.  Returns the number of steps recorded."""
-        losses, gnorms = np.asarray(sharding.gather(losses_dev)), np.asarray(sharding.gather(gnorms_dev))
+        losses, gnorms = (
+            np.asarray(sharding.gather(losses_dev)),
+            np.asarray(sharding.gather(gnorms_dev)),
+        )
         bad = np.flatnonzero(~(np.isfinite(losses) & np.isfinite(gnorms)))
         if bad.size:
             i = bad[0]
-            what = f"training loss is {losses[i]}" if not np.isfinite(losses[i]) else f"gradient norm is {gnorms[i]}"
-            raise TrainingDiverged(f"{what} at optimizer step {first_step + i + 1} of {self.tc.total_steps}; "
-                                   f"lower TrainConfig.lr (now {self.tc.lr}) or check the data")
+            what = (
+                f"training loss is {losses[i]}"
+                if not np.isfinite(losses[i])
+                else f"gradient norm is {gnorms[i]}"
+            )
+            raise TrainingDiverged(
+                f"{what} at optimizer step {first_step + i + 1} of {self.tc.total_steps}; "
+                f"lower TrainConfig.lr (now {self.tc.lr}) or check the data"
+            )
         self.losses.append(losses)
         self.gnorms.append(gnorms)
         return len(losses)
 
 
-def train(cfg: ModelConfig, tc: TrainConfig, corpus: data.Corpus, *, params=None,
-          progress: bool = True, progress_position: int = 0, evaluate_heldout: bool = True,
-          mesh=None) -> TrainResult:
+def train(
+    cfg: ModelConfig,
+    tc: TrainConfig,
+    corpus: data.Corpus,
+    *,
+    params=None,
+    progress: bool = True,
+    progress_position: int = 0,
+    evaluate_heldout: bool = True,
+    mesh=None,
+) -> TrainResult:
     """Train ``cfg`` on ``corpus`` per ``tc`` and evaluate on its fixed held-out set.
 
     params: starting parameters (default: ``model.init_params`` with key ``tc.seed``).
@@ -188,8 +241,9 @@ def train(cfg: ModelConfig, tc: TrainConfig, corpus: data.Corpus, *, params=None
         step, pending = 0, None  # pending: (first step, losses, gnorms) of the call in flight
         while step < total:
             n = min(per, total - step)
-            run.params, run.opt_state, losses_dev, gnorms_dev = compiled[n](run.params, run.opt_state,
-                                                                              run.batches(step, n))
+            run.params, run.opt_state, losses_dev, gnorms_dev = compiled[n](
+                run.params, run.opt_state, run.batches(step, n)
+            )
             if pending is not None:  # overlaps host-side batching and readback with device compute
                 bar.update(run.record(*pending) * tc.tokens_per_step)
                 bar.set_postfix(loss=f"{run.losses[-1][-1]:.3f}", refresh=False)
@@ -202,16 +256,35 @@ def train(cfg: ModelConfig, tc: TrainConfig, corpus: data.Corpus, *, params=None
 
     ev = {}
     if evaluate_heldout:
-        ev = evaluate.evaluate(run.params, cfg, eval_set, tc.eval_batch_size, policy=tc.compute, mesh=mesh)
+        ev = evaluate.evaluate(
+            run.params, cfg, eval_set, tc.eval_batch_size, policy=tc.compute, mesh=mesh
+        )
     tokens = total * tc.tokens_per_step
-    return TrainResult(params=run.params, losses_nats=np.concatenate(run.losses),
-                       grad_norms=np.concatenate(run.gnorms), eval=ev, train_seconds=train_s,
-                       compile_seconds=compile_s, tokens=tokens, tokens_per_second=tokens / train_s,
-                       flops_per_token_train=flops_per_token(cfg, tc.seq_len)["train"])
+    return TrainResult(
+        params=run.params,
+        losses_nats=np.concatenate(run.losses),
+        grad_norms=np.concatenate(run.gnorms),
+        eval=ev,
+        train_seconds=train_s,
+        compile_seconds=compile_s,
+        tokens=tokens,
+        tokens_per_second=tokens / train_s,
+        flops_per_token_train=flops_per_token(cfg, tc.seq_len)["train"],
+    )
 
 
 def _progress(total_tokens: int, enabled: bool, position: int = 0):
     """A tqdm bar in tokens (rate = tokens/s, with ETA); off when disabled or not on a terminal."""
     from tqdm.auto import tqdm
-    return tqdm(total=total_tokens, unit="tok", unit_scale=True, disable=None if enabled else True,
-                desc="train", dynamic_ncols=True, mininterval=0.5, position=position, leave=position == 0)
+
+    return tqdm(
+        total=total_tokens,
+        unit="tok",
+        unit_scale=True,
+        disable=None if enabled else True,
+        desc="train",
+        dynamic_ncols=True,
+        mininterval=0.5,
+        position=position,
+        leave=position == 0,
+    )

@@ -29,4 +29,5 @@ def cache_dir():
 def corpus(cache_dir):
     """The default corpus (the standard library's .py files), loaded once per session."""
     from jscale import data
+
     return data.load_corpus()

@@ -18,11 +18,19 @@ from jscale.analysis import AnalysisError
 
 N12 = np.geomspace(1e6, 1e9, 12)
 TRUE = {
-    "saturating": ({"E": 1.7, "A": 300.0, "alpha": 0.3}, lambda p, N, D: p["E"] + p["A"] * N ** -p["alpha"]),
+    "saturating": (
+        {"E": 1.7, "A": 300.0, "alpha": 0.3},
+        lambda p, N, D: p["E"] + p["A"] * N ** -p["alpha"],
+    ),
     "power": ({"k": 3e-4, "b": 0.8}, lambda p, N, D: p["k"] * N ** p["b"]),
-    "offset_power": ({"c": 0.05, "k": 2e-3, "b": 0.4}, lambda p, N, D: p["c"] + p["k"] * N ** p["b"]),
-    "chinchilla": ({"E": 1.82, "A": 482.0, "alpha": 0.348, "B": 2085.4, "beta": 0.366},
-                   lambda p, N, D: p["E"] + p["A"] * N ** -p["alpha"] + p["B"] * D ** -p["beta"]),
+    "offset_power": (
+        {"c": 0.05, "k": 2e-3, "b": 0.4},
+        lambda p, N, D: p["c"] + p["k"] * N ** p["b"],
+    ),
+    "chinchilla": (
+        {"E": 1.82, "A": 482.0, "alpha": 0.348, "B": 2085.4, "beta": 0.366},
+        lambda p, N, D: p["E"] + p["A"] * N ** -p["alpha"] + p["B"] * D ** -p["beta"],
+    ),
 }
 
 
@@ -34,6 +42,7 @@ def _chinchilla_data(n=30, seed=0):
 
 
 # --------------------------------------------------------------------------- recovery
+
 
 @pytest.mark.parametrize("form", list(TRUE))
 def test_noiseless_recovery(form):
@@ -51,24 +60,38 @@ def test_noiseless_recovery(form):
 
 
 def _user_form(init):
-    return analysis.Form("sat_raw", lambda p, x, d: jnp.exp(p["le"]) + jnp.exp(p["la"]) * (x / 1e6) ** -p["alpha"],
-                         ("le", "la", "alpha"), init_grid=init)
+    return analysis.Form(
+        "sat_raw",
+        lambda p, x, d: jnp.exp(p["le"]) + jnp.exp(p["la"]) * (x / 1e6) ** -p["alpha"],
+        ("le", "la", "alpha"),
+        init_grid=init,
+    )
 
 
 def test_user_form_recovery_and_far_start():
     """A user form, started from one point far from the optimum (E 17x too small, A 10x too
     large, alpha 3x too large): the fitter must walk all the way, not stop near the start."""
-    a_true = 300.0 * 1e6 ** -0.3
-    y = 1.7 + 300.0 * N12 ** -0.3
-    f = analysis.fit(None, form=_user_form(np.array([[np.log(0.1), np.log(10 * a_true), 1.0]])), x=N12, y=y,
-                     n_bootstrap=0)
+    a_true = 300.0 * 1e6**-0.3
+    y = 1.7 + 300.0 * N12**-0.3
+    f = analysis.fit(
+        None,
+        form=_user_form(np.array([[np.log(0.1), np.log(10 * a_true), 1.0]])),
+        x=N12,
+        y=y,
+        n_bootstrap=0,
+    )
     assert f.diagnostics["n_starts"] == 1 and f.converged
     assert np.exp(f.params["le"]) == pytest.approx(1.7, rel=1e-5)
     assert np.exp(f.params["la"]) == pytest.approx(a_true, rel=1e-4)
     assert f.params["alpha"] == pytest.approx(0.3, rel=1e-5)
     assert f.n_bootstrap == 0 and np.isnan(f.intervals["alpha"][0])
-    g = analysis.fit(None, form=_user_form({"le": [-1.0, 0.0], "la": [2.0, 5.0], "alpha": [0.5, 1.0]}),
-                     x=N12, y=y, n_bootstrap=10)
+    g = analysis.fit(
+        None,
+        form=_user_form({"le": [-1.0, 0.0], "la": [2.0, 5.0], "alpha": [0.5, 1.0]}),
+        x=N12,
+        y=y,
+        n_bootstrap=10,
+    )
     assert g.diagnostics["n_starts"] == 8 and g.params["alpha"] == pytest.approx(0.3, rel=1e-5)
 
 
@@ -79,7 +102,7 @@ def test_bootstrap_spread_matches_least_squares_bootstrap():
     full-data optimum) would show almost no spread."""
     rng = np.random.default_rng(3)
     N = np.geomspace(1e6, 1e10, 40)
-    y = 2.0 * N ** -0.25 * np.exp(rng.normal(0, 0.1, N.size))
+    y = 2.0 * N**-0.25 * np.exp(rng.normal(0, 0.1, N.size))
     f = analysis.fit(None, form="power", x=N, y=y, n_bootstrap=1000, huber_delta=1e3, seed=1)
     lx, ly = np.log(N), np.log(y)
     slope, icpt = np.polyfit(lx, ly, 1)
@@ -116,12 +139,13 @@ def test_noisy_intervals_cover_truth():
 
 # --------------------------------------------------------------------------- derived and validation
 
+
 def test_compute_optimal_against_brute_force():
     true, law = TRUE["chinchilla"]
     N, D = _chinchilla_data(40, seed=1)
     f = analysis.fit(None, form="chinchilla", x=N, y=law(true, N, D), d=D, n_bootstrap=20)
     for C in (1e20, 1e24):
-        grid = np.geomspace(1e6, 1e14, 400_001)     # minimise L(N, C/(6N)) over N directly
+        grid = np.geomspace(1e6, 1e14, 400_001)  # minimise L(N, C/(6N)) over N directly
         n_star = grid[np.argmin(law(true, grid, C / (6 * grid)))]
         out = analysis.compute_optimal(f, C)
         assert out["N"] == pytest.approx(n_star, rel=1e-4)
@@ -131,7 +155,7 @@ def test_compute_optimal_against_brute_force():
     assert arr["N"].shape == (2,)
     np.testing.assert_allclose(arr["N"] * arr["D"] * 8.0, [1e20, 1e24], rtol=1e-10)
     with pytest.raises(AnalysisError, match="chinchilla"):
-        analysis.compute_optimal(analysis.fit(None, "power", N12, N12 ** 0.5, n_bootstrap=0), 1e20)
+        analysis.compute_optimal(analysis.fit(None, "power", N12, N12**0.5, n_bootstrap=0), 1e20)
 
 
 def test_predict_and_extrapolation_on_exact_law():
@@ -147,7 +171,9 @@ def test_predict_and_extrapolation_on_exact_law():
     assert (ex["n_fit_points"] == 9).all() and np.abs(ex["rel_error"]).max() < 1e-6
     tc, lawc = TRUE["chinchilla"]
     N, D = _chinchilla_data(20, seed=2)
-    pc = analysis.fit(None, "chinchilla", N, lawc(tc, N, D), d=D, n_bootstrap=10).predict([1e11], [1e12])
+    pc = analysis.fit(None, "chinchilla", N, lawc(tc, N, D), d=D, n_bootstrap=10).predict(
+        [1e11], [1e12]
+    )
     assert list(pc.columns) == ["x", "d", "y", "y_lo", "y_hi"]
     assert pc["y"][0] == pytest.approx(lawc(tc, 1e11, 1e12), rel=1e-6)
 
@@ -155,7 +181,7 @@ def test_predict_and_extrapolation_on_exact_law():
 def test_noisy_residuals_in_input_order():
     true, law = TRUE["power"]
     y = law(true, N12, None)
-    y[4] *= 1.5                                   # one outlier; Huber keeps the rest on the line
+    y[4] *= 1.5  # one outlier; Huber keeps the rest on the line
     f = analysis.fit(None, "power", N12[::-1].copy(), y[::-1].copy(), n_bootstrap=0)
     assert int(np.argmax(np.abs(f.residuals_log))) == 7
     assert f.residuals_log[7] == pytest.approx(np.log(1.5), rel=1e-3)
@@ -166,25 +192,48 @@ def test_groups_and_tidy_table():
     rows = []
     truth = {"bf16": (1.9, 250.0, 0.28), "fp32": (1.7, 300.0, 0.3), "int8": (2.0, 400.0, 0.33)}
     for prec, (E, A, a) in truth.items():
-        rows += [{"inference_precision": prec, "params_non_embedding": n, "eval_loss_nats": E + A * n ** -a}
-                 for n in N12]
+        rows += [
+            {
+                "inference_precision": prec,
+                "params_non_embedding": n,
+                "eval_loss_nats": E + A * n**-a,
+            }
+            for n in N12
+        ]
     df = pd.DataFrame(rows)
     before = analysis._TRACES["count"]
     fits = analysis.fit_groups(df, by="inference_precision", form="saturating", n_bootstrap=30)
-    assert analysis._TRACES["count"] - before <= 2       # equal-size groups share compiled code
+    assert analysis._TRACES["count"] - before <= 2  # equal-size groups share compiled code
     assert list(fits) == ["bf16", "fp32", "int8"]
     for prec, (E, A, a) in truth.items():
         assert fits[prec].params["E"] == pytest.approx(E, rel=1e-5)
         assert fits[prec].params["alpha"] == pytest.approx(a, rel=1e-5)
     t = analysis.fit_table(fits)
-    assert list(t.columns) == ["group", "form", "param", "estimate", "lo", "hi", "n_points", "n_bootstrap",
-                               "n_converged", "r2_log", "rmse_log"]
+    assert list(t.columns) == [
+        "group",
+        "form",
+        "param",
+        "estimate",
+        "lo",
+        "hi",
+        "n_points",
+        "n_bootstrap",
+        "n_converged",
+        "r2_log",
+        "rmse_log",
+    ]
     assert len(t) == 9 and set(t["group"]) == set(truth)
-    assert t.set_index(["group", "param"]).loc[("int8", "A"), "estimate"] == pytest.approx(400.0, rel=1e-4)
+    assert t.set_index(["group", "param"]).loc[("int8", "A"), "estimate"] == pytest.approx(
+        400.0, rel=1e-4
+    )
     assert len(analysis.fit_table(fits["fp32"])) == 3
     s = fits["fp32"].summary()
-    assert s["form"] == "saturating" and s["alpha"] == pytest.approx(0.3, rel=1e-5) and "alpha_lo" in s
-    ex = analysis.extrapolation_check(df, form="saturating", k=1, by="inference_precision", n_bootstrap=10)
+    assert (
+        s["form"] == "saturating" and s["alpha"] == pytest.approx(0.3, rel=1e-5) and "alpha_lo" in s
+    )
+    ex = analysis.extrapolation_check(
+        df, form="saturating", k=1, by="inference_precision", n_bootstrap=10
+    )
     assert list(ex["group"]) == ["bf16", "fp32", "int8"] and np.abs(ex["rel_error"]).max() < 1e-6
 
 
@@ -192,16 +241,21 @@ def test_no_recompile_for_same_shape():
     true, law = TRUE["offset_power"]
     analysis.fit(None, "offset_power", N12, law(true, N12, None), n_bootstrap=16)
     before = analysis._TRACES["count"]
-    g = analysis.fit(None, "offset_power", N12 * 2, law(true, N12 * 2, None) * 1.1, n_bootstrap=16, seed=5)
+    g = analysis.fit(
+        None, "offset_power", N12 * 2, law(true, N12 * 2, None) * 1.1, n_bootstrap=16, seed=5
+    )
     assert analysis._TRACES["count"] == before and g.converged
 
 
 # --------------------------------------------------------------------------- errors, scoping, imports
 
+
 def test_errors():
-    df = pd.DataFrame({"N": N12, "loss": 2 + N12 ** -0.3})
+    df = pd.DataFrame({"N": N12, "loss": 2 + N12**-0.3})
     with pytest.raises(AnalysisError, match="'loss'.*NaN"):
-        analysis.fit(df.assign(loss=np.where(np.arange(12) == 3, np.nan, df["loss"])), x="N", y="loss")
+        analysis.fit(
+            df.assign(loss=np.where(np.arange(12) == 3, np.nan, df["loss"])), x="N", y="loss"
+        )
     with pytest.raises(AnalysisError, match="x must be positive"):
         analysis.fit(df.assign(N=-df["N"]), x="N", y="loss")
     with pytest.raises(AnalysisError, match="y must be positive"):
@@ -224,13 +278,15 @@ def test_errors():
 
 
 def test_x64_is_scoped():
-    analysis.fit(None, "power", N12, 2 * N12 ** 0.5, n_bootstrap=5)
+    analysis.fit(None, "power", N12, 2 * N12**0.5, n_bootstrap=5)
     assert jnp.zeros(1).dtype == jnp.float32
     assert not jax.config.jax_enable_x64
 
 
 def test_import_is_isolated():
-    code = ("import sys, jscale.analysis, jscale; jscale.fit; "
-            "print(sorted(m for m in sys.modules if m in ('flax', 'jscale.model', 'jscale.train', 'jscale.data')))")
+    code = (
+        "import sys, jscale.analysis, jscale; jscale.fit; "
+        "print(sorted(m for m in sys.modules if m in ('flax', 'jscale.model', 'jscale.train', 'jscale.data')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -9,27 +9,45 @@ import pytest
 from jscale.cli import main
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["train", "--d-model", "30", "--n-heads", "4"], "d_model (30) must be divisible by n_heads (4)"),
-    (["train", "--eval-tokens", "10", "--steps", "1"], "eval_tokens (10) must be at least seq_len"),
-    (["train", "--n-layers", "7"], "--n-layers and --n-heads need --d-model"),
-    (["train", "--size", "1e6", "--d-model", "64"], "not both"),
-    (["train", "--steps", "3", "--tokens", "1e9"], "--steps or --tokens"),
-    (["train", "--corpus", "/nonexistent/corpus"], "/nonexistent/corpus"),
-    (["train", "--precisions", "fp32,int4"], "--precisions: unknown precision 'int4'; valid precisions are: "
-                                             "fp32, bf16, int8, w8a8"),
-    (["bench", "latency", "--precisions", "fp16"], "--precisions: unknown precision 'fp16'"),
-    (["train", "--lr", "0"], "TrainConfig.lr"),
-    (["ladder", "--lo", "1e9", "--hi", "1e4"], "lo <= hi"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (
+            ["train", "--d-model", "30", "--n-heads", "4"],
+            "d_model (30) must be divisible by n_heads (4)",
+        ),
+        (
+            ["train", "--eval-tokens", "10", "--steps", "1"],
+            "eval_tokens (10) must be at least seq_len",
+        ),
+        (["train", "--n-layers", "7"], "--n-layers and --n-heads need --d-model"),
+        (["train", "--size", "1e6", "--d-model", "64"], "not both"),
+        (["train", "--steps", "3", "--tokens", "1e9"], "--steps or --tokens"),
+        (["train", "--corpus", "/nonexistent/corpus"], "/nonexistent/corpus"),
+        (
+            ["train", "--precisions", "fp32,int4"],
+            "--precisions: unknown precision 'int4'; valid precisions are: fp32, bf16, int8, w8a8",
+        ),
+        (["bench", "latency", "--precisions", "fp16"], "--precisions: unknown precision 'fp16'"),
+        (["train", "--lr", "0"], "TrainConfig.lr"),
+        (["ladder", "--lo", "1e9", "--hi", "1e4"], "lo <= hi"),
+    ],
+)
 def test_bad_input_is_one_clear_line(argv, needle, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("jscale: error:") and needle in err[0], err
 
 
-@pytest.mark.parametrize("argv", [["train", "--tokens", "nan"], ["train", "--tokens", "0.5"],
-                                  ["ladder", "--lo", "0"], ["train", "--seq-len", "abc"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--tokens", "nan"],
+        ["train", "--tokens", "0.5"],
+        ["ladder", "--lo", "0"],
+        ["train", "--seq-len", "abc"],
+    ],
+)
 def test_unparseable_numbers_are_rejected_by_argparse(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
@@ -38,8 +56,22 @@ def test_unparseable_numbers_are_rejected_by_argparse(argv, capsys):
 
 
 def test_tiny_train_end_to_end(capsys):
-    rc = main(["train", "--size", "1e4", "--steps", "6", "--batch-size", "4", "--seq-len", "64",
-               "--eval-tokens", "2048", "--quiet"])
+    rc = main(
+        [
+            "train",
+            "--size",
+            "1e4",
+            "--steps",
+            "6",
+            "--batch-size",
+            "4",
+            "--seq-len",
+            "64",
+            "--eval-tokens",
+            "2048",
+            "--quiet",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     assert "12,384 non-embedding" in out  # the ladder model for 1e4 (d_model 32, 1 layer)
@@ -49,14 +81,25 @@ def test_tiny_train_end_to_end(capsys):
 
 
 def test_python_dash_m_runs():
-    r = subprocess.run([sys.executable, "-m", "jscale", "ladder", "--lo", "1e4", "--hi", "1e5"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "jscale", "ladder", "--lo", "1e4", "--hi", "1e5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0
     assert "| 1e+04 | 12,384 |" in r.stdout and "| 1e+05 | 98,624 |" in r.stdout
 
 
-@pytest.mark.parametrize("argv", [["sweep", "x.toml", "--worker", "0/2"], ["train", "--compute", "fp16"],
-                                  ["fit"], ["figures", "somewhere"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["sweep", "x.toml", "--worker", "0/2"],
+        ["train", "--compute", "fp16"],
+        ["fit"],
+        ["figures", "somewhere"],
+    ],
+)
 def test_usage_errors_are_one_line_too(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
@@ -73,8 +116,19 @@ def test_every_export_stays_what_it_is_after_submodules_load():
     import importlib
 
     import jscale
+
     before = {name: getattr(jscale, name) for name in jscale.__all__}
-    for mod in ("train", "evaluate", "roofline", "latency", "formulation", "schema", "sweep", "analysis", "figures"):
+    for mod in (
+        "train",
+        "evaluate",
+        "roofline",
+        "latency",
+        "formulation",
+        "schema",
+        "sweep",
+        "analysis",
+        "figures",
+    ):
         importlib.import_module(f"jscale.{mod}")
     for name, obj in before.items():
         assert getattr(jscale, name) is obj, name  # a submodule import must not replace an export
@@ -89,11 +143,34 @@ def test_info_and_bench_latency_show_the_read_bandwidth_and_layouts(capsys):
     assert "read bandwidth" in out and "read+write" in out
     from jscale import formulation
     from jscale.config import config_for_params
+
     auto = {p: formulation.choose(p, config_for_params(1e4)) for p in ("fp32", "bf16")}
-    for flag, want in ((["--kernel-layout", "in_out", "--min-rows", "2"], {"fp32": ("in_out", "2"),
-                                                                          "bf16": ("in_out", "2")}),
-                       ([], {p: (q.kernel_layout, str(q.min_rows)) for p, q in auto.items()})):
-        assert main(["bench", "latency", "--sizes", "1e4", "--precisions", "fp32,bf16", "--prompt", "8", "--gen", "2",
-                     "--repeats", "1", *flag]) == 0
+    for flag, want in (
+        (
+            ["--kernel-layout", "in_out", "--min-rows", "2"],
+            {"fp32": ("in_out", "2"), "bf16": ("in_out", "2")},
+        ),
+        ([], {p: (q.kernel_layout, str(q.min_rows)) for p, q in auto.items()}),
+    ):
+        assert (
+            main(
+                [
+                    "bench",
+                    "latency",
+                    "--sizes",
+                    "1e4",
+                    "--precisions",
+                    "fp32,bf16",
+                    "--prompt",
+                    "8",
+                    "--gen",
+                    "2",
+                    "--repeats",
+                    "1",
+                    *flag,
+                ]
+            )
+            == 0
+        )
         rows = [r.split("|") for r in capsys.readouterr().out.splitlines() if r.startswith("| 1")]
         assert {r[2].strip(): (r[3].strip(), r[4].strip()) for r in rows} == want

@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from jscale import config, model
+from jscale import config
 from jscale.config import ConfigError, ModelConfig, TrainConfig, count_params
 
 
@@ -16,6 +16,7 @@ def _non_embedding(cfg):
 
 
 # --------------------------------------------------------------------------- ModelConfig validation
+
 
 def test_config_error_is_value_error():
     assert issubclass(ConfigError, ValueError)
@@ -33,20 +34,25 @@ def test_odd_head_width_rejected():
     ModelConfig(d_model=30, n_heads=3)  # head width 10 is fine
 
 
-@pytest.mark.parametrize("field", ["d_model", "n_layers", "n_heads", "d_ff", "vocab_size", "max_seq_len"])
+@pytest.mark.parametrize(
+    "field", ["d_model", "n_layers", "n_heads", "d_ff", "vocab_size", "max_seq_len"]
+)
 @pytest.mark.parametrize("bad", [0, -4])
 def test_model_non_positive_fields(field, bad):
     with pytest.raises(ConfigError, match=field):
         ModelConfig(**{field: bad})
 
 
-@pytest.mark.parametrize("kw,name", [
-    ({"d_model": 64.0}, "d_model"),     # not an integer
-    ({"n_layers": True}, "n_layers"),   # bool is not an integer here
-    ({"vocab_size": 1}, "vocab_size"),
-    ({"rope_base": 1.0}, "rope_base"),
-    ({"tie_embeddings": 1}, "tie_embeddings"),
-])
+@pytest.mark.parametrize(
+    "kw,name",
+    [
+        ({"d_model": 64.0}, "d_model"),  # not an integer
+        ({"n_layers": True}, "n_layers"),  # bool is not an integer here
+        ({"vocab_size": 1}, "vocab_size"),
+        ({"rope_base": 1.0}, "rope_base"),
+        ({"tie_embeddings": 1}, "tie_embeddings"),
+    ],
+)
 def test_model_other_bad_values(kw, name):
     with pytest.raises(ConfigError, match=name):
         ModelConfig(**kw)
@@ -61,6 +67,7 @@ def test_model_defaults_and_head_dim():
 
 
 # --------------------------------------------------------------------------- from_dict
+
 
 def test_from_dict_builds_config():
     c = config.from_dict(ModelConfig, {"d_model": 64, "n_heads": 2, "tie_embeddings": False})
@@ -85,6 +92,7 @@ def test_from_dict_validates_values():
 
 # --------------------------------------------------------------------------- TrainConfig
 
+
 def test_train_steps_and_tokens_exactly_one():
     with pytest.raises(ConfigError, match="exactly one"):
         TrainConfig(steps=10, tokens=1000)
@@ -92,22 +100,25 @@ def test_train_steps_and_tokens_exactly_one():
         TrainConfig()
 
 
-@pytest.mark.parametrize("kw,name", [
-    ({"lr": -1e-3}, "lr"),
-    ({"lr": 0.0}, "lr"),
-    ({"lr": float("inf")}, "lr"),
-    ({"lr": float("nan")}, "lr"),
-    ({"steps": 0}, "steps"),
-    ({"batch_size": 0}, "batch_size"),
-    ({"seq_len": -1}, "seq_len"),
-    ({"weight_decay": -0.1}, "weight_decay"),
-    ({"warmup_frac": 1.0}, "warmup_frac"),
-    ({"warmup_steps": -1}, "warmup_steps"),
-    ({"min_lr_ratio": 1.5}, "min_lr_ratio"),
-    ({"b2": 1.0}, "b2"),
-    ({"grad_clip": 0.0}, "grad_clip"),
-    ({"seed": -1}, "seed"),
-])
+@pytest.mark.parametrize(
+    "kw,name",
+    [
+        ({"lr": -1e-3}, "lr"),
+        ({"lr": 0.0}, "lr"),
+        ({"lr": float("inf")}, "lr"),
+        ({"lr": float("nan")}, "lr"),
+        ({"steps": 0}, "steps"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"seq_len": -1}, "seq_len"),
+        ({"weight_decay": -0.1}, "weight_decay"),
+        ({"warmup_frac": 1.0}, "warmup_frac"),
+        ({"warmup_steps": -1}, "warmup_steps"),
+        ({"min_lr_ratio": 1.5}, "min_lr_ratio"),
+        ({"b2": 1.0}, "b2"),
+        ({"grad_clip": 0.0}, "grad_clip"),
+        ({"seed": -1}, "seed"),
+    ],
+)
 def test_train_bad_values(kw, name):
     kw = {"steps": 10, **kw}
     with pytest.raises(ConfigError, match=name):
@@ -127,10 +138,14 @@ def test_warmup_step_arithmetic():
     assert TrainConfig(steps=100, warmup_frac=0.1).total_warmup_steps == 10
     assert TrainConfig(steps=100, warmup_frac=0.0).total_warmup_steps == 0
     assert TrainConfig(steps=100, warmup_steps=7).total_warmup_steps == 7
-    assert TrainConfig(steps=100, warmup_frac=0.29).total_warmup_steps == 29  # 0.29 * 100 = 28.999...
+    assert (
+        TrainConfig(steps=100, warmup_frac=0.29).total_warmup_steps == 29
+    )  # 0.29 * 100 = 28.999...
     assert TrainConfig(steps=5, warmup_steps=50).total_warmup_steps == 5  # capped at the run length
     # token budget: 1000 tokens / 128 per step -> 8 steps; 25 % of 8 = 2
-    assert TrainConfig(tokens=1000, batch_size=2, seq_len=64, warmup_frac=0.25).total_warmup_steps == 2
+    assert (
+        TrainConfig(tokens=1000, batch_size=2, seq_len=64, warmup_frac=0.25).total_warmup_steps == 2
+    )
 
 
 # --------------------------------------------------------------------------- ladder
@@ -158,8 +173,15 @@ def test_config_for_params_hits_target(target):
 
 
 def test_config_for_params_passes_options_through():
-    cfg = config.config_for_params(1e6, vocab_size=300, max_seq_len=77, tie_embeddings=False, head_dim=32)
-    assert (cfg.vocab_size, cfg.max_seq_len, cfg.tie_embeddings, cfg.head_dim) == (300, 77, False, 32)
+    cfg = config.config_for_params(
+        1e6, vocab_size=300, max_seq_len=77, tie_embeddings=False, head_dim=32
+    )
+    assert (cfg.vocab_size, cfg.max_seq_len, cfg.tie_embeddings, cfg.head_dim) == (
+        300,
+        77,
+        False,
+        32,
+    )
 
 
 def test_config_for_params_aspect_ratio_shapes_the_model():
@@ -218,7 +240,7 @@ def test_train_config_rejects_non_numbers_and_short_eval():
 
 def test_ladder_targets_are_log_spaced_and_validated():
     t = config.ladder_targets(1e4, 1e6, 2)
-    np.testing.assert_allclose(t, [1e4, 10 ** 4.5, 1e5, 10 ** 5.5, 1e6])
+    np.testing.assert_allclose(t, [1e4, 10**4.5, 1e5, 10**5.5, 1e6])
     for bad in [dict(lo=0), dict(lo=1e9, hi=1e4), dict(per_decade=0), dict(hi=float("inf"))]:
         with pytest.raises(ConfigError):
             config.ladder_targets(**{**dict(lo=1e4, hi=1e9, per_decade=2), **bad})

@@ -21,6 +21,7 @@ def _docs(tokens):
 
 # --------------------------------------------------------------------------- default corpus
 
+
 def _stdlib_text_files():
     """Independent listing of the default corpus: every non-empty .py file under the
     stdlib that is not in site-packages and has no NUL byte -> {relative path: bytes}."""
@@ -55,7 +56,9 @@ def test_default_corpus_is_the_stdlib_sources(corpus):
     assert int((np.asarray(corpus.train) == SEP).sum()) == corpus.n_files_train - 1
     assert int((np.asarray(corpus.val) == SEP).sum()) == corpus.n_files_val - 1
     total = sum(map(len, files.values()))
-    assert len(corpus.train) + len(corpus.val) == total + (corpus.n_files_train - 1) + (corpus.n_files_val - 1)
+    assert len(corpus.train) + len(corpus.val) == total + (corpus.n_files_train - 1) + (
+        corpus.n_files_val - 1
+    )
     # every document is exactly one source file, and no file is in both splits
     by_content = collections.Counter(files.values())
     docs = collections.Counter(_docs(corpus.train)) + collections.Counter(_docs(corpus.val))
@@ -82,6 +85,7 @@ def test_default_corpus_cache_lives_under_env_dir(corpus, cache_dir):
 def test_second_load_uses_cache(corpus, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("cache rebuilt although it exists")
+
     monkeypatch.setattr(data, "_build_cache", boom)
     again = data.load_corpus()
     assert again.fingerprint == corpus.fingerprint
@@ -97,6 +101,7 @@ def test_unigram_entropy_matches_counter(corpus):
 
 
 # --------------------------------------------------------------------------- user corpora
+
 
 def _random_text(rng, n):
     alphabet = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz ABCDEFG0123456789\n.,;:()", np.uint8)
@@ -141,8 +146,9 @@ def test_user_corpus_content(user_tree):
     joined = bytes(np.asarray(c.train)) + bytes(np.asarray(c.val))
     assert b"HIDDEN" not in joined and b"GIF89a" not in joined
     # non-separator bytes are exactly the files' bytes
-    assert len(c.train) + len(c.val) - (c.n_files_train - 1) - (c.n_files_val - 1) == \
-        sum(map(len, files.values()))
+    assert len(c.train) + len(c.val) - (c.n_files_train - 1) - (c.n_files_val - 1) == sum(
+        map(len, files.values())
+    )
     # within a split, documents keep the sorted order of their paths
     path_of = {v: k for k, v in files.items()}
     for docs in (train_docs, val_docs):
@@ -208,6 +214,7 @@ def test_unigram_entropy_known_values(tmp_path):
 
 # --------------------------------------------------------------------------- errors
 
+
 def test_missing_path(tmp_path):
     p = tmp_path / "does-not-exist"
     with pytest.raises(CorpusError) as e:
@@ -267,6 +274,7 @@ def test_corpus_error_is_value_error():
 
 # --------------------------------------------------------------------------- batches
 
+
 def _window_starts(tokens, rows):
     """For each row, every start s with tokens[s:s+len(row)] == row."""
     win = np.lib.stride_tricks.sliding_window_view(np.asarray(tokens), rows.shape[1])
@@ -319,7 +327,9 @@ def test_train_batch_on_real_corpus(corpus):
 
 def test_train_batch_exactly_one_window():
     tokens = np.arange(9, dtype=np.uint8)
-    np.testing.assert_array_equal(data.train_batch(tokens, 0, 0, 2, 8), np.stack([np.arange(9)] * 2))
+    np.testing.assert_array_equal(
+        data.train_batch(tokens, 0, 0, 2, 8), np.stack([np.arange(9)] * 2)
+    )
 
 
 def test_train_batch_too_few_tokens():
@@ -331,7 +341,11 @@ def _starts(tokens, e):
     """Start offset of each row of ``e`` in ``tokens`` (asserting each row is a window)."""
     out = []
     for row in e:
-        hits = [s for s in range(len(tokens) - len(row) + 1) if np.array_equal(tokens[s:s + len(row)], row)]
+        hits = [
+            s
+            for s in range(len(tokens) - len(row) + 1)
+            if np.array_equal(tokens[s : s + len(row)], row)
+        ]
         assert hits, "row is not a contiguous window of the tokens"
         out.append(hits[0])
     return np.array(out)
@@ -344,8 +358,8 @@ def test_eval_batches_spread_non_overlapping_windows(random_tokens):
     assert e.dtype == np.int32
     assert e.shape == (1_000 // T, T + 1)
     starts = _starts(random_tokens, e)
-    assert np.all(starts % T == 0)                 # aligned windows of the split
-    assert np.all(np.diff(starts) >= T)            # increasing, targets never overlap
+    assert np.all(starts % T == 0)  # aligned windows of the split
+    assert np.all(np.diff(starts) >= T)  # increasing, targets never overlap
     assert starts[0] == 0
     assert starts[-1] >= (n_avail - n_avail // len(e) - 1) * T  # reaches the end of the split
     np.testing.assert_array_equal(e, data.eval_batches(random_tokens, T, 1_000))  # fixed
@@ -356,7 +370,7 @@ def test_eval_batches_capped_by_available_tokens(random_tokens):
     e = data.eval_batches(random_tokens, T, 10**9)
     assert len(e) == (len(random_tokens) - 1) // T
     # all windows: every target token is predicted exactly once, in order
-    np.testing.assert_array_equal(e[:, 1:].reshape(-1), random_tokens[1:len(e) * T + 1])
+    np.testing.assert_array_equal(e[:, 1:].reshape(-1), random_tokens[1 : len(e) * T + 1])
 
 
 def test_eval_batches_too_few_tokens():
@@ -369,7 +383,7 @@ def test_eval_batches_on_real_corpus(corpus):
     assert e.shape == (128, 33)
     n_avail = (len(corpus.val) - 1) // 32
     start = (5 * n_avail // 128) * 32  # documented spacing: window floor(i * n_avail / n_seq)
-    np.testing.assert_array_equal(e[5], np.asarray(corpus.val[start:start + 33], np.int32))
+    np.testing.assert_array_equal(e[5], np.asarray(corpus.val[start : start + 33], np.int32))
     assert start > 4 * 32 * 5  # really spread out, not the first windows
 
 
@@ -379,7 +393,9 @@ def test_directory_with_too_few_files_for_a_file_split_holds_out_bytes(tmp_path,
     c = data.load_corpus(tmp_path, val_percent=2.0)
     content = (tmp_path / "only.txt").read_bytes()
     assert len(c.val) == int(len(content) * 0.02)
-    assert bytes(np.asarray(c.train)) + bytes(np.asarray(c.val)) == content  # a byte split, in order
+    assert (
+        bytes(np.asarray(c.train)) + bytes(np.asarray(c.val)) == content
+    )  # a byte split, in order
 
 
 def test_empty_corpus_path_string():

@@ -20,13 +20,17 @@ def params():
 # w8a8 quantizes each token's activations: a last-bit difference in a sum (the cached path adds
 # the cache and the new tokens' attention separately) can flip one rounding and move the
 # logits by about one activation step, ~0.5% of their scale here; fp32 checks the mechanism.
-@pytest.mark.parametrize("policy,tol", [("fp32", 1e-4), ("bf16", 3e-2), ("int8", 1e-4), ("w8a8", 1e-2)])
+@pytest.mark.parametrize(
+    "policy,tol", [("fp32", 1e-4), ("bf16", 3e-2), ("int8", 1e-4), ("w8a8", 1e-2)]
+)
 def test_prefill_plus_decode_matches_full_forward(params, policy, tol, layout, rows):
     """Prompt of 16, a chunk of 3 against the filled cache, then one token at a time, in either
     kernel layout and with the decode tokens padded to 4 rows (batch 2 < 4), against the full
     forward pass of the training layout."""
     tok = jax.random.randint(jax.random.key(1), (2, 24), 0, 256)
-    full = np.asarray(model.apply(precision.convert_params(params, policy), CFG, tok, policy=policy))
+    full = np.asarray(
+        model.apply(precision.convert_params(params, policy), CFG, tok, policy=policy)
+    )
     form = formulation.Formulation(layout, rows)
     q = formulation.arrange(precision.convert_params(params, policy), form)
     cache = model.init_cache(CFG, 2, 30, policy)
@@ -35,7 +39,7 @@ def test_prefill_plus_decode_matches_full_forward(params, policy, tol, layout, r
     logits, cache = model.apply_cached(q, CFG, tok[:, 16:19], cache, policy, form)
     steps.append(np.asarray(logits))
     for t in range(19, 24):
-        logits, cache = model.apply_cached(q, CFG, tok[:, t:t + 1], cache, policy, form)
+        logits, cache = model.apply_cached(q, CFG, tok[:, t : t + 1], cache, policy, form)
         steps.append(np.asarray(logits))
     inc = np.concatenate(steps, axis=1)
     assert int(cache["length"]) == 24
@@ -61,13 +65,27 @@ def test_prompt_plus_generation_longer_than_max_seq_len(params):
 
 
 def test_measure_latency_statistics_and_bounds(params):
-    roof = {"matmul_flops_per_s": 1e11, "read_bandwidth_bytes_per_s": 1e10, "bandwidth_bytes_per_s": 3e10}
-    r = latency.measure_latency(params, CFG, "fp32", batch=2, prompt_tokens=16, gen_tokens=8, repeats=5,
-                                warmup=1, roof=roof)
+    roof = {
+        "matmul_flops_per_s": 1e11,
+        "read_bandwidth_bytes_per_s": 1e10,
+        "bandwidth_bytes_per_s": 3e10,
+    }
+    r = latency.measure_latency(
+        params, CFG, "fp32", batch=2, prompt_tokens=16, gen_tokens=8, repeats=5, warmup=1, roof=roof
+    )
     assert r["latency_repeats"] == 5 and r["latency_batch"] == 2
-    assert set(r) == set(schema.columns("latency")) - {"mesh_shape"} | {"mesh_shape"}  # every latency column
+    assert set(r) == set(schema.columns("latency")) - {"mesh_shape"} | {
+        "mesh_shape"
+    }  # every latency column
     for name in ("prefill_ms", "decode_ms_per_token"):
-        assert 0 < r[f"{name}_min"] <= r[f"{name}_q1"] <= r[f"{name}_median"] <= r[f"{name}_q3"] <= r[f"{name}_max"]
+        assert (
+            0
+            < r[f"{name}_min"]
+            <= r[f"{name}_q1"]
+            <= r[f"{name}_median"]
+            <= r[f"{name}_q3"]
+            <= r[f"{name}_max"]
+        )
     assert r["decode_tokens_per_s"] == pytest.approx(2 / (r["decode_ms_per_token_median"] / 1e3))
     assert r["prefill_tokens_per_s"] == pytest.approx(2 * 16 / (r["prefill_ms_median"] / 1e3))
     assert r["weight_bytes"] == 4 * count_params(CFG)["total"]
@@ -78,26 +96,38 @@ def test_measure_latency_statistics_and_bounds(params):
     mem_s = (r["weight_bytes"] + r["kv_cache_bytes"]) / 1e10
     flop_s = 2 * (2 * mm + 2 * d * 256 + 4 * L * S * d) / 1e11
     assert r["decode_bound_ms_per_token"] == pytest.approx(1e3 * max(mem_s, flop_s))
-    assert r["decode_efficiency"] == pytest.approx(r["decode_bound_ms_per_token"] / r["decode_ms_per_token_median"])
+    assert r["decode_efficiency"] == pytest.approx(
+        r["decode_bound_ms_per_token"] / r["decode_ms_per_token_median"]
+    )
     assert r["compile_prefill_s"] > 0 and r["compile_decode_s"] > 0
     assert r["xla_decode_argument_bytes"] >= r["weight_bytes"]
     # the bound uses the read-only bandwidth; the read + write probe is only reported
-    assert r["roofline_read_bandwidth_bytes_per_s"] == 1e10 and r["roofline_rw_bandwidth_bytes_per_s"] == 3e10
+    assert (
+        r["roofline_read_bandwidth_bytes_per_s"] == 1e10
+        and r["roofline_rw_bandwidth_bytes_per_s"] == 3e10
+    )
 
 
-@pytest.mark.parametrize("policy,form", [("fp32", None), ("bf16", None), ("int8", None), ("w8a8", None),
-                                         ("fp32", formulation.TRAINED)])
+@pytest.mark.parametrize(
+    "policy,form",
+    [("fp32", None), ("bf16", None), ("int8", None), ("w8a8", None), ("fp32", formulation.TRAINED)],
+)
 def test_cache_written_in_place_without_copies(params, policy, form):
     """The decode loop updates every K/V buffer in place: no copy of a cache-shaped buffer in
     the optimized program, for every precision in the formulation latency measures it in and
     as trained (reading the buffer after writing it made XLA:CPU copy each one 4 times per
     step, ~17% of a 1e8-parameter decode step)."""
     import re
+
     pol = precision.get_policy(policy)
     form = form or formulation.choose(pol)
     q = formulation.arrange(precision.convert_params(params, pol), form)
     tok, cache = latency.prefill(q, CFG, jnp.zeros((1, 16), jnp.int32), 8, pol, form=form)
-    hlo = latency.decode.lower(q, cache, tok, cfg=CFG, gen_tokens=8, policy=pol, form=form).compile().as_text()
+    hlo = (
+        latency.decode.lower(q, cache, tok, cfg=CFG, gen_tokens=8, policy=pol, form=form)
+        .compile()
+        .as_text()
+    )
     k = cache["layers"][0]["k"]
     dt, shape = {"float32": "f32", "bfloat16": "bf16"}[k.dtype.name], ",".join(map(str, k.shape))
     assert re.search(rf"{dt}\[{shape}\]", hlo)  # the cache is in the program...
@@ -109,13 +139,15 @@ def test_inference_formulation_choice():
     best = formulation.FASTEST["cpu"]["w8a8"]
     assert formulation.choose("w8a8", platform="cpu") == best
     assert formulation.choose("fp32", platform="tpu") == formulation.TRAINED  # not measured there
-    assert formulation.choose("bf16", kernel_layout="in_out", min_rows=np.int64(3), platform="cpu") == F("in_out", 3)
+    assert formulation.choose(
+        "bf16", kernel_layout="in_out", min_rows=np.int64(3), platform="cpu"
+    ) == F("in_out", 3)
     # an explicit layout gets the rows measured best for that layout
     p = formulation.choose("bf16", kernel_layout="in_out", platform="cpu")
     assert p.min_rows == formulation.FASTEST_ROWS["cpu"]["bf16"]["in_out"]
     # models too small for padding to pay run unpadded
     small = ModelConfig(d_model=64, n_layers=2, n_heads=2, max_seq_len=48)  # 64 x 256 weights
-    big = ModelConfig(d_model=128, n_layers=1, n_heads=2, max_seq_len=48)   # 128 x 512 = 2^16
+    big = ModelConfig(d_model=128, n_layers=1, n_heads=2, max_seq_len=48)  # 128 x 512 = 2^16
     assert formulation.choose("w8a8", small, platform="cpu").min_rows == 1
     assert formulation.choose("w8a8", big, platform="cpu").min_rows == best.min_rows == 4
     assert formulation.choose("w8a8", small, min_rows=4, platform="cpu").min_rows == 4
@@ -128,12 +160,23 @@ def test_inference_formulation_choice():
     with pytest.raises(ValueError, match="min_rows"):
         F("in_out", 0)
     with pytest.raises(ValueError, match="read_bandwidth_bytes_per_s"):  # before any compile
-        latency.measure_latency({}, CFG, prompt_tokens=8, gen_tokens=2, roof={"matmul_flops_per_s": 1e9})
+        latency.measure_latency(
+            {}, CFG, prompt_tokens=8, gen_tokens=2, roof={"matmul_flops_per_s": 1e9}
+        )
 
 
 def test_measured_formulation_is_recorded(params):
     roof = {"matmul_flops_per_s": 1e11, "read_bandwidth_bytes_per_s": 1e10}
     for layout, rows in (("in_out", 1), ("out_in", 4)):
-        r = latency.measure_latency(params, CFG, "fp32", prompt_tokens=8, gen_tokens=2, repeats=1, warmup=0,
-                                    roof=roof, form=formulation.Formulation(layout, rows))
+        r = latency.measure_latency(
+            params,
+            CFG,
+            "fp32",
+            prompt_tokens=8,
+            gen_tokens=2,
+            repeats=1,
+            warmup=0,
+            roof=roof,
+            form=formulation.Formulation(layout, rows),
+        )
         assert (r["kernel_layout"], r["matmul_min_rows"]) == (layout, rows)

@@ -1,6 +1,5 @@
 """The transformer: causality, exact parameter counts, analytic FLOPs, RoPE, shapes."""
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,6 +18,7 @@ def small_params():
 
 # --------------------------------------------------------------------------- causality
 
+
 @pytest.mark.parametrize("t", [0, 5, 31])
 def test_causal_changing_token_t_changes_nothing_before_t(small_params, t):
     rng = np.random.default_rng(t)
@@ -36,7 +36,7 @@ def test_causal_changing_token_t_changes_nothing_before_t(small_params, t):
     for row in range(2):
         assert np.abs(a[row, t] - b[row, t]).max() > 1e-4
     if t + 1 < 32:  # and later positions see it too
-        assert np.abs(a[:, t + 1:] - b[:, t + 1:]).max() > 1e-4
+        assert np.abs(a[:, t + 1 :] - b[:, t + 1 :]).max() > 1e-4
 
 
 def test_later_positions_attend_to_earlier_tokens(small_params):
@@ -53,11 +53,16 @@ def test_later_positions_attend_to_earlier_tokens(small_params):
 def test_explicit_positions_match_default(small_params):
     tokens = np.random.default_rng(2).integers(0, 256, size=(2, 16)).astype(np.int32)
     pos = np.broadcast_to(np.arange(16), (2, 16))
-    np.testing.assert_allclose(np.asarray(model.apply(small_params, SMALL, tokens, pos)),
-                               np.asarray(model.apply(small_params, SMALL, tokens)), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(model.apply(small_params, SMALL, tokens, pos)),
+        np.asarray(model.apply(small_params, SMALL, tokens)),
+        rtol=0,
+        atol=1e-6,
+    )
 
 
 # --------------------------------------------------------------------------- shapes, dtypes, limits
+
 
 def test_logits_dtype_and_shape(small_params):
     tokens = jnp.zeros((3, 17), jnp.int32)
@@ -87,10 +92,19 @@ def test_init_is_pure_function_of_key():
 
 COUNT_CONFIGS = [
     ModelConfig(d_model=32, n_layers=1, n_heads=1, vocab_size=256, max_seq_len=16),
-    ModelConfig(d_model=32, n_layers=2, n_heads=2, vocab_size=256, max_seq_len=16, tie_embeddings=False),
+    ModelConfig(
+        d_model=32, n_layers=2, n_heads=2, vocab_size=256, max_seq_len=16, tie_embeddings=False
+    ),
     ModelConfig(d_model=48, n_layers=3, n_heads=3, d_ff=40, vocab_size=300, max_seq_len=16),
-    ModelConfig(d_model=64, n_layers=2, n_heads=4, d_ff=100, vocab_size=97, max_seq_len=16,
-                tie_embeddings=False),
+    ModelConfig(
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        d_ff=100,
+        vocab_size=97,
+        max_seq_len=16,
+        tie_embeddings=False,
+    ),
     ModelConfig(d_model=16, n_layers=3, n_heads=1, d_ff=16, vocab_size=2, max_seq_len=8),
 ]
 
@@ -101,8 +115,14 @@ def _closed_form_non_embedding(n_layers, d, d_ff):
     return n_layers * (4 * d * d + 2 * d * d_ff + 2 * d) + d
 
 
-@pytest.mark.parametrize("cfg", COUNT_CONFIGS, ids=lambda c: f"d{c.d_model}L{c.n_layers}f{c.d_ff}V{c.vocab_size}"
-                         f"{'tied' if c.tie_embeddings else 'untied'}")
+@pytest.mark.parametrize(
+    "cfg",
+    COUNT_CONFIGS,
+    ids=lambda c: (
+        f"d{c.d_model}L{c.n_layers}f{c.d_ff}V{c.vocab_size}"
+        f"{'tied' if c.tie_embeddings else 'untied'}"
+    ),
+)
 def test_count_params_exact(cfg):
     # eval_shape traces init_params without running it: the same shapes, much faster
     params = jax.eval_shape(lambda k: model.init_params(cfg, k), jax.random.key(0))
@@ -119,17 +139,20 @@ def test_count_params_exact(cfg):
         expected_embedding += params["head"]["kernel"].size
     assert counts["embedding"] == expected_embedding
     assert counts["embedding"] == cfg.vocab_size * cfg.d_model * (1 if cfg.tie_embeddings else 2)
-    assert counts["non_embedding"] == _closed_form_non_embedding(cfg.n_layers, cfg.d_model, cfg.d_ff)
+    assert counts["non_embedding"] == _closed_form_non_embedding(
+        cfg.n_layers, cfg.d_model, cfg.d_ff
+    )
     assert counts["total"] == counts["embedding"] + counts["non_embedding"]
 
 
 def test_count_params_default_d_ff_is_four_d():
     cfg = ModelConfig(d_model=64, n_layers=3, n_heads=1)
     # the Kaplan form n_layers * (12 d^2 + 2 d) + d when d_ff = 4 d
-    assert count_params(cfg)["non_embedding"] == 3 * (12 * 64 ** 2 + 2 * 64) + 64
+    assert count_params(cfg)["non_embedding"] == 3 * (12 * 64**2 + 2 * 64) + 64
 
 
 # --------------------------------------------------------------------------- FLOPs
+
 
 def _xla_flops(cfg, B, T):
     params = model.init_params(cfg, jax.random.key(0))
@@ -141,10 +164,18 @@ def _xla_flops(cfg, B, T):
     return float(ca["flops"])
 
 
-@pytest.mark.parametrize("cfg,T,B", [
-    (ModelConfig(d_model=256, n_layers=2, n_heads=4, max_seq_len=256), 256, 4),
-    (ModelConfig(d_model=128, n_layers=3, n_heads=2, max_seq_len=128, tie_embeddings=False), 128, 4),
-], ids=["d256", "d128-untied"])
+@pytest.mark.parametrize(
+    "cfg,T,B",
+    [
+        (ModelConfig(d_model=256, n_layers=2, n_heads=4, max_seq_len=256), 256, 4),
+        (
+            ModelConfig(d_model=128, n_layers=3, n_heads=2, max_seq_len=128, tie_embeddings=False),
+            128,
+            4,
+        ),
+    ],
+    ids=["d256", "d128-untied"],
+)
 def test_forward_flops_match_xla_cost_analysis(cfg, T, B):
     analytic = flops_per_token(cfg, T)["forward"] * B * T
     xla = _xla_flops(cfg, B, T)
@@ -168,7 +199,11 @@ def test_causal_attention_matches_float64_reference(T, offset):
     B, H, K = 2, 3, 8
     q, k, v = (rng.standard_normal((B, H, T, K)).astype(np.float32) for _ in range(3))
     pos = np.broadcast_to(offset + np.arange(T), (B, T)).astype(np.int32)
-    got = np.asarray(model.causal_attention(*(jnp.asarray(a) for a in (q, k, v)), jnp.asarray(pos), jnp.asarray(pos)))
+    got = np.asarray(
+        model.causal_attention(
+            *(jnp.asarray(a) for a in (q, k, v)), jnp.asarray(pos), jnp.asarray(pos)
+        )
+    )
     s = np.einsum("bhtk,bhsk->bhts", q.astype(np.float64), k.astype(np.float64))
     s = np.where(np.tril(np.ones((T, T), bool)), s, -np.inf)
     p = np.exp(s - s.max(-1, keepdims=True))
@@ -178,12 +213,13 @@ def test_causal_attention_matches_float64_reference(T, offset):
 
 # --------------------------------------------------------------------------- RoPE
 
+
 def _rope_reference(x, pos, base):
     """float64 numpy RoPE: channel pairs (i, i + K/2) as complex numbers, times
     exp(1j * pos * base^(-2i/K))."""
     x = np.asarray(x, np.float64)
     k = x.shape[-1]
-    z = x[..., : k // 2] + 1j * x[..., k // 2:]
+    z = x[..., : k // 2] + 1j * x[..., k // 2 :]
     theta = base ** (-2.0 * np.arange(k // 2) / k)
     rot = np.exp(1j * np.asarray(pos, np.float64)[:, :, None, None] * theta)
     out = z * rot
@@ -203,8 +239,11 @@ def test_rope_position_zero_is_identity_and_norm_preserving():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((1, 5, 2, 8)).astype(np.float32)
     zeros = np.zeros((1, 5), np.int32)
-    np.testing.assert_allclose(np.asarray(model.rope(jnp.asarray(x), jnp.asarray(zeros)[:, :, None], 10_000.0)), x,
-                               atol=1e-7)
+    np.testing.assert_allclose(
+        np.asarray(model.rope(jnp.asarray(x), jnp.asarray(zeros)[:, :, None], 10_000.0)),
+        x,
+        atol=1e-7,
+    )
     pos = np.array([[0, 1, 17, 250, 1000]], np.int32)
     y = np.asarray(model.rope(jnp.asarray(x), jnp.asarray(pos)[:, :, None], 10_000.0))
     np.testing.assert_allclose(np.linalg.norm(y, axis=-1), np.linalg.norm(x, axis=-1), rtol=1e-5)
@@ -219,8 +258,12 @@ def test_rope_scores_depend_only_on_relative_position(base):
     k = rng.standard_normal((1, 1, H, K)).astype(np.float32)
 
     def score(pq, pk):
-        rq = np.asarray(model.rope(jnp.asarray(q), jnp.full((1, 1, 1), pq, jnp.int32), base), np.float64)
-        rk = np.asarray(model.rope(jnp.asarray(k), jnp.full((1, 1, 1), pk, jnp.int32), base), np.float64)
+        rq = np.asarray(
+            model.rope(jnp.asarray(q), jnp.full((1, 1, 1), pq, jnp.int32), base), np.float64
+        )
+        rk = np.asarray(
+            model.rope(jnp.asarray(k), jnp.full((1, 1, 1), pk, jnp.int32), base), np.float64
+        )
         return (rq * rk).sum(-1)[0, 0]  # [H]
 
     for p, delta in [(0, 3), (5, 0), (2, 11), (7, 1)]:
@@ -233,17 +276,29 @@ def test_rope_scores_depend_only_on_relative_position(base):
 
 # --------------------------------------------------------------------------- custom-VJP linear
 
-@pytest.mark.parametrize("d_in,d_out", [(8, 24), (24, 8), (16, 16)])  # both weight-gradient branches
+
+@pytest.mark.parametrize(
+    "d_in,d_out", [(8, 24), (24, 8), (16, 16)]
+)  # both weight-gradient branches
 def test_linear_gradients_match_float64_reference(d_in, d_out):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((3, 5, d_in)).astype(np.float32)
     w = rng.standard_normal((d_in, d_out)).astype(np.float32)
     r = rng.standard_normal((3, 5, d_out)).astype(np.float32)  # upstream gradient
-    dx, dw = jax.grad(lambda x, w: (formulation.linear(x, w) * r).sum(), argnums=(0, 1))(jnp.asarray(x), jnp.asarray(w))
+    dx, dw = jax.grad(lambda x, w: (formulation.linear(x, w) * r).sum(), argnums=(0, 1))(
+        jnp.asarray(x), jnp.asarray(w)
+    )
     x64, w64, r64 = (a.astype(np.float64) for a in (x, w, r))
-    np.testing.assert_allclose(np.asarray(formulation.linear(jnp.asarray(x), jnp.asarray(w))), x64 @ w64, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(formulation.linear(jnp.asarray(x), jnp.asarray(w))),
+        x64 @ w64,
+        rtol=1e-5,
+        atol=1e-5,
+    )
     np.testing.assert_allclose(np.asarray(dx), r64 @ w64.T, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(dw), np.einsum("bti,bto->io", x64, r64), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(dw), np.einsum("bti,bto->io", x64, r64), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_bf16_linear_accumulates_in_fp32_and_its_gradients_match_reference():
@@ -257,6 +312,8 @@ def test_bf16_linear_accumulates_in_fp32_and_its_gradients_match_reference():
     r = rng.standard_normal((4, 24))
     dx, dw = jax.grad(lambda x, w: (formulation.linear(x, w) * r).sum(), argnums=(0, 1))(x, w)
     assert dx.dtype == jnp.bfloat16 and dw.dtype == jnp.bfloat16
-    r16 = np.asarray(jnp.asarray(r, jnp.bfloat16), np.float64)  # the upstream gradient is cast to bf16
+    r16 = np.asarray(
+        jnp.asarray(r, jnp.bfloat16), np.float64
+    )  # the upstream gradient is cast to bf16
     np.testing.assert_allclose(np.asarray(dx, np.float64), r16 @ w64.T, rtol=1e-2, atol=1e-2)
     np.testing.assert_allclose(np.asarray(dw, np.float64), x64.T @ r16, rtol=1e-2, atol=1e-2)

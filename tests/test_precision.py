@@ -1,7 +1,6 @@
 """Precision policies: quantization maths against float64 references, conversion, bytes,
 and the loss each precision costs a briefly trained model."""
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,14 +62,21 @@ def test_int8_matmuls_match_float64_reference_within_their_bounds():
     # ... and stays within the quantization bound of the exact product:
     # |x w - xq sx wq sw| <= sum_i (|x_i| sw/2 + |w_i| sx/2 + sx sw / 4)
     sx = xs64[..., None]
-    bound8 = (np.abs(x64) @ np.broadcast_to(s64 / 2, w.shape) + (sx / 2) * np.abs(w64).sum(0)
-              + w.shape[0] * sx * s64 / 4)
+    bound8 = (
+        np.abs(x64) @ np.broadcast_to(s64 / 2, w.shape)
+        + (sx / 2) * np.abs(w64).sum(0)
+        + w.shape[0] * sx * s64 / 4
+    )
     assert np.all(np.abs(y8 - exact) <= bound8 * (1 + 1e-4) + 1e-5)
 
 
 def test_int8_matmul_uses_integer_accumulation():
     q = jnp.ones((4, 2), jnp.int8)
-    hlo = jax.jit(lambda x: precision.matmul(x, q, jnp.ones(2), "w8a8")).lower(jnp.ones((3, 4))).as_text()
+    hlo = (
+        jax.jit(lambda x: precision.matmul(x, q, jnp.ones(2), "w8a8"))
+        .lower(jnp.ones((3, 4)))
+        .as_text()
+    )
     assert "xi8>" in hlo and "xi32>" in hlo  # int8 operands, int32 accumulator (StableHLO types)
 
 
@@ -90,11 +96,15 @@ def test_converted_bytes_shrink_as_they_must():
     assert abs((2 * matrices + 4 * norms) / fp32 - 0.5) < 0.01
     # int8 on all layers: 1 byte per matrix entry + 4-byte scale per output channel; norms stay fp32
     every = precision.get_policy("int8", layers=precision.LAYERS)
-    assert precision.param_bytes(precision.convert_params(p, every)) == matrices + 4 * scales + 4 * norms
+    assert (
+        precision.param_bytes(precision.convert_params(p, every))
+        == matrices + 4 * scales + 4 * norms
+    )
     assert 0.25 < (matrices + 4 * scales + 4 * norms) / fp32 < 0.3  # about a quarter, plus scales
     # the default int8 keeps the embedding fp32
     assert precision.param_bytes(precision.convert_params(p, "int8")) == (
-        matrices - V * d + 4 * (scales - V) + 4 * norms + 4 * V * d)
+        matrices - V * d + 4 * (scales - V) + 4 * norms + 4 * V * d
+    )
 
 
 @pytest.mark.parametrize("name", list(precision.POLICIES))
@@ -108,12 +118,16 @@ def test_out_in_layout_stores_each_kernel_transposed_and_computes_the_same(name)
         np.testing.assert_array_equal(np.asarray(kb["kernel"]), np.asarray(ka["kernel"]).T)
         if "scale" in ka:  # still one scale per output channel
             np.testing.assert_array_equal(np.asarray(kb["scale"]), np.asarray(ka["scale"]))
-    np.testing.assert_array_equal(np.asarray(b["embed"]["embedding"]), np.asarray(a["embed"]["embedding"]))
+    np.testing.assert_array_equal(
+        np.asarray(b["embed"]["embedding"]), np.asarray(a["embed"]["embedding"])
+    )
     tok = jax.random.randint(jax.random.key(1), (2, 12), 0, CFG.vocab_size)
     la = np.asarray(model.apply(a, CFG, tok, policy=name))
     lb = np.asarray(model.apply(b, CFG, tok, policy=name, form=out_in))
     np.testing.assert_allclose(lb, la, atol=1e-5 * np.abs(la).max(), rtol=0)
-    with pytest.raises(precision.PrecisionError, match="kernel_layout='in_out'.*formulation.arrange"):
+    with pytest.raises(
+        precision.PrecisionError, match="kernel_layout='in_out'.*formulation.arrange"
+    ):
         model.apply(b, CFG, tok, policy=name)  # laid out for out_in, run as trained: named
 
 
@@ -128,7 +142,9 @@ def test_fp32_policy_is_the_model_and_other_policies_only_perturb_it():
     tok = jax.random.randint(jax.random.key(2), (2, 32), 0, 256)
     ref = np.asarray(model.apply(p, CFG, tok), np.float64)
     for name, tol in [("bf16", 0.05), ("int8", 0.05), ("w8a8", 0.08)]:
-        z = np.asarray(model.apply(precision.convert_params(p, name), CFG, tok, policy=name), np.float64)
+        z = np.asarray(
+            model.apply(precision.convert_params(p, name), CFG, tok, policy=name), np.float64
+        )
         rel = np.linalg.norm(z - ref, axis=-1) / np.linalg.norm(ref, axis=-1)
         assert 0 < rel.max() < tol, name
 
@@ -155,7 +171,9 @@ def test_precision_loss_costs_on_a_trained_model(trained):
 
 def test_bf16_training_tracks_fp32_training(corpus, trained):
     r32, _ = trained
-    tc = TrainConfig(steps=150, batch_size=16, seq_len=128, lr=3e-3, eval_tokens=32768, compute="bf16")
+    tc = TrainConfig(
+        steps=150, batch_size=16, seq_len=128, lr=3e-3, eval_tokens=32768, compute="bf16"
+    )
     r16 = train.train(CFG, tc, corpus, progress=False)
     assert jax.tree.leaves(r16.params)[0].dtype == jnp.float32  # fp32 master weights
     assert abs(r16.eval["eval_loss_nats"] / r32.eval["eval_loss_nats"] - 1) < 0.02
@@ -167,20 +185,30 @@ def test_every_layer_int8_including_tied_embedding_runs_close_to_fp32():
     tok = jax.random.randint(jax.random.key(4), (2, 32), 0, 256)
     every = precision.get_policy("int8", layers=precision.LAYERS)
     q = precision.convert_params(p, every)
-    assert q["embed"]["embedding"].dtype == jnp.int8 and q["embed"]["scale"].shape == (CFG.vocab_size,)
+    assert q["embed"]["embedding"].dtype == jnp.int8 and q["embed"]["scale"].shape == (
+        CFG.vocab_size,
+    )
     ref = np.asarray(model.apply(p, CFG, tok), np.float64)
     z = np.asarray(model.apply(q, CFG, tok, policy=every), np.float64)
     rel = np.linalg.norm(z - ref, axis=-1) / np.linalg.norm(ref, axis=-1)
     assert 0 < rel.max() < 0.05
     # the head under this policy is x @ (q_E * s_E)^T exactly: dequantized in float64 here
-    e64 = np.asarray(q["embed"]["embedding"], np.float64) * np.asarray(q["embed"]["scale"], np.float64)[:, None]
-    np.testing.assert_allclose(np.abs(e64 - np.asarray(p["embed"]["embedding"], np.float64)).max(0),
-                               np.zeros(CFG.d_model), atol=np.asarray(q["embed"]["scale"]).max() / 2 + 1e-7)
+    e64 = (
+        np.asarray(q["embed"]["embedding"], np.float64)
+        * np.asarray(q["embed"]["scale"], np.float64)[:, None]
+    )
+    np.testing.assert_allclose(
+        np.abs(e64 - np.asarray(p["embed"]["embedding"], np.float64)).max(0),
+        np.zeros(CFG.d_model),
+        atol=np.asarray(q["embed"]["scale"]).max() / 2 + 1e-7,
+    )
 
 
 def test_custom_layer_policies_are_measured_and_labelled(trained):
     r, ev = trained
     every = precision.get_policy("int8", layers=precision.LAYERS)
-    df = compare_precisions(r.params, CFG, ev[:16], policies=["int8", every]).set_index("inference_precision")
+    df = compare_precisions(r.params, CFG, ev[:16], policies=["int8", every]).set_index(
+        "inference_precision"
+    )
     assert list(df.index) == ["fp32", "int8", "int8[down,embed,head,out,qkv,up]"]
     assert df.loc["int8[down,embed,head,out,qkv,up]", "param_bytes"] < df.loc["int8", "param_bytes"]

@@ -91,14 +91,23 @@ SCRIPT = textwrap.dedent(r"""
 
 @pytest.fixture(scope="module")
 def sharded(corpus):  # the corpus fixture warms the token cache the subprocess reads
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "JAX_PLATFORMS": "cpu"}
-    p = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, cwd=ROOT,
-                       timeout=600)
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "JAX_PLATFORMS": "cpu",
+    }
+    p = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr[-4000:]
     line = next(x for x in p.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 @pytest.mark.parametrize("mesh", ["data4", "fsdp4", "data2fsdp2"])
@@ -115,8 +124,8 @@ def test_fsdp_params_really_are_split(sharded):
     # [global shape, spec, devices, local shard shapes]
     assert s["['embed']['embedding']"][:2] == [[256, 32], "P('fsdp', None)"]
     assert s["['embed']['embedding']"][2:] == [4, [[64, 32]]]
-    assert s["['block_0']['qkv']['kernel']"][3] == [[32, 24]]      # [32, 96]: the largest dim split
-    assert s["['block_0']['down']['kernel']"][3] == [[32, 32]]     # [128, 32]
+    assert s["['block_0']['qkv']['kernel']"][3] == [[32, 24]]  # [32, 96]: the largest dim split
+    assert s["['block_0']['down']['kernel']"][3] == [[32, 32]]  # [128, 32]
     assert s["['block_0']['attn_norm']['scale']"][1:] == ["P()", 4, [[32]]]  # vectors replicated
     d = sharded["data2fsdp2"]["shards"]
     assert d["['embed']['embedding']"][3] == [[128, 32]]
@@ -149,8 +158,10 @@ def test_sharded_inference_matches_unsharded(sharded):
 
 # --------------------------------------------------------------------------- in-process: specs and rules
 
+
 def test_mesh_on_one_device_and_bad_sizes():
     import jax
+
     m = sharding.make_mesh()
     assert dict(m.shape) == {"data": jax.device_count(), "fsdp": 1}
     with pytest.raises(ValueError, match=r"mesh: data=3 x fsdp=1 = 3 devices"):
@@ -166,26 +177,34 @@ def test_mesh_on_one_device_and_bad_sizes():
 def test_parse_mesh():
     assert sharding.parse_mesh("data=2,fsdp=2") == {"data": 2, "fsdp": 2}
     assert sharding.parse_mesh(" fsdp = -1 ") == {"fsdp": -1}
-    for bad, msg in [("model=2", "not AXIS=SIZE"), ("data", "not AXIS=SIZE"), ("data=x", "mesh.data: not an integer"),
-                     ("data=2,data=2", "given twice"), ("fsdp=0", "mesh.fsdp: must be"), ("", "empty")]:
+    for bad, msg in [
+        ("model=2", "not AXIS=SIZE"),
+        ("data", "not AXIS=SIZE"),
+        ("data=x", "mesh.data: not an integer"),
+        ("data=2,data=2", "given twice"),
+        ("fsdp=0", "mesh.fsdp: must be"),
+        ("", "empty"),
+    ]:
         with pytest.raises(ConfigError, match=msg):
             sharding.parse_mesh(bad)
 
 
 def test_fsdp_rule():
     from jax.sharding import PartitionSpec as P
+
     assert sharding.param_spec((256, 32), 4) == P("fsdp", None)
     assert sharding.param_spec((32, 96), 4) == P(None, "fsdp")
-    assert sharding.param_spec((32, 32), 4) == P("fsdp", None)   # a tie: the first dimension
+    assert sharding.param_spec((32, 32), 4) == P("fsdp", None)  # a tie: the first dimension
     assert sharding.param_spec((96, 30), 4) == P("fsdp", None)
-    assert sharding.param_spec((30, 6), 4) == P()                # nothing divisible: replicated
-    assert sharding.param_spec((30, 8), 4) == P(None, "fsdp")    # the largest divisible one
-    assert sharding.param_spec((128,), 4) == P()                 # vectors replicated
+    assert sharding.param_spec((30, 6), 4) == P()  # nothing divisible: replicated
+    assert sharding.param_spec((30, 8), 4) == P(None, "fsdp")  # the largest divisible one
+    assert sharding.param_spec((128,), 4) == P()  # vectors replicated
     assert sharding.param_spec((256, 32), 1) == P()
 
 
 def test_cli_mesh_errors(capsys):
     from jscale.cli import main
+
     with pytest.raises(SystemExit) as e:
         main(["train", "--mesh", "model=2", "--steps", "1"])
     assert e.value.code == 2 and "--mesh" in capsys.readouterr().err
@@ -207,19 +226,27 @@ batch_size = 8
 def test_sweep_mesh_table_and_hash(tmp_path):
     from jscale import sweep as sw
     from jscale.sweep_config import parse_sweep
+
     plain = parse_sweep(SWEEP)
     assert plain.mesh is None
     m = parse_sweep(SWEEP + "[mesh]\nfsdp = 2\n")
     assert m.mesh == {"data": -1, "fsdp": 2}
-    for bad, msg in [("[mesh]\nmodel = 2\n", "mesh.model: unknown key"), ("[mesh]\ndata = 0\n", "mesh.data: must be"),
-                     ("[mesh]\ndata = -1\nfsdp = -1\n", "at most one"), ("[mesh]\ndata = 3\n", "must divide train.batch_size"),
-                     ("[mesh]\nfsdp = true\n", "mesh.fsdp")]:
+    for bad, msg in [
+        ("[mesh]\nmodel = 2\n", "mesh.model: unknown key"),
+        ("[mesh]\ndata = 0\n", "mesh.data: must be"),
+        ("[mesh]\ndata = -1\nfsdp = -1\n", "at most one"),
+        ("[mesh]\ndata = 3\n", "must divide train.batch_size"),
+        ("[mesh]\nfsdp = true\n", "mesh.fsdp"),
+    ]:
         with pytest.raises(ConfigError, match=msg):
             parse_sweep(SWEEP + bad)
     # the hash of a record without [mesh] is what it was before meshes existed
     import dataclasses
+
     h = sw._config_hash(plain, "t", "fp32")
-    assert h == sw._sha({"train": "t", "precision": "fp32", "latency": dataclasses.asdict(plain.latency)})
+    assert h == sw._sha(
+        {"train": "t", "precision": "fp32", "latency": dataclasses.asdict(plain.latency)}
+    )
     assert sw._config_hash(m, "t", "fp32") != h
 
 
@@ -228,9 +255,9 @@ def test_multihost_detection(monkeypatch):
         monkeypatch.delenv(v, raising=False)
     assert sharding.multihost_env() is None
     assert sharding.maybe_initialize_distributed() is False
-    monkeypatch.setenv("SLURM_NTASKS", "1")       # an array-job task: independent
+    monkeypatch.setenv("SLURM_NTASKS", "1")  # an array-job task: independent
     assert sharding.multihost_env() is None
-    monkeypatch.setenv("SLURM_NTASKS", "4")       # srun -n 4
+    monkeypatch.setenv("SLURM_NTASKS", "4")  # srun -n 4
     assert sharding.multihost_env() == "SLURM_NTASKS=4"
     monkeypatch.setenv("JSCALE_DISTRIBUTED", "0")  # explicit off wins
     assert sharding.multihost_env() is None

@@ -47,6 +47,7 @@ def tiny(out, precisions=("fp32", "int8"), lr=3e-3):
 def _forbid_training(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the sweep retrained a model it had a checkpoint for")
+
     monkeypatch.setattr(train, "train", boom)
 
 
@@ -67,30 +68,42 @@ def copy_of(done, tmp_path):
 
 # ----------------------------------------------------------------------------- config
 
-@pytest.mark.parametrize("edit, key", [
-    (lambda t: t + "\nbogus = 1\n", "bogus"),
-    (lambda t: t.replace("lr = 0.003", "lr = 0.003\nlearning_rate = 1"), "train.learning_rate"),
-    (lambda t: t.replace('"int8"]', '"int4"]'), "precisions"),
-    (lambda t: t.replace("seeds = [0]", "seeds = [-1]"), "seeds"),
-    (lambda t: t.replace("seeds = [0]", "seeds = [0, 0]"), "seeds"),
-    (lambda t: t.replace("fixed = 8192", "fixed = 0"), "tokens.fixed"),
-    (lambda t: t.replace("fixed = 8192", "fixed = 8192\nper_param = 20"), "tokens"),
-    (lambda t: t.replace("params_non_embedding = [2e3, 8e3]", "params_non_embedding = [2e3, 8e3]\n"
-                         "ladder = {lo = 1e4, hi = 1e5}"), "sizes"),
-    (lambda t: t.replace("[2e3, 8e3]", "[2e3, 2.01e3]"), "sizes"),
-    (lambda t: t.replace("[2e3, 8e3]", "[10, 8e3]"), "sizes.params_non_embedding"),
-    (lambda t: t.replace("batch_size = 4", "batch_size = 0"), "batch_size"),
-    (lambda t: t.replace("repeats = 2", "repeats = 1.5"), "latency.repeats"),
-    (lambda t: t.replace("repeats = 2", "repetitions = 2"), "latency.repetitions"),
-    (lambda t: t.replace("repeats = 2", "repeats = 2\nkernel_layout = \"row\""), "latency.kernel_layout"),
-    (lambda t: t.replace("repeats = 2", "repeats = 2\nmin_rows = \"four\""), "latency.min_rows"),
-    (lambda t: t.replace("repeats = 2", "repeats = 2\nmin_rows = 0"), "latency.min_rows"),
-    (lambda t: t.replace("repeats = 2", "repeats = 2\nmin_rows = true"), "latency.min_rows"),
-    (lambda t: t + "\n[corpus]\npath = \"/no/such/corpus\"\n", "corpus.path"),
-    (lambda t: t.replace("[tokens]\nfixed = 8192\n", ""), "[tokens]"),
-    (lambda t: t.replace("lr = 0.003", "lr = -1.0"), "lr"),
-    (lambda t: t + "\n[[oops\n", "not valid TOML"),
-])
+
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        (lambda t: t + "\nbogus = 1\n", "bogus"),
+        (lambda t: t.replace("lr = 0.003", "lr = 0.003\nlearning_rate = 1"), "train.learning_rate"),
+        (lambda t: t.replace('"int8"]', '"int4"]'), "precisions"),
+        (lambda t: t.replace("seeds = [0]", "seeds = [-1]"), "seeds"),
+        (lambda t: t.replace("seeds = [0]", "seeds = [0, 0]"), "seeds"),
+        (lambda t: t.replace("fixed = 8192", "fixed = 0"), "tokens.fixed"),
+        (lambda t: t.replace("fixed = 8192", "fixed = 8192\nper_param = 20"), "tokens"),
+        (
+            lambda t: t.replace(
+                "params_non_embedding = [2e3, 8e3]",
+                "params_non_embedding = [2e3, 8e3]\nladder = {lo = 1e4, hi = 1e5}",
+            ),
+            "sizes",
+        ),
+        (lambda t: t.replace("[2e3, 8e3]", "[2e3, 2.01e3]"), "sizes"),
+        (lambda t: t.replace("[2e3, 8e3]", "[10, 8e3]"), "sizes.params_non_embedding"),
+        (lambda t: t.replace("batch_size = 4", "batch_size = 0"), "batch_size"),
+        (lambda t: t.replace("repeats = 2", "repeats = 1.5"), "latency.repeats"),
+        (lambda t: t.replace("repeats = 2", "repetitions = 2"), "latency.repetitions"),
+        (
+            lambda t: t.replace("repeats = 2", 'repeats = 2\nkernel_layout = "row"'),
+            "latency.kernel_layout",
+        ),
+        (lambda t: t.replace("repeats = 2", 'repeats = 2\nmin_rows = "four"'), "latency.min_rows"),
+        (lambda t: t.replace("repeats = 2", "repeats = 2\nmin_rows = 0"), "latency.min_rows"),
+        (lambda t: t.replace("repeats = 2", "repeats = 2\nmin_rows = true"), "latency.min_rows"),
+        (lambda t: t + '\n[corpus]\npath = "/no/such/corpus"\n', "corpus.path"),
+        (lambda t: t.replace("[tokens]\nfixed = 8192\n", ""), "[tokens]"),
+        (lambda t: t.replace("lr = 0.003", "lr = -1.0"), "lr"),
+        (lambda t: t + "\n[[oops\n", "not valid TOML"),
+    ],
+)
 def test_invalid_configs_name_the_key(edit, key):
     text = edit(TINY.format(precisions='["fp32", "int8"]', lr=0.003))
     with pytest.raises(ConfigError) as e:
@@ -114,17 +127,23 @@ lr_exponent = 0.5
 """)
     assert len(s.train_points) == 3 * 2 * 2 and s.n_records == 3 * 2 * 2 * 4
     for tp in s.train_points:
-        n = tp.model.n_layers * (12 * tp.model.d_model ** 2 + 2 * tp.model.d_model) + tp.model.d_model
+        n = tp.model.n_layers * (12 * tp.model.d_model**2 + 2 * tp.model.d_model) + tp.model.d_model
         assert math.isclose(tp.train.lr, 1e-3 * (n / 1e5) ** -0.5, rel_tol=1e-12)
         assert tp.train.tokens == max(round(20 * n), 300_000)
         assert tp.model.max_seq_len >= 128 + 32  # room for the latency prompt + generation
-    assert [tp.size_target for tp in s.train_points][::4] == pytest.approx([1e4, 10 ** 4.5, 1e5])
-    assert {(tp.seed, tp.train_precision) for tp in s.train_points} == {(0, "fp32"), (0, "bf16"), (1, "fp32"), (1, "bf16")}
+    assert [tp.size_target for tp in s.train_points][::4] == pytest.approx([1e4, 10**4.5, 1e5])
+    assert {(tp.seed, tp.train_precision) for tp in s.train_points} == {
+        (0, "fp32"),
+        (0, "bf16"),
+        (1, "fp32"),
+        (1, "bf16"),
+    }
 
 
 def test_experiment_configs_are_valid_and_big_enough():
     root = Path(__file__).resolve().parent.parent / "experiments"
     from jscale.sweep_config import load_sweep
+
     for name, sizes, decades in (("quick", 6, 1.5), ("paper", 10, 3.0)):
         s = load_sweep(root / f"{name}.toml")
         ns = sorted({count_params(tp.model)["non_embedding"] for tp in s.train_points})
@@ -134,8 +153,10 @@ def test_experiment_configs_are_valid_and_big_enough():
 
 # ----------------------------------------------------------------------------- checkpoints
 
+
 def test_checkpoint_round_trip_and_mismatch(tmp_path):
     import jax
+
     cfg = ModelConfig(d_model=16, n_layers=2, n_heads=2, max_seq_len=32)
     p = model.init_params(cfg, jax.random.key(3))
     path = checkpoint.save(tmp_path / "c.npz", p, {"a": 1})
@@ -150,13 +171,18 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path):
 
 # ----------------------------------------------------------------------------- records
 
+
 def test_sweep_writes_one_complete_record_per_point(done, corpus):
     s, r, out = done
     assert (r.written, r.trained, r.failed) == (4, 2, [])
     df = results.load_results(out)
     assert len(df) == 4
     assert set(zip(df.size_target_params_non_embedding, df.inference_precision)) == {
-        (2e3, "fp32"), (2e3, "int8"), (8e3, "fp32"), (8e3, "int8")}
+        (2e3, "fp32"),
+        (2e3, "int8"),
+        (8e3, "fp32"),
+        (8e3, "int8"),
+    }
     for row in df.itertuples():
         d, L = row.d_model, row.n_layers
         assert row.params_non_embedding == L * (12 * d * d + 2 * d) + d  # analytic count
@@ -167,7 +193,11 @@ def test_sweep_writes_one_complete_record_per_point(done, corpus):
         assert 0 < row.eval_loss_nats < math.log(256)  # better than a uniform guess over bytes
         assert row.eval_bits_per_byte == pytest.approx(row.eval_loss_nats / math.log(2))
         assert row.eval_tokens == 512 and row.eval_loss_se_nats > 0
-        assert row.decode_ms_per_token_q1 <= row.decode_ms_per_token_median <= row.decode_ms_per_token_q3
+        assert (
+            row.decode_ms_per_token_q1
+            <= row.decode_ms_per_token_median
+            <= row.decode_ms_per_token_q3
+        )
         assert row.latency_repeats == 2 and row.latency_batch == 1 and row.gen_tokens == 4
         assert row.kv_cache_bytes == 2 * L * 12 * d * 4  # K and V, 12 positions, fp32
         assert len(row.config_hash) == 64 and row.jax_version and row.device_kind
@@ -179,9 +209,12 @@ def test_sweep_writes_one_complete_record_per_point(done, corpus):
     tp = s.train_points[0]
     params, meta = checkpoint.load(next((out / "checkpoints").glob("N2000-*.npz")), tp.model)
     from jscale import data
+
     ev = evaluate.evaluate(params, tp.model, data.eval_batches(corpus.val, 32, 512))
-    assert fp.loc[tp.model.n_layers * (12 * tp.model.d_model ** 2 + 2 * tp.model.d_model) + tp.model.d_model,
-                  "eval_loss_nats"] == pytest.approx(ev["eval_loss_nats"], rel=1e-6)
+    assert fp.loc[
+        tp.model.n_layers * (12 * tp.model.d_model**2 + 2 * tp.model.d_model) + tp.model.d_model,
+        "eval_loss_nats",
+    ] == pytest.approx(ev["eval_loss_nats"], rel=1e-6)
     assert (out / "sweep.log").read_text().count("trained in") == 2
 
 
@@ -194,7 +227,9 @@ def test_rerun_skips_everything_and_new_precisions_never_retrain(done, tmp_path,
     r = sweep.run_sweep(tiny(out, ("fp32", "int8", "w8a8")), progress=False, echo=False)
     assert (r.written, r.skipped, r.trained, r.loaded) == (2, 4, 0, 2)
     after = {p.name: p.read_text() for p in (out / "records").glob("*.json")}
-    assert len(after) == 6 and all(after[k] == v for k, v in before.items())  # old records untouched
+    assert len(after) == 6 and all(
+        after[k] == v for k, v in before.items()
+    )  # old records untouched
     # force: re-measured from the checkpoints, still never retrained, still one record per point
     r = sweep.run_sweep(tiny(out, ("fp32", "int8", "w8a8")), force=True, progress=False, echo=False)
     assert (r.written, r.trained, r.loaded) == (6, 0, 2)
@@ -207,7 +242,10 @@ def test_changed_config_is_stale_until_forced(done, tmp_path):
         sweep.run_sweep(tiny(out, lr=1e-3), progress=False, echo=False)
     assert len(results.load_results(out)) == 4  # nothing touched
     r = sweep.run_sweep(tiny(out, lr=1e-3), force=True, progress=False, echo=False)
-    assert (r.written, r.trained) == (4, 2)  # the training config changed: its checkpoints do not apply
+    assert (r.written, r.trained) == (
+        4,
+        2,
+    )  # the training config changed: its checkpoints do not apply
     df = results.load_results(out)
     assert len(df) == 4 and np.allclose(df.lr_peak, 1e-3)
 
@@ -220,6 +258,7 @@ def test_a_diverged_model_fails_alone_and_is_retried(done, tmp_path, monkeypatch
         if cfg.d_model == done[0].train_points[1].model.d_model:
             raise train.TrainingDiverged("training loss is nan at optimizer step 3 of 16")
         return real(cfg, tc, corpus, **k)
+
     monkeypatch.setattr(train, "train", flaky)
     r = sweep.run_sweep(tiny(out), progress=False, echo=False)
     assert r.written == 2 and len(r.failed) == 1 and "step 3" in r.failed[0]
@@ -232,20 +271,27 @@ def test_a_diverged_model_fails_alone_and_is_retried(done, tmp_path, monkeypatch
 def test_results_store_is_atomic_and_json_safe(tmp_path):
     with pytest.raises(results.ResultsError, match="no results"):
         results.load_results(tmp_path)
-    results.write_record(tmp_path, "p1", {"x_ms": np.float32(1.5), "bad": float("nan"), "n": np.int64(3)})
-    (tmp_path / "records" / ".p2.json.123.tmp").write_text('{"point_id": "p2", "x_ms": ')  # a torn write
+    results.write_record(
+        tmp_path, "p1", {"x_ms": np.float32(1.5), "bad": float("nan"), "n": np.int64(3)}
+    )
+    (tmp_path / "records" / ".p2.json.123.tmp").write_text(
+        '{"point_id": "p2", "x_ms": '
+    )  # a torn write
     df = results.load_results(tmp_path, check=False)  # not a sweep record: the store only
     assert len(df) == 1 and df.x_ms[0] == 1.5 and df.n[0] == 3 and df.bad.isna().all()
 
 
 # ----------------------------------------------------------------------------- kill -9
 
+
 def test_sigkill_mid_sweep_then_rerun_gives_exactly_one_record_per_point(tmp_path, cache_dir):
     cfg = tmp_path / "tiny.toml"
     cfg.write_text('out_dir = "out"\n' + TINY.format(precisions='["fp32", "int8"]', lr=0.003))
     env = {**os.environ, "JSCALE_CACHE_DIR": str(cache_dir)}
     cmd = [sys.executable, "-m", "jscale", "sweep", str(cfg), "--quiet"]
-    p = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    p = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     records = tmp_path / "out" / "records"
     deadline = time.time() + 300
     while time.time() < deadline and p.poll() is None and len(list(records.glob("*.json"))) < 1:
@@ -267,16 +313,29 @@ def test_sigkill_mid_sweep_then_rerun_gives_exactly_one_record_per_point(tmp_pat
 
 # ----------------------------------------------------------------------------- workers
 
+
 def test_two_workers_share_a_sweep_with_exactly_one_record_per_point(tmp_path, cache_dir):
     cfg = tmp_path / "tiny.toml"
     cfg.write_text('out_dir = "out"\n' + TINY.format(precisions='["fp32", "int8"]', lr=0.003))
     env = {**os.environ, "JSCALE_CACHE_DIR": str(cache_dir)}
-    procs = [subprocess.Popen([sys.executable, "-m", "jscale", "sweep", str(cfg), "--quiet", "--worker", w],
-                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for w in ("1/2", "2/2")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "jscale", "sweep", str(cfg), "--quiet", "--worker", w],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in ("1/2", "2/2")
+    ]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-1500:] for o in outs]
-    assert all("worker" in o[1] and "2 to run" in o[1] for o in outs)  # each ran its own model's 2 points
+    assert all(
+        "worker" in o[1] and "2 to run" in o[1] for o in outs
+    )  # each ran its own model's 2 points
     df = results.load_results(tmp_path / "out")
-    assert sorted(df.point_id) == sorted(f"N{n}-seed0-fp32-{i}" for n in (2000, 8000) for i in ("fp32", "int8"))
+    assert sorted(df.point_id) == sorted(
+        f"N{n}-seed0-fp32-{i}" for n in (2000, 8000) for i in ("fp32", "int8")
+    )
     assert df.hostname.nunique() == 1 and df.params_non_embedding.nunique() == 2

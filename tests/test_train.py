@@ -20,6 +20,7 @@ def _tiny_tc(**kw):
 
 # --------------------------------------------------------------------------- determinism
 
+
 @pytest.fixture(scope="module")
 def tiny_run(corpus):
     return train.train(TINY, _tiny_tc(), corpus, progress=False)
@@ -65,6 +66,7 @@ def test_steps_per_call_does_not_change_the_run(corpus, tiny_run):
 
 # --------------------------------------------------------------------------- learning
 
+
 def test_learns_below_unigram_entropy(corpus):
     cfg = ModelConfig(d_model=64, n_layers=2, n_heads=1, max_seq_len=128)
     tc = TrainConfig(steps=200, batch_size=16, seq_len=128, lr=3e-3, eval_tokens=32768)
@@ -74,7 +76,9 @@ def test_learns_below_unigram_entropy(corpus):
     # measured ~3.0 bits/byte after 200 steps
     assert ev["eval_bits_per_byte"] < 0.75 * h, (ev, h)
     assert ev["eval_bits_per_byte"] == pytest.approx(ev["eval_loss_nats"] / math.log(2), rel=1e-12)
-    assert ev["eval_bits_per_byte_se"] == pytest.approx(ev["eval_loss_se_nats"] / math.log(2), rel=1e-12)
+    assert ev["eval_bits_per_byte_se"] == pytest.approx(
+        ev["eval_loss_se_nats"] / math.log(2), rel=1e-12
+    )
     assert 0 < ev["eval_loss_se_nats"] < 0.05 * ev["eval_loss_nats"]
     assert ev["eval_tokens"] == 32768
     # the training loss went down too
@@ -82,6 +86,7 @@ def test_learns_below_unigram_entropy(corpus):
 
 
 # --------------------------------------------------------------------------- evaluate
+
 
 def _reference_eval(params, cfg, batches):
     """float64 numpy next-token cross-entropy from the model's logits."""
@@ -95,7 +100,9 @@ def _reference_eval(params, cfg, batches):
     return per_token.mean(), per_seq.std(ddof=1) / math.sqrt(len(per_seq))
 
 
-@pytest.mark.parametrize("n_seq,batch_size", [(8, 4), (7, 4), (3, 8)], ids=["full", "ragged", "one-padded-batch"])
+@pytest.mark.parametrize(
+    "n_seq,batch_size", [(8, 4), (7, 4), (3, 8)], ids=["full", "ragged", "one-padded-batch"]
+)
 def test_evaluate_matches_float64_reference(n_seq, batch_size):
     cfg = ModelConfig(d_model=32, n_layers=2, n_heads=2, max_seq_len=16)
     params = model.init_params(cfg, jax.random.key(7))
@@ -119,12 +126,16 @@ def test_token_losses_alignment():
     seq = (np.arange(17)[None] + 40).astype(np.int32)
     losses = np.asarray(model.token_losses(params, cfg, jnp.asarray(seq)), np.float64)
     logits = np.asarray(model.apply(params, cfg, jnp.asarray(seq[:, :-1])), np.float64)
-    ref = -(logits[0, np.arange(16), seq[0, 1:]]
-            - np.log(np.exp(logits[0] - logits[0].max(-1, keepdims=True)).sum(-1)) - logits[0].max(-1))
+    ref = -(
+        logits[0, np.arange(16), seq[0, 1:]]
+        - np.log(np.exp(logits[0] - logits[0].max(-1, keepdims=True)).sum(-1))
+        - logits[0].max(-1)
+    )
     np.testing.assert_allclose(losses[0], ref, rtol=1e-5)
 
 
 # --------------------------------------------------------------------------- optimizer
+
 
 def test_optimizer_schedule_and_decay_mask():
     """With zero gradients AdamW's Adam part is exactly zero, so each update is pure decoupled
@@ -142,7 +153,14 @@ def test_optimizer_schedule_and_decay_mask():
         updates, state = opt.update(zeros, state, params)
         new = jax.tree.map(lambda p, u: p + u, params, updates)
         np.testing.assert_array_equal(np.asarray(new["scale"]), np.ones(8))  # norms not decayed
-        implied = float(1 - np.asarray(new["w"], np.float64).mean() / np.asarray(params["w"], np.float64).mean()) / wd
+        implied = (
+            float(
+                1
+                - np.asarray(new["w"], np.float64).mean()
+                / np.asarray(params["w"], np.float64).mean()
+            )
+            / wd
+        )
         if k < W:
             expected = lr * k / W
         else:
@@ -153,6 +171,7 @@ def test_optimizer_schedule_and_decay_mask():
 
 
 # --------------------------------------------------------------------------- failures
+
 
 def test_nan_params_diverge_at_step_1(corpus):
     params = model.init_params(TINY, jax.random.key(0))
@@ -168,7 +187,9 @@ def test_train_does_not_consume_callers_params(corpus):
     params = model.init_params(TINY, jax.random.key(0))
     ref = np.asarray(jax.tree.leaves(params)[0]).copy()
     train.train(TINY, _tiny_tc(steps=2), corpus, params=params, progress=False)
-    np.testing.assert_array_equal(np.asarray(jax.tree.leaves(params)[0]), ref)  # not deleted by donation
+    np.testing.assert_array_equal(
+        np.asarray(jax.tree.leaves(params)[0]), ref
+    )  # not deleted by donation
 
 
 def test_huge_lr_diverges(corpus):
