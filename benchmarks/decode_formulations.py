@@ -1,15 +1,16 @@
-"""Batch-1 decode and prefill of one ladder model in every precision x formulation.
+r"""Batch-1 decode and prefill of one ladder model in every precision x formulation.
 
 A formulation is how the projections run (``jscale.precision.Policy``): the kernel layout
 (``in_out`` as trained, ``out_in`` transposed) and the rows each projection's tokens are
 padded to (``min_rows``: 1 = none; >= 2 lets XLA:CPU hand the product to YNNPACK).  Each is
 timed with ``jscale.latency.measure_latency`` (median and q1..q3 of ``--repeats`` runs after 2
-warm-ups); the speed-up is against the first formulation (default: as trained, ``in_out``/1) of the same
-precision.  The
-fastest per precision is what ``formulation.FASTEST`` records for the backend.
+warm-ups); the speed-up is against the first formulation (default: as trained, ``in_out``/1) of
+the same precision.  The fastest per precision is what ``formulation.FASTEST`` records for the
+backend.
 
     python benchmarks/decode_formulations.py --size 1e8
-    python benchmarks/decode_formulations.py --size 1e8 --batch 8 --formulations in_out:1,out_in:1,in_out:1,out_in:1
+    python benchmarks/decode_formulations.py --size 1e8 --batch 8 \
+        --formulations in_out:1,out_in:1,in_out:1,out_in:1
 
 (the last runs each layout twice, interleaved, to show the run-to-run spread).
 """
@@ -50,8 +51,9 @@ def main():
     params = model.init_params(cfg, jax.random.key(0))
     roof = roofline.roofline()
     print(
-        f"jax {jax.__version__}, {jax.devices()[0].device_kind}, {roof['host_cpus']} CPUs; read bandwidth "
-        f"{roof['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s; d_model {cfg.d_model}, {cfg.n_layers} layers; "
+        f"jax {jax.__version__}, {jax.devices()[0].device_kind}, {roof['host_cpus']} CPUs; "
+        f"read bandwidth {roof['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s; "
+        f"d_model {cfg.d_model}, {cfg.n_layers} layers; "
         f"batch {a.batch}, prompt 128, 32 decode steps\n"
     )
     vs = "vs as trained" if forms[0] == ("in_out", 1) else f"vs {forms[0][0]}/{forms[0][1]}"
@@ -75,8 +77,10 @@ def main():
             base = base or (dec, pre)
             print(
                 f"| {prec} | {layout} | {rows} | {_ms(dec)} ({_ms(r['decode_ms_per_token_q1'])}.."
-                f"{_ms(r['decode_ms_per_token_q3'])}) | {base[0] / dec:.2f}x | {r['decode_efficiency']:.2f} | "
-                f"{_ms(pre)} ({_ms(r['prefill_ms_q1'])}..{_ms(r['prefill_ms_q3'])}) | {base[1] / pre:.2f}x |",
+                f"{_ms(r['decode_ms_per_token_q3'])}) | {base[0] / dec:.2f}x | "
+                f"{r['decode_efficiency']:.2f} | "
+                f"{_ms(pre)} ({_ms(r['prefill_ms_q1'])}..{_ms(r['prefill_ms_q3'])}) | "
+                f"{base[1] / pre:.2f}x |",
                 flush=True,
             )
 

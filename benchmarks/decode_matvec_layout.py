@@ -48,14 +48,16 @@ def main():
         return jax.lax.scan(step, x, None, length=G)[0]
 
     print(
-        f"jax {jax.__version__}, {jax.devices()[0].device_kind}; {L} layers, d {D}, d_ff {F}, {G} steps"
+        f"jax {jax.__version__}, {jax.devices()[0].device_kind}; "
+        f"{L} layers, d {D}, d_ff {F}, {G} steps"
     )
     for out_in in (False, True):
         ls = [[w.T for w in layer] for layer in layers] if out_in else layers
         med, lo, hi = timed(lambda x, ls, out_in=out_in: run(x, ls, out_in), x, ls)
         print(
             f"kernel {'[out, in]' if out_in else '[in, out]'}: {med / G * 1e3:.2f} ms/step "
-            f"(min {lo / G * 1e3:.2f}, max {hi / G * 1e3:.2f}), {nbytes / med / 1e9:.1f} GB/s of weights"
+            f"(min {lo / G * 1e3:.2f}, max {hi / G * 1e3:.2f}), "
+            f"{nbytes / med / 1e9:.1f} GB/s of weights"
         )
 
 

@@ -1,6 +1,7 @@
-"""Chinchilla-form fit with bootstrap: jscale.analysis against the classic scipy way.
+r"""Chinchilla-form fit with bootstrap: jscale.analysis against the classic scipy way.
 
-    PYTHONPATH=. python benchmarks/fit_speed.py [--csv svg_extracted_data.csv] [--runs 3] [--scipy-resamples 40]
+    PYTHONPATH=. python benchmarks/fit_speed.py [--csv svg_extracted_data.csv] [--runs 3] \
+        [--scipy-resamples 40]
 
 jscale: ``analysis.fit(form="chinchilla", n_bootstrap=1000)`` (576-point start grid on all rows,
 8 polished, 2 starts per resample); the first call (compile + run) is reported apart from the
@@ -83,7 +84,8 @@ def main():
     )
     print(
         f"  starts on all rows {f.diagnostics['n_starts']}, bootstrap starts per resample "
-        f"{f.diagnostics['bootstrap_starts']}, converged resamples {f.n_converged}/{f.n_bootstrap}, "
+        f"{f.diagnostics['bootstrap_starts']}, "
+        f"converged resamples {f.n_converged}/{f.n_bootstrap}, "
         f"main fit converged {f.converged}"
     )
     for k in f.param_names:
@@ -112,12 +114,13 @@ def main():
     t_boot = (time.perf_counter() - t) * args.n_bootstrap / args.scipy_resamples
     total = t_grid + t_boot
     print(
-        f"scipy: grid {t_grid:.2f} s ({len(starts)} starts) + bootstrap {t_boot:.1f} s (extrapolated from "
-        f"{args.scipy_resamples} resamples x 2 starts) = {total:.1f} s; "
+        f"scipy: grid {t_grid:.2f} s ({len(starts)} starts) + bootstrap {t_boot:.1f} s "
+        f"(extrapolated from {args.scipy_resamples} resamples x 2 starts) = {total:.1f} s; "
         f"ratio scipy / jscale warm = {total / np.median(warm):.1f}x"
     )
     print(
-        f"  scipy resample runs that ended within 1e-6 of their start: {near}/{2 * args.scipy_resamples}"
+        f"  scipy resample runs that ended within 1e-6 of their start: "
+        f"{near}/{2 * args.scipy_resamples}"
     )
     bu = fm._to_user(np.array(boot), lx0, ld0)
     for i, k in enumerate(f.param_names):

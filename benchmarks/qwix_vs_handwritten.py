@@ -95,8 +95,9 @@ def main(argv=None):
     big_params = model.init_params(big, jax.random.key(0))
 
     print(
-        f"jax {jax.__version__}, {jax.devices()[0].device_kind}; trained model N={count_params(cfg)['non_embedding']:,} "
-        f"({a.tokens:.0e} tokens); latency also at N={count_params(big)['non_embedding']:,} (random init)\n"
+        f"jax {jax.__version__}, {jax.devices()[0].device_kind}; "
+        f"trained model N={count_params(cfg)['non_embedding']:,} ({a.tokens:.0e} tokens); "
+        f"latency also at N={count_params(big)['non_embedding']:,} (random init)\n"
     )
     print(
         "| precision | implementation | loss nats/token | delta vs fp32 (SE) | "
@@ -124,7 +125,8 @@ def main(argv=None):
                 m, iqr = latency_ms(f, p, b, 128, a.repeats)
                 cells.append(f"{m:.2f} ± {iqr / 2:.2f}")
         print(
-            f"| {fmt} | {impl} | {losses.mean():.4f} | {d.mean():+.5f} ({d.std(ddof=1) / np.sqrt(len(d)):.5f}) | "
+            f"| {fmt} | {impl} | {losses.mean():.4f} | "
+            f"{d.mean():+.5f} ({d.std(ddof=1) / np.sqrt(len(d)):.5f}) | "
             + " | ".join(cells)
             + " |",
             flush=True,

@@ -1,4 +1,4 @@
-"""Data-parallel / FSDP training on fake CPU devices against one device: the overhead.
+r"""Data-parallel / FSDP training on fake CPU devices against one device: the overhead.
 
 Fake CPU devices (``--xla_force_host_platform_device_count``) share the same cores and memory,
 so a mesh cannot be faster here; what this measures is the cost of the partitioned program
@@ -6,7 +6,8 @@ so a mesh cannot be faster here; what this measures is the cost of the partition
 training run (the losses agree within float rounding).  Run it with the flag set:
 
     XLA_FLAGS=--xla_force_host_platform_device_count=4 python benchmarks/sharded_train_cpu.py
-    XLA_FLAGS=--xla_force_host_platform_device_count=4 python benchmarks/sharded_train_cpu.py --size 1e6 --steps 40
+    XLA_FLAGS=--xla_force_host_platform_device_count=4 python benchmarks/sharded_train_cpu.py \
+        --size 1e6 --steps 40
 
 For each setting: ``jscale.train`` (AOT compile timed apart) of the same steps, ``--repeats``
 times; prints compile s, median train s and tokens/s, and the final-loss difference to one device.
@@ -47,7 +48,8 @@ def main() -> None:
         if n % 2 == 0 and n > 2:
             settings[f"data=2,fsdp={n // 2}"] = dict(data=2, fsdp=n // 2)
     print(
-        f"{jax.device_count()} {jax.devices()[0].platform} devices; d_model={cfg.d_model} n_layers={cfg.n_layers}; "
+        f"{jax.device_count()} {jax.devices()[0].platform} devices; "
+        f"d_model={cfg.d_model} n_layers={cfg.n_layers}; "
         f"{a.steps} steps x {tc.tokens_per_step} tokens; median of {a.repeats}\n"
     )
     print("| mesh | compile s | train s | tokens/s | vs 1 device | final loss - 1 device |")
@@ -64,7 +66,8 @@ def main() -> None:
         base = base or tps
         ref_loss = runs[0].losses_nats[-1] if ref_loss is None else ref_loss
         print(
-            f"| {name} | {np.median([r.compile_seconds for r in runs]):.1f} | {ts:.2f} | {tps:,.0f} | "
+            f"| {name} | {np.median([r.compile_seconds for r in runs]):.1f} | "
+            f"{ts:.2f} | {tps:,.0f} | "
             f"{tps / base:.2f} | {runs[0].losses_nats[-1] - ref_loss:+.1e} |",
             flush=True,
         )

@@ -91,10 +91,14 @@ def main(argv=None):
     print(f"device: {roof['device_kind']} ({roof['host_cpus']} host CPUs), jax {jax.__version__}")
     print(
         f"measured dense fp32 matmul: {peak / 1e9:.0f} GFLOP/s (median; {roof['matmul_n']}^3); "
-        f"batch {a.batch_size} x seq {a.seq_len}, {a.steps_per_call} steps/call, {a.calls} timed calls, "
+        f"batch {a.batch_size} x seq {a.seq_len}, {a.steps_per_call} steps/call, "
+        f"{a.calls} timed calls, "
         f"compute {a.compute}\n"
     )
-    cols = "| N non-emb | d_model x layers | compile s | tokens/s median (min..max) | train GFLOP/s | % of matmul peak |"
+    cols = (
+        "| N non-emb | d_model x layers | compile s | tokens/s median (min..max) | "
+        "train GFLOP/s | % of matmul peak |"
+    )
     if a.torch:
         cols += " torch eager tokens/s | jax / torch |"
     print(cols)
@@ -114,13 +118,17 @@ def main(argv=None):
         n = count_params(cfg)["non_embedding"]
         row = (
             f"| {n:.3g} | {cfg.d_model} x {cfg.n_layers} | {compile_s:.1f} | "
-            f"{np.median(tps):,.0f} ({tps.min():,.0f}..{tps.max():,.0f}) | {np.median(tps) * fpt / 1e9:.1f} | "
+            f"{np.median(tps):,.0f} ({tps.min():,.0f}..{tps.max():,.0f}) | "
+            f"{np.median(tps) * fpt / 1e9:.1f} | "
             f"{100 * np.median(tps) * fpt / peak:.0f}% |"
         )
         if a.torch:
             ttimes = bench_torch(cfg, tc, corpus, a.calls)
             ttps = tc.tokens_per_step * tc.steps_per_call / ttimes
-            row += f" {np.median(ttps):,.0f} ({ttps.min():,.0f}..{ttps.max():,.0f}) | {np.median(tps) / np.median(ttps):.2f} |"
+            row += (
+                f" {np.median(ttps):,.0f} ({ttps.min():,.0f}..{ttps.max():,.0f}) | "
+                f"{np.median(tps) / np.median(ttps):.2f} |"
+            )
         print(row, flush=True)
 
 

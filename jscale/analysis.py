@@ -29,8 +29,8 @@ Main fit: every point of the start grid (>= 500 for chinchilla) runs on all rows
 objective is kept. Bootstrap: ``n_bootstrap`` resamples of rows, as multinomial count weights
 (static shapes: one compiled function serves all resamples); each resample runs
 ``bootstrap_starts`` L-BFGS starts: the best distinct optima of the full-data grid, then
-jittered copies of the best one (``_JITTER``), and keeps its lowest objective. Intervals are percentiles over the
-resamples whose kept run converged; ``n_converged`` says how many.
+jittered copies of the best one (``_JITTER``), and keeps its lowest objective. Intervals are
+percentiles over the resamples whose kept run converged; ``n_converged`` says how many.
 """
 
 from __future__ import annotations
@@ -258,7 +258,10 @@ def _solver(form: Form, max_iter: int, gtol: float, ftol: float):
             ok = (nf < f) & jnp.isfinite(gn)
             df = jnp.where(ok, f - nf, 0.0)
             conv = (gn <= gtol) & (df <= ftol * jnp.maximum(1.0, jnp.abs(nf)))
-            keep = lambda a, b: jnp.where(ok, a, b)
+
+            def keep(a, b):
+                return jnp.where(ok, a, b)
+
             # no trial step decreased f (a Huber kink, or a poor curvature estimate): forget the
             # curvature pairs (the next direction is steepest descent) and try 30x shorter
             # steps; _MAX_FAILS failures in a row end the run
@@ -333,7 +336,8 @@ def _inputs(df, form: Form, x, y, d):
     P = len(form.param_names)
     if len(xs) < P + 1:
         raise AnalysisError(
-            f"form {form.name!r} has {P} parameters and needs at least {P + 1} points, got {len(xs)}"
+            f"form {form.name!r} has {P} parameters and needs at least {P + 1} points, "
+            f"got {len(xs)}"
         )
     return xs, ys, (ds if ds is not None else np.ones_like(xs))
 
@@ -456,8 +460,8 @@ def fit(
     1-D arrays of equal length, all positive. See the module docstring for the method.
 
     ``n_bootstrap`` row resamples (0 for none); each runs ``bootstrap_starts`` L-BFGS starts
-    (the best distinct full-data optima, then jittered copies of the best). ``gtol`` bounds the gradient
-    norm and ``ftol`` the relative last objective change of the objective divided by
+    (the best distinct full-data optima, then jittered copies of the best). ``gtol`` bounds the
+    gradient norm and ``ftol`` the relative last objective change of the objective divided by
     ``huber_delta``; intervals use only the resamples that pass both."""
     fm = _get_form(form)
     xs, ys, ds = _inputs(df, fm, x, y, d)
@@ -504,9 +508,10 @@ def fit(
                 s0 = np.concatenate([s0, jit_], 1)
             b = run(s0, jnp.asarray(w, jnp.float64))
             k = np.argmin(np.where(np.isfinite(b["f"]), b["f"], np.inf), axis=1)
-            pick = lambda a: np.take_along_axis(a, k.reshape((-1, 1) + (1,) * (a.ndim - 2)), 1)[
-                :, 0
-            ]
+
+            def pick(a):
+                return np.take_along_axis(a, k.reshape((-1, 1) + (1,) * (a.ndim - 2)), 1)[:, 0]
+
             conv = pick(b["converged"]) & np.isfinite(pick(b["f"]))
             boot_theta = pick(b["theta"])[conv]
             n_conv, boot_iters = int(conv.sum()), int(np.max(b["n_iter"]))

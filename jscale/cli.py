@@ -1,4 +1,5 @@
-"""The ``jscale`` command line: ``sweep``, ``fit``, ``figures``, ``train``, ``ladder``, ``bench latency``, ``info``.
+"""The ``jscale`` command line: ``sweep``, ``fit``, ``figures``, ``train``, ``ladder``,
+``bench latency``, ``info``.
 
 Errors in user input (configs, corpora) print one line naming the field or path and exit
 with status 2, before any compute starts.
@@ -77,7 +78,8 @@ def _mesh_spec(s: str) -> dict[str, int]:
 
 
 def _make_mesh(spec: dict[str, int] | None):
-    """The mesh of ``--mesh`` (None without it); a device count that does not fit is a ConfigError."""
+    """The mesh of ``--mesh`` (None without it); a device count that does not fit is a
+    ConfigError."""
     if spec is None:
         return None
     from jscale import sharding
@@ -104,7 +106,8 @@ def cmd_sweep(a) -> int:
             f"{sum(map(len, todo.values()))} to run, {len(plan.stale)} stale"
         )
         print(
-            "| target N | N non-emb | d_model x layers | seed | train | tokens | train TFLOP | precisions to run |"
+            "| target N | N non-emb | d_model x layers | seed | train | tokens | train TFLOP | "
+            "precisions to run |"
         )
         print("|---:|---:|---|---:|---|---:|---:|---|")
         for tp in s.train_points:
@@ -112,8 +115,9 @@ def cmd_sweep(a) -> int:
             tok = tp.train.total_steps * tp.train.tokens_per_step
             fl = model.flops_per_token(tp.model, tp.train.seq_len)["train"] * tok / 1e12
             print(
-                f"| {tp.size_target:.3g} | {n:,} | {tp.model.d_model} x {tp.model.n_layers} | {tp.seed} | "
-                f"{tp.train_precision} | {tok:,} | {fl:.2f} | {', '.join(todo.get(id(tp), [])) or '-'} |"
+                f"| {tp.size_target:.3g} | {n:,} | {tp.model.d_model} x {tp.model.n_layers} | "
+                f"{tp.seed} | {tp.train_precision} | {tok:,} | {fl:.2f} | "
+                f"{', '.join(todo.get(id(tp), [])) or '-'} |"
             )
         return 0
     r = sw.run_sweep(s, force=a.force, retrain=a.retrain, worker=a.worker, progress=not a.quiet)
@@ -170,30 +174,35 @@ def cmd_train(a) -> int:
         f"({corpus.n_files_train} / {corpus.n_files_val} files)"
     )
     print(
-        f"model    d_model={cfg.d_model} n_layers={cfg.n_layers} n_heads={cfg.n_heads} d_ff={cfg.d_ff}: "
+        f"model    d_model={cfg.d_model} n_layers={cfg.n_layers} n_heads={cfg.n_heads} "
+        f"d_ff={cfg.d_ff}: "
         f"{n['non_embedding']:,} non-embedding + {n['embedding']:,} embedding params"
     )
     print(
-        f"training {tc.total_steps} step{'s' * (tc.total_steps != 1)} x {tc.tokens_per_step:,} tokens = {tc.total_steps * tc.tokens_per_step:,} "
+        f"training {tc.total_steps} step{'s' * (tc.total_steps != 1)} x "
+        f"{tc.tokens_per_step:,} tokens = {tc.total_steps * tc.tokens_per_step:,} "
         f"tokens, peak lr {tc.lr}, seed {tc.seed}"
     )
     if mesh is not None:
         import jax
 
         print(
-            f"mesh     {sharding.mesh_shape_str(mesh)} over {mesh.size} {jax.devices()[0].platform} device(s), "
+            f"mesh     {sharding.mesh_shape_str(mesh)} over {mesh.size} "
+            f"{jax.devices()[0].platform} device(s), "
             f"{jax.process_count()} process(es)"
         )
     r = train.train(cfg, tc, corpus, progress=not a.quiet, mesh=mesh)
     e = r.eval
     print(
-        f"compile  {r.compile_seconds:.1f} s; train {r.train_seconds:.1f} s, {r.tokens_per_second:,.0f} tokens/s, "
+        f"compile  {r.compile_seconds:.1f} s; train {r.train_seconds:.1f} s, "
+        f"{r.tokens_per_second:,.0f} tokens/s, "
         f"{r.tokens_per_second * r.flops_per_token_train / 1e9:.1f} GFLOP/s (analytic train FLOPs)"
     )
     print(
         f"held-out loss {e['eval_loss_nats']:.4f} ± {e['eval_loss_se_nats']:.4f} nats/token = "
         f"{e['eval_bits_per_byte']:.4f} ± {e['eval_bits_per_byte_se']:.4f} bits/byte "
-        f"on {e['eval_tokens']:,} tokens (unigram entropy {corpus.unigram_entropy_bits():.3f} bits/byte)"
+        f"on {e['eval_tokens']:,} tokens "
+        f"(unigram entropy {corpus.unigram_entropy_bits():.3f} bits/byte)"
     )
     if policies:
         import jax
@@ -211,13 +220,16 @@ def cmd_train(a) -> int:
             "delta vs fp32 with its paired SE):"
         )
         print(
-            "| precision | loss nats/token | delta nats (SE) | delta % | param bytes | vs fp32 | logit rel err mean / max |"
+            "| precision | loss nats/token | delta nats (SE) | delta % | param bytes | vs fp32 | "
+            "logit rel err mean / max |"
         )
         print("|---|---:|---:|---:|---:|---:|---:|")
         for x in df.itertuples():
             print(
-                f"| {x.inference_precision} | {x.eval_loss_nats:.4f} | {x.delta_loss_vs_fp32_nats:+.5f} "
-                f"({x.delta_loss_vs_fp32_se_nats:.5f}) | {x.delta_loss_vs_fp32_pct:+.2f}% | {x.param_bytes:,} | {x.param_bytes_vs_fp32:.3f} | "
+                f"| {x.inference_precision} | {x.eval_loss_nats:.4f} | "
+                f"{x.delta_loss_vs_fp32_nats:+.5f} "
+                f"({x.delta_loss_vs_fp32_se_nats:.5f}) | {x.delta_loss_vs_fp32_pct:+.2f}% | "
+                f"{x.param_bytes:,} | {x.param_bytes_vs_fp32:.3f} | "
                 f"{x.logit_rel_err_mean:.4f} / {x.logit_rel_err_max:.4f} |"
             )
     return 0
@@ -228,14 +240,16 @@ def cmd_ladder(a) -> int:
 
     targets = ladder_targets(a.lo, a.hi, a.per_decade)  # validates before printing anything
     print(
-        "| target N | achieved N | achieved/target | d_model | n_layers | n_heads | d_model/n_layers | total params |"
+        "| target N | achieved N | achieved/target | d_model | n_layers | n_heads | "
+        "d_model/n_layers | total params |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for t in targets:
         c = config_for_params(t)
         n = count_params(c)
         print(
-            f"| {t:.3g} | {n['non_embedding']:,} | {n['non_embedding'] / t:.3f} | {c.d_model} | {c.n_layers} | "
+            f"| {t:.3g} | {n['non_embedding']:,} | {n['non_embedding'] / t:.3f} | "
+            f"{c.d_model} | {c.n_layers} | "
             f"{c.n_heads} | {c.d_model / c.n_layers:.0f} | {n['total']:,} |"
         )
     return 0
@@ -249,7 +263,8 @@ def cmd_info(a) -> int:
     from jscale import data, roofline, runtime
 
     print(
-        f"jscale {__import__('jscale').__version__}  jax {jax.__version__}  flax {flax.__version__}  "
+        f"jscale {__import__('jscale').__version__}  jax {jax.__version__}  "
+        f"flax {flax.__version__}  "
         f"optax {optax.__version__}  python {sys.version.split()[0]}"
     )
     print(f"devices  {', '.join(f'{d.platform}:{d.device_kind}' for d in jax.devices())}")
@@ -258,24 +273,28 @@ def cmd_info(a) -> int:
     r = roofline.roofline(refresh=a.refresh)
     print(
         f"  dense fp32 matmul  {r['matmul_flops_per_s'] / 1e9:8.1f} GFLOP/s  "
-        f"(median of 10; min {r['matmul_flops_per_s_min'] / 1e9:.1f}, max {r['matmul_flops_per_s_max'] / 1e9:.1f}; "
+        f"(median of 10; min {r['matmul_flops_per_s_min'] / 1e9:.1f}, "
+        f"max {r['matmul_flops_per_s_max'] / 1e9:.1f}; "
         f"{r['matmul_n']}^3)"
     )
     for dt in ("bf16", "int8"):
         k = f"matmul_{dt}_flops_per_s"
         print(
-            f"  dense {dt} matmul  {r[k] / 1e9:8.1f} GFLOP/s  (median of 10; min {r[k + '_min'] / 1e9:.1f}, "
+            f"  dense {dt} matmul  {r[k] / 1e9:8.1f} GFLOP/s  "
+            f"(median of 10; min {r[k + '_min'] / 1e9:.1f}, "
             f"max {r[k + '_max'] / 1e9:.1f}; {'fp32' if dt == 'bf16' else 'int32'} accumulation)"
         )
     print(
         f"  read bandwidth     {r['read_bandwidth_bytes_per_s'] / 1e9:8.1f} GB/s     "
         f"(median of 10; min {r['read_bandwidth_bytes_per_s_min'] / 1e9:.1f}, "
-        f"max {r['read_bandwidth_bytes_per_s_max'] / 1e9:.1f}; {r['bandwidth_mib']} MiB read-only, best method "
+        f"max {r['read_bandwidth_bytes_per_s_max'] / 1e9:.1f}; "
+        f"{r['bandwidth_mib']} MiB read-only, best method "
         f"{r['read_bandwidth_method']}; the latency bounds use this one)"
     )
     print(
         f"  read+write bandw.  {r['bandwidth_bytes_per_s'] / 1e9:8.1f} GB/s     "
-        f"(median of 10; min {r['bandwidth_bytes_per_s_min'] / 1e9:.1f}, max {r['bandwidth_bytes_per_s_max'] / 1e9:.1f}; "
+        f"(median of 10; min {r['bandwidth_bytes_per_s_min'] / 1e9:.1f}, "
+        f"max {r['bandwidth_bytes_per_s_max'] / 1e9:.1f}; "
         f"{r['bandwidth_mib']} MiB in-place scale, reads + writes counted)"
     )
     print(f"  measured {r['measured_at']}")
@@ -299,17 +318,20 @@ def cmd_bench_latency(a) -> int:
     mesh = _make_mesh(a.mesh)
     roof = roofline.roofline()
     print(
-        f"device {roof['device_kind']} ({roof['host_cpus']} host CPUs), jax {jax.__version__}; roofline: "
-        f"read {roof['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, fp32 {roof['matmul_flops_per_s'] / 1e9:.0f} / "
-        f"bf16 {roof['matmul_bf16_flops_per_s'] / 1e9:.0f} / int8 {roof['matmul_int8_flops_per_s'] / 1e9:.0f} GFLOP/s"
+        f"device {roof['device_kind']} ({roof['host_cpus']} host CPUs), jax {jax.__version__}; "
+        f"roofline: read {roof['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, "
+        f"fp32 {roof['matmul_flops_per_s'] / 1e9:.0f} / "
+        f"bf16 {roof['matmul_bf16_flops_per_s'] / 1e9:.0f} / "
+        f"int8 {roof['matmul_int8_flops_per_s'] / 1e9:.0f} GFLOP/s"
     )
     print(
-        f"batch {a.batch}, prompt {a.prompt} tokens, {a.gen} generated; median (q1..q3) of {a.repeats} runs; "
+        f"batch {a.batch}, prompt {a.prompt} tokens, {a.gen} generated; "
+        f"median (q1..q3) of {a.repeats} runs; "
         f"eff = roofline bound / measured; kernel layout {a.kernel_layout}, min rows {a.min_rows}\n"
     )
     print(
-        "| N non-emb | precision | layout | rows | weight MB | prefill ms | prefill bound ms | eff | decode ms/token | "
-        "decode bound ms | eff | decode tokens/s | compile s |"
+        "| N non-emb | precision | layout | rows | weight MB | prefill ms | prefill bound ms | "
+        "eff | decode ms/token | decode bound ms | eff | decode tokens/s | compile s |"
     )
     print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = []
@@ -339,13 +361,17 @@ def cmd_bench_latency(a) -> int:
             }
             rows.append(r)
             print(
-                f"| {r['params_non_embedding']:.3g} | {pol} | {r['kernel_layout']} | {r['matmul_min_rows']} | "
+                f"| {r['params_non_embedding']:.3g} | {pol} | {r['kernel_layout']} | "
+                f"{r['matmul_min_rows']} | "
                 f"{r['weight_bytes'] / 1e6:.1f} | "
-                f"{r['prefill_ms_median']:.2f} ({r['prefill_ms_q1']:.2f}..{r['prefill_ms_q3']:.2f}) | "
-                f"{r['prefill_bound_ms']:.2f} {r['prefill_bound_kind'][0]} | {r['prefill_efficiency']:.2f} | "
+                f"{r['prefill_ms_median']:.2f} "
+                f"({r['prefill_ms_q1']:.2f}..{r['prefill_ms_q3']:.2f}) | "
+                f"{r['prefill_bound_ms']:.2f} {r['prefill_bound_kind'][0]} | "
+                f"{r['prefill_efficiency']:.2f} | "
                 f"{r['decode_ms_per_token_median']:.3f} ({r['decode_ms_per_token_q1']:.3f}.."
                 f"{r['decode_ms_per_token_q3']:.3f}) | {r['decode_bound_ms_per_token']:.3f} "
-                f"{r['decode_bound_kind'][0]} | {r['decode_efficiency']:.2f} | {r['decode_tokens_per_s']:,.0f} | "
+                f"{r['decode_bound_kind'][0]} | {r['decode_efficiency']:.2f} | "
+                f"{r['decode_tokens_per_s']:,.0f} | "
                 f"{r['compile_prefill_s'] + r['compile_decode_s']:.1f} |",
                 flush=True,
             )
@@ -436,14 +462,16 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument(
         "--force",
         action="store_true",
-        help="redo every point (re-evaluate and re-time; reuses checkpoints whose training config is unchanged)",
+        help="redo every point (re-evaluate and re-time; reuses checkpoints whose training config "
+        "is unchanged)",
     )
     sw.add_argument("--retrain", action="store_true", help="with --force: retrain the models too")
     sw.add_argument(
         "--worker",
         type=_worker,
         metavar="I/N",
-        help="run only this worker's share (models with index %% N == I-1), e.g. $SLURM_ARRAY_TASK_ID/N",
+        help="run only this worker's share (models with index %% N == I-1), "
+        "e.g. $SLURM_ARRAY_TASK_ID/N",
     )
     sw.add_argument(
         "--plan",

@@ -144,7 +144,8 @@ class TrainConfig:
             )
         _require(
             self.eval_tokens >= self.seq_len,
-            f"TrainConfig.eval_tokens ({self.eval_tokens}) must be at least seq_len ({self.seq_len}): "
+            f"TrainConfig.eval_tokens ({self.eval_tokens}) must be at least "
+            f"seq_len ({self.seq_len}): "
             "the held-out set is made of whole sequences",
         )
         _require(

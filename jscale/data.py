@@ -111,7 +111,9 @@ def load_corpus(
         except OSError as e:
             raise CorpusError(f"cannot read corpus file {f}: {e}") from e
         h.update(
-            f"|{f.relative_to(root) if f != root else f.name}|{st.st_size}|{st.st_mtime_ns}".encode()
+            (
+                f"|{f.relative_to(root) if f != root else f.name}|{st.st_size}|{st.st_mtime_ns}"
+            ).encode()
         )
     fp = h.hexdigest()[:16]
     where = (cache or cache_dir()) / "corpora" / fp

@@ -195,7 +195,8 @@ def _footnote(df: pd.DataFrame) -> str:
         bits.append(f"{df['seed'].nunique()} seed{'s' * (df['seed'].nunique() > 1)}")
     if "train_precision" in df and df["train_precision"].nunique() > 1:
         bits.append(
-            f"train precisions {', '.join(sorted(df['train_precision'].astype(str).unique()))} pooled"
+            f"train precisions "
+            f"{', '.join(sorted(df['train_precision'].astype(str).unique()))} pooled"
         )
     return "; ".join(bits)
 
@@ -887,7 +888,8 @@ def fit_table_latex(obj, *, n_bootstrap: int = 1000, seed: int = 0) -> str:
     width = max((len(rows[0]["params"]) for _, rows in blocks), default=0)
     ncol = 1 + width + 3
     lines = [
-        f"% jscale fit table: estimate [{fits.level:.0%} bootstrap interval, {fits.n_bootstrap} resamples]",
+        f"% jscale fit table: estimate "
+        f"[{fits.level:.0%} bootstrap interval, {fits.n_bootstrap} resamples]",
         r"\begin{tabular}{l" + "c" * width + "rrr}",
         r"\toprule",
     ]

@@ -108,7 +108,8 @@ def choose(
     fmt = precision.get_policy(policy).fmt
     if kernel_layout != "auto" and kernel_layout not in KERNEL_LAYOUTS:
         raise ConfigError(
-            f"kernel_layout must be auto or one of {', '.join(KERNEL_LAYOUTS)}, got {kernel_layout!r}"
+            f"kernel_layout must be auto or one of {', '.join(KERNEL_LAYOUTS)}, "
+            f"got {kernel_layout!r}"
         )
     if min_rows != "auto" and not is_positive_int(min_rows):
         raise ConfigError(f"min_rows must be auto or a positive integer, got {min_rows!r}")

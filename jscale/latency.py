@@ -305,7 +305,8 @@ def _time_prefill_and_decode(
 def _roofline_bounds(
     cfg, pol, batch, prompt_tokens, gen_tokens, weight_bytes, roof, n_devices, timing
 ) -> dict:
-    """The bytes, roofline bounds and efficiencies of a latency record (see the module docstring)."""
+    """The bytes, roofline bounds and efficiencies of a latency record (see the module
+    docstring)."""
     positions = prompt_tokens + gen_tokens
     kv_bytes = kv_cache_bytes(cfg, batch, positions, 2 if pol.attention == "bf16" else 4)
     bandwidth = roof["read_bandwidth_bytes_per_s"] * n_devices

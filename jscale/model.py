@@ -273,9 +273,10 @@ def _run(cfg: ModelConfig, policy, form: Formulation, params: Params, *args, **k
         return Transformer(cfg, pol, form).apply({"params": params}, *args, **kw)
     except flax.errors.ScopeParamShapeError as e:
         raise precision.PrecisionError(
-            f"params do not match policy {pol.label!r} with kernel_layout={form.kernel_layout!r}: convert the "
-            f"float32 params as trained with jscale.precision.convert_params(params, policy) and lay them out "
-            f"with jscale.formulation.arrange(params, form), once, with the same policy and form ({e})"
+            f"params do not match policy {pol.label!r} with "
+            f"kernel_layout={form.kernel_layout!r}: convert the float32 params as trained with "
+            f"jscale.precision.convert_params(params, policy) and lay them out with "
+            f"jscale.formulation.arrange(params, form), once, with the same policy and form ({e})"
         ) from None
 
 

@@ -8,8 +8,12 @@ activations.  The model has one code path for every precision: each projection c
 |---|---|---|---|
 | ``fp32`` | float32 | float32 | fp32 x fp32 -> fp32 |
 | ``bf16`` | bfloat16 | bfloat16 (cast per matmul) | bf16 x bf16, fp32 accumulate |
-| ``int8`` | int8, per-output-channel absmax scale (fp32) | float32 | int8 weights cast to fp32 in the graph, fp32 matmul, output scaled |
-| ``w8a8`` | int8, per-output-channel scale | int8, dynamic per-token absmax scale | int8 x int8 -> int32 (``preferred_element_type``), rescaled |
+| ``int8`` | int8, per-output-channel absmax scale (fp32) | float32 | fp32 matmul, output scaled |
+| ``w8a8`` | int8, per-output-channel scale | int8, dynamic per-token scale | int8 x int8 -> int32 |
+
+``int8`` casts its int8 weights to fp32 in the graph.  ``w8a8`` quantizes activations with a
+dynamic per-token absmax scale, runs int8 x int8 -> int32 (``preferred_element_type``) and
+rescales the output.
 
 Which layers are converted (``Policy.layers``) is explicit.  Layer names: ``qkv``, ``out``,
 ``up``, ``down`` (the four block projections), ``embed`` (token embedding, and the output
@@ -77,7 +81,8 @@ POLICIES = {
 
 
 def get_policy(policy: str | Policy, layers: list[str] | tuple[str, ...] | None = None) -> Policy:
-    """The policy named ``policy`` (or ``policy`` itself), optionally converting other ``layers``."""
+    """The policy named ``policy`` (or ``policy`` itself), optionally converting other
+    ``layers``."""
     if isinstance(policy, Policy):
         p = policy
     elif policy in POLICIES:

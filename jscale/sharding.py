@@ -65,7 +65,8 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
     if sizes["data"] * sizes["fsdp"] != n:
         raise ConfigError(
             f"mesh: data={sizes['data']} x fsdp={sizes['fsdp']} = {sizes['data'] * sizes['fsdp']} "
-            f"devices, but there {'is' if n == 1 else 'are'} {n}; the product must equal the device count "
+            f"devices, but there {'is' if n == 1 else 'are'} {n}; "
+            f"the product must equal the device count "
             f"(use -1 for all remaining devices)"
         )
     return jax.make_mesh(

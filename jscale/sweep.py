@@ -259,7 +259,8 @@ def run_sweep(
     s.seconds = time.perf_counter() - t_start
     if run.plan.todo:
         run.log(
-            f"done: {s.written} record(s) written, {s.skipped} already done, {s.trained} model(s) trained, "
+            f"done: {s.written} record(s) written, {s.skipped} already done, "
+            f"{s.trained} model(s) trained, "
             f"{s.loaded} loaded from checkpoints, {len(s.failed)} failed, {s.seconds:.0f} s"
         )
     return s
@@ -283,7 +284,8 @@ def _start(sweep: Sweep, *, force: bool, worker: tuple[int, int], echo: bool) ->
     if plan.stale:
         raise ConfigError(
             f"{sweep.out_dir} holds {len(plan.stale)} record(s) made with a different config "
-            f"(e.g. {', '.join(plan.stale[:3])}); rerun with --force to redo them, or set another out_dir"
+            f"(e.g. {', '.join(plan.stale[:3])}); "
+            "rerun with --force to redo them, or set another out_dir"
         )
 
     out = sweep.out_dir
@@ -295,13 +297,15 @@ def _start(sweep: Sweep, *, force: bool, worker: tuple[int, int], echo: bool) ->
     n_models, n_precisions = len(sweep.train_points), len(sweep.precisions)
     log(
         f"sweep {sweep.name!r}{share}: {n_models} model{'s' * (n_models != 1)} x {n_precisions} "
-        f"precision{'s' * (n_precisions != 1)}; {plan.done} record(s) done, {n_todo} to run -> {out}"
+        f"precision{'s' * (n_precisions != 1)}; {plan.done} record(s) done, "
+        f"{n_todo} to run -> {out}"
     )
     ours = {point_id(tp, p) for tp in sweep.train_points for p in sweep.precisions}
     foreign = sorted(results.finished_points(out) - ours)
     if foreign:
         log(
-            f"note: {len(foreign)} record(s) in {out} are not points of this config (e.g. {foreign[0]}); "
+            f"note: {len(foreign)} record(s) in {out} are not points of this config "
+            f"(e.g. {foreign[0]}); "
             "they are kept, and load_results returns them too"
         )
     return _Run(
@@ -334,7 +338,8 @@ def _train_point(run: _Run, tp: TrainPoint, *, retrain: bool, progress: bool):
         run.log(f"{name}: loaded checkpoint {ckpt.name}")
         return params, meta
     run.log(
-        f"{name}: training on {tp.train.total_steps * tp.train.tokens_per_step:,} tokens (lr {tp.train.lr:.3g})"
+        f"{name}: training on {tp.train.total_steps * tp.train.tokens_per_step:,} tokens "
+        f"(lr {tp.train.lr:.3g})"
     )
     try:
         r = train.train(
@@ -417,7 +422,10 @@ def _measure_point(
             f"(SE {ev['eval_loss_se_nats']:.4f})"
         )
         if lat:
-            msg += f", decode {lat['decode_ms_per_token_median']:.3f} ms/token, prefill {lat['prefill_ms_median']:.2f} ms"
+            msg += (
+                f", decode {lat['decode_ms_per_token_median']:.3f} ms/token, "
+                f"prefill {lat['prefill_ms_median']:.2f} ms"
+            )
         run.log(msg)
 
 

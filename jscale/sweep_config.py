@@ -179,7 +179,8 @@ def _check_keys(d: dict, allowed: set[str], where: str) -> None:
     if unknown:
         raise _err(
             f"{where}{unknown[0]}" if where else unknown[0],
-            f"unknown key; allowed {'in [' + where.rstrip('.') + ']' if where else 'at the top level'}: "
+            f"unknown key; allowed "
+            f"{'in [' + where.rstrip('.') + ']' if where else 'at the top level'}: "
             f"{', '.join(sorted(allowed))}",
         )
 
@@ -293,7 +294,8 @@ def load_sweep(path: str | Path, *, out_dir: str | None = None) -> Sweep:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(
-            f"{p}: {'is a directory, not a' if p.is_dir() else 'no such'} sweep config file (a .toml)"
+            f"{p}: {'is a directory, not a' if p.is_dir() else 'no such'} "
+            "sweep config file (a .toml)"
         )
     return parse_sweep(p.read_text(), where=str(p), out_dir=out_dir)
 

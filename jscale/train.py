@@ -36,7 +36,10 @@ def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
         decay_steps=max(tc.total_steps, tc.total_warmup_steps + 1),
         end_value=tc.lr * tc.min_lr_ratio,
     )
-    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+
+    def decay_mask(params):
+        return jax.tree.map(lambda p: p.ndim >= 2, params)
+
     return optax.chain(
         optax.clip_by_global_norm(tc.grad_clip),
         optax.adamw(sched, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay, mask=decay_mask),
@@ -123,7 +126,8 @@ def check_train_inputs(
     set.  Returns the held-out set ``[N, T+1]``."""
     if tc.seq_len > cfg.max_seq_len:
         raise ConfigError(
-            f"TrainConfig.seq_len ({tc.seq_len}) exceeds ModelConfig.max_seq_len ({cfg.max_seq_len})"
+            f"TrainConfig.seq_len ({tc.seq_len}) exceeds "
+            f"ModelConfig.max_seq_len ({cfg.max_seq_len})"
         )
     sharding.check_batch(mesh, tc.batch_size, "TrainConfig.batch_size")
     data.train_batch(corpus.train, tc.seed, 0, 1, tc.seq_len)

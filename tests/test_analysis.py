@@ -247,7 +247,7 @@ def test_no_recompile_for_same_shape():
     assert analysis._TRACES["count"] == before and g.converged
 
 
-# --------------------------------------------------------------------------- errors, scoping, imports
+# ------------------------------------------------------------------------- errors, scoping, imports
 
 
 def test_errors():
@@ -286,7 +286,8 @@ def test_x64_is_scoped():
 def test_import_is_isolated():
     code = (
         "import sys, jscale.analysis, jscale; jscale.fit; "
-        "print(sorted(m for m in sys.modules if m in ('flax', 'jscale.model', 'jscale.train', 'jscale.data')))"
+        "print(sorted(m for m in sys.modules "
+        "if m in ('flax', 'jscale.model', 'jscale.train', 'jscale.data')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

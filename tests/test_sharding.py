@@ -36,16 +36,24 @@ SCRIPT = textwrap.dedent(r"""
     ref_params = [np.asarray(x) for x in jax.tree.leaves(ref.params)]
     out["ref_losses"] = ref.losses_nats.tolist()
     out["ref_eval"] = ref.eval["eval_loss_nats"]
-    for name, kw in {"data4": dict(data=4), "fsdp4": dict(data=1, fsdp=4), "data2fsdp2": dict(data=2, fsdp=2)}.items():
+    for name, kw in {
+        "data4": dict(data=4), "fsdp4": dict(data=1, fsdp=4), "data2fsdp2": dict(data=2, fsdp=2)
+    }.items():
         mesh = sharding.make_mesh(**kw)
-        r = train.train(cfg, tc, corpus, progress=False, mesh=mesh, evaluate_heldout=name == "data2fsdp2")
+        r = train.train(cfg, tc, corpus, progress=False, mesh=mesh,
+                        evaluate_heldout=name == "data2fsdp2")
         leaves = jax.tree_util.tree_flatten_with_path(r.params)[0]
         out[name] = {
             "losses": r.losses_nats.tolist(), "eval": r.eval.get("eval_loss_nats"),
-            "param_max_abs_diff": max(float(np.max(np.abs(np.asarray(v) - p))) for (_, v), p in zip(leaves, ref_params)),
-            "shards": {jax.tree_util.keystr(k): [list(v.shape), str(v.sharding.spec), len(v.sharding.device_set),
-                                                 sorted({tuple(s.data.shape) for s in v.addressable_shards})]
-                       for k, v in leaves},
+            "param_max_abs_diff": max(float(np.max(np.abs(np.asarray(v) - p)))
+                                      for (_, v), p in zip(leaves, ref_params)),
+            "shards": {
+                jax.tree_util.keystr(k): [
+                    list(v.shape), str(v.sharding.spec), len(v.sharding.device_set),
+                    sorted({tuple(s.data.shape) for s in v.addressable_shards}),
+                ]
+                for k, v in leaves
+            },
         }
     # optimizer state follows the params (AdamW moments)
     mesh = sharding.make_mesh(data=1, fsdp=4)
@@ -68,7 +76,8 @@ SCRIPT = textwrap.dedent(r"""
         qp = precision.convert_params(params, pol)
         t0, c0 = latency.prefill(qp, lcfg, prompt, 6, pol)
         g0, _ = latency.decode(qp, c0, t0, cfg=lcfg, gen_tokens=6, policy=pol)
-        for mname, kw in {"data2fsdp2": dict(data=2, fsdp=2), "fsdp4": dict(data=1, fsdp=4)}.items():
+        for mname, kw in {"data2fsdp2": dict(data=2, fsdp=2),
+                          "fsdp4": dict(data=1, fsdp=4)}.items():
             mesh = sharding.make_mesh(**kw)
             sq = sharding.put(qp, sharding.tree_shardings(qp, mesh))
             sp = sharding.put(prompt, sharding.tokens_sharding(mesh, 4))
@@ -82,8 +91,8 @@ SCRIPT = textwrap.dedent(r"""
                 "same_tokens": bool(np.array_equal(np.asarray(g0), np.asarray(g1))),
                 "logit_max_abs_diff": float(np.max(np.abs(np.asarray(l0) - np.asarray(l1)))),
                 "cache_spec": cache_spec, "cache_shard": cache_shard}
-    r = latency.measure_latency(params, lcfg, "fp32", batch=2, prompt_tokens=8, gen_tokens=4, repeats=1, warmup=0,
-                                mesh=sharding.make_mesh(data=2, fsdp=2))
+    r = latency.measure_latency(params, lcfg, "fp32", batch=2, prompt_tokens=8, gen_tokens=4,
+                                repeats=1, warmup=0, mesh=sharding.make_mesh(data=2, fsdp=2))
     out["latency"] = {k: r[k] for k in ("mesh_shape", "mesh_devices", "decode_ms_per_token_median")}
     print("RESULT " + json.dumps(out))
 """)
@@ -156,7 +165,7 @@ def test_sharded_inference_matches_unsharded(sharded):
     assert lat["decode_ms_per_token_median"] > 0
 
 
-# --------------------------------------------------------------------------- in-process: specs and rules
+# ---------------------------------------------------------------------- in-process: specs and rules
 
 
 def test_mesh_on_one_device_and_bad_sizes():
