@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The tests: set up .venv, then run the whole suite (~5-6 min on 2 cores).  Extra arguments go
-# to pytest, e.g. `scripts/test.sh -k latency`.
+# The tests: set up .venv, lint (ruff check, ruff format --check), then run the whole suite over
+# all cores (pytest-xdist; under 5 min on 2 cores).  Extra arguments go to pytest, e.g.
+# `scripts/test.sh -m "not slow"` (the fast tier, under 90 s) or `scripts/test.sh -k latency`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
-exec .venv/bin/python -m pytest -q "$@"
+.venv/bin/ruff check jscale tests benchmarks scripts
+.venv/bin/ruff format --check --quiet jscale tests benchmarks scripts
+exec .venv/bin/python -m pytest -q -n auto --dist loadfile "$@"

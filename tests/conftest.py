@@ -1,9 +1,14 @@
-"""Shared fixtures.
+"""Shared fixtures and the test tiers.
 
 The token cache goes to a per-session temporary directory (never ``~/.cache``): the
 environment variable is set at import, before any test module imports ``jscale``, and
 the session fixture ``cache_dir`` hands the same directory to tests that want to look
-inside it.
+inside it.  Under pytest-xdist (``scripts/test.sh`` runs ``-n auto``) the controller makes the
+directory and every worker inherits it, so the corpus is tokenized and each program compiled
+once per session, not once per worker; the controller removes it at the end.
+
+Tiers: ``@pytest.mark.slow`` marks the tests that train whole sweeps, start subprocesses or
+fake a device mesh; ``scripts/test.sh -m "not slow"`` is the fast tier for development.
 """
 
 import os
@@ -13,16 +18,40 @@ from pathlib import Path
 
 import pytest
 
-_CACHE = Path(tempfile.mkdtemp(prefix="jscale-test-cache-"))
+_OWNER = (
+    "JSCALE_TEST_CACHE" not in os.environ
+)  # the first process of the session (xdist controller)
+if _OWNER:
+    os.environ["JSCALE_TEST_CACHE"] = tempfile.mkdtemp(prefix="jscale-test-cache-")
+_CACHE = Path(os.environ["JSCALE_TEST_CACHE"])
 os.environ["JSCALE_CACHE_DIR"] = str(_CACHE)
+# Every program the session compiles goes to a session-wide persistent cache, so the many tests
+# (and the CLI subprocesses they start) that build the same tiny models load it instead of
+# compiling it again.  A cold run still compiles each distinct program once.
+os.environ["JSCALE_CACHE_MIN_COMPILE_S"] = "0"
+
+from jscale.runtime import enable_compilation_cache  # noqa: E402  (after the environment is set)
+
+enable_compilation_cache()
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "slow: trains sweeps, starts subprocesses or fakes devices (deselect: -m 'not slow')",
+    )
 
 
 @pytest.fixture(scope="session", autouse=True)
 def cache_dir():
-    """The session's token-cache directory (``$JSCALE_CACHE_DIR``); removed at the end."""
+    """The session's cache directory (``$JSCALE_CACHE_DIR``); removed at the end by its owner."""
     os.environ["JSCALE_CACHE_DIR"] = str(_CACHE)
     yield _CACHE
-    shutil.rmtree(_CACHE, ignore_errors=True)
+
+
+def pytest_unconfigure(config):
+    if _OWNER:
+        shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +60,22 @@ def corpus(cache_dir):
     from jscale import data
 
     return data.load_corpus()
+
+
+# Longest modules first, so that `-n auto --dist loadfile` (scripts/test.sh) hands each worker a
+# long module early and fills in with the short ones: the run ends when the busiest worker does.
+_LONGEST_FIRST = (
+    "test_sweep",
+    "test_sharding",
+    "test_analysis",
+    "test_figures",
+    "test_cli",
+    "test_precision",
+    "test_latency",
+    "test_train",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))

@@ -68,6 +68,7 @@ def _user_form(init):
     )
 
 
+@pytest.mark.slow
 def test_user_form_recovery_and_far_start():
     """A user form, started from one point far from the optimum (E 17x too small, A 10x too
     large, alpha 3x too large): the fitter must walk all the way, not stop near the start."""
@@ -95,6 +96,7 @@ def test_user_form_recovery_and_far_start():
     assert g.diagnostics["n_starts"] == 8 and g.params["alpha"] == pytest.approx(0.3, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_bootstrap_spread_matches_least_squares_bootstrap():
     """With a huge Huber delta the objective is least squares in log space, so the power-law
     fit is ordinary least squares of log y on log N. Its row-bootstrap spread, computed here
@@ -117,6 +119,7 @@ def test_bootstrap_spread_matches_least_squares_bootstrap():
     assert abs(lo - rlo) < 0.2 * (rhi - rlo) and abs(hi - rhi) < 0.2 * (rhi - rlo)
 
 
+@pytest.mark.slow
 def test_noisy_intervals_cover_truth():
     """Lognormal noise (sigma 0.02), 24 trials, 200 resamples: the 95% intervals of every
     parameter contain the truth in most trials, and are not degenerate."""
@@ -140,6 +143,7 @@ def test_noisy_intervals_cover_truth():
 # --------------------------------------------------------------------------- derived and validation
 
 
+@pytest.mark.slow
 def test_compute_optimal_against_brute_force():
     true, law = TRUE["chinchilla"]
     N, D = _chinchilla_data(40, seed=1)
@@ -158,6 +162,7 @@ def test_compute_optimal_against_brute_force():
         analysis.compute_optimal(analysis.fit(None, "power", N12, N12**0.5, n_bootstrap=0), 1e20)
 
 
+@pytest.mark.slow
 def test_predict_and_extrapolation_on_exact_law():
     true, law = TRUE["saturating"]
     df = pd.DataFrame({"N": N12, "loss": law(true, N12, None)})
@@ -188,6 +193,7 @@ def test_noisy_residuals_in_input_order():
     assert f.params["b"] == pytest.approx(0.8, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_groups_and_tidy_table():
     rows = []
     truth = {"bf16": (1.9, 250.0, 0.28), "fp32": (1.7, 300.0, 0.3), "int8": (2.0, 400.0, 0.33)}

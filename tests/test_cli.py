@@ -55,6 +55,7 @@ def test_unparseable_numbers_are_rejected_by_argparse(argv, capsys):
     assert "argument" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_tiny_train_end_to_end(capsys):
     rc = main(
         [
@@ -135,6 +136,7 @@ def test_every_export_stays_what_it_is_after_submodules_load():
         assert not isinstance(obj, type(jscale)), name
 
 
+@pytest.mark.slow
 def test_info_and_bench_latency_show_the_read_bandwidth_and_layouts(capsys):
     """`jscale info` reports both bandwidths; `jscale bench latency` runs each precision in its
     layout (auto) or the one asked for, and prints it per row."""

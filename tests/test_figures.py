@@ -107,6 +107,8 @@ def four(tmp_path_factory):
     return out, r, logged
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("four")  # one worker builds the module fixture
 def test_several_precisions_every_figure_and_table(four):
     out, r, logged = four
     assert r.skipped == [] and r.notes == []
@@ -121,6 +123,8 @@ def test_several_precisions_every_figure_and_table(four):
     ]
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("four")  # one worker builds the module fixture
 def test_tables_have_groups_and_recover_the_exponent(four):
     out, _, _ = four
     md, tex = (out / "fits.md").read_text(), (out / "fits.tex").read_text()
@@ -142,6 +146,7 @@ def test_tables_have_groups_and_recover_the_exponent(four):
     )
 
 
+@pytest.mark.slow
 def test_one_precision(tmp_path):
     r = figures.render_all(
         synthetic_results(precisions=("bf16",), rng=1), tmp_path, n_bootstrap=100, log=None
@@ -154,6 +159,7 @@ def test_one_precision(tmp_path):
     assert "| bf16 |" in md and "| fp32 |" not in md
 
 
+@pytest.mark.slow
 def test_latency_columns_missing_skips_only_latency_figures(tmp_path, capsys):
     r = figures.render_all(
         synthetic_results(precisions=("fp32", "int8"), latency=False), tmp_path, n_bootstrap=100
@@ -173,6 +179,7 @@ def test_latency_columns_missing_skips_only_latency_figures(tmp_path, capsys):
     assert "held-out loss" in md and "decode latency (ms/token)**" not in md
 
 
+@pytest.mark.slow
 def test_too_few_sizes_draws_points_without_the_law(tmp_path):
     df = synthetic_results(precisions=("fp32", "w8a8"), sizes=(1e4, 1e5), seeds=(0,))
     r = figures.render_all(df, tmp_path, n_bootstrap=100, log=None)
@@ -250,6 +257,7 @@ def test_figures_module_does_not_import_model_code():
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.slow
 def test_cli_fit_and_figures(tmp_path, capsys):
     res = tmp_path / "run"
     for i, row in enumerate(synthetic_results(precisions=("fp32", "int8")).to_dict("records")):

@@ -8,6 +8,10 @@ import pytest
 from jscale import formulation, model
 from jscale.config import ModelConfig, count_params, flops_per_token
 
+# the model jitted whole: op-by-op dispatch of a forward pass costs more than compiling it
+APPLY = jax.jit(model.apply, static_argnames=("cfg", "policy", "form"))
+
+
 SMALL = ModelConfig(d_model=32, n_layers=2, n_heads=2, vocab_size=256, max_seq_len=32)
 
 
@@ -45,8 +49,8 @@ def test_later_positions_attend_to_earlier_tokens(small_params):
     tokens = np.random.default_rng(1).integers(0, 256, size=(1, 32)).astype(np.int32)
     changed = tokens.copy()
     changed[0, 0] = (tokens[0, 0] + 7) % 256
-    a = np.asarray(model.apply(small_params, SMALL, tokens))
-    b = np.asarray(model.apply(small_params, SMALL, changed))
+    a = np.asarray(APPLY(small_params, SMALL, tokens))
+    b = np.asarray(APPLY(small_params, SMALL, changed))
     assert np.abs(a[0, -1] - b[0, -1]).max() > 1e-5
 
 
@@ -54,8 +58,8 @@ def test_explicit_positions_match_default(small_params):
     tokens = np.random.default_rng(2).integers(0, 256, size=(2, 16)).astype(np.int32)
     pos = np.broadcast_to(np.arange(16), (2, 16))
     np.testing.assert_allclose(
-        np.asarray(model.apply(small_params, SMALL, tokens, pos)),
-        np.asarray(model.apply(small_params, SMALL, tokens)),
+        np.asarray(APPLY(small_params, SMALL, tokens, pos)),
+        np.asarray(APPLY(small_params, SMALL, tokens)),
         rtol=0,
         atol=1e-6,
     )
@@ -66,16 +70,16 @@ def test_explicit_positions_match_default(small_params):
 
 def test_logits_dtype_and_shape(small_params):
     tokens = jnp.zeros((3, 17), jnp.int32)
-    logits = model.apply(small_params, SMALL, tokens)
+    logits = APPLY(small_params, SMALL, tokens)
     assert logits.dtype == jnp.float32
     assert logits.shape == (3, 17, 256)
     assert np.isfinite(np.asarray(logits)).all()
 
 
 def test_max_seq_len_accepted_and_exceeded(small_params):
-    assert model.apply(small_params, SMALL, jnp.zeros((1, 32), jnp.int32)).shape == (1, 32, 256)
+    assert APPLY(small_params, SMALL, jnp.zeros((1, 32), jnp.int32)).shape == (1, 32, 256)
     with pytest.raises(ValueError, match="max_seq_len"):
-        model.apply(small_params, SMALL, jnp.zeros((1, 33), jnp.int32))
+        APPLY(small_params, SMALL, jnp.zeros((1, 33), jnp.int32))
 
 
 def test_init_is_pure_function_of_key():
@@ -176,6 +180,7 @@ def _xla_flops(cfg, B, T):
     ],
     ids=["d256", "d128-untied"],
 )
+@pytest.mark.slow
 def test_forward_flops_match_xla_cost_analysis(cfg, T, B):
     analytic = flops_per_token(cfg, T)["forward"] * B * T
     xla = _xla_flops(cfg, B, T)

@@ -10,6 +10,9 @@ from jscale import data, formulation, model, precision, train
 from jscale.config import ModelConfig, TrainConfig, count_params
 from jscale.evaluate import compare_precisions
 
+# the model jitted whole: op-by-op dispatch of a forward pass costs more than compiling it
+APPLY = jax.jit(model.apply, static_argnames=("cfg", "policy", "form"))
+
 
 def test_unknown_policy_lists_valid_ones():
     with pytest.raises(precision.PrecisionError, match="fp32, bf16, int8, w8a8"):
@@ -122,29 +125,27 @@ def test_out_in_layout_stores_each_kernel_transposed_and_computes_the_same(name)
         np.asarray(b["embed"]["embedding"]), np.asarray(a["embed"]["embedding"])
     )
     tok = jax.random.randint(jax.random.key(1), (2, 12), 0, CFG.vocab_size)
-    la = np.asarray(model.apply(a, CFG, tok, policy=name))
-    lb = np.asarray(model.apply(b, CFG, tok, policy=name, form=out_in))
+    la = np.asarray(APPLY(a, CFG, tok, policy=name))
+    lb = np.asarray(APPLY(b, CFG, tok, policy=name, form=out_in))
     np.testing.assert_allclose(lb, la, atol=1e-5 * np.abs(la).max(), rtol=0)
     with pytest.raises(
         precision.PrecisionError, match="kernel_layout='in_out'.*formulation.arrange"
     ):
-        model.apply(b, CFG, tok, policy=name)  # laid out for out_in, run as trained: named
+        APPLY(b, CFG, tok, policy=name)  # laid out for out_in, run as trained: named
 
 
 def test_quantized_policy_refuses_unconverted_params():
     p = model.init_params(CFG, jax.random.key(0))
     with pytest.raises(precision.PrecisionError, match="convert_params"):
-        model.apply(p, CFG, jnp.zeros((1, 8), jnp.int32), policy="int8")
+        APPLY(p, CFG, jnp.zeros((1, 8), jnp.int32), policy="int8")
 
 
 def test_fp32_policy_is_the_model_and_other_policies_only_perturb_it():
     p = model.init_params(CFG, jax.random.key(1))
     tok = jax.random.randint(jax.random.key(2), (2, 32), 0, 256)
-    ref = np.asarray(model.apply(p, CFG, tok), np.float64)
+    ref = np.asarray(APPLY(p, CFG, tok), np.float64)
     for name, tol in [("bf16", 0.05), ("int8", 0.05), ("w8a8", 0.08)]:
-        z = np.asarray(
-            model.apply(precision.convert_params(p, name), CFG, tok, policy=name), np.float64
-        )
+        z = np.asarray(APPLY(precision.convert_params(p, name), CFG, tok, policy=name), np.float64)
         rel = np.linalg.norm(z - ref, axis=-1) / np.linalg.norm(ref, axis=-1)
         assert 0 < rel.max() < tol, name
 
@@ -155,6 +156,8 @@ def trained(corpus):
     return train.train(CFG, tc, corpus, progress=False), data.eval_batches(corpus.val, 128, 32768)
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("trained")  # one worker builds the module fixture
 def test_precision_loss_costs_on_a_trained_model(trained):
     r, ev = trained
     df = compare_precisions(r.params, CFG, ev).set_index("inference_precision")
@@ -169,6 +172,8 @@ def test_precision_loss_costs_on_a_trained_model(trained):
     assert df.loc["bf16", "param_bytes_vs_fp32"] == pytest.approx(0.5, abs=0.01)
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("trained")  # one worker builds the module fixture
 def test_bf16_training_tracks_fp32_training(corpus, trained):
     r32, _ = trained
     tc = TrainConfig(
@@ -188,8 +193,8 @@ def test_every_layer_int8_including_tied_embedding_runs_close_to_fp32():
     assert q["embed"]["embedding"].dtype == jnp.int8 and q["embed"]["scale"].shape == (
         CFG.vocab_size,
     )
-    ref = np.asarray(model.apply(p, CFG, tok), np.float64)
-    z = np.asarray(model.apply(q, CFG, tok, policy=every), np.float64)
+    ref = np.asarray(APPLY(p, CFG, tok), np.float64)
+    z = np.asarray(APPLY(q, CFG, tok, policy=every), np.float64)
     rel = np.linalg.norm(z - ref, axis=-1) / np.linalg.norm(ref, axis=-1)
     assert 0 < rel.max() < 0.05
     # the head under this policy is x @ (q_E * s_E)^T exactly: dequantized in float64 here
@@ -204,6 +209,8 @@ def test_every_layer_int8_including_tied_embedding_runs_close_to_fp32():
     )
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("trained")  # one worker builds the module fixture
 def test_custom_layer_policies_are_measured_and_labelled(trained):
     r, ev = trained
     every = precision.get_policy("int8", layers=precision.LAYERS)

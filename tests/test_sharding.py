@@ -119,6 +119,8 @@ def sharded(corpus):  # the corpus fixture warms the token cache the subprocess 
     return json.loads(line[len("RESULT ") :])
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("sharded")  # one worker builds the module fixture
 @pytest.mark.parametrize("mesh", ["data4", "fsdp4", "data2fsdp2"])
 def test_sharded_training_matches_one_device(sharded, mesh):
     r = sharded[mesh]
@@ -128,6 +130,8 @@ def test_sharded_training_matches_one_device(sharded, mesh):
         assert abs(r["eval"] - sharded["ref_eval"]) < 1e-4
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("sharded")  # one worker builds the module fixture
 def test_fsdp_params_really_are_split(sharded):
     s = sharded["fsdp4"]["shards"]
     # [global shape, spec, devices, local shard shapes]
@@ -142,15 +146,21 @@ def test_fsdp_params_really_are_split(sharded):
     assert all(v[1] == "P()" and v[3] == [v[0]] for v in sharded["data4"]["shards"].values())
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("sharded")  # one worker builds the module fixture
 def test_optimizer_state_follows_params(sharded):
     assert sharded["opt_specs"] == ["P('fsdp', None)", "P()", "P(None, 'fsdp')"]
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("sharded")  # one worker builds the module fixture
 def test_batch_not_divisible_by_mesh_is_a_clear_error(sharded):
     e = sharded["batch_error"]
     assert e and "TrainConfig.batch_size = 6" in e and "data x fsdp = 4" in e
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("sharded")  # one worker builds the module fixture
 def test_sharded_inference_matches_unsharded(sharded):
     inf = sharded["inference"]
     assert set(inf) == {f"{p}-{m}" for p in ("fp32", "w8a8") for m in ("data2fsdp2", "fsdp4")}

@@ -10,6 +10,10 @@ import pytest
 from jscale import evaluate, model, train
 from jscale.config import ConfigError, ModelConfig, TrainConfig
 
+# the model jitted whole: op-by-op dispatch of a forward pass costs more than compiling it
+APPLY = jax.jit(model.apply, static_argnames=("cfg", "policy", "form"))
+
+
 TINY = ModelConfig(d_model=32, n_layers=1, n_heads=1, max_seq_len=32)
 
 
@@ -26,6 +30,7 @@ def tiny_run(corpus):
     return train.train(TINY, _tiny_tc(), corpus, progress=False)
 
 
+@pytest.mark.slow
 def test_train_result_fields(tiny_run):
     r = tiny_run
     assert r.losses_nats.shape == (20,) and r.grad_norms.shape == (20,)
@@ -55,6 +60,7 @@ def test_different_seed_gives_different_run(corpus, tiny_run):
     assert other.eval["eval_loss_nats"] != tiny_run.eval["eval_loss_nats"]
 
 
+@pytest.mark.slow
 def test_steps_per_call_does_not_change_the_run(corpus, tiny_run):
     """Chunking the same 20 steps as 3 + 3 + ... + 2 (a ragged last call) trains on the same
     batches with the same schedule; only float rounding of a different program may differ."""
@@ -67,6 +73,7 @@ def test_steps_per_call_does_not_change_the_run(corpus, tiny_run):
 # --------------------------------------------------------------------------- learning
 
 
+@pytest.mark.slow
 def test_learns_below_unigram_entropy(corpus):
     cfg = ModelConfig(d_model=64, n_layers=2, n_heads=1, max_seq_len=128)
     tc = TrainConfig(steps=200, batch_size=16, seq_len=128, lr=3e-3, eval_tokens=32768)
@@ -90,7 +97,7 @@ def test_learns_below_unigram_entropy(corpus):
 
 def _reference_eval(params, cfg, batches):
     """float64 numpy next-token cross-entropy from the model's logits."""
-    logits = np.asarray(model.apply(params, cfg, jnp.asarray(batches[:, :-1])), np.float64)
+    logits = np.asarray(APPLY(params, cfg, jnp.asarray(batches[:, :-1])), np.float64)
     targets = batches[:, 1:]
     m = logits.max(-1, keepdims=True)
     lse = (m + np.log(np.exp(logits - m).sum(-1, keepdims=True)))[..., 0]
@@ -125,7 +132,7 @@ def test_token_losses_alignment():
     params = model.init_params(cfg, jax.random.key(0))
     seq = (np.arange(17)[None] + 40).astype(np.int32)
     losses = np.asarray(model.token_losses(params, cfg, jnp.asarray(seq)), np.float64)
-    logits = np.asarray(model.apply(params, cfg, jnp.asarray(seq[:, :-1])), np.float64)
+    logits = np.asarray(APPLY(params, cfg, jnp.asarray(seq[:, :-1])), np.float64)
     ref = -(
         logits[0, np.arange(16), seq[0, 1:]]
         - np.log(np.exp(logits[0] - logits[0].max(-1, keepdims=True)).sum(-1))
@@ -183,6 +190,7 @@ def test_nan_params_diverge_at_step_1(corpus):
     assert "step 1 of 10" in str(e.value)
 
 
+@pytest.mark.slow
 def test_train_does_not_consume_callers_params(corpus):
     params = model.init_params(TINY, jax.random.key(0))
     ref = np.asarray(jax.tree.leaves(params)[0]).copy()
@@ -192,6 +200,7 @@ def test_train_does_not_consume_callers_params(corpus):
     )  # not deleted by donation
 
 
+@pytest.mark.slow
 def test_huge_lr_diverges(corpus):
     # measured: NaN at step 4 for seeds 0..2 (lr 1e6 blows the weights up within a few steps)
     tc = _tiny_tc(lr=1e6, grad_clip=1e9, warmup_steps=0)
