@@ -14,7 +14,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("JSCALE_CACHE_DIR", Path.home() / ".cache" / "jscale"))
 
 
-def enable_compilation_cache(path: str | Path | None = None, min_compile_s: float | None = None) -> Path:
+def enable_compilation_cache(
+    path: str | Path | None = None, min_compile_s: float | None = None
+) -> Path:
     """Turn on JAX's persistent compilation cache (default ``cache_dir() / "xla"``), so a
     second run of the same program loads its executables instead of recompiling them.
     Programs that compile faster than ``min_compile_s`` seconds are not stored (default:
