@@ -29,11 +29,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import flax
 import jax
 import numpy as np
+import optax
 from tqdm.auto import tqdm
 
 from jscale import (
+    __version__,
     checkpoint,
     data,
     evaluate,
@@ -132,10 +135,6 @@ def make_plan(
 
 def _provenance() -> dict:
     """The provenance part of every record: software versions, git state, host and device."""
-    import flax
-    import optax
-
-    import jscale
 
     root = Path(__file__).resolve().parent.parent
     commit = dirty = None
@@ -164,7 +163,7 @@ def _provenance() -> dict:
         "provenance",
         {
             **roofline.device_info(),
-            "jscale_version": jscale.__version__,
+            "jscale_version": __version__,
             "jax_version": jax.__version__,
             "flax_version": flax.__version__,
             "optax_version": optax.__version__,
