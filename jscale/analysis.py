@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -206,6 +206,21 @@ _SOLVERS: dict = {}
 _PREDICTORS: dict = {}
 
 
+class _Lane(NamedTuple):
+    """The state of one L-BFGS run (one lane of the vmapped solver) between iterations."""
+
+    theta: Any  # parameters [P] (internal coordinates)
+    memory: Any  # optax L-BFGS curvature memory
+    n_iter: Any  # iterations done
+    f: Any  # objective / delta at theta
+    grad: Any  # its gradient [P]
+    last_change: Any  # decrease of f in the last iteration (0 when it failed)
+    grad_norm: Any  # |grad|
+    done: Any  # converged, or _MAX_FAILS failed steps in a row
+    fails: Any  # failed steps in a row
+    step_scale: Any  # multiplier of the trial step lengths _STEPS
+
+
 def _solver(form: Form, max_iter: int, gtol: float, ftol: float):
     """Jitted ``(theta0[B, S, P], w[B, n], u[n], v[n], ly[n], delta) -> dict of [B, S] results``,
     one cached function per (form, budget, tolerances); jit caches per shape."""
@@ -222,67 +237,74 @@ def _solver(form: Form, max_iter: int, gtol: float, ftol: float):
             h = jnp.where(a <= delta, 0.5 * r * r / delta, a - 0.5 * delta)  # huber / delta
             return jnp.sum(w * h)
 
-        vg = jax.value_and_grad(obj)
-        f0, g0 = vg(theta0)
-        inf = jnp.asarray(jnp.inf, f0.dtype)
-        init = (
-            theta0,
-            precond.init(theta0),
-            0,
-            f0,
-            g0,
-            inf,
-            jnp.linalg.norm(g0),
-            jnp.asarray(False),
-            0,
-            jnp.asarray(1.0, f0.dtype),
+        value_and_grad = jax.value_and_grad(obj)
+        f0, g0 = value_and_grad(theta0)
+        init = _Lane(
+            theta=theta0,
+            memory=precond.init(theta0),
+            n_iter=0,
+            f=f0,
+            grad=g0,
+            last_change=jnp.asarray(jnp.inf, f0.dtype),
+            grad_norm=jnp.linalg.norm(g0),
+            done=jnp.asarray(False),
+            fails=0,
+            step_scale=jnp.asarray(1.0, f0.dtype),
         )
 
-        def cond(c):
-            return (~c[7]) & (c[2] < max_iter)
+        def cond(lane: _Lane):
+            return (~lane.done) & (lane.n_iter < max_iter)
 
-        def body(c):
-            theta, state, it, f, g, _, _, _, fails, scale = c
-            dirn, nstate = precond.update(g, state, theta)  # L-BFGS two-loop: ~ H^-1 g
+        def body(lane: _Lane) -> _Lane:
+            theta, g, f, scale = lane.theta, lane.grad, lane.f, lane.step_scale
+            dirn, memory = precond.update(g, lane.memory, theta)  # L-BFGS two-loop: ~ H^-1 g
             slope = jnp.vdot(g, dirn)
             dirn = jnp.where(slope > 0, dirn, g / jnp.maximum(jnp.linalg.norm(g), 1e-300))
             slope = jnp.vdot(g, dirn)
             cand = theta[None] - (scale * steps)[:, None] * dirn[None]  # all step lengths at once
-            fc = jax.vmap(obj)(cand)
-            fc = jnp.where(jnp.isfinite(fc), fc, jnp.inf)
-            armijo = fc <= f - 1e-4 * scale * steps * slope
-            k = jnp.where(jnp.any(armijo), jnp.argmax(armijo), jnp.argmin(fc))
-            ntheta = cand[k]
-            nf, ng = vg(ntheta)
-            gn = jnp.linalg.norm(ng)
-            ok = (nf < f) & jnp.isfinite(gn)
-            df = jnp.where(ok, f - nf, 0.0)
-            conv = (gn <= gtol) & (df <= ftol * jnp.maximum(1.0, jnp.abs(nf)))
+            f_cand = jax.vmap(obj)(cand)
+            f_cand = jnp.where(jnp.isfinite(f_cand), f_cand, jnp.inf)
+            armijo = f_cand <= f - 1e-4 * scale * steps * slope
+            k = jnp.where(jnp.any(armijo), jnp.argmax(armijo), jnp.argmin(f_cand))
+            new_theta = cand[k]
+            new_f, new_g = value_and_grad(new_theta)
+            new_gn = jnp.linalg.norm(new_g)
+            ok = (new_f < f) & jnp.isfinite(new_gn)
+            change = jnp.where(ok, f - new_f, 0.0)
+            conv = (new_gn <= gtol) & (change <= ftol * jnp.maximum(1.0, jnp.abs(new_f)))
 
-            def keep(a, b):
-                return jnp.where(ok, a, b)
+            def keep(new, old):
+                return jnp.where(ok, new, old)
 
             # no trial step decreased f (a Huber kink, or a poor curvature estimate): forget the
             # curvature pairs (the next direction is steepest descent) and try 30x shorter
             # steps; _MAX_FAILS failures in a row end the run
-            fails = jnp.where(ok, 0, fails + 1)
-            scale = jnp.where(ok, jnp.minimum(1.0, scale * 100.0), scale * 0.03)
-            return (
-                keep(ntheta, theta),
-                jax.tree.map(keep, nstate, precond.init(theta)),
-                it + 1,
-                keep(nf, f),
-                keep(ng, g),
-                df,
-                keep(gn, jnp.linalg.norm(g)),
-                conv | (fails >= _MAX_FAILS),
-                fails,
-                scale,
+            fails = jnp.where(ok, 0, lane.fails + 1)
+            return _Lane(
+                theta=keep(new_theta, theta),
+                memory=jax.tree.map(keep, memory, precond.init(theta)),
+                n_iter=lane.n_iter + 1,
+                f=keep(new_f, f),
+                grad=keep(new_g, g),
+                last_change=change,
+                grad_norm=keep(new_gn, jnp.linalg.norm(g)),
+                done=conv | (fails >= _MAX_FAILS),
+                fails=fails,
+                step_scale=jnp.where(ok, jnp.minimum(1.0, scale * 100.0), scale * 0.03),
             )
 
-        theta, _, it, f, _, df, gn, _, _, _ = jax.lax.while_loop(cond, body, init)
-        conv = (gn <= gtol) & (df <= ftol * jnp.maximum(1.0, jnp.abs(f)))
-        return dict(theta=theta, f=f, grad_norm=gn, df=df, n_iter=it, converged=conv)
+        end = jax.lax.while_loop(cond, body, init)
+        conv = (end.grad_norm <= gtol) & (
+            end.last_change <= ftol * jnp.maximum(1.0, jnp.abs(end.f))
+        )
+        return dict(
+            theta=end.theta,
+            f=end.f,
+            grad_norm=end.grad_norm,
+            df=end.last_change,
+            n_iter=end.n_iter,
+            converged=conv,
+        )
 
     def solve(theta0, w, u, v, ly, delta):
         _TRACES["count"] += 1
@@ -379,10 +401,10 @@ class Fit:
                 jax.vmap(self._form._log_pred, in_axes=(0, None, None))
             )
         with jax.enable_x64(True):
-            th = jnp.atleast_2d(jnp.asarray(theta, jnp.float64))
+            theta_2d = jnp.atleast_2d(jnp.asarray(theta, jnp.float64))
             return np.asarray(
                 _PREDICTORS[self._form](
-                    th, jnp.asarray(u, jnp.float64), jnp.asarray(v, jnp.float64)
+                    theta_2d, jnp.asarray(u, jnp.float64), jnp.asarray(v, jnp.float64)
                 )
             )
 

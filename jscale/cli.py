@@ -87,20 +87,21 @@ def _make_mesh(spec: dict[str, int] | None):
     return sharding.make_mesh(**spec)
 
 
-def cmd_sweep(a) -> int:
+def cmd_sweep(args) -> int:
     from jscale import sweep as sw
     from jscale.sweep_config import load_sweep
 
-    if a.retrain and not a.force:
+    if args.retrain and not args.force:
         raise ConfigError("--retrain only applies with --force (redo points that are already done)")
-    a.worker = a.worker or (0, 1)
-    s = load_sweep(a.config, out_dir=a.out)  # validates the whole file before any compute
-    if a.plan:
-        from jscale import data, model
+    args.worker = args.worker or (0, 1)
+    s = load_sweep(args.config, out_dir=args.out)  # validates the whole file before any compute
+    if args.plan:
+        from jscale import data
+        from jscale.config import count_params, flops_per_token
 
         corpus = data.load_corpus(s.corpus_path, val_percent=s.val_percent)
-        plan = sw.make_plan(s, corpus, force=a.force, worker=a.worker)
-        todo = {id(tp): p for tp, p in plan.todo}
+        plan = sw.make_plan(s, corpus, force=args.force, worker=args.worker)
+        todo = {id(point): p for point, p in plan.todo}
         print(
             f"sweep {s.name!r} -> {s.out_dir}: {plan.done} record(s) done, "
             f"{sum(map(len, todo.values()))} to run, {len(plan.stale)} stale"
@@ -110,17 +111,20 @@ def cmd_sweep(a) -> int:
             "precisions to run |"
         )
         print("|---:|---:|---|---:|---|---:|---:|---|")
-        for tp in s.train_points:
-            n = model.count_params(tp.model)["non_embedding"]
-            tok = tp.train.total_steps * tp.train.tokens_per_step
-            fl = model.flops_per_token(tp.model, tp.train.seq_len)["train"] * tok / 1e12
+        for point in s.train_points:
+            n = count_params(point.model)["non_embedding"]
+            tok = point.train.total_steps * point.train.tokens_per_step
+            fl = flops_per_token(point.model, point.train.seq_len)["train"] * tok / 1e12
             print(
-                f"| {tp.size_target:.3g} | {n:,} | {tp.model.d_model} x {tp.model.n_layers} | "
-                f"{tp.seed} | {tp.train_precision} | {tok:,} | {fl:.2f} | "
-                f"{', '.join(todo.get(id(tp), [])) or '-'} |"
+                f"| {point.size_target:.3g} | {n:,} | "
+                f"{point.model.d_model} x {point.model.n_layers} | "
+                f"{point.seed} | {point.train_precision} | {tok:,} | {fl:.2f} | "
+                f"{', '.join(todo.get(id(point), [])) or '-'} |"
             )
         return 0
-    r = sw.run_sweep(s, force=a.force, retrain=a.retrain, worker=a.worker, progress=not a.quiet)
+    r = sw.run_sweep(
+        s, force=args.force, retrain=args.retrain, worker=args.worker, progress=not args.quiet
+    )
     if r.written or not (s.out_dir / "results.csv").exists():
         path = sw.export_csv(s.out_dir)
         print(f"results: {path} ({r.written} new record(s), {r.skipped} already there)")
@@ -129,45 +133,49 @@ def cmd_sweep(a) -> int:
     return 1 if r.failed else 0
 
 
-def cmd_train(a) -> int:
+def cmd_train(args) -> int:
     from jscale import data, evaluate, sharding, train
     from jscale.config import ModelConfig, TrainConfig, config_for_params, count_params
 
-    if a.d_model is not None:
-        if a.size is not None:
+    if args.d_model is not None:
+        if args.size is not None:
             raise ConfigError(
                 "give --size (a ladder model) or --d-model/--n-layers/--n-heads, not both"
             )
         cfg = ModelConfig(
-            d_model=a.d_model,
-            n_layers=2 if a.n_layers is None else a.n_layers,
-            n_heads=1 if a.n_heads is None else a.n_heads,
-            max_seq_len=a.seq_len,
-            tie_embeddings=not a.untied,
+            d_model=args.d_model,
+            n_layers=2 if args.n_layers is None else args.n_layers,
+            n_heads=1 if args.n_heads is None else args.n_heads,
+            max_seq_len=args.seq_len,
+            tie_embeddings=not args.untied,
         )
     else:
-        if a.n_layers is not None or a.n_heads is not None:
+        if args.n_layers is not None or args.n_heads is not None:
             raise ConfigError(
                 "--n-layers and --n-heads need --d-model (an explicit shape); "
                 "a ladder model (--size) chooses its own"
             )
-        cfg = config_for_params(a.size or 1e5, max_seq_len=a.seq_len, tie_embeddings=not a.untied)
-    if a.steps is not None and a.tokens is not None:
+        cfg = config_for_params(
+            args.size or 1e5, max_seq_len=args.seq_len, tie_embeddings=not args.untied
+        )
+    if args.steps is not None and args.tokens is not None:
         raise ConfigError("give --steps or --tokens (a token budget), not both")
-    budget = {"steps": a.steps} if a.steps is not None else {"tokens": a.tokens or 2_000_000}
+    budget = (
+        {"steps": args.steps} if args.steps is not None else {"tokens": args.tokens or 2_000_000}
+    )
     tc = TrainConfig(
-        batch_size=a.batch_size,
-        seq_len=a.seq_len,
-        lr=a.lr,
-        seed=a.seed,
-        eval_tokens=a.eval_tokens,
-        compute=a.compute,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        lr=args.lr,
+        seed=args.seed,
+        eval_tokens=args.eval_tokens,
+        compute=args.compute,
         **budget,
     )
-    policies = _precisions(a.precisions)
-    mesh = _make_mesh(a.mesh)
+    policies = _precisions(args.precisions)
+    mesh = _make_mesh(args.mesh)
     sharding.check_batch(mesh, tc.batch_size, "--batch-size")
-    corpus = data.load_corpus(a.corpus, val_percent=a.val_percent)
+    corpus = data.load_corpus(args.corpus, val_percent=args.val_percent)
     n = count_params(cfg)
     print(
         f"corpus   {corpus.name}: {len(corpus.train):,} train / {len(corpus.val):,} held-out bytes "
@@ -191,7 +199,7 @@ def cmd_train(a) -> int:
             f"{jax.devices()[0].platform} device(s), "
             f"{jax.process_count()} process(es)"
         )
-    r = train.train(cfg, tc, corpus, progress=not a.quiet, mesh=mesh)
+    r = train.train(cfg, tc, corpus, progress=not args.quiet, mesh=mesh)
     e = r.eval
     print(
         f"compile  {r.compile_seconds:.1f} s; train {r.train_seconds:.1f} s, "
@@ -235,10 +243,12 @@ def cmd_train(a) -> int:
     return 0
 
 
-def cmd_ladder(a) -> int:
+def cmd_ladder(args) -> int:
     from jscale.config import config_for_params, count_params, ladder_targets
 
-    targets = ladder_targets(a.lo, a.hi, a.per_decade)  # validates before printing anything
+    targets = ladder_targets(
+        args.lo, args.hi, args.per_decade
+    )  # validates before printing anything
     print(
         "| target N | achieved N | achieved/target | d_model | n_layers | n_heads | "
         "d_model/n_layers | total params |"
@@ -255,7 +265,7 @@ def cmd_ladder(a) -> int:
     return 0
 
 
-def cmd_info(a) -> int:
+def cmd_info(args) -> int:
     import flax
     import jax
     import optax
@@ -270,7 +280,7 @@ def cmd_info(a) -> int:
     print(f"devices  {', '.join(f'{d.platform}:{d.device_kind}' for d in jax.devices())}")
     print(f"cache    {runtime.cache_dir()}  (set JSCALE_CACHE_DIR to move it)")
     print("roofline (measured once per device and cached; --refresh re-measures):")
-    r = roofline.roofline(refresh=a.refresh)
+    r = roofline.roofline(refresh=args.refresh)
     print(
         f"  dense fp32 matmul  {r['matmul_flops_per_s'] / 1e9:8.1f} GFLOP/s  "
         f"(median of 10; min {r['matmul_flops_per_s_min'] / 1e9:.1f}, "
@@ -306,16 +316,18 @@ def cmd_info(a) -> int:
     return 0
 
 
-def cmd_bench_latency(a) -> int:
+def cmd_bench_latency(args) -> int:
     import jax
 
     from jscale import formulation, latency, model, roofline
     from jscale.config import config_for_params, count_params
 
-    policies = _precisions(a.precisions)
-    seq = a.prompt + a.gen
-    cfgs = [config_for_params(s, max_seq_len=max(seq, 8)) for s in a.sizes]  # validates sizes first
-    mesh = _make_mesh(a.mesh)
+    policies = _precisions(args.precisions)
+    seq = args.prompt + args.gen
+    cfgs = [
+        config_for_params(s, max_seq_len=max(seq, 8)) for s in args.sizes
+    ]  # validates sizes first
+    mesh = _make_mesh(args.mesh)
     roof = roofline.roofline()
     print(
         f"device {roof['device_kind']} ({roof['host_cpus']} host CPUs), jax {jax.__version__}; "
@@ -325,9 +337,10 @@ def cmd_bench_latency(a) -> int:
         f"int8 {roof['matmul_int8_flops_per_s'] / 1e9:.0f} GFLOP/s"
     )
     print(
-        f"batch {a.batch}, prompt {a.prompt} tokens, {a.gen} generated; "
-        f"median (q1..q3) of {a.repeats} runs; "
-        f"eff = roofline bound / measured; kernel layout {a.kernel_layout}, min rows {a.min_rows}\n"
+        f"batch {args.batch}, prompt {args.prompt} tokens, {args.gen} generated; "
+        f"median (q1..q3) of {args.repeats} runs; "
+        f"eff = roofline bound / measured; kernel layout {args.kernel_layout}, "
+        f"min rows {args.min_rows}\n"
     )
     print(
         "| N non-emb | precision | layout | rows | weight MB | prefill ms | prefill bound ms | "
@@ -339,15 +352,17 @@ def cmd_bench_latency(a) -> int:
         params = model.init_params(cfg, jax.random.key(0))  # latency does not depend on the values
         counts = count_params(cfg)
         for pol in policies:
-            form = formulation.choose(pol, cfg, kernel_layout=a.kernel_layout, min_rows=a.min_rows)
+            form = formulation.choose(
+                pol, cfg, kernel_layout=args.kernel_layout, min_rows=args.min_rows
+            )
             r = latency.measure_latency(
                 params,
                 cfg,
                 pol,
-                batch=a.batch,
-                prompt_tokens=a.prompt,
-                gen_tokens=a.gen,
-                repeats=a.repeats,
+                batch=args.batch,
+                prompt_tokens=args.prompt,
+                gen_tokens=args.gen,
+                repeats=args.repeats,
                 roof=roof,
                 mesh=mesh,
                 form=form,
@@ -376,11 +391,11 @@ def cmd_bench_latency(a) -> int:
                 flush=True,
             )
         del params
-    if a.csv:
+    if args.csv:
         import pandas as pd
 
-        pd.DataFrame(rows).to_csv(a.csv, index=False)
-        print(f"\nwrote {len(rows)} rows to {a.csv}")
+        pd.DataFrame(rows).to_csv(args.csv, index=False)
+        print(f"\nwrote {len(rows)} rows to {args.csv}")
     return 0
 
 
@@ -392,19 +407,19 @@ def _formats(s: str) -> tuple[str, ...]:
     return f
 
 
-def cmd_fit(a) -> int:
+def cmd_fit(args) -> int:
     from jscale import figures
     from jscale.results import load_results
 
-    df = load_results(a.results, check=a.check)
-    fits = figures.fit_all(df, n_bootstrap=a.bootstrap, seed=a.seed, k=a.holdout)
+    df = load_results(args.results, check=args.check)
+    fits = figures.fit_all(df, n_bootstrap=args.bootstrap, seed=args.seed, k=args.holdout)
     if not fits.fits:
-        raise ResultsError(f"{a.results}: no law could be fitted: {'; '.join(fits.notes)}")
+        raise ResultsError(f"{args.results}: no law could be fitted: {'; '.join(fits.notes)}")
     print(figures.fit_table_markdown(fits), end="")
     return 0
 
 
-def cmd_figures(a) -> int:
+def cmd_figures(args) -> int:
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display needed
@@ -412,14 +427,19 @@ def cmd_figures(a) -> int:
     from jscale import figures
     from jscale.results import load_results
 
-    df = load_results(a.results, check=a.check)
-    print(f"{len(df)} results from {a.results}")
+    df = load_results(args.results, check=args.check)
+    print(f"{len(df)} results from {args.results}")
     r = figures.render_all(
-        df, a.out, formats=a.format, n_bootstrap=a.bootstrap, seed=a.seed, k=a.holdout
+        df,
+        args.out,
+        formats=args.format,
+        n_bootstrap=args.bootstrap,
+        seed=args.seed,
+        k=args.holdout,
     )
     if len(r.skipped) == len(figures.FIGURES):
         raise ResultsError(
-            f"{a.results}: no figure could be drawn: {'; '.join(why for _, why in r.skipped)}"
+            f"{args.results}: no figure could be drawn: {'; '.join(why for _, why in r.skipped)}"
         )
     return 0
 
@@ -660,8 +680,8 @@ def _loaded(names: dict[str, str]) -> tuple[type, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
-    if a.command in ("train", "sweep"):  # a no-op unless this is one host of a multi-host job
+    args = build_parser().parse_args(argv)
+    if args.command in ("train", "sweep"):  # a no-op unless this is one host of a multi-host job
         from jscale.sharding import maybe_initialize_distributed
 
         maybe_initialize_distributed()
@@ -669,7 +689,7 @@ def main(argv: list[str] | None = None) -> int:
 
     enable_compilation_cache()
     try:
-        return a.fn(a)
+        return args.fn(args)
     except _loaded(_USER_ERRORS) as e:
         print(f"jscale: error: {e}", file=sys.stderr)
         return 2

@@ -67,23 +67,23 @@ def corpus_digest(corpus: data.Corpus) -> str:
     return h.hexdigest()[:16]
 
 
-def train_hash(tp: TrainPoint, corpus_id: str) -> str:
+def train_hash(point: TrainPoint, corpus_id: str) -> str:
     return _sha(
         {
             "format": FORMAT,
-            "model": dataclasses.asdict(tp.model),
-            "train": dataclasses.asdict(tp.train),
+            "model": dataclasses.asdict(point.model),
+            "train": dataclasses.asdict(point.train),
             "corpus": corpus_id,
         }
     )
 
 
-def point_id(tp: TrainPoint, precision: str) -> str:
-    return f"N{round(tp.size_target)}-seed{tp.seed}-{tp.train_precision}-{precision}"
+def point_id(point: TrainPoint, precision: str) -> str:
+    return f"N{round(point.size_target)}-seed{point.seed}-{point.train_precision}-{precision}"
 
 
-def train_key(tp: TrainPoint, thash: str) -> str:
-    return f"N{round(tp.size_target)}-seed{tp.seed}-{tp.train_precision}-{thash[:12]}"
+def train_key(point: TrainPoint, thash: str) -> str:
+    return f"N{round(point.size_target)}-seed{point.seed}-{point.train_precision}-{thash[:12]}"
 
 
 @dataclasses.dataclass
@@ -111,13 +111,13 @@ def make_plan(
     corpus_id = corpus_digest(corpus)
     i, n = worker
     todo, done, stale, hashes = [], 0, [], {}
-    for k, tp in enumerate(sweep.train_points):
+    for k, point in enumerate(sweep.train_points):
         if k % n != i:
             continue
-        thash = hashes[id(tp)] = train_hash(tp, corpus_id)
+        thash = hashes[id(point)] = train_hash(point, corpus_id)
         need = []
         for prec in sweep.precisions:
-            path = results.record_path(sweep.out_dir, point_id(tp, prec))
+            path = results.record_path(sweep.out_dir, point_id(point, prec))
             if path.exists() and not force:
                 try:
                     old = json.loads(path.read_text()).get("config_hash")
@@ -129,7 +129,7 @@ def make_plan(
                 stale.append(path.stem)
             need.append(prec)
         if need:
-            todo.append((tp, need))
+            todo.append((point, need))
     return Plan(todo=todo, done=done, stale=stale, hashes=hashes, corpus_id=corpus_id)
 
 
@@ -248,10 +248,10 @@ def run_sweep(
             disable=None if progress else True,
             dynamic_ncols=True,
         ) as bar:
-            for tp, precisions in run.plan.todo:
-                trained = _train_point(run, tp, retrain=retrain, progress=progress)
+            for point, precisions in run.plan.todo:
+                trained = _train_point(run, point, retrain=retrain, progress=progress)
                 if trained is not None:
-                    _measure_point(run, tp, *trained, precisions, bar)
+                    _measure_point(run, point, *trained, precisions, bar)
                 else:
                     bar.update(len(precisions))
     s = run.summary
@@ -274,11 +274,15 @@ def _start(sweep: Sweep, *, force: bool, worker: tuple[int, int], echo: bool) ->
     mesh = None
     if sweep.mesh is not None:  # the device count must fit before anything runs
         mesh = sharding.make_mesh(**sweep.mesh)
-        for tp in sweep.train_points:
-            sharding.check_batch(mesh, tp.train.batch_size, "train.batch_size")
+        for point in sweep.train_points:
+            sharding.check_batch(mesh, point.train.batch_size, "train.batch_size")
     corpus = data.load_corpus(sweep.corpus_path, val_percent=sweep.val_percent)
-    for tp in {(tp.train.seq_len, tp.train.eval_tokens): tp for tp in sweep.train_points}.values():
-        train.check_train_inputs(tp.model, tp.train, corpus)  # each distinct held-out set must fit
+    for point in {
+        (point.train.seq_len, point.train.eval_tokens): point for point in sweep.train_points
+    }.values():
+        train.check_train_inputs(
+            point.model, point.train, corpus
+        )  # each distinct held-out set must fit
     plan = make_plan(sweep, corpus, force=force, worker=worker)
     if plan.stale:
         raise ConfigError(
@@ -299,7 +303,7 @@ def _start(sweep: Sweep, *, force: bool, worker: tuple[int, int], echo: bool) ->
         f"precision{'s' * (n_precisions != 1)}; {plan.done} record(s) done, "
         f"{n_todo} to run -> {out}"
     )
-    ours = {point_id(tp, p) for tp in sweep.train_points for p in sweep.precisions}
+    ours = {point_id(point, p) for point in sweep.train_points for p in sweep.precisions}
     foreign = sorted(results.finished_points(out) - ours)
     if foreign:
         log(
@@ -317,33 +321,33 @@ def _start(sweep: Sweep, *, force: bool, worker: tuple[int, int], echo: bool) ->
     )
 
 
-def _describe(tp: TrainPoint) -> str:
-    n = count_params(tp.model)["non_embedding"]
+def _describe(point: TrainPoint) -> str:
+    n = count_params(point.model)["non_embedding"]
     return (
-        f"N={n:.3g} (d_model {tp.model.d_model} x {tp.model.n_layers} layers) seed {tp.seed} "
-        f"{tp.train_precision}"
+        f"N={n:.3g} (d_model {point.model.d_model} x {point.model.n_layers} layers) "
+        f"seed {point.seed} {point.train_precision}"
     )
 
 
-def _train_point(run: _Run, tp: TrainPoint, *, retrain: bool, progress: bool):
-    """``(params, meta)`` of training point ``tp``: loaded from its checkpoint, or trained and
+def _train_point(run: _Run, point: TrainPoint, *, retrain: bool, progress: bool):
+    """``(params, meta)`` of training point ``point``: loaded from its checkpoint, or trained and
     checkpointed; None when training diverged (logged and counted as failed)."""
-    thash = run.plan.hashes[id(tp)]
-    ckpt = run.sweep.out_dir / "checkpoints" / f"{train_key(tp, thash)}.npz"
-    name = _describe(tp)
+    thash = run.plan.hashes[id(point)]
+    ckpt = run.sweep.out_dir / "checkpoints" / f"{train_key(point, thash)}.npz"
+    name = _describe(point)
     if ckpt.exists() and not retrain:
-        params, meta = checkpoint.load(ckpt, tp.model)
+        params, meta = checkpoint.load(ckpt, point.model)
         run.summary.loaded += 1
         run.log(f"{name}: loaded checkpoint {ckpt.name}")
         return params, meta
     run.log(
-        f"{name}: training on {tp.train.total_steps * tp.train.tokens_per_step:,} tokens "
-        f"(lr {tp.train.lr:.3g})"
+        f"{name}: training on {point.train.total_steps * point.train.tokens_per_step:,} tokens "
+        f"(lr {point.train.lr:.3g})"
     )
     try:
         r = train.train(
-            tp.model,
-            tp.train,
+            point.model,
+            point.train,
             run.corpus,
             progress=progress,
             progress_position=1,
@@ -378,28 +382,28 @@ def _train_point(run: _Run, tp: TrainPoint, *, retrain: bool, progress: bool):
 
 
 def _measure_point(
-    run: _Run, tp: TrainPoint, params, meta: dict, precisions: list[str], bar
+    run: _Run, point: TrainPoint, params, meta: dict, precisions: list[str], bar
 ) -> None:
     """Evaluate ``params`` in every precision on the held-out set (paired), time each precision,
     and write one record per precision as soon as it is measured."""
-    eval_set = data.eval_batches(run.corpus.val, tp.train.seq_len, tp.train.eval_tokens)
+    eval_set = data.eval_batches(run.corpus.val, point.train.seq_len, point.train.eval_tokens)
     t0 = time.perf_counter()
     table = evaluate.compare_precisions(
-        params, tp.model, eval_set, precisions, tp.train.eval_batch_size
+        params, point.model, eval_set, precisions, point.train.eval_batch_size
     )
     eval_wall_s = time.perf_counter() - t0
     by_precision = {row.pop("inference_precision"): row for row in table.to_dict("records")}
     lat_cfg = run.sweep.latency
     for prec in precisions:
-        bar.set_postfix_str(point_id(tp, prec), refresh=True)
+        bar.set_postfix_str(point_id(point, prec), refresh=True)
         lat = {}
         if lat_cfg.enabled:
             form = formulation.choose(
-                prec, tp.model, kernel_layout=lat_cfg.kernel_layout, min_rows=lat_cfg.min_rows
+                prec, point.model, kernel_layout=lat_cfg.kernel_layout, min_rows=lat_cfg.min_rows
             )
             lat = latency.measure_latency(
                 params,
-                tp.model,
+                point.model,
                 prec,
                 batch=lat_cfg.batch,
                 prompt_tokens=lat_cfg.prompt_tokens,
@@ -411,13 +415,13 @@ def _measure_point(
                 form=form,
             )
         ev = {**by_precision[prec], "eval_wall_s": eval_wall_s}
-        rec = _record(run, tp, prec, meta, ev, lat)
+        rec = _record(run, point, prec, meta, ev, lat)
         if _writer():
             results.write_record(run.sweep.out_dir, rec["point_id"], rec)
         run.summary.written += 1
         bar.update(1)
         msg = (
-            f"{_describe(tp)} -> {prec}: held-out loss {ev['eval_loss_nats']:.4f} nats/token "
+            f"{_describe(point)} -> {prec}: held-out loss {ev['eval_loss_nats']:.4f} nats/token "
             f"(SE {ev['eval_loss_se_nats']:.4f})"
         )
         if lat:
@@ -434,21 +438,21 @@ def _writer() -> bool:
     return jax.process_index() == 0
 
 
-def _record(run: _Run, tp: TrainPoint, prec: str, meta: dict, ev: dict, lat: dict) -> dict:
+def _record(run: _Run, point: TrainPoint, prec: str, meta: dict, ev: dict, lat: dict) -> dict:
     """One results record, assembled from the schema's parts (``jscale.schema``)."""
-    sweep, c, t = run.sweep, tp.model, tp.train
-    thash = run.plan.hashes[id(tp)]
+    sweep, c, t = run.sweep, point.model, point.train
+    thash = run.plan.hashes[id(point)]
     counts = count_params(c)
-    point = schema.part(
+    identity = schema.part(
         "sweep",
         {
-            "point_id": point_id(tp, prec),
+            "point_id": point_id(point, prec),
             "sweep_name": sweep.name,
             "config_hash": _config_hash(sweep, thash, prec),
             "train_hash": thash,
-            "size_target_params_non_embedding": tp.size_target,
-            "seed": tp.seed,
-            "train_precision": tp.train_precision,
+            "size_target_params_non_embedding": point.size_target,
+            "seed": point.seed,
+            "train_precision": point.train_precision,
             "inference_precision": prec,
             "corpus": run.corpus.name,
             "corpus_digest": run.plan.corpus_id,
@@ -482,7 +486,7 @@ def _record(run: _Run, tp: TrainPoint, prec: str, meta: dict, ev: dict, lat: dic
         },
     )
     return {
-        **point,
+        **identity,
         **config,
         **trained,
         **schema.part("evaluate", ev),

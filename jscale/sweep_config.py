@@ -417,10 +417,10 @@ def _build(raw: dict, text: str, out_dir_override: str | None) -> Sweep:
         if isinstance(lr, (int, float)) and not isinstance(lr, bool):
             lr = lr * (n / lr_ref) ** -lr_exp
         for seed in seeds:
-            for tp in train_precisions:
+            for train_precision in train_precisions:
                 try:
                     tc = TrainConfig(
-                        **{**tr, "lr": lr}, tokens=tokens_for(n), seed=seed, compute=tp
+                        **{**tr, "lr": lr}, tokens=tokens_for(n), seed=seed, compute=train_precision
                     )
                 except (ConfigError, TypeError) as e:  # name the key as it is written in the file
                     raise ConfigError(

@@ -176,3 +176,24 @@ def test_info_and_bench_latency_show_the_read_bandwidth_and_layouts(capsys):
         )
         rows = [r.split("|") for r in capsys.readouterr().out.splitlines() if r.startswith("| 1")]
         assert {r[2].strip(): (r[3].strip(), r[4].strip()) for r in rows} == want
+
+
+def test_sweep_plan_lists_every_training_point_with_its_analytic_size(tmp_path, capsys):
+    cfg = tmp_path / "plan.toml"
+    cfg.write_text(
+        'seeds = [0, 1]\nprecisions = ["fp32", "int8"]\n'
+        "[sizes]\nparams_non_embedding = [2e3, 8e3]\n"
+        "[tokens]\nfixed = 8192\n[train]\nbatch_size = 4\nseq_len = 32\neval_tokens = 512\n"
+    )
+    assert main(["sweep", str(cfg), "--plan", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "0 record(s) done, 8 to run, 0 stale" in out
+    rows = [
+        r.split("|")[1:-1] for r in out.splitlines() if r.startswith("| ") and "target" not in r
+    ]
+    assert len(rows) == 4 and sorted(int(r[3]) for r in rows) == [0, 0, 1, 1]
+    for r in rows:
+        d, layers = (int(v) for v in r[2].split(" x "))
+        assert int(r[1].replace(",", "")) == layers * (12 * d * d + 2 * d) + d  # the analytic N
+        assert r[7].strip() == "fp32, int8"
+    assert not (tmp_path / "out").exists()  # a plan writes nothing
