@@ -593,6 +593,28 @@ for _name in (N, TOKENS, LOSS, LOSS_SE, PRECISION, DELTA, DELTA_SE, DECODE, PREF
     assert _name in BY_NAME, _name
 
 
+# What changed in the columns, newest first: (date, change).  Rendered into docs/schema.md.
+HISTORY = (
+    (
+        "2026-12-02",
+        "sweep records gain `param_bytes_vs_fp32`; `device_count` and `host_cpus` are "
+        "integers (were strings). `latency.measure_latency` and `jscale bench latency --csv` write "
+        "`latency_batch`, `latency_repeats`, `inference_precision` (were `batch`, `n_repeats`, "
+        "`precision`); `evaluate.compare_precisions` returns the record's names "
+        "(`inference_precision`, `delta_loss_vs_fp32_nats`, `delta_loss_vs_fp32_se_nats`, "
+        "`delta_loss_vs_fp32_pct`; were `precision`, `delta_loss_nats`, `delta_loss_se_nats`, "
+        "`delta_loss_pct`). Same values for the same seeds.",
+    ),
+    (
+        "2026-11-30",
+        "`roofline_bandwidth_bytes_per_s` (read + write, which the bounds used) became "
+        "`roofline_read_bandwidth_bytes_per_s` (read-only, which the bounds use now) and "
+        "`roofline_rw_bandwidth_bytes_per_s`. Older records fail the check: load them with "
+        "`check=False`.",
+    ),
+)
+
+
 def columns(source: str | None = None, group: str | None = None) -> list[str]:
     """Column names, in schema order, optionally only those of one ``source`` / ``group``."""
     return [c.name for c in COLUMNS if source in (None, c.source) and group in (None, c.group)]
