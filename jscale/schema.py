@@ -687,6 +687,7 @@ def markdown() -> str:
         lines.append(
             f"| `{c.name}` | {c.unit} | {c.dtype} | {c.group} | {c.source} | {c.meaning} |"
         )
+    lines += ["", "## Changes", ""] + [f"- {date}: {change}" for date, change in HISTORY]
     return "\n".join(lines) + "\n"
 
 
