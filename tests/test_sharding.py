@@ -105,7 +105,7 @@ SCRIPT = textwrap.dedent(r"""
 def sharded(corpus):  # the corpus fixture warms the token cache the subprocess reads
     env = {
         **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4",
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
         "JAX_PLATFORMS": "cpu",
     }
