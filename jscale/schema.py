@@ -60,7 +60,7 @@ COLUMNS: tuple[Column, ...] = (
         "point_id",
         "-",
         "str",
-        "`N<target>-seed<s>-<train precision>-<inference precision>`: one record per point",
+        "`N<size target>-D<token budget>-seed<s>-lr<peak lr>-<train precision>-<inference precision>`: one record per point",
     ),
     _c("sweep", "core", "sweep_name", "-", "str", "the sweep config's `name`"),
     _c(
@@ -113,6 +113,33 @@ COLUMNS: tuple[Column, ...] = (
         "str",
         "the precision policy the params were converted to and evaluated/timed in "
         "(`jscale.precision`)",
+    ),
+    _c(
+        "sweep",
+        "core",
+        "train_tokens_target",
+        "tokens",
+        "int",
+        "the token budget the config gives this point (`[tokens]`); `train_tokens` is what was "
+        "trained, rounded up to whole optimizer steps",
+    ),
+    _c(
+        "sweep",
+        "optional",
+        "compute_budget_flops",
+        "FLOPs",
+        "float",
+        "the IsoFLOP budget C this point belongs to (`[tokens] compute`: tokens = C / (6 N)); "
+        "empty when the sweep has no compute budgets",
+    ),
+    _c(
+        "sweep",
+        "core",
+        "schedule",
+        "-",
+        "str",
+        "learning-rate schedule: `cosine` (one run per budget) or `wsd` (a constant-lr trunk "
+        "shared by the budgets of a size, seed and lr; each budget is a cooldown branch from it)",
     ),
     _c("sweep", "core", "corpus", "-", "str", "the corpus path"),
     _c(
@@ -181,6 +208,23 @@ COLUMNS: tuple[Column, ...] = (
         "float",
         "peak AdamW learning rate, after the sweep's size rule",
     ),
+    _c(
+        "config",
+        "core",
+        "warmup_tokens",
+        "tokens",
+        "int",
+        "tokens of linear lr warm-up from 0 (the same for every budget of a WSD trunk)",
+    ),
+    _c(
+        "config",
+        "core",
+        "cooldown_tokens",
+        "tokens",
+        "int",
+        "tokens of the WSD cooldown branch (lr decays to `lr_peak x min_lr_ratio`); "
+        "0 for cosine, whose decay spans the whole run",
+    ),
     # ---- training (jscale.train)
     _c(
         "train",
@@ -233,6 +277,14 @@ COLUMNS: tuple[Column, ...] = (
         "float",
         "mean training loss over the last 5% of steps (training batches, not held out)",
     ),
+    _c(
+        "train",
+        "core",
+        "epochs",
+        "epochs",
+        "float",
+        "`train_tokens` / tokens of the corpus's training split: above 1 the run repeats data",
+    ),
     # ---- held-out evaluation in this precision (jscale.evaluate)
     _c(
         "evaluate",
@@ -258,6 +310,24 @@ COLUMNS: tuple[Column, ...] = (
         "float",
         "standard error of `eval_loss_nats` over held-out sequences "
         "(sampling noise of the held-out set only)",
+    ),
+    _c(
+        "evaluate",
+        "core",
+        "select_loss_nats",
+        "nats/token",
+        "float",
+        "loss on the model-selection split (the first half of the held-out documents; the test "
+        "split `eval_loss_nats` is the second half), in the training precision: "
+        "learning rates are chosen on it, never on the test split",
+    ),
+    _c(
+        "evaluate",
+        "core",
+        "select_loss_se_nats",
+        "nats/token",
+        "float",
+        "standard error of `select_loss_nats` over its sequences",
     ),
     _c(
         "evaluate",
@@ -589,12 +659,42 @@ DELTA = "delta_loss_vs_fp32_nats"
 DELTA_SE = "delta_loss_vs_fp32_se_nats"
 DECODE = "decode_ms_per_token_median"
 PREFILL = "prefill_ms_median"
-for _name in (N, TOKENS, LOSS, LOSS_SE, PRECISION, DELTA, DELTA_SE, DECODE, PREFILL):
+TOKENS_TARGET = "train_tokens_target"
+COMPUTE = "compute_budget_flops"
+FLOPS = "train_flops_6nd"
+SELECT = "select_loss_nats"
+SEED = "seed"
+LR = "lr_peak"
+for _name in (
+    N,
+    TOKENS,
+    LOSS,
+    LOSS_SE,
+    PRECISION,
+    DELTA,
+    DELTA_SE,
+    DECODE,
+    PREFILL,
+    TOKENS_TARGET,
+    COMPUTE,
+    FLOPS,
+    SELECT,
+    SEED,
+    LR,
+):
     assert _name in BY_NAME, _name
 
 
 # What changed in the columns, newest first: (date, change).  Rendered into docs/schema.md.
 HISTORY = (
+    (
+        "2026-12-02",
+        "the token, seed and learning-rate axes: records gain `train_tokens_target`, "
+        "`compute_budget_flops` (optional), `schedule`, `warmup_tokens`, `cooldown_tokens`, "
+        "`epochs`, `select_loss_nats`, `select_loss_se_nats`; `point_id` carries the budget and "
+        "lr (`N<size>-D<tokens>-seed<s>-lr<lr>-...`); `eval_loss_nats` is measured on the second "
+        "half of the held-out documents (the first half is the model-selection split).",
+    ),
     (
         "2026-12-02",
         "sweep records gain `param_bytes_vs_fp32`; `device_count` and `host_cpus` are "
