@@ -397,6 +397,16 @@ COLUMNS: tuple[Column, ...] = (
         "wall time of evaluating all of this model's precisions",
     ),
     # ---- latency (jscale.latency.measure_latency)
+    _c(
+        "latency",
+        "latency",
+        "latency_from_point_id",
+        "-",
+        "str",
+        "the point whose model was timed: latency depends only on the shapes and the precision, "
+        "so the other token budgets, seeds and lrs of a size and precision carry that "
+        "measurement (fit latency on the rows where this equals `point_id`)",
+    ),
     _c("latency", "latency", "latency_batch", "sequences", "int", "sequences decoded together"),
     _c("latency", "latency", "prompt_tokens", "tokens", "int", "prompt length (prefill)"),
     _c(
@@ -691,7 +701,7 @@ HISTORY = (
         "2026-12-02",
         "the token, seed and learning-rate axes: records gain `train_tokens_target`, "
         "`compute_budget_flops` (optional), `schedule`, `warmup_tokens`, `cooldown_tokens`, "
-        "`epochs`, `select_loss_nats`, `select_loss_se_nats`; `point_id` carries the budget and "
+        "`epochs`, `select_loss_nats`, `select_loss_se_nats`, `latency_from_point_id`; `point_id` carries the budget and "
         "lr (`N<size>-D<tokens>-seed<s>-lr<lr>-...`); `eval_loss_nats` is measured on the second "
         "half of the held-out documents (the first half is the model-selection split).",
     ),
