@@ -40,15 +40,16 @@ def bench_jax(cfg, tc, corpus, calls):
         )
         for c in range(calls + 1)
     ]
+    lrs = train.lr_schedule(tc, np.arange(tc.steps_per_call))
     t0 = time.perf_counter()
-    compiled = fn.lower(params, state, batches[0]).compile()
+    compiled = fn.lower(params, state, batches[0], lrs).compile()
     compile_s = time.perf_counter() - t0
-    params, state, loss, _ = compiled(params, state, batches[0])  # warm-up
+    params, state, loss, _ = compiled(params, state, batches[0], lrs)  # warm-up
     jax.block_until_ready(loss)
     times = []
     for b in batches[1:]:
         t0 = time.perf_counter()
-        params, state, loss, _ = compiled(params, state, b)
+        params, state, loss, _ = compiled(params, state, b, lrs)
         jax.block_until_ready(loss)
         times.append(time.perf_counter() - t0)
     return np.array(times), compile_s

@@ -17,6 +17,8 @@ C = TypeVar("C")
 
 LATENCY_REPEATS = 5  # timed runs behind every latency number, by default (sweeps, `jscale bench`)
 LATENCY_WARMUP = 2  # untimed runs before them
+SCHEDULES = ("cosine", "wsd")
+COOLDOWN_SHAPES = ("1-sqrt", "linear")
 
 
 class ConfigError(ValueError):
@@ -113,6 +115,11 @@ class TrainConfig:
     steps run inside one jitted call (lax.scan), which amortises dispatch for small models.
     compute: "fp32", or "bf16" for mixed precision (fp32 master weights and optimizer state,
     bf16 matmuls; norms, softmax and loss in fp32).
+    schedule: "cosine" (warm-up, then cosine decay over the run) or "wsd" (warmup-stable-decay:
+    warm-up, constant lr, then a cooldown over the last ``cooldown_frac`` of the steps, rounded
+    to whole calls of ``steps_per_call``, at least one; ``cooldown_shape`` "1-sqrt" or
+    "linear").  A "wsd" run given in tokens has its steps rounded up to whole calls, so every
+    call of a trunk and its branches has one compiled length.
     """
 
     batch_size: int = 16
@@ -132,6 +139,9 @@ class TrainConfig:
     eval_batch_size: int = 32
     steps_per_call: int = 10
     compute: str = "fp32"
+    schedule: str = "cosine"
+    cooldown_frac: float = 0.2
+    cooldown_shape: str = "1-sqrt"
 
     def __post_init__(self):
         _positive_int(
@@ -185,6 +195,19 @@ class TrainConfig:
             f"TrainConfig.compute must be 'fp32' or 'bf16', got {self.compute!r}",
         )
         _require(
+            self.schedule in SCHEDULES,
+            f"TrainConfig.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}",
+        )
+        _require(
+            _is_number(self.cooldown_frac) and 0 < self.cooldown_frac <= 1,
+            f"TrainConfig.cooldown_frac must be in (0, 1], got {self.cooldown_frac!r}",
+        )
+        _require(
+            self.cooldown_shape in COOLDOWN_SHAPES,
+            f"TrainConfig.cooldown_shape must be one of {', '.join(COOLDOWN_SHAPES)}, "
+            f"got {self.cooldown_shape!r}",
+        )
+        _require(
             isinstance(self.seed, int) and self.seed >= 0,
             f"TrainConfig.seed must be an integer >= 0, got {self.seed!r}",
         )
@@ -197,7 +220,26 @@ class TrainConfig:
     def total_steps(self) -> int:
         if self.steps is not None:
             return self.steps
-        return -(-self.tokens // self.tokens_per_step)
+        steps = -(-self.tokens // self.tokens_per_step)
+        if self.schedule == "wsd":
+            steps = -(-steps // self.steps_per_call) * self.steps_per_call
+        return steps
+
+    @property
+    def cooldown_steps(self) -> int:
+        """Updates in the WSD cooldown (0 for cosine): whole calls, at least one, at most the
+        run."""
+        if self.schedule != "wsd":
+            return 0
+        per = self.steps_per_call
+        return min(
+            self.total_steps, per * max(1, round(self.cooldown_frac * self.total_steps / per))
+        )
+
+    @property
+    def cooldown_start(self) -> int:
+        """The first update of the WSD cooldown (``total_steps`` for cosine)."""
+        return self.total_steps - self.cooldown_steps
 
     @property
     def total_warmup_steps(self) -> int:

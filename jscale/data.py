@@ -14,6 +14,7 @@ per split, memory-mapped on load) under ``$JSCALE_CACHE_DIR`` (default
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -38,7 +39,8 @@ class CorpusError(ValueError):
 class Corpus:
     """Token arrays (uint8, memory-mapped) of one corpus and where they came from.
 
-    train, val: 1-D uint8 token arrays.  name: the source path.  fingerprint: hash of the
+    train, val: 1-D uint8 token arrays (``val`` is the held-out part: its halves are ``select``
+    and ``test``).  name: the source path.  fingerprint: hash of the
     file list (paths, sizes, mtimes) and split.  n_files_train, n_files_val: files per split.
     """
 
@@ -48,6 +50,24 @@ class Corpus:
     fingerprint: str
     n_files_train: int
     n_files_val: int
+
+    @functools.cached_property
+    def _heldout_cut(self) -> int:
+        seps = np.flatnonzero(np.asarray(self.val) == SEPARATOR)
+        mid = len(self.val) // 2
+        return int(seps[np.argmin(np.abs(seps - mid))]) if seps.size else mid
+
+    @property
+    def select(self) -> np.ndarray:
+        """The model-selection split: the held-out documents before the separator nearest the
+        middle of ``val`` (its first half, when it is one document).  Learning rates are chosen
+        and loss curves sampled on it; the test loss is never looked at to choose."""
+        return self.val[: self._heldout_cut]
+
+    @property
+    def test(self) -> np.ndarray:
+        """The test split: the held-out documents after the cut (``eval_loss_nats``)."""
+        return self.val[self._heldout_cut :]
 
     def unigram_entropy_bits(self) -> float:
         """Entropy of the byte distribution of the validation split, in bits/byte."""

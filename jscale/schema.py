@@ -60,7 +60,8 @@ COLUMNS: tuple[Column, ...] = (
         "point_id",
         "-",
         "str",
-        "`N<size target>-D<token budget>-seed<s>-lr<peak lr>-<train precision>-<inference precision>`: one record per point",
+        "`N<size target>-D<token budget>-seed<s>-lr<peak lr>-<train precision>-"
+        "<inference precision>`: one record per point",
     ),
     _c("sweep", "core", "sweep_name", "-", "str", "the sweep config's `name`"),
     _c(
@@ -701,9 +702,10 @@ HISTORY = (
         "2026-12-02",
         "the token, seed and learning-rate axes: records gain `train_tokens_target`, "
         "`compute_budget_flops` (optional), `schedule`, `warmup_tokens`, `cooldown_tokens`, "
-        "`epochs`, `select_loss_nats`, `select_loss_se_nats`, `latency_from_point_id`; `point_id` carries the budget and "
-        "lr (`N<size>-D<tokens>-seed<s>-lr<lr>-...`); `eval_loss_nats` is measured on the second "
-        "half of the held-out documents (the first half is the model-selection split).",
+        "`epochs`, `select_loss_nats`, `select_loss_se_nats`, `latency_from_point_id`; "
+        "`point_id` carries the budget and lr (`N<size>-D<tokens>-seed<s>-lr<lr>-...`); "
+        "`eval_loss_nats` is measured on the second half of the held-out documents "
+        "(the first half is the model-selection split).",
     ),
     (
         "2026-12-02",

@@ -145,39 +145,134 @@ def test_token_losses_alignment():
 
 
 def test_optimizer_schedule_and_decay_mask():
-    """With zero gradients AdamW's Adam part is exactly zero, so each update is pure decoupled
-    weight decay: w <- w (1 - lr_k wd).  That exposes lr_k, to compare with the documented
-    schedule (linear warm-up from 0, cosine to lr * min_lr_ratio at the end), and shows which
-    leaves are decayed (matrices, not vectors)."""
+    """The cosine schedule is optax's warmup_cosine_decay_schedule (an independent
+    implementation); with zero gradients AdamW's Adam part is exactly zero, so each update is pure
+    decoupled weight decay, w <- w (1 - lr wd), on matrices only (not norm scales)."""
+    import optax
+
     lr, wd, W, S, ratio = 0.5, 1.0, 4, 20, 0.1
     tc = TrainConfig(steps=S, warmup_steps=W, lr=lr, weight_decay=wd, min_lr_ratio=ratio)
+    ref = optax.warmup_cosine_decay_schedule(0.0, lr, W, S, lr * ratio)
+    k = np.arange(S + 3)
+    np.testing.assert_allclose(
+        train.lr_schedule(tc, k), [float(ref(i)) for i in k], rtol=1e-6, atol=1e-8
+    )
     opt = train.make_optimizer(tc)
-    params = {"w": jnp.ones((8, 8), jnp.float32), "scale": jnp.ones((8,), jnp.float32)}
+    params = {"w": jnp.full((8, 8), 2.0, jnp.float32), "scale": jnp.ones((8,), jnp.float32)}
     zeros = jax.tree.map(jnp.zeros_like, params)
     state = opt.init(params)
-    end = lr * ratio
-    for k in range(S + 1):
-        updates, state = opt.update(zeros, state, params)
-        new = jax.tree.map(lambda p, u: p + u, params, updates)
-        np.testing.assert_array_equal(np.asarray(new["scale"]), np.ones(8))  # norms not decayed
-        implied = (
-            float(
-                1
-                - np.asarray(new["w"], np.float64).mean()
-                / np.asarray(params["w"], np.float64).mean()
-            )
-            / wd
+    updates, state = opt.update(zeros, state, params)
+    np.testing.assert_array_equal(np.asarray(updates["scale"]), np.zeros(8))
+    np.testing.assert_allclose(np.asarray(updates["w"]), wd * 2.0, rtol=1e-7)
+
+
+def test_wsd_schedule_formula():
+    """WSD: linear warm-up, constant peak, then the cooldown over the last cooldown_frac of the
+    steps (whole calls) to lr * min_lr_ratio, 1-sqrt or linear (Hägele et al. 2024, eq. 1-2)."""
+    lr, W, ratio = 1.0, 10, 0.1
+    for shape in ("1-sqrt", "linear"):
+        tc = TrainConfig(
+            tokens=100 * 64 - 5,
+            batch_size=2,
+            seq_len=32,
+            steps_per_call=10,
+            lr=lr,
+            warmup_steps=W,
+            min_lr_ratio=ratio,
+            schedule="wsd",
+            cooldown_shape=shape,
         )
-        if k < W:
-            expected = lr * k / W
-        else:
-            expected = end + (lr - end) * 0.5 * (1 + math.cos(math.pi * (k - W) / (S - W)))
-        assert implied == pytest.approx(expected, rel=1e-5, abs=1e-7), k
-        params = new
-    assert expected == pytest.approx(end)  # k = S: the floor
+        assert tc.total_steps == 100  # rounded up to whole calls
+        assert tc.cooldown_steps == 20 and tc.cooldown_start == 80
+        got = train.lr_schedule(tc, np.arange(100))
+        for s in range(100):
+            if s < W:
+                want = lr * s / W
+            elif s < 80:
+                want = lr
+            else:
+                f = (s - 80) / 20
+                want = lr - (lr - lr * ratio) * (math.sqrt(f) if shape == "1-sqrt" else f)
+            assert got[s] == pytest.approx(want, rel=1e-6, abs=1e-7), (shape, s)
+    # every WSD schedule with the same warm-up is the same function before its cooldown
+    short = TrainConfig(steps=50, warmup_steps=W, schedule="wsd", steps_per_call=10)
+    long = TrainConfig(steps=200, warmup_steps=W, schedule="wsd", steps_per_call=10)
+    k = np.arange(short.cooldown_start)
+    np.testing.assert_array_equal(train.lr_schedule(short, k), train.lr_schedule(long, k))
 
 
-# --------------------------------------------------------------------------- failures
+def test_cosine_run_matches_optax_adamw(corpus):
+    """The training step (AdamW with the lr as a per-step input) gives the losses of optax's own
+    adamw with its schedule inside: an independent implementation of the same optimizer."""
+    import optax
+
+    tc = _tiny_tc(steps=12, steps_per_call=4, warmup_steps=3)
+    ours = train.train(TINY, tc, corpus, progress=False, evaluate_heldout=False)
+    sched = optax.warmup_cosine_decay_schedule(0.0, tc.lr, 3, 12, tc.lr * tc.min_lr_ratio)
+    opt = optax.chain(
+        optax.clip_by_global_norm(tc.grad_clip),
+        optax.adamw(
+            sched,
+            b1=tc.b1,
+            b2=tc.b2,
+            weight_decay=tc.weight_decay,
+            mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p),
+        ),
+    )
+    params = model.init_params(TINY, jax.random.key(tc.seed))
+    state = opt.init(params)
+
+    @jax.jit
+    def step(params, state, batch):
+        loss, g = jax.value_and_grad(lambda p: model.token_losses(p, TINY, batch).mean())(params)
+        u, state = opt.update(g, state, params)
+        return optax.apply_updates(params, u), state, loss
+
+    from jscale import data
+
+    losses = []
+    for k in range(12):
+        params, state, loss = step(params, state, data.train_batch(corpus.train, tc.seed, k, 4, 32))
+        losses.append(float(loss))
+    np.testing.assert_allclose(ours.losses_nats, losses, rtol=2e-5)
+    for a, b in zip(jax.tree.leaves(ours.params), jax.tree.leaves(params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_wsd_branch_from_trunk_equals_a_separate_run(corpus):
+    """A cooldown branch started from a trunk's saved state (params and optimizer state as NumPy
+    arrays, as a checkpoint holds them) gives the params of a separate WSD run to that budget:
+    the trunk is the same function before the branch point, and batches depend on (seed, step)."""
+    base = dict(
+        batch_size=4,
+        seq_len=32,
+        eval_tokens=4096,
+        steps_per_call=4,
+        warmup_steps=4,
+        schedule="wsd",
+        cooldown_frac=0.25,
+    )
+    short, long = _tiny_tc(**{**base, "steps": 16}), _tiny_tc(**{**base, "steps": 32})
+    direct = train.train(TINY, short, corpus, progress=False, evaluate_heldout=False)
+    trunk = train.Trainer(TINY, long, corpus)
+    trunk.advance(short.cooldown_start)  # the trunk runs under the long budget's schedule
+    saved, at = trunk.host_state(), trunk.step
+    trunk.advance(long.total_steps)  # the trunk goes on; the saved state is untouched
+    branch = train.Trainer(TINY, short, corpus, step=at, **saved)
+    branch.advance(short.total_steps, curve_at=[short.total_steps])
+    for a, b in zip(jax.tree.leaves(branch.params), jax.tree.leaves(direct.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(branch.losses_nats(), direct.losses_nats[at:])
+    (pt,) = branch.curve
+    assert pt["step"] == 16 and pt["lr"] == pytest.approx(float(train.lr_schedule(short, [15])[0]))
+    assert np.isfinite(pt["heldout_loss_nats"]) and pt["phase"] == "train"
+
+
+def test_curve_steps_are_log_spaced_calls():
+    steps = train.curve_steps(1000, 10, per_decade=4)
+    assert steps[0] == 10 and steps[-1] == 1000 and all(s % 10 == 0 for s in steps)
+    ratios = np.diff(np.log10(steps))
+    assert len(steps) == 9 and np.allclose(ratios, 0.25, atol=0.08)
 
 
 def test_nan_params_diverge_at_step_1(corpus):
