@@ -40,7 +40,7 @@ _EXPORTS = {
     "jscale.formulation": ["Formulation"],
     "jscale.schema": ["COLUMNS", "SchemaError"],
     "jscale.runtime": ["enable_compilation_cache"],
-    "jscale.results": ["load_results", "ResultsError"],
+    "jscale.results": ["load_results", "load_curves", "ResultsError"],
     "jscale.sweep_config": ["load_sweep", "parse_sweep", "Sweep"],
     "jscale.sweep": ["run_sweep"],
     "jscale.analysis": ["fit", "fit_groups", "fit_table", "extrapolation_check", "compute_optimal"],

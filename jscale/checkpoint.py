@@ -1,11 +1,12 @@
-"""Parameter checkpoints: one ``.npz`` per trained model, written atomically.
+"""Checkpoints: one ``.npz`` per pytree (a trained model's params, or a training state:
+params and optimizer state), written atomically.
 
-Each leaf of the params pytree is stored under its tree path (``jax.tree_util.keystr``),
-with a JSON ``meta`` entry (training time, tokens, losses: whatever the caller passes).
-``save`` writes a temporary file, ``fsync``s and renames it, so a kill at any moment leaves
-the old checkpoint, the new one, or none, never a torn file.  ``load`` rebuilds the pytree
-from ``model.init_params``'s structure (``jax.eval_shape``: nothing is initialised) and checks
-every path, shape and dtype.
+Each leaf is stored under its tree path (``jax.tree_util.keystr``), with a JSON ``meta`` entry
+(step, training time, tokens, loss curve: whatever the caller passes).  ``save`` writes a
+temporary file, ``fsync``s and renames it, so a kill at any moment leaves the old checkpoint,
+the new one, or none, never a torn file.  ``load`` rebuilds the pytree from a template (a
+``ModelConfig``: ``model.init_params``'s structure, or any pytree of ``jax.ShapeDtypeStruct``
+from ``jax.eval_shape``: nothing is initialised) and checks every path, shape and dtype.
 """
 
 from __future__ import annotations
@@ -40,10 +41,13 @@ def save(path: str | os.PathLike, params, meta: dict) -> Path:
     return path
 
 
-def load(path: str | os.PathLike, cfg: ModelConfig):
-    """(params, meta) from ``path``, checked against the structure of ``cfg``'s params."""
+def load(path: str | os.PathLike, template):
+    """(tree, meta) from ``path``, checked against ``template``: a ``ModelConfig`` (its params)
+    or a pytree of arrays / ``jax.ShapeDtypeStruct``."""
     path = Path(path)
-    template = jax.eval_shape(lambda: model.init_params(cfg, jax.random.key(0)))
+    if isinstance(template, ModelConfig):
+        cfg = template
+        template = jax.eval_shape(lambda: model.init_params(cfg, jax.random.key(0)))
     paths, treedef = jax.tree_util.tree_flatten_with_path(template)
     try:
         with np.load(path) as z:
@@ -58,11 +62,11 @@ def load(path: str | os.PathLike, cfg: ModelConfig):
         if a is None or a.shape != spec.shape or a.dtype != spec.dtype:
             got = "missing" if a is None else f"{a.dtype}{list(a.shape)}"
             raise CheckpointError(
-                f"{path}: parameter {name} is {got}, the model needs {spec.dtype}{list(spec.shape)}"
+                f"{path}: leaf {name} is {got}, the template needs {spec.dtype}{list(spec.shape)}"
             )
         leaves.append(jax.numpy.asarray(a))
     if stored:
         raise CheckpointError(
-            f"{path}: parameters the model does not have: {', '.join(sorted(stored))}"
+            f"{path}: leaves the template does not have: {', '.join(sorted(stored))}"
         )
     return jax.tree_util.tree_unflatten(treedef, leaves), meta

@@ -24,6 +24,7 @@ import pandas as pd
 from jscale import schema
 
 RECORDS = "records"
+CURVES = "curves"
 
 
 class ResultsError(ValueError):
@@ -68,6 +69,29 @@ def write_record(out_dir: str | os.PathLike, point_id: str, record: dict) -> Pat
     except OSError:
         pass
     return path
+
+
+def write_curve(out_dir: str | os.PathLike, train_key: str, rows: list[dict]) -> Path:
+    """Write one run's loss curve (rows of ``jscale.schema.CURVE_COLUMNS``) as
+    ``DIR/curves/<train_key>.csv``, atomically; returns its path."""
+    path = Path(out_dir) / CURVES / f"{train_key}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pd.DataFrame(rows, columns=list(schema.CURVE_COLUMNS)).to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def load_curves(out_dir: str | os.PathLike) -> pd.DataFrame:
+    """Every run's loss curve under ``out_dir`` as one DataFrame: the columns of
+    ``jscale.schema.CURVE_COLUMNS`` plus ``train_key`` (the checkpoint's name: the point's id
+    without its inference precision, and its training hash).  Join to the records on
+    ``point_id.str.rsplit("-", n=1).str[0] == train_key.str.rsplit("-", n=1).str[0]``."""
+    d = Path(out_dir) / CURVES
+    files = sorted(d.glob("*.csv")) if d.is_dir() else []
+    if not files:
+        raise ResultsError(f"{out_dir}: no loss curves (expected {d}/*.csv, written by a sweep)")
+    return pd.concat([pd.read_csv(f).assign(train_key=f.stem) for f in files], ignore_index=True)
 
 
 def finished_points(out_dir: str | os.PathLike) -> set[str]:

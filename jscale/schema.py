@@ -400,7 +400,7 @@ COLUMNS: tuple[Column, ...] = (
     # ---- latency (jscale.latency.measure_latency)
     _c(
         "latency",
-        "latency",
+        "optional",
         "latency_from_point_id",
         "-",
         "str",
@@ -696,6 +696,28 @@ for _name in (
     assert _name in BY_NAME, _name
 
 
+# The loss curve of every run (``OUT/curves/<train key>.csv``, ``jscale.results.load_curves``):
+# column -> (unit, meaning).
+CURVE_COLUMNS = {
+    "step": ("steps", "optimizer updates done"),
+    "tokens": ("tokens", "`step x batch_size x seq_len`: training tokens seen"),
+    "lr": ("-", "learning rate of the last update"),
+    "train_loss_nats": (
+        "nats/token",
+        "mean training loss of the last call's steps (`steps_per_call` training batches)",
+    ),
+    "heldout_loss_nats": (
+        "nats/token",
+        "loss on the first 32768 tokens of the model-selection split (never the test split), "
+        "in the training precision",
+    ),
+    "phase": (
+        "-",
+        "`trunk` (WSD, constant lr, shared by the budgets of a size), `cooldown` (WSD branch) "
+        "or `train` (a cosine run)",
+    ),
+}
+
 # What changed in the columns, newest first: (date, change).  Rendered into docs/schema.md.
 HISTORY = (
     (
@@ -784,7 +806,8 @@ def markdown() -> str:
         "tests/test_schema.py fails when this page and jscale/schema.py differ -->",
         "",
         "`jscale.load_results(DIR)` returns a sweep's records as a pandas DataFrame, "
-        "one row per point (size, seed, training precision, inference precision); "
+        "one row per point (size, token budget, seed, lr, training precision, inference "
+        "precision); "
         "it checks the columns against this table. "
         "A value that was NaN or Inf is stored as null (JSON has neither) and loads as NaN.",
         "",
@@ -799,6 +822,18 @@ def markdown() -> str:
         lines.append(
             f"| `{c.name}` | {c.unit} | {c.dtype} | {c.group} | {c.source} | {c.meaning} |"
         )
+    lines += [
+        "",
+        "## Loss curves",
+        "",
+        "`jscale.load_curves(DIR)` returns every run's loss curve (`DIR/curves/<train key>.csv`), "
+        "sampled at log-spaced steps; a WSD branch's curve holds its trunk's points up to the "
+        "branch, then its cooldown's.",
+        "",
+        "| column | unit | meaning |",
+        "|---|---|---|",
+    ]
+    lines += [f"| `{k}` | {u} | {m} |" for k, (u, m) in CURVE_COLUMNS.items()]
     lines += ["", "## Changes", ""] + [f"- {date}: {change}" for date, change in HISTORY]
     return "\n".join(lines) + "\n"
 

@@ -11,8 +11,16 @@ Resume: a point whose record exists with the same config hash is skipped.  A rec
 with a different config is *stale*: the run stops before any compute and asks for ``force``
 (redo) or another output directory, so results are never silently replaced.  ``force``
 redoes every selected point from its checkpoint if the checkpoint is still valid;
-``retrain`` retrains too.  ``worker=(i, n)`` runs only the training points with
-``index % n == i`` (disjoint shares for parallel workers writing to one directory).
+``retrain`` retrains too.  ``worker=(i, n)`` runs only the groups (WSD trunks with their
+branches, or single cosine runs) with ``index % n == i`` (disjoint shares for parallel workers
+writing to one directory).
+
+Token budgets: with ``schedule = "wsd"`` the budgets of one (size, seed, lr, training precision)
+are cooldown branches from one constant-lr trunk.  The trunk's state (params, optimizer state,
+step) is checkpointed at every branch point (``OUT/checkpoints/trunk-*.npz``), so a kill costs at
+most one segment and a rerun continues it; each branch's final params are checkpointed like a
+cosine run's.  Every run's loss curve (training loss and the model-selection split's loss at
+log-spaced steps) goes to ``OUT/curves/<train key>.csv`` (``jscale.results.load_curves``).
 """
 
 from __future__ import annotations
@@ -42,16 +50,17 @@ from jscale import (
     evaluate,
     formulation,
     latency,
+    model,
     results,
     roofline,
     schema,
     sharding,
     train,
 )
-from jscale.config import ConfigError, count_params
+from jscale.config import ConfigError, count_params, flops_per_token
 from jscale.sweep_config import Sweep, TrainPoint
 
-FORMAT = 1  # bump when the meaning of a record or checkpoint changes
+FORMAT = 2  # bump when the meaning of a record or checkpoint changes
 
 
 def _sha(obj) -> str:
@@ -78,12 +87,36 @@ def train_hash(point: TrainPoint, corpus_id: str) -> str:
     )
 
 
+# Fields that do not change a WSD trunk: the budget and its cooldown.
+_BRANCH_ONLY = ("tokens", "steps", "cooldown_frac", "cooldown_shape", "min_lr_ratio")
+
+
+def trunk_hash(point: TrainPoint, corpus_id: str) -> str:
+    """SHA-256 of everything that determines a WSD trunk's state at any step."""
+    tc = {k: v for k, v in dataclasses.asdict(point.train).items() if k not in _BRANCH_ONLY}
+    return _sha(
+        {
+            "format": FORMAT,
+            "model": dataclasses.asdict(point.model),
+            "trunk": tc,
+            "corpus": corpus_id,
+        }
+    )
+
+
+def _name(point: TrainPoint) -> str:
+    return (
+        f"N{round(point.size_target)}-D{point.budget}-seed{point.seed}-lr{point.train.lr:.3g}-"
+        f"{point.train_precision}"
+    )
+
+
 def point_id(point: TrainPoint, precision: str) -> str:
-    return f"N{round(point.size_target)}-seed{point.seed}-{point.train_precision}-{precision}"
+    return f"{_name(point)}-{precision}"
 
 
 def train_key(point: TrainPoint, thash: str) -> str:
-    return f"N{round(point.size_target)}-seed{point.seed}-{point.train_precision}-{thash[:12]}"
+    return f"{_name(point)}-{thash[:12]}"
 
 
 @dataclasses.dataclass
@@ -111,9 +144,8 @@ def make_plan(
     corpus_id = corpus_digest(corpus)
     i, n = worker
     todo, done, stale, hashes = [], 0, [], {}
-    for k, point in enumerate(sweep.train_points):
-        if k % n != i:
-            continue
+    mine = [p for k, group in enumerate(sweep.groups()) if k % n == i for p in group]
+    for point in mine:  # a worker's share is whole trunks: branches need their trunk
         thash = hashes[id(point)] = train_hash(point, corpus_id)
         need = []
         for prec in sweep.precisions:
@@ -204,7 +236,8 @@ class SweepSummary:
 @dataclasses.dataclass
 class _Run:
     """What every step of a sweep run needs: the validated sweep, its corpus and plan, the mesh,
-    the log, and (once measuring starts) the roofline and provenance written into every record."""
+    the log, and (once measuring starts) the roofline and provenance written into every record,
+    and the latency measured so far per (model shape, precision)."""
 
     sweep: Sweep
     corpus: data.Corpus
@@ -214,6 +247,7 @@ class _Run:
     summary: SweepSummary
     roof: dict | None = None
     provenance: dict | None = None
+    timed: dict = dataclasses.field(default_factory=dict)
 
 
 def run_sweep(
@@ -227,19 +261,22 @@ def run_sweep(
 ) -> SweepSummary:
     """Run (or resume) ``sweep``; returns what was written, skipped, trained and failed.
 
-    The steps: ``_start`` (check everything, plan, log), then per training point
-    ``_train_point`` (load its checkpoint or train and save one) and ``_measure_point``
-    (evaluate every precision on the held-out set, time each, write one record per precision).
-    Raises ``ConfigError`` (before any training) when the output directory holds stale
-    records and ``force`` is off, the mesh does not divide the batch, or the held-out set does
-    not fit the corpus.
+    The steps: ``_start`` (check everything, plan, log), then per group of training points (a
+    WSD trunk and its branches, or one cosine run) ``_train_group`` (load each point's
+    checkpoint, or train it: the trunk to the branch point, then the branch) and, per point,
+    ``_measure_point`` (evaluate every precision on the test split, time each, write one record
+    per precision).  Raises ``ConfigError`` (before any training) when the output directory holds
+    stale records and ``force`` is off, the mesh does not divide the batch, a run would repeat
+    the training split more than ``[tokens] max_epochs`` times, or the held-out sets do not fit
+    the corpus.
     """
     t_start = time.perf_counter()
     run = _start(sweep, force=force, worker=worker, echo=echo)
     if run.plan.todo:
         run.roof = roofline.roofline() if sweep.latency.enabled else None
         run.provenance = _provenance()
-        n_todo = sum(len(p) for _, p in run.plan.todo)
+        todo = {id(point): precisions for point, precisions in run.plan.todo}
+        n_todo = sum(len(p) for p in todo.values())
         with tqdm(
             total=n_todo,
             unit="rec",
@@ -248,12 +285,15 @@ def run_sweep(
             disable=None if progress else True,
             dynamic_ncols=True,
         ) as bar:
-            for point, precisions in run.plan.todo:
-                trained = _train_point(run, point, retrain=retrain, progress=progress)
-                if trained is not None:
-                    _measure_point(run, point, *trained, precisions, bar)
-                else:
-                    bar.update(len(precisions))
+            for group in sweep.groups():
+                needed = [p for p in group if id(p) in todo]
+                if not needed:
+                    continue
+                for point, trained in _train_group(run, needed, retrain=retrain, progress=progress):
+                    if trained is not None:
+                        _measure_point(run, point, *trained, todo[id(point)], bar)
+                    else:
+                        bar.update(len(todo[id(point)]))
     s = run.summary
     s.seconds = time.perf_counter() - t_start
     if run.plan.todo:
@@ -265,9 +305,30 @@ def run_sweep(
     return s
 
 
+def check_epochs(sweep: Sweep, corpus: data.Corpus) -> list[tuple[TrainPoint, float]]:
+    """Each point's epochs over the training split; ``ConfigError`` naming the worst point when
+    one exceeds ``[tokens] max_epochs``."""
+    out = [
+        (p, p.train.total_steps * p.train.tokens_per_step / len(corpus.train))
+        for p in sweep.train_points
+    ]
+    worst = max(out, key=lambda pe: pe[1], default=None)
+    if worst and worst[1] > sweep.max_epochs:
+        p, e = worst
+        tokens = p.train.total_steps * p.train.tokens_per_step
+        need = tokens / sweep.max_epochs
+        raise ConfigError(
+            f"tokens.max_epochs: {_name(p)} trains {tokens:,} tokens, {e:.1f} epochs of the "
+            f"corpus's {len(corpus.train):,}-token training split "
+            f"(max_epochs = {sweep.max_epochs:g}); use a corpus of at least {need:,.0f} training "
+            "tokens, smaller budgets, or raise tokens.max_epochs to accept repeated data"
+        )
+    return out
+
+
 def _start(sweep: Sweep, *, force: bool, worker: tuple[int, int], echo: bool) -> _Run:
     """Check everything a run could fail on before any compute (worker share, mesh, corpus,
-    held-out sets, stale records), make the plan, and log what it will do."""
+    held-out sets, epochs, stale records), make the plan, and log what it will do."""
     i, n = worker
     if not (isinstance(i, int) and isinstance(n, int) and 0 <= i < n):
         raise ConfigError(f"worker must be I/N with 0 <= I < N, got {i}/{n}")
@@ -283,6 +344,7 @@ def _start(sweep: Sweep, *, force: bool, worker: tuple[int, int], echo: bool) ->
         train.check_train_inputs(
             point.model, point.train, corpus
         )  # each distinct held-out set must fit
+    check_epochs(sweep, corpus)
     plan = make_plan(sweep, corpus, force=force, worker=worker)
     if plan.stale:
         raise ConfigError(
@@ -303,6 +365,8 @@ def _start(sweep: Sweep, *, force: bool, worker: tuple[int, int], echo: bool) ->
         f"precision{'s' * (n_precisions != 1)}; {plan.done} record(s) done, "
         f"{n_todo} to run -> {out}"
     )
+    for note in sweep.notes:
+        log(f"design: {note}")
     ours = {point_id(point, p) for point in sweep.train_points for p in sweep.precisions}
     foreign = sorted(results.finished_points(out) - ours)
     if foreign:
@@ -325,103 +389,216 @@ def _describe(point: TrainPoint) -> str:
     n = count_params(point.model)["non_embedding"]
     return (
         f"N={n:.3g} (d_model {point.model.d_model} x {point.model.n_layers} layers) "
-        f"seed {point.seed} {point.train_precision}"
+        f"D={point.budget:.3g} seed {point.seed} lr {point.train.lr:.3g} {point.train_precision}"
     )
 
 
-def _train_point(run: _Run, point: TrainPoint, *, retrain: bool, progress: bool):
-    """``(params, meta)`` of training point ``point``: loaded from its checkpoint, or trained and
-    checkpointed; None when training diverged (logged and counted as failed)."""
-    thash = run.plan.hashes[id(point)]
-    ckpt = run.sweep.out_dir / "checkpoints" / f"{train_key(point, thash)}.npz"
-    name = _describe(point)
-    if ckpt.exists() and not retrain:
-        params, meta = checkpoint.load(ckpt, point.model)
-        run.summary.loaded += 1
-        run.log(f"{name}: loaded checkpoint {ckpt.name}")
-        return params, meta
-    run.log(
-        f"{name}: training on {point.train.total_steps * point.train.tokens_per_step:,} tokens "
-        f"(lr {point.train.lr:.3g})"
-    )
-    try:
-        r = train.train(
-            point.model,
-            point.train,
-            run.corpus,
-            progress=progress,
-            progress_position=1,
-            evaluate_heldout=False,
-            mesh=run.mesh,
-        )
-    except train.TrainingDiverged as e:
-        run.log(f"{name}: FAILED, training diverged: {e}")
-        run.summary.failed.append(f"{name}: {e}")
-        return None
-    meta = {
-        "train_wall_s": r.train_seconds,
-        "train_compile_s": r.compile_seconds,
-        "train_tokens": r.tokens,
-        "train_steps": len(r.losses_nats),
-        "train_tokens_per_s": r.tokens_per_second,
-        "train_flops": r.flops_per_token_train * r.tokens,
-        "train_loss_final_nats": r.final_loss_nats(),
-        "train_hash": thash,
+def _ckpt_dir(run: _Run) -> Path:
+    return run.sweep.out_dir / "checkpoints"
+
+
+def _state_template(point: TrainPoint):
+    params = jax.eval_shape(lambda: model.init_params(point.model, jax.random.key(0)))
+    return {
+        "params": params,
+        "opt_state": jax.eval_shape(train.make_optimizer(point.train).init, params),
     }
-    host_params = (
-        r.params if run.mesh is None else sharding.to_host(r.params)
-    )  # a collective: every process
-    if _writer():
-        checkpoint.save(ckpt, host_params, meta)
-    run.summary.trained += 1
+
+
+class _Trunk:
+    """A WSD trunk between branch points: a ``Trainer`` (in memory) or nothing yet; its state is
+    saved at every branch point and found there again by a later run."""
+
+    def __init__(self, run: _Run, point: TrainPoint):
+        self.run, self.point = run, point
+        self.key = (
+            f"trunk-{_name(point).split('-D')[0]}-{trunk_hash(point, run.plan.corpus_id)[:12]}"
+        )
+        self.trainer: train.Trainer | None = None
+
+    def path(self, step: int) -> Path:
+        return _ckpt_dir(self.run) / f"{self.key}-step{step}.npz"
+
+    def state_at(self, step: int, schedule, *, retrain: bool, progress: bool) -> tuple[dict, dict]:
+        """(``{"params", "opt_state"}`` as host arrays, meta) of the trunk at ``step``: loaded from
+        its checkpoint, or trained there from the latest state at or before it, and saved."""
+        run, path = self.run, self.path(step)
+        if path.exists() and not retrain:
+            return checkpoint.load(path, _state_template(self.point))
+        t = self.trainer
+        if t is None or t.step > step:
+            t = self.trainer = self._resume(step, retrain)
+        curve = train.curve_steps(schedule.total_steps, schedule.steps_per_call)
+        run.log(f"{_describe(self.point).split(' D=')[0]}: trunk {t.step} -> {step} steps")
+        bar = train._progress((step - t.step) * schedule.tokens_per_step, progress, 1)
+        try:
+            t.advance(step, schedule, curve_at=curve, phase="trunk", bar=bar)
+        finally:
+            bar.close()
+        state = t.host_state()
+        meta = {
+            "step": t.step,
+            "curve": t.curve,
+            "train_wall_s": t.train_seconds + t.offset_s,
+            "train_compile_s": t.compile_seconds,
+        }
+        if _writer():
+            checkpoint.save(path, state, meta)
+        return state, meta
+
+    def _resume(self, step: int, retrain: bool) -> train.Trainer:
+        """A trainer at the latest saved trunk state at or before ``step`` (or at step 0)."""
+        saved = (
+            []
+            if retrain
+            else sorted(
+                (int(p.stem.rsplit("step", 1)[1]), p)
+                for p in _ckpt_dir(self.run).glob(f"{self.key}-step*.npz")
+            )
+        )
+        saved = [(s, p) for s, p in saved if s <= step]
+        kw, offset = {}, 0.0
+        if saved:
+            state, meta = checkpoint.load(saved[-1][1], _state_template(self.point))
+            kw = dict(**state, step=meta["step"], curve=meta["curve"])
+            offset = meta["train_wall_s"]
+        t = train.Trainer(
+            self.point.model, self.point.train, self.run.corpus, mesh=self.run.mesh, **kw
+        )
+        t.offset_s = offset
+        return t
+
+
+def _train_group(run: _Run, points: list[TrainPoint], *, retrain: bool, progress: bool):
+    """Yield ``(point, (params, meta) or None)`` for each of ``points`` (one trunk's budgets in
+    ascending order, or one cosine run): loaded from its checkpoint, or trained (the trunk to
+    the point's branch step, then its cooldown) and checkpointed; None when training diverged
+    (logged and counted as failed; the trunk's later budgets fail with it)."""
+    trunk = _Trunk(run, points[0]) if points[0].trunk is not None else None
+    failed = None
+    for point in points:
+        thash = run.plan.hashes[id(point)]
+        ckpt = _ckpt_dir(run) / f"{train_key(point, thash)}.npz"
+        name = _describe(point)
+        if ckpt.exists() and not retrain:
+            params, meta = checkpoint.load(ckpt, point.model)
+            run.summary.loaded += 1
+            run.log(f"{name}: loaded checkpoint {ckpt.name}")
+            yield point, (params, meta)
+            continue
+        if failed is not None:
+            run.summary.failed.append(f"{name}: its trunk diverged")
+            yield point, None
+            continue
+        try:
+            params, meta = _train_one(run, point, trunk, retrain=retrain, progress=progress)
+        except train.TrainingDiverged as e:
+            run.log(f"{name}: FAILED, training diverged: {e}")
+            run.summary.failed.append(f"{name}: {e}")
+            failed = e if trunk is not None else None
+            yield point, None
+            continue
+        meta["train_hash"] = thash
+        host_params = (
+            params if run.mesh is None else sharding.to_host(params)
+        )  # a collective: every process
+        if _writer():
+            checkpoint.save(ckpt, host_params, meta)
+        run.summary.trained += 1
+        run.log(
+            f"{name}: trained in {meta['train_wall_s']:.1f} s "
+            f"(+{meta['train_compile_s']:.1f} s compile), "
+            f"final train loss {meta['train_loss_final_nats']:.3f} nats"
+        )
+        yield point, (params, meta)
+
+
+def _train_one(run: _Run, point: TrainPoint, trunk: _Trunk | None, *, retrain, progress):
+    """Train one point: a cosine run from scratch, or a WSD branch from its trunk's state at the
+    cooldown start.  Returns (params, meta of the ``train`` schema part and the curve)."""
+    tc = point.train
+    start, kw, curve, offset, compile_s = 0, {}, [], 0.0, 0.0
+    if trunk is not None:
+        start = tc.cooldown_start
+        state, tmeta = trunk.state_at(start, tc, retrain=retrain, progress=progress)
+        kw = dict(**state, step=start)
+        curve, offset, compile_s = tmeta["curve"], tmeta["train_wall_s"], tmeta["train_compile_s"]
+    t = train.Trainer(point.model, tc, run.corpus, mesh=run.mesh, curve=curve, **kw)
+    marks = train.curve_steps(tc.total_steps, tc.steps_per_call)
+    what = "cooldown" if trunk is not None else "run"
     run.log(
-        f"{name}: trained in {r.train_seconds:.1f} s (+{r.compile_seconds:.1f} s compile), "
-        f"final train loss {meta['train_loss_final_nats']:.3f} nats"
+        f"{_describe(point)}: {what} {start} -> {tc.total_steps} steps "
+        f"({(tc.total_steps - start) * tc.tokens_per_step:,} tokens, lr {tc.lr:.3g})"
     )
-    return r.params, meta
+    bar = train._progress((tc.total_steps - start) * tc.tokens_per_step, progress, 1)
+    try:
+        t.advance(
+            tc.total_steps, curve_at=marks, phase=what if trunk is not None else "train", bar=bar
+        )
+    finally:
+        bar.close()
+    losses = t.losses_nats()
+    k = max(1, min(len(losses), tc.total_steps // 20))
+    tokens = tc.total_steps * tc.tokens_per_step
+    wall = offset + t.train_seconds
+    meta = {
+        "train_wall_s": wall,
+        "train_compile_s": compile_s + t.compile_seconds,
+        "train_tokens": tokens,
+        "train_steps": tc.total_steps,
+        "train_tokens_per_s": tokens / wall,
+        "train_flops": flops_per_token(point.model, tc.seq_len)["train"] * tokens,
+        "train_loss_final_nats": float(np.mean(losses[-k:])),
+        "curve": t.curve,
+    }
+    return t.params, meta
 
 
 def _measure_point(
     run: _Run, point: TrainPoint, params, meta: dict, precisions: list[str], bar
 ) -> None:
-    """Evaluate ``params`` in every precision on the held-out set (paired), time each precision,
-    and write one record per precision as soon as it is measured."""
-    eval_set = data.eval_batches(run.corpus.val, point.train.seq_len, point.train.eval_tokens)
+    """Evaluate ``params`` in every precision on the test split (paired) and in the training
+    precision on the model-selection split, time each precision (once per model shape: other
+    budgets, seeds and lrs of the size carry that measurement), and write one record per
+    precision as soon as it is measured."""
+    tc = point.train
+    eval_set = data.eval_batches(run.corpus.test, tc.seq_len, tc.eval_tokens)
     t0 = time.perf_counter()
     table = evaluate.compare_precisions(
-        params, point.model, eval_set, precisions, point.train.eval_batch_size
+        params, point.model, eval_set, precisions, tc.eval_batch_size
+    )
+    select = evaluate.evaluate(
+        params,
+        point.model,
+        data.eval_batches(run.corpus.select, tc.seq_len, tc.eval_tokens),
+        tc.eval_batch_size,
+        policy=tc.compute,
     )
     eval_wall_s = time.perf_counter() - t0
     by_precision = {row.pop("inference_precision"): row for row in table.to_dict("records")}
+    if "curve" in meta:
+        results.write_curve(
+            run.sweep.out_dir, train_key(point, run.plan.hashes[id(point)]), meta["curve"]
+        )
     lat_cfg = run.sweep.latency
     for prec in precisions:
         bar.set_postfix_str(point_id(point, prec), refresh=True)
         lat = {}
         if lat_cfg.enabled:
-            form = formulation.choose(
-                prec, point.model, kernel_layout=lat_cfg.kernel_layout, min_rows=lat_cfg.min_rows
-            )
-            lat = latency.measure_latency(
-                params,
-                point.model,
-                prec,
-                batch=lat_cfg.batch,
-                prompt_tokens=lat_cfg.prompt_tokens,
-                gen_tokens=lat_cfg.gen_tokens,
-                repeats=lat_cfg.repeats,
-                warmup=lat_cfg.warmup,
-                roof=run.roof,
-                mesh=run.mesh,
-                form=form,
-            )
-        ev = {**by_precision[prec], "eval_wall_s": eval_wall_s}
+            lat = _latency(run, point, params, prec)
+        ev = {
+            **by_precision[prec],
+            "select_loss_nats": select["eval_loss_nats"],
+            "select_loss_se_nats": select["eval_loss_se_nats"],
+            "eval_wall_s": eval_wall_s,
+        }
         rec = _record(run, point, prec, meta, ev, lat)
         if _writer():
             results.write_record(run.sweep.out_dir, rec["point_id"], rec)
         run.summary.written += 1
         bar.update(1)
         msg = (
-            f"{_describe(point)} -> {prec}: held-out loss {ev['eval_loss_nats']:.4f} nats/token "
+            f"{_describe(point)} -> {prec}: test loss {ev['eval_loss_nats']:.4f} nats/token "
             f"(SE {ev['eval_loss_se_nats']:.4f})"
         )
         if lat:
@@ -430,6 +607,33 @@ def _measure_point(
                 f"prefill {lat['prefill_ms_median']:.2f} ms"
             )
         run.log(msg)
+
+
+def _latency(run: _Run, point: TrainPoint, params, prec: str) -> dict:
+    """The latency part of ``point``'s record in ``prec``: measured on the first model of its
+    shape this run meets, and carried (with ``latency_from_point_id``) by the others: latency
+    depends on the shapes and the precision, not on what the weights learned."""
+    key = (point.model, prec)
+    if key not in run.timed:
+        lat_cfg = run.sweep.latency
+        form = formulation.choose(
+            prec, point.model, kernel_layout=lat_cfg.kernel_layout, min_rows=lat_cfg.min_rows
+        )
+        lat = latency.measure_latency(
+            params,
+            point.model,
+            prec,
+            batch=lat_cfg.batch,
+            prompt_tokens=lat_cfg.prompt_tokens,
+            gen_tokens=lat_cfg.gen_tokens,
+            repeats=lat_cfg.repeats,
+            warmup=lat_cfg.warmup,
+            roof=run.roof,
+            mesh=run.mesh,
+            form=form,
+        )
+        run.timed[key] = {**lat, "latency_from_point_id": point_id(point, prec)}
+    return run.timed[key]
 
 
 def _writer() -> bool:
@@ -451,6 +655,9 @@ def _record(run: _Run, point: TrainPoint, prec: str, meta: dict, ev: dict, lat: 
             "config_hash": _config_hash(sweep, thash, prec),
             "train_hash": thash,
             "size_target_params_non_embedding": point.size_target,
+            "train_tokens_target": point.budget,
+            "compute_budget_flops": point.compute_budget,
+            "schedule": t.schedule,
             "seed": point.seed,
             "train_precision": point.train_precision,
             "inference_precision": prec,
@@ -476,6 +683,8 @@ def _record(run: _Run, point: TrainPoint, prec: str, meta: dict, ev: dict, lat: 
             "batch_size": t.batch_size,
             "seq_len": t.seq_len,
             "lr_peak": t.lr,
+            "warmup_tokens": t.total_warmup_steps * t.tokens_per_step,
+            "cooldown_tokens": t.cooldown_steps * t.tokens_per_step,
         },
     )
     trained = schema.part(
@@ -483,6 +692,7 @@ def _record(run: _Run, point: TrainPoint, prec: str, meta: dict, ev: dict, lat: 
         {
             **{k: meta[k] for k in schema.columns("train") if k in meta},
             "train_flops_6nd": 6.0 * counts["non_embedding"] * meta["train_tokens"],
+            "epochs": meta["train_tokens"] / len(run.corpus.train),
         },
     )
     return {

@@ -2,8 +2,11 @@
 
 ``load_sweep(path)`` reads and validates the whole file before any compute: unknown keys,
 wrong types and impossible values raise ``ConfigError`` naming the key (``[train].lr``).
-The result is a ``Sweep``: the resolved ``ModelConfig`` per size, a ``TrainConfig`` per
-(size, seed, training precision), the inference precisions and the latency settings.
+The result is a ``Sweep``: the resolved ``ModelConfig`` per size, a ``TrainPoint`` per
+(size, token budget, seed, lr, training precision), the inference precisions and the latency
+settings.  With ``schedule = "wsd"`` the points that differ only in their token budget share one
+trunk (``TrainPoint.trunk``): the sweep trains the trunk once, to the largest budget's cooldown,
+and each budget is a short cooldown branch from it.
 
 File layout (every key optional except ``[sizes]`` and ``[tokens]``)::
 
@@ -20,16 +23,27 @@ File layout (every key optional except ``[sizes]`` and ``[tokens]``)::
     head_dim = 64
     tie_embeddings = true
 
-    [tokens]                       # training tokens per model: exactly one of
-    fixed = 2e6                    #   the same budget for every size
-    # per_param = 20               #   tokens = per_param x non-embedding params
-    min = 0                        # clamps for per_param (tokens)
+    [replicates]                   # optional: more seeds on some sizes (seed-to-seed noise)
+    seeds = [1]
+    sizes = [1e4, 3e4]             # size targets of [sizes]
+
+    [tokens]                       # token budgets per size (a number or a list): exactly one of
+    fixed = [1e6, 3e6]             #   the same budgets for every size
+    # per_param = [5, 20, 80]      #   tokens = per_param x non-embedding params
+    # compute = [1e11, 1e12]       #   IsoFLOP: C in FLOPs; each size gets tokens = C / (6 N)
+    # tokens_per_param = [2, 500]  #   compute only: keep the (size, C) pairs whose tokens / N
+    #                              #   lies in this window, i.e. the sizes around C's optimum
+    min = 0                        # per_param: clamps (tokens); compute: pairs outside dropped
     max = 1e12
+    max_epochs = 4.0               # refuse a run that repeats the training split more often
 
     [train]                        # TrainConfig fields (not steps/tokens/seed/compute) plus
-    lr = 3e-3                      # peak lr at lr_ref_params non-embedding params;
-    lr_ref_params = 1e5            # lr(N) = lr * (N / lr_ref_params) ** -lr_exponent
-    lr_exponent = 0.0
+    lr = 3e-3                      # peak lr (or a list: every lr is trained, analysis picks the
+    lr_ref_params = 1e5            # best per size and budget on the model-selection split) at
+    lr_exponent = 0.0              # lr_ref_params: lr(N) = lr * (N / lr_ref_params) ** -lr_exponent
+    schedule = "wsd"               # "wsd": per (size, seed, lr) one constant-lr trunk, and per
+    cooldown_frac = 0.2            # budget a cooldown branch from it; "cosine": a run per budget
+    cooldown_shape = "1-sqrt"      # or "linear"
     batch_size = 16
     seq_len = 256
     eval_tokens = 262144
@@ -88,10 +102,12 @@ _TOP = {
     "latency",
     "corpus",
     "mesh",
+    "replicates",
 }
 _SIZES = {"params_non_embedding", "ladder", "aspect_ratio", "head_dim", "tie_embeddings"}
 _LADDER = {"lo", "hi", "per_decade"}
-_TOKENS = {"fixed", "per_param", "min", "max"}
+_TOKENS = {"fixed", "per_param", "compute", "tokens_per_param", "min", "max", "max_epochs"}
+_REPLICATES = {"seeds", "sizes"}
 _TRAIN_EXTRA = {"lr_ref_params", "lr_exponent"}
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {
     "steps",
@@ -130,11 +146,14 @@ class Latency:
 
 @dataclasses.dataclass(frozen=True)
 class TrainPoint:
-    """One model to train: a size target, its resolved config, one seed, one training precision."""
+    """One model to train: a size target, its resolved config, and its training config (token
+    budget, seed, lr, training precision, schedule).  ``compute_budget``: the IsoFLOP budget C
+    (FLOPs) the point belongs to, or None."""
 
     size_target: float
     model: ModelConfig
     train: TrainConfig
+    compute_budget: float | None = None
 
     @property
     def seed(self) -> int:
@@ -143,6 +162,18 @@ class TrainPoint:
     @property
     def train_precision(self) -> str:
         return self.train.compute
+
+    @property
+    def budget(self) -> int:
+        """The token budget as the config gives it (``train_tokens_target``)."""
+        return self.train.tokens
+
+    @property
+    def trunk(self) -> tuple | None:
+        """What the points sharing one WSD trunk have in common (None for cosine: no trunk)."""
+        if self.train.schedule != "wsd":
+            return None
+        return (self.size_target, self.seed, self.train.lr, self.train_precision)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,9 +190,20 @@ class Sweep:
     source: str  # the TOML text, copied into the output directory
     mesh: dict | None = None  # [mesh] {"data": .., "fsdp": ..} as given (None: one device)
 
+    max_epochs: float = 4.0
+    notes: tuple[str, ...] = ()  # what the design cannot identify, said before training
+
     @property
     def n_records(self) -> int:
         return len(self.train_points) * len(self.precisions)
+
+    def groups(self) -> list[list[TrainPoint]]:
+        """The training points as runs of one trunk each (budgets ascending); a cosine point is a
+        group of its own.  Order: as ``train_points``."""
+        out: dict = {}
+        for k, p in enumerate(self.train_points):
+            out.setdefault(p.trunk if p.trunk is not None else ("run", k), []).append(p)
+        return [sorted(g, key=lambda p: p.budget) for g in out.values()]
 
 
 def _err(key: str, msg: str) -> ConfigError:
@@ -259,22 +301,63 @@ def _sizes(d: dict) -> tuple[list[float], dict]:
     return sorted(targets), kw
 
 
+def _number_list(v: Any, key: str, **kw) -> list[float]:
+    vals = v if isinstance(v, list) else [v]
+    if not vals:
+        raise _err(key, "must be a number or a non-empty list of numbers")
+    out = [_number(x, key, **kw) for x in vals]
+    if len(set(out)) != len(out):
+        raise _err(key, f"lists a value twice: {vals}")
+    return sorted(out)
+
+
 def _token_rule(d: dict):
+    """``(budgets_for(n) -> [(tokens, C or None), ...], max_epochs)`` from ``[tokens]``."""
     _check_keys(d, _TOKENS, "tokens.")
-    if ("fixed" in d) == ("per_param" in d):
+    given = [k for k in ("fixed", "per_param", "compute") if k in d]
+    if len(given) != 1:
         raise _err(
             "tokens",
-            "give exactly one of fixed = <tokens> or per_param = <tokens per non-embedding param>",
+            "give exactly one of fixed = <tokens or list>, per_param = <tokens per non-embedding "
+            "param, or list>, compute = <IsoFLOP budgets in FLOPs, list>"
+            + (f"; got {', '.join(given)}" if given else ""),
         )
+    max_epochs = _number(d.get("max_epochs", 4.0), "tokens.max_epochs", lo=0, strict_lo=True)
+    if "tokens_per_param" in d and "compute" not in d:
+        raise _err("tokens.tokens_per_param", "applies to compute = [...] only")
     if "fixed" in d:
         if "min" in d or "max" in d:
-            raise _err("tokens", "min and max apply to per_param only")
-        fixed = _count(d["fixed"], "tokens.fixed")
-        return lambda n: fixed
-    per = _number(d["per_param"], "tokens.per_param", lo=0, strict_lo=True)
+            raise _err("tokens", "min and max apply to per_param and compute only")
+        fixed = [_count(x, "tokens.fixed") for x in _number_list(d["fixed"], "tokens.fixed", lo=1)]
+        return (lambda n: [(t, None) for t in fixed]), max_epochs
     tmin = _count(d.get("min", 1), "tokens.min")
     tmax = _count(d.get("max", 10**15), "tokens.max", lo=tmin)
-    return lambda n: int(min(max(round(per * n), tmin), tmax))
+    if "per_param" in d:
+        per = _number_list(d["per_param"], "tokens.per_param", lo=0, strict_lo=True)
+
+        def per_param(n):
+            budgets = sorted({int(min(max(round(r * n), tmin), tmax)) for r in per})
+            return [(t, None) for t in budgets]
+
+        return per_param, max_epochs
+    budgets_c = _number_list(d["compute"], "tokens.compute", lo=0, strict_lo=True)
+    window = d.get("tokens_per_param", [0, math.inf])
+    if not isinstance(window, list) or len(window) != 2:
+        raise _err("tokens.tokens_per_param", f"must be [lo, hi], got {window!r}")
+    lo = _number(window[0], "tokens.tokens_per_param", lo=0)
+    hi = (
+        window[1] if window[1] == math.inf else _number(window[1], "tokens.tokens_per_param", lo=lo)
+    )
+
+    def iso(n):
+        out = []
+        for c in budgets_c:
+            t = round(c / (6 * n))
+            if tmin <= t <= tmax and lo <= t / n <= hi:
+                out.append((t, c))
+        return out
+
+    return iso, max_epochs
 
 
 def parse_sweep(text: str, *, where: str = "<sweep>", out_dir: str | None = None) -> Sweep:
@@ -323,12 +406,14 @@ def _build(raw: dict, text: str, out_dir_override: str | None) -> Sweep:
     )
 
     targets, size_kw = _sizes(_table(raw["sizes"], "[sizes]"))
-    tokens_for = _token_rule(_table(raw["tokens"], "[tokens]"))
+    budgets_for, max_epochs = _token_rule(_table(raw["tokens"], "[tokens]"))
+    extra_seeds = _replicates(raw.get("replicates"), targets, seeds)
 
     tr = dict(_table(raw.get("train", {}), "[train]"))
     _check_keys(tr, _TRAIN_FIELDS | _TRAIN_EXTRA, "train.")
     lr_ref = _number(tr.pop("lr_ref_params", 1e5), "train.lr_ref_params", lo=0, strict_lo=True)
     lr_exp = _number(tr.pop("lr_exponent", 0.0), "train.lr_exponent", lo=-2, hi=2)
+    lrs = _number_list(tr.pop("lr", TrainConfig.lr), "train.lr", lo=0, strict_lo=True)
     for k, v in tr.items():  # TOML floats like 2.62e5 for integer fields
         if (
             isinstance(v, float)
@@ -413,22 +498,19 @@ def _build(raw: dict, text: str, out_dir_override: str | None) -> Sweep:
             )
         seen[cfg] = t
         n = count_params(cfg)["non_embedding"]
-        lr = tr.get("lr", TrainConfig.lr)
-        if isinstance(lr, (int, float)) and not isinstance(lr, bool):
-            lr = lr * (n / lr_ref) ** -lr_exp
-        for seed in seeds:
-            for train_precision in train_precisions:
-                try:
-                    tc = TrainConfig(
-                        **{**tr, "lr": lr}, tokens=tokens_for(n), seed=seed, compute=train_precision
+        budgets = budgets_for(n)
+        for seed in seeds + extra_seeds.get(t, []):
+            for lr in lrs:
+                for train_precision in train_precisions:
+                    points += _points_of_trunk(
+                        t, cfg, tr, budgets, lr * (n / lr_ref) ** -lr_exp, seed, train_precision
                     )
-                except (ConfigError, TypeError) as e:  # name the key as it is written in the file
-                    raise ConfigError(
-                        str(e)
-                        .replace("TrainConfig: ", "[train]: ")
-                        .replace("TrainConfig.", "train.")
-                    ) from None
-                points.append(TrainPoint(size_target=t, model=cfg, train=tc))
+    if not points:
+        raise _err(
+            "tokens",
+            "no (size, budget) pair is left: widen tokens.tokens_per_param or tokens.min/max, or "
+            "choose compute budgets nearer the sizes (tokens = C / (6 N))",
+        )
     return Sweep(
         name=name,
         out_dir=Path(out_dir),
@@ -439,4 +521,96 @@ def _build(raw: dict, text: str, out_dir_override: str | None) -> Sweep:
         val_percent=val_percent,
         source=text,
         mesh=mesh,
+        max_epochs=max_epochs,
+        notes=tuple(_design_notes(points)),
     )
+
+
+def _train_config(tr: dict, **kw) -> TrainConfig:
+    try:
+        return TrainConfig(**{**tr, **kw})
+    except (ConfigError, TypeError) as e:  # name the key as it is written in the file
+        raise ConfigError(
+            str(e).replace("TrainConfig: ", "[train]: ").replace("TrainConfig.", "train.")
+        ) from None
+
+
+def _points_of_trunk(target, cfg, tr, budgets, lr, seed, train_precision) -> list[TrainPoint]:
+    """The points of one (size, seed, lr, training precision): one per token budget.  WSD points
+    share the warm-up of the smallest budget (``warmup_frac`` of its steps unless
+    ``warmup_steps`` is given), so their schedules agree up to each cooldown."""
+    kw = dict(lr=lr, seed=seed, compute=train_precision)
+    tcs = [(_train_config(tr, tokens=tok, **kw), c) for tok, c in budgets]
+    if tcs and tcs[0][0].schedule == "wsd" and tr.get("warmup_steps") is None:
+        warm = tcs[0][0].total_warmup_steps
+        tcs = [(dataclasses.replace(tc, warmup_steps=warm), c) for tc, c in tcs]
+    return [TrainPoint(target, cfg, tc, c) for tc, c in tcs]
+
+
+def _replicates(d, targets: list[float], seeds: list[int]) -> dict[float, list[int]]:
+    """``[replicates]``: {size target: extra seeds}."""
+    if d is None:
+        return {}
+    d = _table(d, "[replicates]")
+    _check_keys(d, _REPLICATES, "replicates.")
+    for k in ("seeds", "sizes"):
+        if k not in d:
+            raise _err(f"replicates.{k}", "missing")
+    extra = d["seeds"]
+    if not isinstance(extra, list) or not extra:
+        raise _err("replicates.seeds", "must be a non-empty list of integers >= 0")
+    extra = [_count(x, "replicates.seeds", lo=0) for x in extra]
+    if len(set(extra)) != len(extra) or set(extra) & set(seeds):
+        raise _err("replicates.seeds", f"lists a seed twice or one of seeds = {seeds}: {extra}")
+    sizes = d["sizes"]
+    if not isinstance(sizes, list) or not sizes:
+        raise _err("replicates.sizes", "must be a non-empty list of size targets from [sizes]")
+    out = {}
+    for v in sizes:
+        x = _number(v, "replicates.sizes")
+        match = [t for t in targets if abs(t / x - 1) < 0.01]
+        if not match:
+            raise _err(
+                "replicates.sizes",
+                f"{v!r} is not a size target of [sizes] ({', '.join(f'{t:.4g}' for t in targets)})",
+            )
+        out[match[0]] = extra
+    return out
+
+
+def _design_notes(points: list[TrainPoint]) -> list[str]:
+    """What the grid cannot identify, said before anything is trained."""
+    notes = []
+    budgets = {p.size_target: set() for p in points}
+    for p in points:
+        budgets[p.size_target].add(p.budget)
+    if all(len(b) == 1 for b in budgets.values()):
+        if len({b for bs in budgets.values() for b in bs}) == 1:
+            notes.append(
+                "one token budget for every size: L(N, D) (the Chinchilla form) is not "
+                "identified, only L(N) at that budget; give several budgets per size"
+            )
+        else:
+            notes.append(
+                "one budget per size: N and D change together, so their effects on the loss "
+                "cannot be told apart; give several budgets per size"
+            )
+    cs = {}
+    for p in points:
+        if p.compute_budget is not None:
+            cs.setdefault(p.compute_budget, set()).add(p.size_target)
+    for c, sizes in sorted(cs.items()):
+        if len(sizes) < 3:
+            notes.append(
+                f"IsoFLOP budget C = {c:.3g} FLOPs has {len(sizes)} size(s) in the window: "
+                "its parabola needs 3 or more"
+            )
+    seeds = {}
+    for p in points:
+        seeds.setdefault((p.size_target, p.budget), set()).add(p.seed)
+    if all(len(s) == 1 for s in seeds.values()):
+        notes.append(
+            "one seed per model: seed-to-seed noise is not measured, and error bars hold only "
+            "the held-out sampling noise; add [replicates]"
+        )
+    return notes

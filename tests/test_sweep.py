@@ -48,7 +48,7 @@ def _forbid_training(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the sweep retrained a model it had a checkpoint for")
 
-    monkeypatch.setattr(train, "train", boom)
+    monkeypatch.setattr(train.Trainer, "advance", boom)
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +165,7 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path):
     assert meta == {"a": 1}
     for x, y in zip(jax.tree.leaves(p), jax.tree.leaves(q)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    with pytest.raises(checkpoint.CheckpointError, match="parameter"):
+    with pytest.raises(checkpoint.CheckpointError, match="leaf"):
         checkpoint.load(path, ModelConfig(d_model=16, n_layers=3, n_heads=2, max_seq_len=32))
     assert not list(tmp_path.glob(".*tmp"))
 
@@ -213,7 +213,7 @@ def test_sweep_writes_one_complete_record_per_point(done, corpus):
     params, meta = checkpoint.load(next((out / "checkpoints").glob("N2000-*.npz")), tp.model)
     from jscale import data
 
-    ev = evaluate.evaluate(params, tp.model, data.eval_batches(corpus.val, 32, 512))
+    ev = evaluate.evaluate(params, tp.model, data.eval_batches(corpus.test, 32, 512))
     assert fp.loc[
         tp.model.n_layers * (12 * tp.model.d_model**2 + 2 * tp.model.d_model) + tp.model.d_model,
         "eval_loss_nats",
@@ -245,33 +245,35 @@ def test_rerun_skips_everything_and_new_precisions_never_retrain(done, tmp_path,
 @pytest.mark.xdist_group("done")  # one worker builds the module fixture
 def test_changed_config_is_stale_until_forced(done, tmp_path):
     out = copy_of(done, tmp_path)
+    text = TINY.format(precisions='["fp32", "int8"]', lr=0.003)
+    decayed = parse_sweep(text.replace("[train]", "[train]\nweight_decay = 0.05"), out_dir=str(out))
     with pytest.raises(ConfigError, match="--force"):
-        sweep.run_sweep(tiny(out, lr=1e-3), progress=False, echo=False)
+        sweep.run_sweep(decayed, progress=False, echo=False)
     assert len(results.load_results(out)) == 4  # nothing touched
-    r = sweep.run_sweep(tiny(out, lr=1e-3), force=True, progress=False, echo=False)
-    assert (r.written, r.trained) == (
-        4,
-        2,
-    )  # the training config changed: its checkpoints do not apply
+    r = sweep.run_sweep(decayed, force=True, progress=False, echo=False)
+    assert (r.written, r.trained) == (4, 2)  # the training config changed: checkpoints do not apply
+    # another lr is another point of the lr axis, not a stale one: both are kept
+    r = sweep.run_sweep(tiny(out, lr=1e-3), progress=False, echo=False)
+    assert (r.written, r.trained) == (4, 2)
     df = results.load_results(out)
-    assert len(df) == 4 and np.allclose(df.lr_peak, 1e-3)
+    assert len(df) == 8 and sorted(df.lr_peak.unique()) == [1e-3, 3e-3]
 
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("done")  # one worker builds the module fixture
 def test_a_diverged_model_fails_alone_and_is_retried(done, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    real = train.train
+    real = train.Trainer.advance
 
-    def flaky(cfg, tc, corpus, **k):
-        if cfg.d_model == done[0].train_points[1].model.d_model:
+    def flaky(self, *a, **k):
+        if self.cfg.d_model == done[0].train_points[1].model.d_model:
             raise train.TrainingDiverged("training loss is nan at optimizer step 3 of 16")
-        return real(cfg, tc, corpus, **k)
+        return real(self, *a, **k)
 
-    monkeypatch.setattr(train, "train", flaky)
+    monkeypatch.setattr(train.Trainer, "advance", flaky)
     r = sweep.run_sweep(tiny(out), progress=False, echo=False)
     assert r.written == 2 and len(r.failed) == 1 and "step 3" in r.failed[0]
-    monkeypatch.setattr(train, "train", real)
+    monkeypatch.setattr(train.Trainer, "advance", real)
     r = sweep.run_sweep(tiny(out), progress=False, echo=False)
     assert (r.written, r.skipped, r.trained) == (2, 2, 1)
     assert len(results.load_results(out)) == 4
@@ -314,7 +316,9 @@ def test_sigkill_mid_sweep_then_rerun_gives_exactly_one_record_per_point(tmp_pat
     q = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert q.returncode == 0, q.stderr[-2000:]
     files = sorted(p.stem for p in records.glob("*.json"))
-    assert files == sorted(f"N{n}-seed0-fp32-{i}" for n in (2000, 8000) for i in ("fp32", "int8"))
+    assert files == sorted(
+        f"N{n}-D8192-seed0-lr0.003-fp32-{i}" for n in (2000, 8000) for i in ("fp32", "int8")
+    )
     df = results.load_results(tmp_path / "out")
     assert len(df) == 4 and df.point_id.is_unique and df.eval_loss_nats.notna().all()
     assert f"{n_before} record(s) done, {4 - n_before} to run" in q.stderr  # only the rest was run
@@ -348,6 +352,6 @@ def test_two_workers_share_a_sweep_with_exactly_one_record_per_point(tmp_path, c
     )  # each ran its own model's 2 points
     df = results.load_results(tmp_path / "out")
     assert sorted(df.point_id) == sorted(
-        f"N{n}-seed0-fp32-{i}" for n in (2000, 8000) for i in ("fp32", "int8")
+        f"N{n}-D8192-seed0-lr0.003-fp32-{i}" for n in (2000, 8000) for i in ("fp32", "int8")
     )
     assert df.hostname.nunique() == 1 and df.params_non_embedding.nunique() == 2
