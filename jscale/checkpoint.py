@@ -33,6 +33,9 @@ def save(path: str | os.PathLike, params, meta: dict) -> Path:
     arrays = {jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}
     arrays["__meta__"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed writer
+        if stale != tmp:
+            stale.unlink(missing_ok=True)
     with open(tmp, "wb") as f:
         np.savez(f, **arrays)
         f.flush()

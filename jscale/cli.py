@@ -87,6 +87,68 @@ def _make_mesh(spec: dict[str, int] | None):
     return sharding.make_mesh(**spec)
 
 
+def _print_plan(s, args) -> None:
+    """``jscale sweep --plan``: the grid, its FLOPs and epochs, what is done and what is left,
+    and what the design cannot identify."""
+    from jscale import data
+    from jscale import sweep as sw
+    from jscale.config import count_params, flops_per_token
+
+    corpus = data.load_corpus(s.corpus_path, val_percent=s.val_percent)
+    epochs = {id(p): e for p, e in sw.check_epochs(s, corpus)}  # refuses too many epochs
+    plan = sw.make_plan(s, corpus, force=args.force, worker=args.worker)
+    todo = {id(point): p for point, p in plan.todo}
+    print(
+        f"sweep {s.name!r} -> {s.out_dir}: {len(s.train_points)} models "
+        f"({len(s.groups())} runs) x {len(s.precisions)} precisions; {plan.done} record(s) done, "
+        f"{sum(map(len, todo.values()))} to run, {len(plan.stale)} stale"
+    )
+    print(
+        "| target N | N non-emb | d_model x layers | seed | lr | tokens | tokens/N | C (FLOPs) | "
+        "epochs | schedule | train TFLOP | precisions to run |"
+    )
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---|")
+    total = separate = 0.0
+    for group in s.groups():
+        steps_done = 0  # a WSD trunk is trained once: each budget adds its cooldown
+        for point in group:
+            tc = point.train
+            n = count_params(point.model)["non_embedding"]
+            per_token = flops_per_token(point.model, tc.seq_len)["train"]
+            tok = tc.total_steps * tc.tokens_per_step
+            if point.trunk is None:
+                new_steps = tc.total_steps
+            else:
+                new_steps = max(tc.cooldown_start - steps_done, 0) + tc.cooldown_steps
+                steps_done = max(steps_done, tc.cooldown_start)
+            fl = per_token * new_steps * tc.tokens_per_step
+            total, separate = total + fl, separate + per_token * tok
+            c = f"{point.compute_budget:.3g}" if point.compute_budget else "-"
+            print(
+                f"| {point.size_target:.3g} | {n:,} | "
+                f"{point.model.d_model} x {point.model.n_layers} | "
+                f"{point.seed} | {tc.lr:.3g} | {tok:,} | {tok / n:.3g} | {c} | "
+                f"{epochs[id(point)]:.3f} | {tc.schedule} | {fl / 1e12:.2f} | "
+                f"{', '.join(todo.get(id(point), [])) or '-'} |"
+            )
+    print(
+        f"training: {total / 1e12:.2f} TFLOP (analytic, 3 x forward matmuls)"
+        + (
+            f"; {separate / 1e12:.2f} TFLOP as separate runs ({separate / total:.2f}x)"
+            if separate > total * 1.001
+            else ""
+        )
+    )
+    worst = max(epochs.values())
+    if worst > 1:
+        print(
+            f"warning: the largest run repeats the training split {worst:.2f} times "
+            f"(max_epochs = {s.max_epochs:g})"
+        )
+    for note in s.notes:
+        print(f"design: {note}")
+
+
 def cmd_sweep(args) -> int:
     from jscale import sweep as sw
     from jscale.sweep_config import load_sweep
@@ -96,31 +158,7 @@ def cmd_sweep(args) -> int:
     args.worker = args.worker or (0, 1)
     s = load_sweep(args.config, out_dir=args.out)  # validates the whole file before any compute
     if args.plan:
-        from jscale import data
-        from jscale.config import count_params, flops_per_token
-
-        corpus = data.load_corpus(s.corpus_path, val_percent=s.val_percent)
-        plan = sw.make_plan(s, corpus, force=args.force, worker=args.worker)
-        todo = {id(point): p for point, p in plan.todo}
-        print(
-            f"sweep {s.name!r} -> {s.out_dir}: {plan.done} record(s) done, "
-            f"{sum(map(len, todo.values()))} to run, {len(plan.stale)} stale"
-        )
-        print(
-            "| target N | N non-emb | d_model x layers | seed | train | tokens | train TFLOP | "
-            "precisions to run |"
-        )
-        print("|---:|---:|---|---:|---|---:|---:|---|")
-        for point in s.train_points:
-            n = count_params(point.model)["non_embedding"]
-            tok = point.train.total_steps * point.train.tokens_per_step
-            fl = flops_per_token(point.model, point.train.seq_len)["train"] * tok / 1e12
-            print(
-                f"| {point.size_target:.3g} | {n:,} | "
-                f"{point.model.d_model} x {point.model.n_layers} | "
-                f"{point.seed} | {point.train_precision} | {tok:,} | {fl:.2f} | "
-                f"{', '.join(todo.get(id(point), [])) or '-'} |"
-            )
+        _print_plan(s, args)
         return 0
     r = sw.run_sweep(
         s, force=args.force, retrain=args.retrain, worker=args.worker, progress=not args.quiet

@@ -272,8 +272,11 @@ def config_for_params(
     vocab_size: int = 256,
     max_seq_len: int = 1024,
     tie_embeddings: bool = True,
+    n_layers: int | None = None,
 ) -> ModelConfig:
     """The ladder config whose non-embedding parameter count is closest to ``target``.
+    ``n_layers``: fix the depth (the ladder then varies the width only, and ``aspect_ratio``
+    is ignored).
 
     Non-embedding parameters of this architecture are ``n_layers * (12 d^2 + 2 d) + d``
     (``count_params``).  We search n_layers and d_model (a multiple of
@@ -289,7 +292,10 @@ def config_for_params(
     _require(aspect_ratio > 0, f"aspect_ratio must be > 0, got {aspect_ratio!r}")
     l_ideal = (target / (12 * aspect_ratio**2)) ** (1 / 3)
     best = None
-    for n_layers in range(1, max(2, math.ceil(3 * l_ideal)) + 1):
+    if n_layers is not None:
+        check_positive_int(n_layers, "n_layers")
+    depths = [n_layers] if n_layers else range(1, max(2, math.ceil(3 * l_ideal)) + 1)
+    for n_layers in depths:  # noqa: B020 - the loop variable replaces the fixed depth
         d_ideal = math.sqrt(target / (12 * n_layers))
         quantum = head_dim if d_ideal >= head_dim else 8
         for d in {
@@ -307,7 +313,9 @@ def config_for_params(
                 tie_embeddings=tie_embeddings,
             )
             n = count_params(cfg)["non_embedding"]
-            score = abs(math.log(n / target)) + 0.1 * abs(math.log(d / n_layers / aspect_ratio))
+            score = abs(math.log(n / target))
+            if len(depths) > 1:
+                score += 0.1 * abs(math.log(d / n_layers / aspect_ratio))
             if best is None or score < best[0]:
                 best = (score, cfg)
     return best[1]

@@ -21,6 +21,7 @@ File layout (every key optional except ``[sizes]`` and ``[tokens]``)::
     # ladder = { lo = 1e4, hi = 1e6, per_decade = 4 }
     aspect_ratio = 64              # d_model / n_layers the ladder aims for
     head_dim = 64
+    # n_layers = 2                 # or fix the depth: the ladder varies the width only
     tie_embeddings = true
 
     [replicates]                   # optional: more seeds on some sizes (seed-to-seed noise)
@@ -104,7 +105,14 @@ _TOP = {
     "mesh",
     "replicates",
 }
-_SIZES = {"params_non_embedding", "ladder", "aspect_ratio", "head_dim", "tie_embeddings"}
+_SIZES = {
+    "params_non_embedding",
+    "ladder",
+    "aspect_ratio",
+    "head_dim",
+    "n_layers",
+    "tie_embeddings",
+}
 _LADDER = {"lo", "hi", "per_decade"}
 _TOKENS = {"fixed", "per_param", "compute", "tokens_per_param", "min", "max", "max_epochs"}
 _REPLICATES = {"seeds", "sizes"}
@@ -294,6 +302,8 @@ def _sizes(d: dict) -> tuple[list[float], dict]:
         ),
         "head_dim": _count(d.get("head_dim", 64), "sizes.head_dim", lo=8),
     }
+    if "n_layers" in d:
+        kw["n_layers"] = _count(d["n_layers"], "sizes.n_layers")
     tie = d.get("tie_embeddings", True)
     if not isinstance(tie, bool):
         raise _err("sizes.tie_embeddings", f"must be true or false, got {tie!r}")

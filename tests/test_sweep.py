@@ -102,6 +102,44 @@ def copy_of(done, tmp_path):
         (lambda t: t.replace("[tokens]\nfixed = 8192\n", ""), "[tokens]"),
         (lambda t: t.replace("lr = 0.003", "lr = -1.0"), "lr"),
         (lambda t: t + "\n[[oops\n", "not valid TOML"),
+        # the token, seed and lr axes
+        (lambda t: t.replace("fixed = 8192", "fixed = [8192, 8192]"), "tokens.fixed"),
+        (lambda t: t.replace("fixed = 8192", "fixed = []"), "tokens.fixed"),
+        (lambda t: t.replace("fixed = 8192", 'fixed = ["8k"]'), "tokens.fixed"),
+        (lambda t: t.replace("fixed = 8192", "per_param = [20, -1]"), "tokens.per_param"),
+        (lambda t: t.replace("fixed = 8192", "compute = [0]"), "tokens.compute"),
+        (lambda t: t.replace("fixed = 8192", "compute = [1e9]\nfixed = 8192"), "tokens"),
+        (
+            lambda t: t.replace("fixed = 8192", "fixed = 8192\ntokens_per_param = [1, 9]"),
+            "tokens.tokens_per_param",
+        ),
+        (
+            lambda t: t.replace("fixed = 8192", "compute = [1e9]\ntokens_per_param = [5]"),
+            "tokens.tokens_per_param",
+        ),
+        (
+            lambda t: t.replace("fixed = 8192", "compute = [1e9]\ntokens_per_param = [9, 1]"),
+            "tokens.tokens_per_param",
+        ),
+        (
+            lambda t: t.replace("fixed = 8192", "compute = [1e3]\ntokens_per_param = [1, 2]"),
+            "tokens",
+        ),  # no (size, budget) pair left in the window
+        (lambda t: t.replace("fixed = 8192", "fixed = 8192\nmax_epochs = 0"), "tokens.max_epochs"),
+        (lambda t: t.replace("lr = 0.003", "lr = [0.003, 0.003]"), "train.lr"),
+        (lambda t: t.replace("lr = 0.003", "lr = [0.003, -1]"), "train.lr"),
+        (lambda t: t.replace("lr = 0.003", 'lr = 0.003\nschedule = "step"'), "train.schedule"),
+        (lambda t: t.replace("lr = 0.003", "lr = 0.003\ncooldown_frac = 0"), "train.cooldown_frac"),
+        (
+            lambda t: t.replace("lr = 0.003", 'lr = 0.003\ncooldown_shape = "cos"'),
+            "train.cooldown_shape",
+        ),
+        (lambda t: t + "\n[replicates]\nseeds = [1]\n", "replicates.sizes"),
+        (lambda t: t + "\n[replicates]\nsizes = [2e3]\n", "replicates.seeds"),
+        (lambda t: t + "\n[replicates]\nseeds = [0]\nsizes = [2e3]\n", "replicates.seeds"),
+        (lambda t: t + "\n[replicates]\nseeds = [1]\nsizes = [3e3]\n", "replicates.sizes"),
+        (lambda t: t + "\n[replicates]\nseeds = [1]\nsizes = [2e3]\nn = 2\n", "replicates.n"),
+        (lambda t: t.replace("[2e3, 8e3]", "[2e3, 8e3]\nn_layers = 0"), "sizes.n_layers"),
     ],
 )
 def test_invalid_configs_name_the_key(edit, key):
@@ -138,6 +176,50 @@ lr_exponent = 0.5
         (1, "fp32"),
         (1, "bf16"),
     }
+
+
+def test_token_axes_resolve_budgets_windows_and_replicates():
+    base = TINY.format(precisions='["fp32"]', lr=0.003)
+    s = parse_sweep(
+        base.replace("fixed = 8192", "compute = [1e9, 4e9]\ntokens_per_param = [5, 100]")
+    )
+    n = {tp.size_target: count_params(tp.model)["non_embedding"] for tp in s.train_points}
+    pairs = sorted((tp.size_target, tp.compute_budget, tp.budget) for tp in s.train_points)
+    want = sorted(
+        (t, c, round(c / (6 * n[t])))
+        for t in (2e3, 8e3)
+        for c in (1e9, 4e9)
+        if 5 <= round(c / (6 * n[t])) / n[t] <= 100
+    )
+    assert pairs == want and len(want) >= 2  # tokens = C / (6 N), inside the window only
+    s = parse_sweep(
+        base.replace("fixed = 8192", "per_param = [2, 8]").replace(
+            "lr = 0.003", 'lr = [1e-3, 3e-3]\nschedule = "wsd"'
+        )
+        + "\n[replicates]\nseeds = [5]\nsizes = [8e3]\n"
+    )
+    got = {(tp.size_target, tp.seed, tp.train.lr, tp.budget) for tp in s.train_points}
+    assert len(got) == len(s.train_points) == 2 * 2 * 2 + 1 * 2 * 2  # sizes x lrs x budgets
+    assert {tp.seed for tp in s.train_points if tp.size_target == 2e3} == {0}
+    assert {tp.seed for tp in s.train_points if tp.size_target == 8e3} == {0, 5}
+    for group in s.groups():  # one trunk per (size, seed, lr): budgets ascending, one warm-up
+        assert len({(p.size_target, p.seed, p.train.lr) for p in group}) == 1 and len(group) == 2
+        assert group[0].budget < group[1].budget
+        assert len({p.train.total_warmup_steps for p in group}) == 1
+        assert group[0].train.total_warmup_steps == round(0.05 * group[0].train.total_steps)
+
+
+def test_design_notes_say_what_cannot_be_identified():
+    base = TINY.format(precisions='["fp32"]', lr=0.003)
+    notes = " ".join(parse_sweep(base).notes)
+    assert "Chinchilla form" in notes and "not identified" in notes and "one seed" in notes
+    s = parse_sweep(
+        base.replace("fixed = 8192", "fixed = [4096, 8192]")
+        + "\n[replicates]\nseeds = [1]\nsizes = [2e3]\n"
+    )
+    assert s.notes == ()
+    s = parse_sweep(base.replace("fixed = 8192", "compute = [1e9, 4e9]"))
+    assert any("IsoFLOP budget" in n and "needs 3" in n for n in s.notes)
 
 
 def test_experiment_configs_are_valid_and_big_enough():
@@ -355,3 +437,156 @@ def test_two_workers_share_a_sweep_with_exactly_one_record_per_point(tmp_path, c
         f"N{n}-D8192-seed0-lr0.003-fp32-{i}" for n in (2000, 8000) for i in ("fp32", "int8")
     )
     assert df.hostname.nunique() == 1 and df.params_non_embedding.nunique() == 2
+
+
+# ----------------------------------------------------------------------------- WSD token axis
+
+WSD = """
+name = "tinywsd"
+seeds = [0]
+precisions = ["fp32", "int8"]
+[sizes]
+params_non_embedding = [2e3, 8e3]
+[replicates]
+seeds = [1]
+sizes = [2e3]
+[tokens]
+fixed = {budgets}
+[train]
+batch_size = 4
+seq_len = 32
+lr = 3e-3
+schedule = "wsd"
+cooldown_frac = 0.25
+eval_tokens = 512
+steps_per_call = 4
+[latency]
+prompt_tokens = 8
+gen_tokens = 4
+repeats = 2
+warmup = 1
+"""
+
+
+@pytest.fixture(scope="module")
+def wsd_done(tmp_path_factory, corpus):
+    """A finished tiny N x D x seed sweep: 2 sizes x 2 budgets (WSD branches), a second seed on
+    the small size, 2 precisions."""
+    out = tmp_path_factory.mktemp("wsd") / "out"
+    s = parse_sweep(WSD.format(budgets="[4096, 12288]"), out_dir=str(out))
+    r = sweep.run_sweep(s, progress=False, echo=False)
+    return s, r, out
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("wsd")
+def test_wsd_sweep_records_every_axis_and_branches_equal_separate_runs(wsd_done, corpus):
+    from jscale import data
+
+    s, r, out = wsd_done
+    assert (r.written, r.trained, len(r.failed)) == (12, 6, 0)
+    df = results.load_results(out)
+    assert len(df) == 12 and df.point_id.is_unique
+    assert sorted(df.train_tokens_target.unique()) == [4096, 12288]
+    assert df.groupby("size_target_params_non_embedding").seed.nunique().to_dict() == {
+        2e3: 2,
+        8e3: 1,
+    }
+    assert (df.schedule == "wsd").all() and df.compute_budget_flops.isna().all()
+    # budgets round up to whole calls of 4 steps of 128 tokens; the cooldown is a quarter
+    assert (df.train_tokens == df.train_steps * 128).all() and (df.train_steps % 4 == 0).all()
+    assert (df.cooldown_tokens == 4 * np.round(0.25 * df.train_steps / 4) * 128).all()
+    assert df.groupby("train_hash").warmup_tokens.nunique().eq(1).all()
+    assert df.warmup_tokens.nunique() == 1  # the smallest budget's warm-up, shared
+    np.testing.assert_allclose(df.epochs, df.train_tokens / len(corpus.train))
+    # the model-selection loss: one value per model, not the test loss
+    assert df.groupby("train_hash").select_loss_nats.nunique().eq(1).all()
+    assert (df.select_loss_nats != df.eval_loss_nats).all()
+    # latency: timed once per (size, precision), carried by the other budgets and seeds
+    for _, g in df.groupby(["params_non_embedding", "inference_precision"]):
+        assert (g.point_id == g.latency_from_point_id).sum() == 1
+        assert g.decode_ms_per_token_median.nunique() == 1
+    # a branch equals a separate WSD run to its budget (independent of the trunk machinery)
+    tp = next(
+        p for p in s.train_points if p.size_target == 2e3 and p.seed == 1 and p.budget == 4096
+    )
+    direct = train.train(tp.model, tp.train, corpus, progress=False, evaluate_heldout=False)
+    ev = evaluate.evaluate(direct.params, tp.model, data.eval_batches(corpus.test, 32, 512))
+    row = df[df.point_id == sweep.point_id(tp, "fp32")].iloc[0]
+    assert row.eval_loss_nats == pytest.approx(ev["eval_loss_nats"], rel=1e-6)
+    # the loss curves: one per model; a branch's curve is its trunk's up to the branch point
+    curves = results.load_curves(out)
+    assert curves.train_key.nunique() == 6
+    for key, c in curves.groupby("train_key"):
+        steps = int(df[df.point_id.str.startswith(key.rsplit("-", 1)[0])].train_steps.iloc[0])
+        assert c.step.is_monotonic_increasing and c.step.iloc[-1] == steps
+        assert list(c.phase.unique()) == ["trunk", "cooldown"]
+        assert c.heldout_loss_nats.notna().all() and c.lr.iloc[-1] < c.lr.max()
+    assert len(list((out / "checkpoints").glob("trunk-*.npz"))) == 6  # each branch point
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("wsd")
+def test_wsd_rerun_skips_and_a_new_budget_continues_the_trunk(wsd_done, tmp_path, monkeypatch):
+    s, _, done_out = wsd_done
+    out = tmp_path / "out"
+    shutil.copytree(done_out, out)
+    _forbid_training(monkeypatch)
+    r = sweep.run_sweep(
+        parse_sweep(WSD.format(budgets="[4096, 12288]"), out_dir=str(out)),
+        progress=False,
+        echo=False,
+    )
+    assert (r.written, r.skipped) == (0, 12)
+    monkeypatch.undo()
+    steps = []
+    real = train.Trainer.advance
+
+    def spy(self, stop, *a, **k):
+        steps.append((self.step, stop))
+        return real(self, stop, *a, **k)
+
+    monkeypatch.setattr(train.Trainer, "advance", spy)
+    bigger = parse_sweep(WSD.format(budgets="[4096, 12288, 16384]"), out_dir=str(out))
+    r = sweep.run_sweep(bigger, progress=False, echo=False)
+    assert (r.written, r.skipped, r.trained) == (6, 12, 3)
+    # each new branch continues its trunk from the last saved branch point (72 steps), not 0
+    assert sorted(steps) == [(72, 96), (72, 96), (72, 96), (96, 128), (96, 128), (96, 128)]
+
+
+def _kill_when(log: Path, phrase: str, proc, delay: float) -> bool:
+    """SIGKILL ``proc`` ``delay`` s after ``phrase`` appears in the part of ``log`` it writes."""
+    offset = log.stat().st_size if log.exists() else 0
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and phrase in log.read_text()[offset:]:
+            time.sleep(delay)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_trunk_and_a_branch_then_rerun_gives_the_same_losses(tmp_path, cache_dir):
+    text = WSD.format(budgets="[16384, 65536]").replace("[latency]", "[latency]\nenabled = false")
+    env = {**os.environ, "JSCALE_CACHE_DIR": str(cache_dir)}
+    losses = {}
+    for name, kills in (("straight", ()), ("killed", ("trunk 96 -> 384", "cooldown 384 -> 512"))):
+        cfg = tmp_path / f"{name}.toml"
+        cfg.write_text(f'out_dir = "{name}"\n' + text)
+        cmd = [sys.executable, "-m", "jscale", "sweep", str(cfg), "--quiet"]
+        for phrase in kills:  # killed in the middle of the first trunk, then of a cooldown
+            p = subprocess.Popen(
+                cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            assert _kill_when(tmp_path / name / "sweep.log", phrase, p, 0.3), phrase
+        q = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert q.returncode == 0, q.stderr[-2000:]
+        df = results.load_results(tmp_path / name)
+        assert len(df) == 12 and df.point_id.is_unique
+        losses[name] = df.set_index("point_id").eval_loss_nats.sort_index()
+        assert not list((tmp_path / name / "checkpoints").glob(".*.tmp"))
+    assert list(losses["killed"].index) == list(losses["straight"].index)
+    np.testing.assert_array_equal(losses["killed"].values, losses["straight"].values)
