@@ -26,11 +26,17 @@ Every L-BFGS run is a lane of one jitted, vmapped ``lax.while_loop`` that stops 
 both tests pass at its last step.
 
 Main fit: every point of the start grid (>= 500 for chinchilla) runs on all rows; the lowest
-objective is kept. Bootstrap: ``n_bootstrap`` resamples of rows, as multinomial count weights
-(static shapes: one compiled function serves all resamples); each resample runs
+objective is kept. Bootstrap: ``n_bootstrap`` resamples of rows (or, with ``cluster``, of
+clusters of rows: multinomial counts over clusters expanded to their rows), as multinomial count
+weights (static shapes: one compiled function serves all resamples); each resample runs
 ``bootstrap_starts`` L-BFGS starts: the best distinct optima of the full-data grid, then
 jittered copies of the best one (``_JITTER``), and keeps its lowest objective. Intervals are
 percentiles over the resamples whose kept run converged; ``n_converged`` says how many.
+
+Axes of a sweep: ``select_lr`` keeps the learning rate with the lowest selection-split loss
+(never the test loss) per (size, token budget); ``isoflop`` is Hoffmann et al.'s approach 2
+(a parabola in log N per compute budget, then N_opt ~ C^a); ``chinchilla_frontier`` is approach
+3 (the exponents of a ``chinchilla`` fit); ``compare_approaches`` puts them side by side.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ import numpy as np
 import optax
 import pandas as pd
 
-from jscale.schema import LOSS, PRECISION, TOKENS, N
+from jscale.schema import COMPUTE, LOSS, LR, PRECISION, SEED, SELECT, TOKENS, TOKENS_TARGET, N
 
 
 class AnalysisError(ValueError):
@@ -355,6 +361,14 @@ def _inputs(df, form: Form, x, y, d):
             raise AnalysisError(f"{k} has NaN or infinite values")
         if np.any(v <= 0):
             raise AnalysisError(f"{k} must be positive; {int((v <= 0).sum())} value(s) are <= 0")
+    if form.needs_d:  # a law in N and D is not identified unless both vary
+        for name, spec, v in (("d", d, ds), ("x", x, xs)):
+            if len(np.unique(v)) < 2:
+                col = f"column {spec!r}" if isinstance(spec, str) else name
+                raise AnalysisError(
+                    f"form {form.name!r} needs at least 2 distinct values of {name} ({col}), "
+                    f"got one ({v[0]:g}): the law is not identified"
+                )
     P = len(form.param_names)
     if len(xs) < P + 1:
         raise AnalysisError(
@@ -362,6 +376,64 @@ def _inputs(df, form: Form, x, y, d):
             f"got {len(xs)}"
         )
     return xs, ys, (ds if ds is not None else np.ones_like(xs))
+
+
+def _cluster_ids(df, cluster, n: int):
+    """Cluster index per row (``[n]`` ints 0..G-1, numbered in order of first appearance), or
+    None. ``cluster``: a column name or a list of column names of ``df`` (a cluster is one
+    distinct combination of their values), or ``n`` labels (any hashable values)."""
+    if cluster is None:
+        return None
+    if _names_columns(df, cluster):
+        cols = [cluster] if isinstance(cluster, str) else list(cluster)
+        if df is None:
+            raise AnalysisError(f"cluster={cluster!r} names columns but no table was given")
+        for c in cols:
+            if c not in df.columns:
+                raise AnalysisError(
+                    f"column {c!r} (cluster) not in the table; it has: "
+                    f"{', '.join(map(str, df.columns))}"
+                )
+            if df[c].isna().any():
+                raise AnalysisError(f"column {c!r} (cluster) has {int(df[c].isna().sum())} NaN")
+        ids = df.groupby(cols, sort=False).ngroup().to_numpy()
+    else:
+        labels = list(cluster)
+        if len(labels) != n:
+            raise AnalysisError(f"cluster has {len(labels)} labels for {n} rows")
+        ids = pd.factorize(pd.Series(labels, dtype=object))[0]
+    if ids.max() + 1 < 2:
+        raise AnalysisError("cluster puts every row in one cluster; a bootstrap needs 2 or more")
+    return np.asarray(ids, int)
+
+
+def _names_columns(df, cluster) -> bool:
+    """Whether ``cluster`` names columns (a string, or with a table a list of strings)."""
+    return isinstance(cluster, str) or (
+        df is not None
+        and isinstance(cluster, (list, tuple))
+        and len(cluster) > 0
+        and all(isinstance(c, str) for c in cluster)
+    )
+
+
+def _cluster_name(df, cluster) -> str:
+    if cluster is None:
+        return "rows"
+    if isinstance(cluster, str):
+        return f"clusters of {cluster}"
+    if _names_columns(df, cluster):
+        return f"clusters of ({', '.join(cluster)})"
+    return "clusters (given labels)"
+
+
+def _weights(rng, n: int, n_bootstrap: int, gid=None) -> np.ndarray:
+    """Bootstrap count weights ``[n_bootstrap, n]``: multinomial over the ``n`` rows, or over
+    the clusters ``gid`` (every row of a cluster gets its cluster's count)."""
+    if gid is None:
+        return rng.multinomial(n, np.full(n, 1.0 / n), size=n_bootstrap)
+    G = int(gid.max()) + 1
+    return rng.multinomial(G, np.full(G, 1.0 / G), size=n_bootstrap)[:, gid]
 
 
 # --------------------------------------------------------------------------- the fit
@@ -372,7 +444,9 @@ class Fit:
     """A fitted form. ``params``: point estimate on all rows (caller's units); ``intervals``:
     bootstrap percentile intervals at ``level`` over the ``n_converged`` converged resamples
     (NaN when none); ``bootstrap_params``: ``[n_converged, P]``; ``residuals_log``: ``log y -
-    log yhat`` per input row, in input order; ``r2_log``, ``rmse_log`` in log space."""
+    log yhat`` per input row, in input order; ``r2_log``, ``rmse_log`` in log space.
+    ``bootstrap_unit``: what the bootstrap resampled ("rows" or "clusters of ..."), and
+    ``n_clusters`` how many clusters (0 for rows)."""
 
     form: str
     param_names: tuple
@@ -393,6 +467,8 @@ class Fit:
     _theta: np.ndarray = dataclasses.field(repr=False)
     _boot_theta: np.ndarray = dataclasses.field(repr=False)
     _scale: tuple = dataclasses.field(repr=False)
+    bootstrap_unit: str = "rows"
+    n_clusters: int = 0
 
     def _log_y(self, theta, x, d):
         u, v = self._form._prep(x, d, *self._scale)
@@ -445,6 +521,8 @@ class Fit:
             "n_bootstrap": self.n_bootstrap,
             "n_converged": self.n_converged,
             "level": self.level,
+            "bootstrap_unit": self.bootstrap_unit,
+            "n_clusters": self.n_clusters,
         }
 
 
@@ -477,6 +555,7 @@ def fit(
     grid_iter=100,
     gtol=1e-5,
     ftol=1e-10,
+    cluster=None,
 ) -> Fit:
     """Fit ``form`` to ``y`` against ``x`` (and ``d``): columns of ``df`` or, with ``df=None``,
     1-D arrays of equal length, all positive. See the module docstring for the method.
@@ -484,9 +563,16 @@ def fit(
     ``n_bootstrap`` row resamples (0 for none); each runs ``bootstrap_starts`` L-BFGS starts
     (the best distinct full-data optima, then jittered copies of the best). ``gtol`` bounds the
     gradient norm and ``ftol`` the relative last objective change of the objective divided by
-    ``huber_delta``; intervals use only the resamples that pass both."""
+    ``huber_delta``; intervals use only the resamples that pass both.
+
+    ``cluster``: None resamples rows. A column name or list of names (or, with ``df=None``,
+    one label per row) resamples clusters instead: multinomial counts over the G distinct
+    clusters, each row weighted by its cluster's count, so all rows of a cluster move together
+    (same static shapes, same compiled solver). Use it when rows are not independent, e.g.
+    ``cluster=[N, SEED]``: the token-budget branches of one trained model share a trunk."""
     fm = _get_form(form)
     xs, ys, ds = _inputs(df, fm, x, y, d)
+    gid = _cluster_ids(df, cluster, len(xs))
     if not huber_delta > 0 or not 0 < level < 1 or n_bootstrap < 0 or bootstrap_starts < 1:
         raise AnalysisError(
             "need huber_delta > 0, 0 < level < 1, n_bootstrap >= 0, bootstrap_starts >= 1"
@@ -520,7 +606,7 @@ def fit(
         n_conv, boot_iters = 0, 0
         if n_bootstrap:
             rng = np.random.default_rng(seed)
-            w = rng.multinomial(n, np.full(n, 1.0 / n), size=n_bootstrap)
+            w = _weights(rng, n, n_bootstrap, gid)
             seeds = p["theta"][_distinct_best(p["theta"], pf, bootstrap_starts)]
             s0 = np.repeat(seeds[None], n_bootstrap, 0)
             if len(seeds) < bootstrap_starts:  # fill with jittered full-data optima
@@ -574,6 +660,8 @@ def fit(
         _theta=theta,
         _boot_theta=boot_theta,
         _scale=scale,
+        bootstrap_unit=_cluster_name(df, cluster),
+        n_clusters=0 if gid is None else int(gid.max()) + 1,
     )
     res = ly - fit_._log_y(theta, xs, ds)[0]
     fit_.residuals_log = res
@@ -655,12 +743,16 @@ def extrapolation_check(
         return out[["group"] + [c for c in out.columns if c != "group"]]
     fm = _get_form(form)
     xs, ys, ds = _inputs(df, fm, x, y, d)
+    if kw.get("cluster") is not None:  # labels per row, so the kept rows can be picked
+        kw = kw | {"cluster": _cluster_ids(df, kw["cluster"], len(xs))}
     sizes = np.unique(xs)
     if not 1 <= k < len(sizes):
         raise AnalysisError(
             f"k={k} must be at least 1 and below the number of distinct sizes ({len(sizes)})"
         )
     held = xs >= sizes[-k]
+    if kw.get("cluster") is not None:
+        kw = kw | {"cluster": kw["cluster"][~held]}
     f = fit(None, fm, xs[~held], ys[~held], ds[~held] if fm.needs_d else None, **kw)
     p = f.predict(xs[held], ds[held] if fm.needs_d else None)
     out = pd.DataFrame(
@@ -709,3 +801,451 @@ def compute_optimal(fit: Fit, C, flops_per_param_token=6.0) -> dict:
             if np.ndim(C) == 0:
                 out[name + "_lo"], out[name + "_hi"] = float(lo[0]), float(hi[0])
     return out
+
+
+# --------------------------------------------------------------------------- learning rate
+
+
+def _need(df, cols, role: str) -> None:
+    for c in cols:
+        if c not in df.columns:
+            raise AnalysisError(
+                f"column {c!r} ({role}) not in the table; it has: {', '.join(map(str, df.columns))}"
+            )
+
+
+def _by_columns(df, by) -> list:
+    if by is None:  # the defaults that the table has; N is required
+        _need(df, [N], "by")
+        return [c for c in (N, TOKENS_TARGET, "train_precision") if c in df.columns]
+    by = [by] if isinstance(by, str) else list(by)
+    _need(df, by, "by")
+    return by
+
+
+def lr_choices(
+    df, *, score=SELECT, by=None, lr=LR, seed=SEED, choose_on=(PRECISION, "fp32")
+) -> pd.DataFrame:
+    """The learning rate chosen per group: the one with the lowest mean ``score`` over seeds.
+
+    ``by``: the group columns; default ``(N, TOKENS_TARGET, "train_precision")``, those of them
+    the table has. Only rows whose column ``choose_on[0]`` equals ``choose_on[1]`` (default: the
+    fp32-inference rows) are scored, when the table has that column and the group has such rows;
+    per (group, lr, seed) the score is averaged first (it is the same in every precision row of
+    one model), then over seeds, so every seed counts once. Ties go to the smaller lr.
+
+    One row per group: the ``by`` columns, ``lr`` (the winner), ``score`` (its mean, in the
+    score's units, nats/token for ``select_loss_nats``), ``n_seeds`` (seeds behind it),
+    ``n_lr`` (lrs tried), ``lr_grid`` (tuple of the lrs tried), ``edge`` ("low" or "high" when
+    the winner is the smallest or largest lr tried and more than one was: the optimum may lie
+    outside the grid; "" otherwise)."""
+    by = _by_columns(df, by)
+    _need(df, [lr, score], "lr selection")
+    d = df
+    if choose_on is not None and choose_on[0] in df.columns:
+        on = df[choose_on[0]].astype(str) == str(choose_on[1])
+        has = on.groupby([df[c] for c in by]).transform("any")
+        d = df[on | ~has]  # groups without a choose_on row are scored on all their rows
+    if d[lr].isna().any():
+        raise AnalysisError(f"column {lr!r} (lr) has {int(d[lr].isna().sum())} NaN")
+    if d[score].isna().any():
+        raise AnalysisError(
+            f"column {score!r} (score) has {int(d[score].isna().sum())} NaN; every model needs a "
+            "selection-split loss to choose its learning rate"
+        )
+    keys = by + [lr] + ([seed] if seed in d.columns else [])
+    per_seed = d.groupby(keys, sort=True)[score].mean().reset_index()
+    per_lr = (
+        per_seed.groupby(by + [lr], sort=True)[score].agg(["mean", "count"]).reset_index()
+    )  # sorted by lr within each group: argmin takes the smallest lr on a tie
+    rows = []
+    for key, g in per_lr.groupby(by, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        i = int(np.argmin(g["mean"].to_numpy()))
+        grid = tuple(float(v) for v in g[lr])
+        win = grid[i]
+        edge = "" if len(grid) < 2 else "low" if i == 0 else "high" if i == len(grid) - 1 else ""
+        rows.append(
+            dict(zip(by, key))
+            | dict(
+                lr=win,
+                score=float(g["mean"].iloc[i]),
+                n_seeds=int(g["count"].iloc[i]),
+                n_lr=len(grid),
+                lr_grid=grid,
+                edge=edge,
+            )
+        )
+    return pd.DataFrame(rows, columns=by + ["lr", "score", "n_seeds", "n_lr", "lr_grid", "edge"])
+
+
+def select_lr(df, *, score=SELECT, by=None, lr=LR, seed=SEED, choose_on=(PRECISION, "fp32")):
+    """All rows (every precision, every seed) at the learning rate chosen per group by
+    ``lr_choices`` (lowest mean ``score`` over seeds on the selection split; the test loss is
+    never read). A table without column ``lr``, or with one lr per group, is returned unchanged
+    (the same object). Which lr won, and whether it sits at the edge of the grid: ``lr_choices``.
+    """
+    if lr not in df.columns:
+        return df
+    by = _by_columns(df, by)
+    if df.groupby(by)[lr].nunique().max() <= 1:
+        return df
+    ch = lr_choices(df, score=score, by=by, lr=lr, seed=seed, choose_on=choose_on)
+    keep = df.merge(
+        ch[by + ["lr"]].rename(columns={"lr": lr}), on=by + [lr], how="left", indicator=True
+    )
+    return df[keep["_merge"].to_numpy() == "both"]
+
+
+# --------------------------------------------------------------------------- IsoFLOP (approach 2)
+
+
+def _parabolas(t, y, W, size_ids):
+    """Weighted least-squares parabolas ``y = c0 + c1 t + c2 t^2`` (float64): ``t, y`` ``[n]``,
+    count weights ``W`` ``[B, n]``, ``size_ids`` ``[n]`` -> coefficients ``[B, 3]`` (NaN where
+    fewer than 3 distinct sizes have positive weight)."""
+    X = np.stack([np.ones_like(t), t, t * t], 1)
+    K = int(size_ids.max()) + 1
+    onehot = np.eye(K)[size_ids]  # [n, K]
+    ok = ((W @ onehot) > 0).sum(1) >= 3
+    coef = np.full((W.shape[0], 3), np.nan)
+    if ok.any():
+        Wk = W[ok]
+        XtWX = np.einsum("bn,ni,nj->bij", Wk, X, X)
+        XtWy = np.einsum("bn,ni,n->bi", Wk, X, y)
+        coef[ok] = np.linalg.solve(XtWX, XtWy[..., None])[..., 0]
+    return coef
+
+
+def _line(x, Y):
+    """Least-squares lines ``Y[b] = i + s x`` over ``x`` ``[m]`` for each row of ``Y``
+    ``[B, m]`` -> (slopes ``[B]``, intercepts ``[B]``)."""
+    xc = x - x.mean()
+    s = (Y - Y.mean(1, keepdims=True)) @ xc / (xc @ xc)
+    return s, Y.mean(1) - s * x.mean()
+
+
+@dataclasses.dataclass(eq=False)
+class IsoFLOP:
+    """Hoffmann et al.'s approach 2: per compute budget C (FLOPs), a parabola of loss in
+    ``ln N``, its minimum N_opt(C) (parameters) and D_opt = C / (k N_opt) (tokens, ``k`` =
+    ``flops_per_param_token``); then the frontier N_opt = k_n C^a, D_opt = k_d C^b by log-log
+    least squares over the budgets whose minimum is interior.
+
+    ``budgets``: one row per budget, sorted by C: ``C``, ``n_sizes``, ``n_points``, ``N_min``,
+    ``N_max`` (sampled sizes), ``c0, c1, c2`` (loss = c0 + c1 t + c2 t^2, t = ln N - ``t0``),
+    ``t0``, ``convex`` (c2 > 0), ``interior`` (convex and N_opt within [N_min, N_max]),
+    ``reason`` (why not interior; "" when it is), ``N_opt``, ``N_lo``, ``N_hi``, ``D_opt``,
+    ``D_lo``, ``D_hi``, ``L_opt`` (loss at the minimum, in y's units), ``n_boot_valid``
+    (resamples whose parabola for this budget was convex: the interval is over those).
+
+    ``a, a_interval, b, b_interval, k_n, k_d``: the frontier, NaN when ``frontier_ok`` is False
+    (fewer than 2 interior budgets; ``frontier_note`` says why). Intervals are bootstrap
+    percentiles at ``level`` over the ``n_valid`` resamples in which every interior budget's
+    parabola stayed convex; ``bootstrap_frontier`` ``[n_valid, 2]`` holds their (a, ln k_n).
+    ``bootstrap_unit`` says what was resampled."""
+
+    budgets: pd.DataFrame
+    a: float
+    a_interval: tuple
+    b: float
+    b_interval: tuple
+    k_n: float
+    k_d: float
+    frontier_ok: bool
+    frontier_note: str
+    n_interior: int
+    level: float
+    n_bootstrap: int
+    n_valid: int
+    bootstrap_unit: str
+    flops_per_param_token: float
+    bootstrap_frontier: np.ndarray
+
+    def parabola(self, C, x_new) -> np.ndarray:
+        """The fitted parabola of budget ``C`` at sizes ``x_new`` (``[m]`` -> loss ``[m]``)."""
+        row = self.budgets[np.isclose(self.budgets["C"], C, rtol=1e-9)]
+        if not len(row):
+            raise AnalysisError(f"no budget C={C:g}; budgets: {list(self.budgets['C'])}")
+        r = row.iloc[0]
+        t = np.log(np.asarray(x_new, float)) - r["t0"]
+        return r["c0"] + r["c1"] * t + r["c2"] * t * t
+
+    def optimal(self, C) -> pd.DataFrame:
+        """The frontier at budgets ``C`` (FLOPs, ``[m]``): columns C, N_opt, N_lo, N_hi, D_opt,
+        D_lo, D_hi (bootstrap percentiles). Raises ``AnalysisError`` when the frontier was
+        refused (fewer than 2 interior budgets)."""
+        if not self.frontier_ok:
+            raise AnalysisError(f"no IsoFLOP frontier: {self.frontier_note}")
+        Cs = np.atleast_1d(np.asarray(C, float))
+        out = pd.DataFrame({"C": Cs, "N_opt": self.k_n * Cs**self.a})
+        out["D_opt"] = Cs / (self.flops_per_param_token * out["N_opt"])
+        if len(self.bootstrap_frontier):
+            a, lk = self.bootstrap_frontier[:, :1], self.bootstrap_frontier[:, 1:]
+            Nb = np.exp(lk + a * np.log(Cs)[None])
+            q = 50 * (1 - self.level)
+            out["N_lo"], out["N_hi"] = np.percentile(Nb, [q, 100 - q], axis=0)
+            out["D_lo"] = Cs / (self.flops_per_param_token * out["N_hi"])
+            out["D_hi"] = Cs / (self.flops_per_param_token * out["N_lo"])
+        else:
+            for c in ("N_lo", "N_hi", "D_lo", "D_hi"):
+                out[c] = np.nan
+        return out[["C", "N_opt", "N_lo", "N_hi", "D_opt", "D_lo", "D_hi"]]
+
+
+def isoflop(
+    df,
+    *,
+    budget=COMPUTE,
+    x=N,
+    y=LOSS,
+    n_bootstrap=1000,
+    cluster=None,
+    seed=0,
+    level=0.95,
+    min_sizes=3,
+    flops_per_param_token=6.0,
+) -> IsoFLOP:
+    """IsoFLOP profiles (Hoffmann et al. 2022, approach 2) from the rows of ``df`` with a
+    compute budget (column ``budget``, FLOPs; rows where it is NaN are ignored).
+
+    Per budget: least squares (float64) of ``y`` (loss) on ``t, t^2``, t = ln ``x`` (N) minus
+    the budget's mean; the minimum N_opt = exp(t0 - c1 / (2 c2)), D_opt = C /
+    (``flops_per_param_token`` N_opt). A budget whose parabola is not convex, or whose minimum
+    lies outside its sampled sizes, is flagged (``interior`` False, ``reason``) and left out of
+    the frontier. Each budget needs ``min_sizes`` (>= 3) distinct sizes, else ``AnalysisError``.
+
+    Bootstrap (``n_bootstrap`` resamples): with ``cluster=None`` rows are resampled within each
+    budget (stratified); with ``cluster`` (a column or list of columns, e.g. ``[N, SEED]``)
+    clusters are drawn once per resample over the whole table and every row of a cluster, in
+    every budget, gets its cluster's count (one model's branches move together). Each resample
+    refits every parabola and, over the interior budgets, the frontier.
+
+    The table must hold one inference precision (filter it first): several precision rows of
+    one model are not independent points."""
+    if not isinstance(min_sizes, int) or min_sizes < 3:
+        raise AnalysisError("min_sizes must be an integer >= 3 (a parabola has 3 coefficients)")
+    if not 0 < level < 1 or n_bootstrap < 0:
+        raise AnalysisError("need 0 < level < 1 and n_bootstrap >= 0")
+    _need(df, [budget, x, y], "isoflop")
+    if PRECISION in df.columns and df[PRECISION].nunique() > 1:
+        raise AnalysisError(
+            f"isoflop needs one inference precision; column {PRECISION!r} has "
+            f"{', '.join(sorted(map(str, df[PRECISION].unique())))}: filter it first"
+        )
+    Craw = pd.to_numeric(df[budget], errors="coerce").to_numpy(float)
+    has = np.isfinite(Craw)
+    if not has.any():
+        raise AnalysisError(f"column {budget!r} (budget) has no finite compute budget")
+    d = df[has]
+    Cs = Craw[has]
+    xs, ys = _column(d, x, "x"), _column(d, y, "y")
+    if np.any(xs <= 0) or np.any(Cs <= 0):
+        raise AnalysisError("x and the compute budgets must be positive")
+    budgets = np.unique(Cs)
+    few = [(c, len(np.unique(xs[Cs == c]))) for c in budgets]
+    few = [(c, k) for c, k in few if k < min_sizes]
+    if few:
+        raise AnalysisError(
+            f"isoflop needs at least {min_sizes} distinct sizes ({x!r}) per compute budget; "
+            + ", ".join(f"C={c:.3g} has {k}" for c, k in few)
+        )
+    gid = _cluster_ids(d, cluster, len(xs))
+    rng = np.random.default_rng(seed)
+    B = int(n_bootstrap)
+    if gid is not None and B:
+        G = int(gid.max()) + 1
+        wc = rng.multinomial(G, np.full(G, 1.0 / G), size=B)
+    q = 50 * (1 - level)
+    rows, boot_t = [], {}
+    for c in budgets:
+        m = Cs == c
+        lx, yy = np.log(xs[m]), ys[m]
+        t0 = float(lx.mean())
+        t = lx - t0
+        sid = np.unique(xs[m], return_inverse=True)[1]
+        coef = _parabolas(t, yy, np.ones((1, m.sum())), sid)[0]
+        c0, c1, c2 = coef
+        convex = bool(c2 > 0)
+        ts = -c1 / (2 * c2) if c2 != 0 else np.nan
+        if not convex:
+            reason = "parabola not convex (no minimum)"
+        elif ts < t.min():
+            reason = "minimum below the smallest sampled size"
+        elif ts > t.max():
+            reason = "minimum above the largest sampled size"
+        else:
+            reason = ""
+        Nopt = float(np.exp(t0 + ts)) if convex else np.nan
+        row = dict(
+            C=float(c),
+            n_sizes=int(sid.max() + 1),
+            n_points=int(m.sum()),
+            N_min=float(xs[m].min()),
+            N_max=float(xs[m].max()),
+            c0=c0,
+            c1=c1,
+            c2=c2,
+            t0=t0,
+            convex=convex,
+            interior=reason == "",
+            reason=reason,
+            N_opt=Nopt,
+            D_opt=float(c / (flops_per_param_token * Nopt)) if convex else np.nan,
+            L_opt=float(c0 - c1 * c1 / (4 * c2)) if convex else np.nan,
+            N_lo=np.nan,
+            N_hi=np.nan,
+            n_boot_valid=0,
+        )
+        if B:
+            W = (
+                wc[:, gid[m]]
+                if gid is not None
+                else rng.multinomial(m.sum(), np.full(m.sum(), 1.0 / m.sum()), size=B)
+            )
+            bc = _parabolas(t, yy, W.astype(float), sid)
+            tb = np.where(
+                bc[:, 2] > 0, -bc[:, 1] / (2 * np.where(bc[:, 2] > 0, bc[:, 2], 1)), np.nan
+            )
+            boot_t[float(c)] = t0 + tb
+            ok = np.isfinite(tb)
+            row["n_boot_valid"] = int(ok.sum())
+            if ok.any():
+                row["N_lo"], row["N_hi"] = np.exp(np.percentile(t0 + tb[ok], [q, 100 - q]))
+        rows.append(row)
+    tab = pd.DataFrame(rows)
+    tab["D_lo"] = tab["C"] / (flops_per_param_token * tab["N_hi"])
+    tab["D_hi"] = tab["C"] / (flops_per_param_token * tab["N_lo"])
+    cols = ["C", "n_sizes", "n_points", "N_min", "N_max", "interior", "reason", "N_opt", "N_lo"]
+    cols += ["N_hi", "D_opt", "D_lo", "D_hi", "L_opt", "convex", "c0", "c1", "c2", "t0"]
+    tab = tab[cols + ["n_boot_valid"]]
+    inter = tab[tab["interior"]]
+    nan2 = (np.nan, np.nan)
+    out = IsoFLOP(
+        budgets=tab,
+        a=np.nan,
+        a_interval=nan2,
+        b=np.nan,
+        b_interval=nan2,
+        k_n=np.nan,
+        k_d=np.nan,
+        frontier_ok=False,
+        frontier_note="",
+        n_interior=len(inter),
+        level=level,
+        n_bootstrap=B,
+        n_valid=0,
+        bootstrap_unit=_cluster_name(d, cluster) if cluster is not None else "rows within budgets",
+        flops_per_param_token=float(flops_per_param_token),
+        bootstrap_frontier=np.zeros((0, 2)),
+    )
+    if len(inter) < 2:
+        out.frontier_note = (
+            f"{len(inter)} of {len(tab)} budgets have an interior minimum; the frontier needs 2"
+        )
+        return out
+    lc = np.log(inter["C"].to_numpy(float))
+    s, i = _line(lc, np.log(inter["N_opt"].to_numpy(float))[None])
+    out.a, out.k_n = float(s[0]), float(np.exp(i[0]))
+    out.b = 1.0 - out.a  # ln D_opt = ln C - ln k - ln N_opt, exactly
+    out.k_d = 1.0 / (flops_per_param_token * out.k_n)
+    out.frontier_ok = True
+    if B:
+        T = np.stack([boot_t[float(c)] for c in inter["C"]], 1)  # [B, m], ln N_opt per resample
+        ok = np.isfinite(T).all(1)
+        sb, ib = _line(lc, T[ok])
+        out.bootstrap_frontier = np.stack([sb, ib], 1)
+        out.n_valid = int(ok.sum())
+        if ok.any():
+            lo, hi = np.percentile(sb, [q, 100 - q])
+            out.a_interval, out.b_interval = (float(lo), float(hi)), (1 - float(hi), 1 - float(lo))
+    return out
+
+
+# --------------------------------------------------------------------------- approach 3
+
+
+def chinchilla_frontier(fit: Fit, C=(), flops_per_param_token=6.0) -> dict:
+    """Hoffmann et al.'s approach 3 from a ``chinchilla`` fit: the compute-optimal exponents
+    a = beta / (alpha + beta) (N_opt ~ C^a) and b = alpha / (alpha + beta) (D_opt ~ C^b), each
+    with a percentile interval over the fit's converged bootstrap resamples (``a_lo``, ``a_hi``,
+    ``b_lo``, ``b_hi``; NaN without resamples), and ``optimal``: a DataFrame of N_opt, D_opt
+    with intervals at budgets ``C`` (FLOPs; columns C, N_opt, N_lo, N_hi, D_opt, D_lo, D_hi),
+    from ``compute_optimal``. The intervals carry the fit's bootstrap unit
+    (``fit.bootstrap_unit``)."""
+    if not isinstance(fit, Fit) or fit.form != "chinchilla" or fit._form is not FORMS["chinchilla"]:
+        raise AnalysisError("chinchilla_frontier needs a fit of the 'chinchilla' form")
+    al, be = fit.params["alpha"], fit.params["beta"]
+    out = {"a": be / (al + be), "b": al / (al + be)}
+    bp = fit.bootstrap_params
+    q = 50 * (1 - fit.level)
+    if len(bp):
+        ab = bp[:, 4] / (bp[:, 2] + bp[:, 4])
+        out["a_lo"], out["a_hi"] = (float(v) for v in np.percentile(ab, [q, 100 - q]))
+        out["b_lo"], out["b_hi"] = 1 - out["a_hi"], 1 - out["a_lo"]
+    else:
+        out["a_lo"] = out["a_hi"] = out["b_lo"] = out["b_hi"] = np.nan
+    Cs = np.atleast_1d(np.asarray(C, float))
+    opt = pd.DataFrame({"C": Cs})
+    if len(Cs):
+        co = compute_optimal(fit, Cs, flops_per_param_token)
+        for k in ("N", "N_lo", "N_hi", "D", "D_lo", "D_hi"):
+            opt[k + ("_opt" if k in ("N", "D") else "")] = co.get(k, np.full(len(Cs), np.nan))
+    out["optimal"] = opt.reindex(columns=["C", "N_opt", "N_lo", "N_hi", "D_opt", "D_lo", "D_hi"])
+    return out
+
+
+def compare_approaches(iso: IsoFLOP, fit: Fit, flops_per_param_token=None) -> pd.DataFrame:
+    """Approaches 2 (``iso``, IsoFLOP parabolas) and 3 (``fit``, a ``chinchilla`` fit) side by
+    side. Rows: ``a`` (N_opt ~ C^a), ``b`` (D_opt ~ C^b), then ``N_opt`` at each IsoFLOP budget
+    C (parameters). Columns: quantity, C (FLOPs; NaN for the exponents), approach2,
+    approach2_lo, approach2_hi, approach3, approach3_lo, approach3_hi, ratio (approach3 /
+    approach2), interior (whether approach 2's minimum at that budget is interior; its N_opt is
+    reported either way, but only interior budgets enter its exponents). D_opt follows from
+    N_opt as C / (6 N_opt), so the D ratio is the inverse of the N ratio."""
+    k = iso.flops_per_param_token if flops_per_param_token is None else flops_per_param_token
+    ch = chinchilla_frontier(fit, iso.budgets["C"].to_numpy(float), k)
+    rows = [
+        dict(
+            quantity=name,
+            C=np.nan,
+            approach2=v2,
+            approach2_lo=iv[0],
+            approach2_hi=iv[1],
+            approach3=ch[name],
+            approach3_lo=ch[name + "_lo"],
+            approach3_hi=ch[name + "_hi"],
+            interior=iso.frontier_ok,
+        )
+        for name, v2, iv in (("a", iso.a, iso.a_interval), ("b", iso.b, iso.b_interval))
+    ]
+    for r2, r3 in zip(iso.budgets.itertuples(), ch["optimal"].itertuples()):
+        rows.append(
+            dict(
+                quantity="N_opt",
+                C=r2.C,
+                approach2=r2.N_opt,
+                approach2_lo=r2.N_lo,
+                approach2_hi=r2.N_hi,
+                approach3=r3.N_opt,
+                approach3_lo=r3.N_lo,
+                approach3_hi=r3.N_hi,
+                interior=bool(r2.interior),
+            )
+        )
+    out = pd.DataFrame(rows)
+    out["ratio"] = out["approach3"] / out["approach2"]
+    return out[
+        [
+            "quantity",
+            "C",
+            "approach2",
+            "approach2_lo",
+            "approach2_hi",
+            "approach3",
+            "approach3_lo",
+            "approach3_hi",
+            "ratio",
+            "interior",
+        ]
+    ]

@@ -37,7 +37,22 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from jscale import analysis
-from jscale.schema import DECODE, DELTA, DELTA_SE, LOSS, LOSS_SE, PRECISION, PREFILL, N
+from jscale.schema import (
+    COMPUTE,
+    DECODE,
+    DELTA,
+    DELTA_SE,
+    LOSS,
+    LOSS_SE,
+    LR,
+    PRECISION,
+    PREFILL,
+    SEED,
+    SELECT,
+    TOKENS,
+    TOKENS_TARGET,
+    N,
+)
 
 PRECISION_ORDER = ("fp32", "bf16", "int8", "w8a8")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
@@ -50,7 +65,11 @@ FIGURES = (
     "loss_vs_latency",
     "memory_vs_params",
     "fit_diagnostics",
+    "isoflop_curves",
+    "loss_vs_tokens",
+    "compute_optimal",
 )
+TIMED = "latency_from_point_id"  # the row whose measurement a latency value copies
 
 
 class FigureError(ValueError):
@@ -202,13 +221,19 @@ def _footnote(df: pd.DataFrame) -> str:
 
 
 def _new_figure(
-    df: pd.DataFrame, ncols: int, width: float = 4.2, height: float = 3.4, legend: float = 1.6
+    df: pd.DataFrame,
+    ncols: int,
+    width: float = 4.2,
+    height: float = 3.4,
+    legend: float = 1.6,
+    note: str = "",
 ):
     """A constrained-layout figure with ``legend`` inches on the right for the legend and the
-    footnote (device, batch, prompt and generated tokens, seeds) at the bottom left."""
+    footnote (device, batch, prompt and generated tokens, seeds; then ``note``) at the bottom
+    left."""
     fig = Figure(figsize=(width * ncols + legend, height + 0.3), layout="constrained")
     axes = fig.subplots(1, ncols, squeeze=False)[0]
-    note = _footnote(df)
+    note = "; ".join(b for b in (_footnote(df), note) if b)
     if note:  # as the figure's x label, so the layout reserves room for it
         fig.supxlabel(note, x=0.01, ha="left", fontsize="x-small", color="0.35")
     return fig, list(axes)
@@ -308,6 +333,78 @@ def _fmt_ci(est: float, lo: float, hi: float) -> str:
 # ----------------------------------------------------------------------------- fits
 
 
+# ----------------------------------------------------------------------------- rows per fit
+
+
+def _budget_col(df: pd.DataFrame) -> str | None:
+    """The token-budget column: ``train_tokens_target`` (the budget label) when the table has
+    it, else ``train_tokens``; None without either."""
+    for c in (TOKENS_TARGET, TOKENS):
+        if c in df and df[c].notna().any():
+            return c
+    return None
+
+
+def _multi_budget(df: pd.DataFrame) -> bool:
+    """Whether some size was trained for several token budgets (the table has a token axis)."""
+    b = _budget_col(df)
+    return b is not None and N in df and bool((df.groupby(N)[b].nunique() > 1).any())
+
+
+def _loss_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows a one-input loss law L(N) is fitted on: with several token budgets per size, only
+    each size's largest budget (its longest-trained models); otherwise every row."""
+    if not _multi_budget(df):
+        return df
+    b = _budget_col(df)
+    return df[df[b] == df.groupby(N)[b].transform("max")]
+
+
+def _latency_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows whose latency was measured (``latency_from_point_id == point_id``) when the table
+    says which; other rows copy a measurement and would count it several times."""
+    if TIMED in df and "point_id" in df and df[TIMED].notna().any():
+        return df[df[TIMED].astype(str) == df["point_id"].astype(str)]
+    return df
+
+
+def _auto_cluster(df: pd.DataFrame):
+    """The bootstrap's cluster for loss fits: (N, seed) (one trained model with all its
+    token-budget branches, which share a trunk) when the table has a token axis or several
+    seeds; None (rows) otherwise."""
+    if SEED in df and N in df and (_multi_budget(df) or df[SEED].nunique() > 1):
+        return [N, SEED]
+    return None
+
+
+def _select(df: pd.DataFrame) -> tuple[pd.DataFrame, list, pd.DataFrame | None]:
+    """Rows at the learning rate chosen per (size, budget) on the selection split
+    (``analysis.select_lr``), notes, and the choices (None with one lr)."""
+    if LR not in df or df[LR].nunique() <= 1 or N not in df:
+        return df, [], None
+    if SELECT not in df or df[SELECT].isna().all():
+        return df, [f"several learning rates and no {SELECT}: all lrs pooled"], None
+    ch = analysis.lr_choices(df)
+    notes = [f"learning rate chosen per (size, budget) on {SELECT} (lowest mean over seeds)"]
+    edge = ch[ch["edge"] != ""]
+    for r in edge.itertuples():
+        notes.append(
+            f"lr {r.lr:g} chosen at N={_fmt_n(getattr(r, N))}"
+            + (f", budget {getattr(r, TOKENS_TARGET):.3g}" if TOKENS_TARGET in ch else "")
+            + f" is at the {r.edge} edge of the grid tried: the optimum may lie outside it"
+        )
+    return analysis.select_lr(df), notes, ch
+
+
+def _ref_precision(df: pd.DataFrame) -> str | None:
+    """The precision the loss-axis fits use: fp32 when present, else the first in the order."""
+    g = _groups(df) if len(df) else []
+    return g[0] if g else None
+
+
+# ----------------------------------------------------------------------------- fits
+
+
 @dataclass
 class Fits:
     """Every law fitted for the figures and the table, fitted once and shared.
@@ -315,6 +412,14 @@ class Fits:
     ``fits[quantity][precision]`` is an ``analysis`` fit; ``extrapolation[quantity][precision]``
     the leave-``k``-largest-sizes-out check (columns x, y, y_pred, y_lo, y_hi, rel_error,
     n_fit_points); ``notes`` one line per fit that could not be made, and why.
+
+    The token and compute axes (on the ``precision_ref`` rows, fp32 when present):
+    ``isoflop`` (``analysis.IsoFLOP``, approach 2), ``chinchilla`` (a ``chinchilla`` fit of
+    L(N, D), approach 3), ``comparison`` (``analysis.compare_approaches``), ``seed_spread`` (one
+    row per replicated (N, budget): N, budget, n_seeds, mean, sd of the loss in nats/token),
+    ``lr_choices`` (``analysis.lr_choices``, None with one lr). ``loss_basis`` says which rows
+    the one-input loss law saw, ``latency_basis`` the latency laws; ``loss_unit`` and
+    ``latency_unit`` what their bootstraps resampled.
     """
 
     fits: dict = field(default_factory=dict)
@@ -323,9 +428,79 @@ class Fits:
     n_bootstrap: int = 1000
     level: float = LEVEL
     k: int = 2
+    isoflop: object = None
+    chinchilla: object = None
+    comparison: object = None
+    seed_spread: object = None
+    lr_choices: object = None
+    precision_ref: str | None = None
+    loss_basis: str = "every row"
+    latency_basis: str = "every row"
+    loss_unit: str = "rows"
+    latency_unit: str = "rows"
 
     def get(self, quantity: str, precision: str):
         return self.fits.get(quantity, {}).get(precision)
+
+
+def _seed_spread(d: pd.DataFrame) -> pd.DataFrame | None:
+    b = _budget_col(d)
+    if SEED not in d or b is None or d[SEED].nunique() < 2:
+        return None
+    g = d.groupby([N, b])[LOSS].agg(n_seeds="count", mean="mean", sd="std").reset_index()
+    g = g[g["n_seeds"] >= 2].rename(columns={b: "budget"})
+    return g.reset_index(drop=True) if len(g) else None
+
+
+def _fit_axes(df: pd.DataFrame, out: Fits, n_bootstrap: int, seed: int, level: float, qs) -> None:
+    """IsoFLOP, chinchilla, their comparison and the seed spread on the reference precision."""
+    ref = _ref_precision(df)
+    out.precision_ref = ref
+    if ref is None or N not in df or LOSS not in df:
+        return
+    d = df[(df[PRECISION] == ref) & df[N].notna() & df[LOSS].notna()]
+    cl = _auto_cluster(d)
+    if "isoflop" in qs and COMPUTE in d and d[COMPUTE].notna().any():
+        dc = d[d[COMPUTE].notna()]
+        n_sizes = dc.groupby(COMPUTE)[N].nunique()
+        few = n_sizes[n_sizes < 3]
+        for c, k in few.items():
+            out.notes.append(
+                f"isoflop: budget C={c:.3g} has {k} size{'s' * (k > 1)} (needs 3); left out"
+            )
+        dc = dc[~dc[COMPUTE].isin(few.index)]
+        if len(dc):
+            try:
+                out.isoflop = analysis.isoflop(
+                    dc, n_bootstrap=n_bootstrap, cluster=cl, seed=seed, level=level
+                )
+            except (ValueError, ArithmeticError) as e:
+                out.notes.append(f"isoflop: no fit ({e})")
+        if out.isoflop is not None:
+            for r in out.isoflop.budgets.itertuples():
+                if not r.interior:
+                    out.notes.append(
+                        f"isoflop: budget C={r.C:.3g} has no interior minimum ({r.reason}); "
+                        "left out of the frontier"
+                    )
+            if not out.isoflop.frontier_ok:
+                out.notes.append(f"isoflop: no frontier ({out.isoflop.frontier_note})")
+    if "chinchilla" in qs and _multi_budget(d) and TOKENS in d:
+        try:
+            out.chinchilla = analysis.fit(
+                d.dropna(subset=[TOKENS]),
+                form="chinchilla",
+                d=TOKENS,
+                n_bootstrap=n_bootstrap,
+                seed=seed,
+                level=level,
+                cluster=cl,
+            )
+        except (ValueError, ArithmeticError, RuntimeError) as e:
+            out.notes.append(f"chinchilla: no L(N, D) fit ({e})")
+    if out.isoflop is not None and out.chinchilla is not None:
+        out.comparison = analysis.compare_approaches(out.isoflop, out.chinchilla)
+    out.seed_spread = _seed_spread(d)
 
 
 def fit_all(
@@ -335,27 +510,54 @@ def fit_all(
     seed: int = 0,
     level: float = LEVEL,
     k: int = 2,
-    quantities=("loss", "decode", "prefill"),
+    quantities=("loss", "decode", "prefill", "isoflop", "chinchilla"),
     log=None,
 ) -> Fits:
-    """Fit each quantity's law (``QUANTITIES``) per inference precision, on every row (all
-    seeds), with ``n_bootstrap`` bootstrap resamples, and the extrapolation check that holds
-    out the ``k`` largest sizes.  Failures become ``notes`` (and are passed to ``log``)."""
+    """Fit each quantity's law (``QUANTITIES``) per inference precision, with ``n_bootstrap``
+    bootstrap resamples, and the extrapolation check that holds out the ``k`` largest sizes;
+    with ``"isoflop"`` and ``"chinchilla"`` in ``quantities``, the compute-optimal fits too
+    (where the table has a compute budget / a token axis). Failures become ``notes`` (and are
+    passed to ``log``).
+
+    Rows: with several learning rates, those chosen on the selection split
+    (``analysis.select_lr``). The loss law L(N) sees each size's largest token budget when the
+    table has several (a law in N alone must not mix models trained for different D); latency
+    laws see only the timed rows (``latency_from_point_id == point_id``). Loss bootstraps
+    resample (N, seed) clusters when the table has a token axis or several seeds (the budget
+    branches of one model share a trunk), rows otherwise; latency bootstraps resample rows."""
     df = _prepare(df)
     out = Fits(n_bootstrap=n_bootstrap, level=level, k=k)
     if N not in df:
         out.notes.append(f"no fits: the results table lacks column {N}")
         return out
-    for qname in quantities:
+    df, lr_notes, out.lr_choices = _select(df)
+    out.notes += lr_notes
+    loss_df = _loss_rows(df)
+    if loss_df is not df:
+        out.loss_basis = "each size's largest token budget"
+    if _latency_rows(df) is not df:
+        out.latency_basis = "the timed rows (latency_from_point_id == point_id)"
+    cl = _auto_cluster(loss_df)
+    out.loss_unit = analysis._cluster_name(loss_df, cl)
+    for qname in (q for q in quantities if q in _Q):
         q = _Q[qname]
         if q.column not in df or df[q.column].isna().all():
             out.notes.append(f"{qname}: no fit, the results table lacks column {q.column}")
             continue
+        rows = loss_df if qname == "loss" else _latency_rows(df)
+        ckw = {"cluster": cl} if qname == "loss" and cl is not None else {}
         for prec in _groups(df):
-            d = df[(df[PRECISION] == prec) & df[N].notna() & df[q.column].notna()]
+            d = rows[(rows[PRECISION] == prec) & rows[N].notna() & rows[q.column].notna()]
             try:
                 f = analysis.fit(
-                    d, form=q.form, x=N, y=q.column, n_bootstrap=n_bootstrap, seed=seed, level=level
+                    d,
+                    form=q.form,
+                    x=N,
+                    y=q.column,
+                    n_bootstrap=n_bootstrap,
+                    seed=seed,
+                    level=level,
+                    **ckw,
                 )
                 out.fits.setdefault(qname, {})[prec] = f
             except (ValueError, ArithmeticError, RuntimeError) as e:
@@ -376,6 +578,7 @@ def fit_all(
                         n_bootstrap=nb,
                         seed=seed,
                         level=level,
+                        **(ckw if nb else {}),
                     )
                 except (ValueError, ArithmeticError, RuntimeError) as e:
                     err = e
@@ -389,6 +592,7 @@ def fit_all(
                 break
             else:
                 out.notes.append(f"{qname} {prec}: no extrapolation check ({err})")
+    _fit_axes(df, out, n_bootstrap, seed, level, quantities)
     if log is not None:
         for n in out.notes:
             log(n)
@@ -411,6 +615,20 @@ def _alpha_label(fit, prec: str) -> str:
 # ----------------------------------------------------------------------------- figures
 
 
+def _loss_table(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The rows the loss-vs-N figures draw (as ``fit_all`` fits them: lr chosen on the selection
+    split, each size's largest token budget) and a footnote saying so ("" when every row)."""
+    df = _prepare(df).dropna(subset=[N, LOSS])
+    df = _select(df)[0]
+    rows = _loss_rows(df)
+    if rows is df:
+        return rows, ""
+    note = "loss vs N: each size's largest token budget"
+    if COMPUTE in df and df[COMPUTE].notna().any():  # IsoFLOP: D/N differs from size to size
+        note += " (IsoFLOP design: D/N varies by size; alpha of L(N, D) in loss_vs_tokens)"
+    return rows, note
+
+
 def loss_vs_params(
     df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap: int = 1000, seed: int = 0
 ) -> Figure:
@@ -420,13 +638,15 @@ def loss_vs_params(
     gives alpha with its interval.  With several precisions and a ``delta_loss_vs_fp32_nats``
     column, a second panel shows each precision's loss minus fp32's (paired, nats/token)."""
     _require(df, "loss_vs_params", [N, LOSS])
-    df = _prepare(df).dropna(subset=[N, LOSS])
+    df, basis = _loss_table(df)
     fits = _fits_for(df, fits, ("loss",), n_bootstrap, seed)
     style = precision_style(df[PRECISION])
     delta = DELTA
     with_delta = delta in df and df[delta].notna().any() and df[PRECISION].nunique() > 1
     with theme():
-        fig, axes = _new_figure(df, 2 if with_delta else 1, width=4.8, height=3.6, legend=3.2)
+        fig, axes = _new_figure(
+            df, 2 if with_delta else 1, width=4.8, height=3.6, legend=3.2, note=basis
+        )
         ax = axes[0]
         if with_delta:  # the precisions' laws overlap on a log loss axis: show what each costs
             _delta_panel(axes[1], df, delta, style)
@@ -455,7 +675,8 @@ def loss_vs_params(
             handles,
             title=rf"fit $L = E + A N^{{-\alpha}}$, {fits.level:.0%} bootstrap band;"
             "\n"
-            rf"precision: $\alpha$ [{fits.level:.0%} interval]",
+            + ("on each size's largest token budget;\n" if basis else "")
+            + rf"precision: $\alpha$ [{fits.level:.0%} interval]",
         )
     return fig
 
@@ -509,6 +730,7 @@ def latency_vs_params(
     _require(df, "latency_vs_params", [N])
     df = _prepare(df)
     fits = _fits_for(df, fits, tuple(p[0] for p in panels), n_bootstrap, seed)
+    df = _latency_rows(_select(df)[0])  # each measurement once
     style = precision_style(df[PRECISION])
     with theme():
         fig, axes = _new_figure(df, len(panels))
@@ -585,10 +807,14 @@ def loss_vs_latency(df: pd.DataFrame) -> Figure:
     log-log, with the Pareto frontier (the lowest loss at or below each latency) as a step
     line across all points; frontier points are labelled with their N."""
     _require(df, "loss_vs_latency", [LOSS, DECODE])
-    df = _prepare(df).dropna(subset=[LOSS, DECODE]).reset_index(drop=True)
+    df = _prepare(df).dropna(subset=[LOSS, DECODE])
+    note = ""
+    if N in df:
+        df, note = _loss_table(df)
+    df = df.reset_index(drop=True)
     style = precision_style(df[PRECISION])
     with theme():
-        fig, (ax,) = _new_figure(df, 1, width=4.8, height=3.6)
+        fig, (ax,) = _new_figure(df, 1, width=4.8, height=3.6, note=note)
         handles = []
         for prec in _groups(df):
             d, st = df[df[PRECISION] == prec], style[prec]
@@ -672,11 +898,11 @@ def fit_diagnostics(
     them; plotted as the relative error prediction/actual - 1 (%) with the prediction's
     interval."""
     _require(df, "fit_diagnostics", [N, LOSS])
-    df = _prepare(df).dropna(subset=[N, LOSS])
+    df, basis = _loss_table(df)  # the rows the loss law was fitted on, in its order
     fits = _fits_for(df, fits, ("loss",), n_bootstrap, seed)
     style = precision_style(df[PRECISION])
     with theme():
-        fig, (ax, bx) = _new_figure(df, 2)
+        fig, (ax, bx) = _new_figure(df, 2, note=basis)
         handles = []
         groups = _groups(df)
         offsets = dict(
@@ -767,6 +993,381 @@ def fit_diagnostics(
     return fig
 
 
+# ----------------------------------------------------------------------------- compute axes
+
+
+def _budget_colors(n: int) -> list:
+    """``n`` ordered colours (viridis without its pale yellow end), small to large budget."""
+    return sns.color_palette("viridis", n + 1)[:n]
+
+
+def _fmt_c(c: float) -> str:
+    """A FLOP count as 3e+18 -> '3e18'."""
+    m, e = f"{c:.2g}".split("e") if "e" in f"{c:.2g}" else (f"{c:.2g}", "0")
+    return f"{m}e{int(e)}"
+
+
+def _ref_rows(df: pd.DataFrame, fits: Fits) -> pd.DataFrame:
+    """The rows of the reference precision (as the compute-axis fits saw them)."""
+    df = _select(_prepare(df))[0]
+    return df[df[PRECISION] == fits.precision_ref] if fits.precision_ref else df.iloc[:0]
+
+
+def isoflop_curves(
+    df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap: int = 1000, seed: int = 0
+) -> Figure:
+    """(f) IsoFLOP profiles (approach 2), on the reference precision's rows (fp32 when present).
+    Left: loss (nats/token) vs N per compute budget C (one colour each), every model a faint
+    marker (seed replicates separately), the fitted parabola in ln N, and its minimum (star) with
+    the bootstrap interval of N_opt as a horizontal bar; a budget without an interior minimum is
+    dashed, without a star. Right: N_opt vs C, log-log, with the fitted frontier
+    N_opt = k C^a and its bootstrap band. Needs ``compute_budget_flops`` with 3+ sizes per
+    budget."""
+    _require(df, "isoflop_curves", [N, LOSS, COMPUTE])
+    fits = _fits_for(df, fits, ("isoflop",), n_bootstrap, seed)
+    iso = fits.isoflop
+    if iso is None:
+        why = next((n for n in fits.notes if n.startswith("isoflop")), "no IsoFLOP fit")
+        raise FigureError(f"isoflop_curves: {why}")
+    d = _ref_rows(df, fits).dropna(subset=[N, LOSS, COMPUTE])
+    tab = iso.budgets
+    colors = dict(zip(tab["C"], _budget_colors(len(tab))))
+    with theme():
+        fig, (ax, bx) = _new_figure(
+            d,
+            2,
+            width=4.6,
+            height=3.6,
+            legend=2.6,
+            note=f"{fits.precision_ref} inference; N_opt intervals resample {iso.bootstrap_unit}",
+        )
+        handles = []
+        for r in tab.itertuples():
+            col = colors[r.C]
+            dc = d[np.isclose(d[COMPUTE], r.C, rtol=1e-9)]
+            ax.plot(dc[N], dc[LOSS], "o", color=col, alpha=0.45, markersize=4.5, markeredgewidth=0)
+            grid = np.geomspace(r.N_min / 1.3, r.N_max * 1.3, 120)
+            ax.plot(
+                grid,
+                iso.parabola(r.C, grid),
+                color=col,
+                linewidth=1.4,
+                linestyle="-" if r.interior else "--",
+            )
+            label = f"C = {_fmt_c(r.C)} FLOPs"
+            if r.interior:
+                xerr = np.array([[r.N_opt - r.N_lo], [r.N_hi - r.N_opt]])
+                ax.errorbar(
+                    [r.N_opt],
+                    [r.L_opt],
+                    xerr=np.clip(np.nan_to_num(xerr), 0, None),
+                    color=col,
+                    marker="*",
+                    markersize=11,
+                    markeredgecolor="black",
+                    markeredgewidth=0.6,
+                    capsize=3,
+                    elinewidth=1.2,
+                    zorder=4,
+                )
+                bx.errorbar(
+                    [r.C],
+                    [r.N_opt],
+                    yerr=np.clip(
+                        np.nan_to_num(np.array([[r.N_opt - r.N_lo], [r.N_hi - r.N_opt]])), 0, None
+                    ),
+                    color=col,
+                    marker="*",
+                    markersize=11,
+                    markeredgecolor="black",
+                    markeredgewidth=0.6,
+                    capsize=3,
+                    linestyle="none",
+                    zorder=4,
+                )
+            else:
+                label += "\n(no interior minimum)"
+            handles.append(
+                Line2D(
+                    [],
+                    [],
+                    color=col,
+                    marker="o",
+                    linestyle="-" if r.interior else "--",
+                    label=label,
+                )
+            )
+        ax.set_xlabel(N_LABEL)
+        ax.set_ylabel("held-out loss (nats/token)")
+        ax.set_title("IsoFLOP profiles")
+        _log_axis(ax, "x", _n_fmt)
+        if iso.frontier_ok:
+            cg = np.geomspace(tab["C"].min() / 2, tab["C"].max() * 2, 60)
+            fr = iso.optimal(cg)
+            bx.plot(fr["C"], fr["N_opt"], color="0.2", linewidth=1.3, zorder=2)
+            if fr["N_lo"].notna().all():
+                bx.fill_between(
+                    fr["C"], fr["N_lo"], fr["N_hi"], color="0.2", alpha=0.15, linewidth=0
+                )
+            lo, hi = iso.a_interval
+            flabel = (
+                r"frontier $N_\mathrm{opt} \propto C^{a}$"
+                + "\n"
+                + rf"$a$ = {_fmt_ci(iso.a, lo, hi)}"
+            )
+        else:
+            bx.text(
+                0.5,
+                0.5,
+                f"no frontier\n({iso.frontier_note})",
+                transform=bx.transAxes,
+                ha="center",
+                va="center",
+                color="0.4",
+                wrap=True,
+            )
+            flabel = "no frontier"
+        bx.set_xlabel("compute budget C (FLOPs)")
+        bx.set_ylabel(r"compute-optimal $N_\mathrm{opt}$ (parameters)")
+        bx.set_title("IsoFLOP minima and frontier")
+        bx.set_xscale("log")
+        _log_axis(bx, "y", _n_fmt)
+        handles += [
+            Line2D(
+                [],
+                [],
+                color="0.3",
+                marker="*",
+                markersize=10,
+                markeredgecolor="black",
+                linestyle="none",
+                label=f"minimum, {fits.level:.0%} interval",
+            ),
+            Line2D([], [], color="0.2", linewidth=1.3, label=flabel),
+        ]
+        _legend(fig, handles, title="budget (faint: one model each)")
+    return fig
+
+
+def loss_vs_tokens(
+    df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap: int = 1000, seed: int = 0
+) -> Figure:
+    """(g) Loss (nats/token) vs training tokens D, log-log, one colour per size N, on the
+    reference precision's rows (fp32 when present): every model a faint marker (seed replicates
+    separately), the mean over seeds per (N, D) a solid marker with ± the seed SD when there
+    are several, and the fitted L(N, D) = E + A/N^alpha + B/D^beta (approach 3) as a line per
+    size with its bootstrap band. Needs several token budgets for some size."""
+    _require(df, "loss_vs_tokens", [N, LOSS, TOKENS])
+    d0 = _select(_prepare(df))[0]
+    if not _multi_budget(d0):
+        raise FigureError("loss_vs_tokens: no size was trained for more than one token budget")
+    fits = _fits_for(df, fits, ("chinchilla",), n_bootstrap, seed)
+    d = _ref_rows(df, fits).dropna(subset=[N, LOSS, TOKENS])
+    f = fits.chinchilla
+    sizes = np.sort(d[N].unique())
+    pal = dict(zip(sizes, sns.color_palette("crest", len(sizes))))
+    with theme():
+        fig, (ax,) = _new_figure(
+            d,
+            1,
+            width=5.4,
+            height=3.8,
+            legend=3.0,
+            note=f"{fits.precision_ref} inference"
+            + (f"; band resamples {f.bootstrap_unit}" if f is not None else ""),
+        )
+        handles, shown = [], [d[LOSS]]
+        for n in sizes:
+            dn, col = d[d[N] == n], pal[n]
+            ax.plot(
+                dn[TOKENS], dn[LOSS], "o", color=col, alpha=0.35, markersize=4, markeredgewidth=0
+            )
+            m = dn.groupby(TOKENS)[LOSS].agg(["mean", "std", "count"]).reset_index()
+            sd = np.where(m["count"] > 1, m["std"], np.nan)
+            ax.errorbar(
+                m[TOKENS],
+                m["mean"],
+                yerr=np.nan_to_num(sd) if np.isfinite(sd).any() else None,
+                color=col,
+                marker="o",
+                markersize=5.5,
+                markeredgecolor="white",
+                markeredgewidth=0.5,
+                linestyle="none",
+                capsize=2,
+                zorder=3,
+            )
+            if f is not None:
+                dg = _grid(dn[TOKENS].to_numpy(float), 80, 0.1)
+                p = f.predict(np.full_like(dg, n), dg, level=fits.level)
+                ax.plot(dg, p["y"], color=col, linewidth=1.3, zorder=2)
+                ax.fill_between(dg, p["y_lo"], p["y_hi"], color=col, alpha=0.15, linewidth=0)
+                shown.append(p["y"])
+            handles.append(Line2D([], [], color=col, marker="o", label=f"N = {_fmt_n(n)}"))
+        ax.set_xlabel("training tokens D")
+        ax.set_ylabel("held-out loss (nats/token)")
+        ax.set_title("Loss vs training tokens")
+        _ylim_to(ax, np.concatenate([np.asarray(v, float) for v in shown]), pad=1.08)
+        _log_axis(ax, "x", _n_fmt)
+        _log_axis(ax, "y")
+        if f is not None:
+            a, b = f.params["alpha"], f.params["beta"]
+            title = (
+                r"fit $L = E + A N^{-\alpha} + B D^{-\beta}$"
+                + "\n"
+                + rf"$\alpha$ = {_fmt_ci(a, *f.intervals['alpha'])}"
+                + "\n"
+                + rf"$\beta$ = {_fmt_ci(b, *f.intervals['beta'])}"
+                + "\n"
+                + f"band: {fits.level:.0%} bootstrap; bars: ±1 SD over seeds"
+            )
+        else:
+            title = "no L(N, D) fit; bars: ±1 SD over seeds"
+        handles.append(
+            Line2D([], [], color="0.4", marker="o", alpha=0.35, linestyle="none", label="one model")
+        )
+        _legend(fig, handles, title=title)
+    return fig
+
+
+def compute_optimal(
+    df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap: int = 1000, seed: int = 0
+) -> Figure:
+    """(h) The compute-optimal allocation vs compute budget C (FLOPs), log-log: N_opt
+    (parameters), D_opt (tokens) and tokens per parameter D_opt/N_opt. Approach 2 (IsoFLOP
+    minima) as points with their bootstrap intervals (hollow: no interior minimum, not used in
+    the frontier) and its frontier as a dashed line; approach 3 (the L(N, D) fit) as a solid line
+    with its bootstrap band. Needs at least one of the two."""
+    _require(df, "compute_optimal", [N, LOSS])
+    fits = _fits_for(df, fits, ("isoflop", "chinchilla"), n_bootstrap, seed)
+    iso, f = fits.isoflop, fits.chinchilla
+    if iso is None and f is None:
+        raise FigureError(
+            "compute_optimal: neither an IsoFLOP fit (needs compute_budget_flops) nor an L(N, D) "
+            "fit (needs several token budgets per size)"
+        )
+    d = _ref_rows(df, fits)
+    if iso is not None:
+        cs = iso.budgets["C"].to_numpy(float)
+    else:
+        cs = np.unique(
+            pd.to_numeric(d.get(COMPUTE, pd.Series(dtype=float)), errors="coerce").dropna()
+        )
+        if not len(cs):
+            cs = np.unique(6.0 * d[N].to_numpy(float) * d[TOKENS].to_numpy(float))
+    cg = np.geomspace(cs.min() / 3, cs.max() * 3, 80)
+    k6 = iso.flops_per_param_token if iso is not None else 6.0
+
+    def ratio(C, n):  # tokens per parameter at budget C and size n
+        return C / (k6 * n * n)
+
+    with theme():
+        fig, axes = _new_figure(
+            d,
+            3,
+            width=3.6,
+            height=3.4,
+            legend=3.0,
+            note=f"{fits.precision_ref} inference; C = 6 N D",
+        )
+        handles = []
+        if f is not None:
+            ch = analysis.chinchilla_frontier(f, cg, k6)["optimal"]
+            lines = (ch["N_opt"], ch["D_opt"], ratio(cg, ch["N_opt"]))
+            bands = (
+                (ch["N_lo"], ch["N_hi"]),
+                (ch["D_lo"], ch["D_hi"]),
+                (ratio(cg, ch["N_hi"]), ratio(cg, ch["N_lo"])),
+            )
+            for ax, y, (lo, hi) in zip(axes, lines, bands):
+                ax.plot(cg, y, color="C0", linewidth=1.5, zorder=2)
+                if np.isfinite(np.asarray(lo, float)).all():
+                    ax.fill_between(cg, lo, hi, color="C0", alpha=0.18, linewidth=0)
+            c3 = analysis.chinchilla_frontier(f, (), k6)
+            handles.append(
+                Line2D(
+                    [],
+                    [],
+                    color="C0",
+                    linewidth=1.5,
+                    label="approach 3: L(N, D) fit\n"
+                    + rf"$a$ = {_fmt_ci(c3['a'], c3['a_lo'], c3['a_hi'])}, {fits.level:.0%} band",
+                )
+            )
+        if iso is not None:
+            t = iso.budgets
+            for interior, face in ((True, "C1"), (False, "none")):
+                r = t[t["interior"] == interior]
+                if not len(r):
+                    continue
+                C = r["C"].to_numpy(float)
+                ys = (
+                    (r["N_opt"], r["N_lo"], r["N_hi"]),
+                    (r["D_opt"], r["D_lo"], r["D_hi"]),
+                    (ratio(C, r["N_opt"]), ratio(C, r["N_hi"]), ratio(C, r["N_lo"])),
+                )
+                for ax, (y, lo, hi) in zip(axes, ys):
+                    y, lo, hi = (np.asarray(v, float) for v in (y, lo, hi))
+                    err = np.clip(np.nan_to_num(np.vstack([y - lo, hi - y])), 0, None)
+                    ax.errorbar(
+                        C,
+                        y,
+                        yerr=err,
+                        color="C1",
+                        markerfacecolor=face,
+                        marker="s",
+                        markersize=6,
+                        linestyle="none",
+                        capsize=3,
+                        zorder=4,
+                    )
+            if iso.frontier_ok:
+                fr = iso.optimal(cg)
+                for ax, y in zip(axes, (fr["N_opt"], fr["D_opt"], ratio(cg, fr["N_opt"]))):
+                    ax.plot(cg, y, color="C1", linestyle="--", linewidth=1.3, zorder=3)
+                lab = rf"$a$ = {_fmt_ci(iso.a, *iso.a_interval)}"
+            else:
+                lab = "no frontier"
+            handles.append(
+                Line2D(
+                    [],
+                    [],
+                    color="C1",
+                    marker="s",
+                    linestyle="--",
+                    label=f"approach 2: IsoFLOP minima\n{lab}, {fits.level:.0%} intervals",
+                )
+            )
+            if not t["interior"].all():
+                handles.append(
+                    Line2D(
+                        [],
+                        [],
+                        color="C1",
+                        marker="s",
+                        markerfacecolor="none",
+                        linestyle="none",
+                        label="no interior minimum\n(not in the frontier)",
+                    )
+                )
+        for ax, lab, title in zip(
+            axes,
+            (
+                r"$N_\mathrm{opt}$ (parameters)",
+                r"$D_\mathrm{opt}$ (tokens)",
+                "tokens per parameter D/N",
+            ),
+            ("Compute-optimal size", "Compute-optimal tokens", "Tokens per parameter"),
+        ):
+            ax.set_xlabel("compute budget C (FLOPs)")
+            ax.set_ylabel(lab)
+            ax.set_title(title)
+            ax.set_xscale("log")
+            _log_axis(ax, "y", _n_fmt if "N" in lab or "D_" in lab else None)
+        _legend(fig, handles, title=r"$N_\mathrm{opt} \propto C^{a}$")
+    return fig
+
+
 # ----------------------------------------------------------------------------- tables
 
 
@@ -805,6 +1406,116 @@ def _table_rows(fits: Fits) -> list[tuple[Quantity, list[dict]]]:
     return out
 
 
+def _unit_words(fits: Fits, q: Quantity) -> str:
+    """What a quantity's bootstrap resampled, in words."""
+    unit = fits.loss_unit if q.name == "loss" else fits.latency_unit
+    return _unit_text(unit)
+
+
+def _unit_text(unit: str) -> str:
+    if unit.startswith("clusters of"):
+        return unit.replace("clusters of", "models") + " (seed and model noise)"
+    if unit == "rows within budgets":
+        return "rows, within each budget"
+    return unit
+
+
+def _basis_words(fits: Fits, q: Quantity) -> str:
+    if q.name == "loss" and fits.loss_basis != "every row":
+        return f"; fitted on {fits.loss_basis}"
+    if q.name != "loss" and fits.latency_basis != "every row":
+        return f"; fitted on {fits.latency_basis}"
+    return ""
+
+
+def _axes_rows(fits: Fits) -> list[tuple[str, str, str, str]]:
+    """(quantity, approach 2, approach 3, ratio) cells of the compute-optimal section."""
+    iso, f, cmp = fits.isoflop, fits.chinchilla, fits.comparison
+    rows = []
+    if cmp is not None:
+        for r in cmp.itertuples():
+            name = (
+                "a (N_opt ∝ C^a)"
+                if r.quantity == "a"
+                else "b (D_opt ∝ C^b)"
+                if r.quantity == "b"
+                else f"N_opt at C = {_fmt_c(r.C)}"
+            )
+            two = _fmt_ci(r.approach2, r.approach2_lo, r.approach2_hi)
+            if r.quantity == "N_opt" and not r.interior:
+                two += " (not interior)"
+            rows.append(
+                (name, two, _fmt_ci(r.approach3, r.approach3_lo, r.approach3_hi), _fmt(r.ratio))
+            )
+        return rows
+    if iso is not None:
+        rows.append(("a (N_opt ∝ C^a)", _fmt_ci(iso.a, *iso.a_interval), "–", "–"))
+        rows.append(("b (D_opt ∝ C^b)", _fmt_ci(iso.b, *iso.b_interval), "–", "–"))
+        for r in iso.budgets.itertuples():
+            two = _fmt_ci(r.N_opt, r.N_lo, r.N_hi) + ("" if r.interior else " (not interior)")
+            rows.append((f"N_opt at C = {_fmt_c(r.C)}", two, "–", "–"))
+    elif f is not None:
+        c3 = analysis.chinchilla_frontier(f)
+        rows.append(("a (N_opt ∝ C^a)", "–", _fmt_ci(c3["a"], c3["a_lo"], c3["a_hi"]), "–"))
+        rows.append(("b (D_opt ∝ C^b)", "–", _fmt_ci(c3["b"], c3["b_lo"], c3["b_hi"]), "–"))
+    return rows
+
+
+def _axes_header(fits: Fits) -> str:
+    bits = []
+    if fits.isoflop is not None:
+        bits.append(
+            f"approach 2 = IsoFLOP parabolas in ln N per budget, "
+            f"{fits.isoflop.n_interior} of {len(fits.isoflop.budgets)} budgets interior, "
+            f"intervals resample {_unit_text(fits.isoflop.bootstrap_unit)}"
+        )
+    if fits.chinchilla is not None:
+        f = fits.chinchilla
+        bits.append(
+            "approach 3 = L(N, D) = E + A/N^alpha + B/D^beta fit, "
+            + ", ".join(f"{p} = {_fmt_ci(f.params[p], *f.intervals[p])}" for p in f.param_names)
+            + f", {f.n_points} points, intervals resample {_unit_text(f.bootstrap_unit)}"
+        )
+    return (
+        f"**compute-optimal allocation** ({fits.precision_ref} inference, C = 6 N D; "
+        f"estimate [{fits.level:.0%} bootstrap interval, {fits.n_bootstrap} resamples]): "
+        + "; ".join(bits)
+        + "\n"
+    )
+
+
+def _seed_rows(fits: Fits) -> list[tuple[str, str, str, str, str]]:
+    sp = fits.seed_spread
+    if sp is None:
+        return []
+    return [
+        (_fmt_n(r[N]), _fmt_n(r["budget"]), str(int(r["n_seeds"])), _fmt(r["mean"]), _fmt(r["sd"]))
+        for _, r in sp.iterrows()
+    ]
+
+
+def _axes_markdown(fits: Fits) -> list[str]:
+    parts = []
+    rows = _axes_rows(fits)
+    if rows:
+        parts.append(_axes_header(fits))
+        parts.append("| quantity | approach 2 (IsoFLOP) | approach 3 (L(N, D) fit) | ratio 3/2 |")
+        parts.append("|---|---:|---:|---:|")
+        parts += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+        parts.append("")
+    seeds = _seed_rows(fits)
+    if seeds:
+        parts.append(
+            f"**seed spread** ({fits.precision_ref} inference): SD of the held-out loss "
+            "(nats/token) across seeds at each replicated (size, token budget)\n"
+        )
+        parts.append("| N | token budget | seeds | mean loss | SD over seeds |")
+        parts.append("|---:|---:|---:|---:|---:|")
+        parts += ["| " + " | ".join(r) + " |" for r in seeds]
+        parts.append("")
+    return parts
+
+
 def _as_fits(obj, n_bootstrap: int, seed: int) -> Fits:
     return obj if isinstance(obj, Fits) else fit_all(obj, n_bootstrap=n_bootstrap, seed=seed)
 
@@ -820,7 +1531,7 @@ def fit_table_markdown(obj, *, n_bootstrap: int = 1000, seed: int = 0) -> str:
         names = [p[0] for p in rows[0]["params"]]
         parts.append(
             f"**{q.label}**: {q.law} ({q.form}); estimate [{fits.level:.0%} bootstrap interval, "
-            f"{fits.n_bootstrap} resamples]\n"
+            f"{fits.n_bootstrap} resamples of {_unit_words(fits, q)}]{_basis_words(fits, q)}\n"
         )
         parts.append(
             "| precision | "
@@ -839,6 +1550,7 @@ def fit_table_markdown(obj, *, n_bootstrap: int = 1000, seed: int = 0) -> str:
         parts.append("")
     if not parts:
         parts = ["(no law could be fitted)", ""]
+    parts += _axes_markdown(fits)
     parts += [f"- {n}" for n in fits.notes]
     return "\n".join(parts).rstrip() + "\n"
 
@@ -915,6 +1627,34 @@ def fit_table_latex(obj, *, n_bootstrap: int = 1000, seed: int = 0) -> str:
     if not blocks:
         lines.append(r"\multicolumn{1}{l}{no law could be fitted} \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
+    rows = _axes_rows(fits)
+    if rows:
+        lines += [
+            "",
+            "% " + _axes_header(fits).strip().replace("**", ""),
+            r"\begin{tabular}{lccr}",
+            r"\toprule",
+            r"quantity & approach 2 (IsoFLOP) & approach 3 ($L(N, D)$ fit) & ratio 3/2 \\",
+            r"\midrule",
+        ]
+        for a, b, c, d in rows:
+            a = tex_escape(a).replace("∝", r"$\propto$")
+            cells = [a] + [tex_escape(v).replace("–", "--") for v in (b, c, d)]
+            lines.append(" & ".join(cells) + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}"]
+    seeds = _seed_rows(fits)
+    if seeds:
+        lines += [
+            "",
+            f"% seed spread ({tex_escape(str(fits.precision_ref))} inference): SD of the held-out "
+            "loss (nats/token) across seeds",
+            r"\begin{tabular}{rrrrr}",
+            r"\toprule",
+            r"$N$ & token budget & seeds & mean loss & SD over seeds \\",
+            r"\midrule",
+        ]
+        lines += [" & ".join(r) + r" \\" for r in seeds]
+        lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
 
 
@@ -939,11 +1679,13 @@ def render_all(
     seed: int = 0,
     k: int = 2,
     log=print,
+    fits: Fits | None = None,
 ) -> Rendered:
     """Write every figure (``FIGURES``) as ``out_dir/<name>.<fmt>`` (PNG at 300 dpi, vector
     PDF) and the fit table as ``fits.md`` and ``fits.tex``.  A figure whose columns are
     missing is skipped with a message; the rest are drawn.  ``log`` (default ``print``)
-    gets one line per file written, figure skipped and fit that failed."""
+    gets one line per file written, figure skipped and fit that failed.  ``fits``: laws already
+    fitted by ``fit_all`` on this table (default: fitted here)."""
     formats = tuple(f.strip().lower() for f in formats if f.strip())
     bad = [f for f in formats if f not in ("png", "pdf", "svg")]
     if bad or not formats:
@@ -952,7 +1694,8 @@ def render_all(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     res = Rendered()
-    fits = fit_all(df, n_bootstrap=n_bootstrap, seed=seed, k=k)
+    if fits is None:
+        fits = fit_all(df, n_bootstrap=n_bootstrap, seed=seed, k=k)
     res.notes = list(fits.notes)
     for n in fits.notes:
         log(f"note: {n}")
@@ -962,6 +1705,9 @@ def render_all(
         "loss_vs_latency": lambda: loss_vs_latency(df),
         "memory_vs_params": lambda: memory_vs_params(df),
         "fit_diagnostics": lambda: fit_diagnostics(df, fits=fits),
+        "isoflop_curves": lambda: isoflop_curves(df, fits=fits),
+        "loss_vs_tokens": lambda: loss_vs_tokens(df, fits=fits),
+        "compute_optimal": lambda: compute_optimal(df, fits=fits),
     }
     for name in FIGURES:
         try:

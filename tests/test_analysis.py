@@ -297,3 +297,244 @@ def test_import_is_isolated():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------------- learning-rate selection
+
+
+def _lr_table():
+    """Two sizes x 3 lrs x 2 seeds x 2 precisions. The selection loss is best at lr 3e-3 for
+    size 1e6 (seed 0 alone would pick 1e-3) and at the grid's top, 1e-2, for size 1e7; the
+    test loss is deliberately best elsewhere, so a selector that read it would pick wrong."""
+    sel = {  # (size, lr) -> selection loss per seed
+        (1e6, 1e-3): (2.90, 3.30),
+        (1e6, 3e-3): (2.95, 3.00),
+        (1e6, 1e-2): (3.20, 3.20),
+        (1e7, 1e-3): (2.80, 2.80),
+        (1e7, 3e-3): (2.70, 2.70),
+        (1e7, 1e-2): (2.60, 2.62),
+    }
+    rows = []
+    for (n, lr), pair in sel.items():
+        for s, v in enumerate(pair):
+            for prec in ("fp32", "int8"):
+                rows.append(
+                    dict(
+                        params_non_embedding=n,
+                        train_tokens_target=20 * int(n),
+                        train_precision="fp32",
+                        inference_precision=prec,
+                        lr_peak=lr,
+                        seed=s,
+                        select_loss_nats=v,
+                        eval_loss_nats=10.0 - v,  # lowest where the selection loss is highest
+                    )
+                )
+    return pd.DataFrame(rows)
+
+
+def test_select_lr_uses_selection_loss_over_seeds_and_flags_the_edge():
+    df = _lr_table()
+    ch = analysis.lr_choices(df)
+    assert list(ch["params_non_embedding"]) == [1e6, 1e7]
+    assert list(ch["lr"]) == [3e-3, 1e-2]  # means over seeds: 1e6 -> 2.975 < 3.10 < 3.20
+    assert ch["score"].to_numpy() == pytest.approx([2.975, 2.61])
+    assert list(ch["edge"]) == ["", "high"] and list(ch["n_seeds"]) == [2, 2]
+    assert ch["lr_grid"].iloc[0] == (1e-3, 3e-3, 1e-2)
+    out = analysis.select_lr(df)
+    assert len(out) == 2 * 2 * 2  # both sizes, every seed and precision at the chosen lr
+    assert set(zip(out["params_non_embedding"], out["lr_peak"])) == {(1e6, 3e-3), (1e7, 1e-2)}
+    assert set(out["inference_precision"]) == {"fp32", "int8"}
+    # int8 rows' selection loss is ignored (chosen on fp32): favouring 1e-3 there changes nothing
+    df2 = df.assign(
+        select_loss_nats=np.where(
+            (df["inference_precision"] == "int8") & (df["lr_peak"] == 1e-3),
+            0.1,
+            df["select_loss_nats"],
+        )
+    )
+    assert list(analysis.lr_choices(df2)["lr"]) == [3e-3, 1e-2]
+
+
+def test_select_lr_passes_one_lr_through_and_names_missing_columns():
+    df = _lr_table()
+    one = df[df["lr_peak"] == 3e-3]
+    assert analysis.select_lr(one) is one
+    assert analysis.select_lr(df.drop(columns=["lr_peak"])) is not None
+    with pytest.raises(AnalysisError, match="'select_loss_nats'"):
+        analysis.select_lr(df.drop(columns=["select_loss_nats"]))
+    with pytest.raises(AnalysisError, match="'select_loss_nats'.*NaN"):
+        analysis.lr_choices(df.assign(select_loss_nats=np.nan))
+
+
+# ------------------------------------------------------------------------- cluster bootstrap
+
+
+def _clustered(rng, n_sizes=10, n_seeds=2, per=4, sd_cluster=0.05, sd_row=0.005):
+    """Power law y = 2 N^-0.25 with a shared log-noise per cluster (size, seed) and a small
+    independent noise per row: ``per`` rows (token branches) per cluster."""
+    sizes = np.geomspace(1e6, 1e9, n_sizes)
+    N = np.repeat(sizes, n_seeds * per)
+    cl = np.repeat(np.arange(n_sizes * n_seeds), per)
+    u = rng.normal(0, sd_cluster, n_sizes * n_seeds)[cl] + rng.normal(0, sd_row, N.size)
+    return N, 2.0 * N**-0.25 * np.exp(u), cl
+
+
+@pytest.mark.slow
+def test_cluster_bootstrap_spread_matches_numpy_cluster_bootstrap():
+    """Least squares (huge Huber delta): the power fit is OLS of log y on log N. A numpy bootstrap
+    that resamples whole clusters is the reference for the spread of b."""
+    rng = np.random.default_rng(7)
+    N, y, cl = _clustered(rng)
+    f = analysis.fit(None, "power", N, y, n_bootstrap=600, huber_delta=1e3, cluster=cl, seed=2)
+    assert f.bootstrap_unit == "clusters (given labels)" and f.n_clusters == 20
+    lx, ly = np.log(N), np.log(y)
+    G = cl.max() + 1
+    members = [np.flatnonzero(cl == g) for g in range(G)]
+    ref = []
+    for _ in range(3000):
+        idx = np.concatenate([members[g] for g in rng.integers(0, G, G)])
+        ref.append(np.polyfit(lx[idx], ly[idx], 1)[0])
+    assert f.n_converged >= 590
+    assert np.std(f.bootstrap_params[:, 1]) == pytest.approx(np.std(ref), rel=0.15)
+    rows = analysis.fit(None, "power", N, y, n_bootstrap=600, huber_delta=1e3, seed=2)
+    assert np.std(rows.bootstrap_params[:, 1]) < 0.7 * np.std(ref)  # rows: too narrow
+
+
+@pytest.mark.slow
+def test_cluster_bootstrap_covers_truth_where_row_bootstrap_does_not():
+    """40 synthetic tables with cluster-correlated noise: the 95% cluster-bootstrap interval of
+    the exponent covers the truth (-0.25) at about the nominal rate, the row bootstrap's far
+    less often (it treats the 8 branches of a model as 8 independent points; on these seeds it
+    covers in about half the trials)."""
+    trials, hit_c, hit_r = 40, 0, 0
+    for t in range(trials):
+        N, y, cl = _clustered(np.random.default_rng(1000 + t), per=8)
+        df = pd.DataFrame({"N": N, "y": y, "model": cl})
+        kw = dict(form="power", x="N", y="y", n_bootstrap=200, huber_delta=1e3, seed=t)
+        fc = analysis.fit(df, cluster="model", **kw)
+        fr = analysis.fit(df, **kw)
+        hit_c += fc.intervals["b"][0] <= -0.25 <= fc.intervals["b"][1]
+        hit_r += fr.intervals["b"][0] <= -0.25 <= fr.intervals["b"][1]
+    assert hit_c >= 0.8 * trials, hit_c
+    assert hit_r <= 0.7 * trials, hit_r
+
+
+def test_cluster_errors():
+    df = pd.DataFrame({"N": N12, "y": 2 * N12**0.5, "seed": 0})
+    with pytest.raises(AnalysisError, match="'model' \\(cluster\\) not in the table"):
+        analysis.fit(df, "power", x="N", y="y", cluster="model", n_bootstrap=5)
+    with pytest.raises(AnalysisError, match="one cluster"):
+        analysis.fit(df, "power", x="N", y="y", cluster="seed", n_bootstrap=5)
+    with pytest.raises(AnalysisError, match="3 labels for 12 rows"):
+        analysis.fit(None, "power", N12, 2 * N12**0.5, cluster=[0, 1, 2], n_bootstrap=5)
+
+
+# ---------------------------------------------------------------------- IsoFLOP, approaches 2 and 3
+
+CH = {"E": 1.8, "A": 400.0, "alpha": 0.34, "B": 1500.0, "beta": 0.28}
+A_TRUE = CH["beta"] / (CH["alpha"] + CH["beta"])  # N_opt ~ C^a
+
+
+def _ch_law(N, D):
+    return CH["E"] + CH["A"] * N ** -CH["alpha"] + CH["B"] * D ** -CH["beta"]
+
+
+def _n_opt_true(C):
+    """argmin over N of L(N, C / 6N), by brute force on a fine grid (no closed form used)."""
+    grid = np.geomspace(1e3, 1e13, 200_001)
+    return grid[np.argmin(_ch_law(grid, C / (6 * grid)))]
+
+
+BUDGETS = (1e17, 1e18, 1e19, 1e20)
+
+
+def _iso_table(budgets=BUDGETS, span=8.0, k=7, noise=0.0, seed=0, shift=None):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for C in budgets:
+        centre = _n_opt_true(C) * ((shift or {}).get(C, 1.0))
+        for n in centre * np.geomspace(1 / span, span, k):
+            D = C / (6 * n)
+            rows.append(
+                dict(
+                    compute_budget_flops=C,
+                    params_non_embedding=n,
+                    train_tokens=D,
+                    eval_loss_nats=_ch_law(n, D) * np.exp(noise * rng.standard_normal()),
+                )
+            )
+    return pd.DataFrame(rows)
+
+
+def test_isoflop_recovers_the_compute_optimal_exponent():
+    iso = analysis.isoflop(_iso_table(noise=0.002), n_bootstrap=300)
+    assert iso.frontier_ok and iso.n_interior == 4 and iso.budgets["interior"].all()
+    assert iso.a == pytest.approx(A_TRUE, abs=0.02) and iso.b == pytest.approx(1 - A_TRUE, abs=0.02)
+    lo, hi = iso.a_interval
+    assert lo < hi and lo <= A_TRUE <= hi
+    for r in iso.budgets.itertuples():  # each minimum within 10% of the brute-force optimum
+        assert r.N_opt == pytest.approx(_n_opt_true(r.C), rel=0.1)
+        assert r.D_opt * r.N_opt * 6 == pytest.approx(r.C, rel=1e-12)
+    opt = iso.optimal([1e21])
+    assert opt["N_opt"][0] == pytest.approx(_n_opt_true(1e21), rel=0.15)
+    assert opt["N_lo"][0] < opt["N_opt"][0] < opt["N_hi"][0]
+    # the parabola is exact least squares: compare with numpy's polyfit at one budget
+    d = _iso_table(noise=0.002)
+    d = d[d["compute_budget_flops"] == 1e18]
+    ref = np.polyfit(np.log(d["params_non_embedding"]), d["eval_loss_nats"], 2)
+    n = np.geomspace(1e6, 1e8, 5)
+    np.testing.assert_allclose(iso.parabola(1e18, n), np.polyval(ref, np.log(n)), rtol=1e-10)
+
+
+def test_isoflop_flags_a_budget_sampled_on_one_side():
+    # at 1e19 every sampled size is 10x to 100x below the optimum: the minimum is not interior
+    df = _iso_table(span=3.0, k=5, shift={1e19: 1 / 30})
+    iso = analysis.isoflop(df, n_bootstrap=50)
+    b = iso.budgets.set_index("C")
+    assert not b.loc[1e19, "interior"] and b.loc[1e19, "reason"].startswith("minimum above")
+    assert b.drop(index=1e19)["interior"].all() and iso.n_interior == 3
+    assert iso.a == pytest.approx(A_TRUE, abs=0.02)  # from the other three budgets only
+    one = analysis.isoflop(df[df["compute_budget_flops"].isin([1e17, 1e19])], n_bootstrap=10)
+    assert not one.frontier_ok and np.isnan(one.a) and "1 of 2 budgets" in one.frontier_note
+    with pytest.raises(AnalysisError, match="no IsoFLOP frontier"):
+        one.optimal([1e20])
+
+
+def test_isoflop_errors():
+    df = _iso_table()
+    with pytest.raises(AnalysisError, match="'compute_budget_flops'"):
+        analysis.isoflop(df.drop(columns=["compute_budget_flops"]))
+    few = df[~((df["compute_budget_flops"] == 1e18) & (df.index % 7 > 1))]  # 2 sizes at 1e18
+    with pytest.raises(AnalysisError, match="at least 3 distinct sizes.*C=1e\\+18 has 2"):
+        analysis.isoflop(few)
+    two = pd.concat([df.assign(inference_precision=p) for p in ("fp32", "int8")])
+    with pytest.raises(AnalysisError, match="one inference precision"):
+        analysis.isoflop(two)
+    with pytest.raises(AnalysisError, match="no finite compute budget"):
+        analysis.isoflop(df.assign(compute_budget_flops=np.nan))
+
+
+def test_chinchilla_refuses_one_distinct_d():
+    df = _iso_table().assign(train_tokens=1e9)
+    with pytest.raises(AnalysisError, match="2 distinct values of d \\(column 'train_tokens'\\)"):
+        analysis.fit(df, form="chinchilla")
+
+
+@pytest.mark.slow
+def test_approach3_exponents_and_side_by_side():
+    """Noiseless Chinchilla grid: approach 3 gives a = beta/(alpha+beta) exactly and N_opt at
+    each budget equal to the brute-force optimum; approach 2 agrees within a few percent."""
+    df = _iso_table()
+    f = analysis.fit(df, form="chinchilla", n_bootstrap=30)
+    ch = analysis.chinchilla_frontier(f, BUDGETS)
+    assert ch["a"] == pytest.approx(A_TRUE, rel=1e-4) and ch["b"] == pytest.approx(
+        1 - A_TRUE, rel=1e-4
+    )
+    assert ch["a_lo"] <= A_TRUE * (1 + 1e-4) and ch["a_hi"] >= A_TRUE * (1 - 1e-4)
+    np.testing.assert_allclose(ch["optimal"]["N_opt"], [_n_opt_true(C) for C in BUDGETS], rtol=1e-3)
+    cmp = analysis.compare_approaches(analysis.isoflop(df, n_bootstrap=50), f)
+    assert list(cmp["quantity"]) == ["a", "b"] + ["N_opt"] * 4
+    np.testing.assert_allclose(cmp["C"][2:], BUDGETS)
+    assert cmp["ratio"].to_numpy() == pytest.approx(np.ones(6), abs=0.06)
+    np.testing.assert_allclose(cmp["approach3"][2:], [_n_opt_true(C) for C in BUDGETS], rtol=1e-3)

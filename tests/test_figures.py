@@ -73,6 +73,82 @@ def synthetic_results(
     return pd.DataFrame(rows)
 
 
+# The token and compute axes: a known Chinchilla law, an IsoFLOP design (3 budgets x 6 of 8
+# sizes, D = C / 6N), 2 seeds on 2 sizes, 4 precisions, latency timed once per (size, precision).
+LAW = {"E": 1.6, "A": 50.0, "alpha": 0.32, "B": 300.0, "beta": 0.28}
+A_OPT = LAW["beta"] / (LAW["alpha"] + LAW["beta"])  # N_opt ~ C^a
+BUDGETS = (3e14, 3e15, 3e16)
+LADDER = np.geomspace(2e4, 3e6, 8)
+SHIFT = {"fp32": 1.0, "bf16": 1.001, "int8": 1.006, "w8a8": 1.015}
+
+
+def chin_law(N, D):
+    return LAW["E"] + LAW["A"] * N ** -LAW["alpha"] + LAW["B"] * D ** -LAW["beta"]
+
+
+def n_opt_true(C):
+    """argmin over N of L(N, C / 6N), by brute force on a fine grid."""
+    g = np.geomspace(1e2, 1e10, 400_001)
+    return g[np.argmin(chin_law(g, C / (6 * g)))]
+
+
+def axes_results(seeds_on=(2,), seed_sd=0.004, noise=0.001, rng=0, latency=True):
+    """One row per (budget, size, seed, precision): every budget takes the 6 ladder sizes nearest
+    its optimum; sizes ``LADDER[i]`` for i in ``seeds_on`` and the next have 2 seeds. Seed noise
+    is shared by all budget branches of one (size, seed) model (lognormal, sd ``seed_sd``),
+    plus ``noise`` per model-budget; precisions scale the loss by ``SHIFT``."""
+    rng = np.random.default_rng(rng)
+    two = {LADDER[i] for s in seeds_on for i in (s, s + 1)}
+    model = {(n, s): rng.normal(0, seed_sd) for n in LADDER for s in (0, 1)}
+    rows, timed = [], {}
+    for C in BUDGETS:
+        near = LADDER[np.argsort(np.abs(np.log(LADDER / n_opt_true(C))))[:6]]
+        for n in np.sort(near):
+            D = C / (6 * n)
+            for s in (0, 1) if n in two else (0,):
+                base = chin_law(n, D) * np.exp(model[(n, s)] + noise * rng.standard_normal())
+                for p, k in SHIFT.items():
+                    pid = f"N{n:.0f}-D{D:.0f}-seed{s}-{p}"
+                    loss = base * k
+                    r = dict(
+                        point_id=pid,
+                        inference_precision=p,
+                        train_precision="fp32",
+                        seed=s,
+                        lr_peak=1e-3,
+                        params_non_embedding=float(n),
+                        train_tokens=D,
+                        train_tokens_target=int(round(D)),
+                        compute_budget_flops=C,
+                        train_flops_6nd=6 * n * D,
+                        eval_loss_nats=loss,
+                        eval_loss_se_nats=0.002,
+                        select_loss_nats=loss * (1 + 0.001 * rng.standard_normal()),
+                        delta_loss_vs_fp32_nats=base * (k - 1),
+                        delta_loss_vs_fp32_se_nats=0.0005,
+                        weight_bytes=int(n * {"fp32": 4, "bf16": 2}.get(p, 1)),
+                        kv_cache_bytes=int(2 * 256 * n**0.5 * 4),
+                        device_kind="cpu",
+                    )
+                    if latency:
+                        first = timed.setdefault((n, p), pid)  # timed once per (size, precision)
+                        dec = (0.4 + 2e-6 * n) * (1 + 0.02 * np.sin(n))  # copies: the same value
+                        r.update(
+                            latency_from_point_id=first,
+                            decode_ms_per_token_median=dec,
+                            decode_ms_per_token_q1=0.97 * dec,
+                            decode_ms_per_token_q3=1.03 * dec,
+                            prefill_ms_median=3 + 6e-5 * n,
+                            prefill_ms_q1=0.97 * (3 + 6e-5 * n),
+                            prefill_ms_q3=1.03 * (3 + 6e-5 * n),
+                        )
+                    rows.append(r)
+    return pd.DataFrame(rows)
+
+
+AXES_FIGS = ("isoflop_curves", "loss_vs_tokens", "compute_optimal")
+BASIC_FIGS = tuple(f for f in figures.FIGURES if f not in AXES_FIGS)
+
 PNG_SIG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -111,10 +187,15 @@ def four(tmp_path_factory):
 @pytest.mark.xdist_group("four")  # one worker builds the module fixture
 def test_several_precisions_every_figure_and_table(four):
     out, r, logged = four
-    assert r.skipped == [] and r.notes == []
+    assert r.notes == []
+    skipped = dict(r.skipped)  # one token budget, no compute budget: the axes figures are skipped
+    assert set(skipped) == set(AXES_FIGS)
+    assert skipped["isoflop_curves"] == "the results table lacks column compute_budget_flops"
+    assert "more than one token budget" in skipped["loss_vs_tokens"]
+    assert "neither an IsoFLOP fit" in skipped["compute_optimal"]
     names = sorted(p.name for p in r.written)
     assert names == sorted(
-        [f"{f}.{x}" for f in figures.FIGURES for x in ("png", "pdf")] + ["fits.md", "fits.tex"]
+        [f"{f}.{x}" for f in BASIC_FIGS for x in ("png", "pdf")] + ["fits.md", "fits.tex"]
     )
     for p in r.written:
         assert p.exists() and (p.suffix not in (".png", ".pdf") or assert_valid(p) is None)
@@ -138,7 +219,9 @@ def test_tables_have_groups_and_recover_the_exponent(four):
     assert (
         tex.startswith("%") and r"\toprule" in tex and r"\bottomrule" in tex and r"$\alpha$" in tex
     )
-    assert tex.count(r"\begin{tabular}") == 1 and tex.count(r"\end{tabular}") == 1
+    # the fit table, and the seed spread (3 seeds of every size)
+    assert tex.count(r"\begin{tabular}") == 2 and tex.count(r"\end{tabular}") == 2
+    assert "**seed spread**" in md and md.count("| 3 |") == len(SIZES)
     body = tex.split(r"\toprule")[1]
     assert all(
         line.rstrip().endswith("\\\\") or line.startswith("\\") or not line
@@ -151,7 +234,7 @@ def test_one_precision(tmp_path):
     r = figures.render_all(
         synthetic_results(precisions=("bf16",), rng=1), tmp_path, n_bootstrap=100, log=None
     )
-    assert r.skipped == [] and len(r.written) == 2 * len(figures.FIGURES) + 2
+    assert {n for n, _ in r.skipped} == set(AXES_FIGS) and len(r.written) == 2 * 5 + 2
     for p in r.written:
         if p.suffix in (".png", ".pdf"):
             assert_valid(p)
@@ -165,7 +248,7 @@ def test_latency_columns_missing_skips_only_latency_figures(tmp_path, capsys):
         synthetic_results(precisions=("fp32", "int8"), latency=False), tmp_path, n_bootstrap=100
     )
     skipped = dict(r.skipped)
-    assert set(skipped) == {"latency_vs_params", "loss_vs_latency"}
+    assert set(skipped) == {"latency_vs_params", "loss_vs_latency", *AXES_FIGS}
     assert "decode_ms_per_token_median" in skipped["loss_vs_latency"]
     out = capsys.readouterr().out
     assert (
@@ -183,7 +266,7 @@ def test_latency_columns_missing_skips_only_latency_figures(tmp_path, capsys):
 def test_too_few_sizes_draws_points_without_the_law(tmp_path):
     df = synthetic_results(precisions=("fp32", "w8a8"), sizes=(1e4, 1e5), seeds=(0,))
     r = figures.render_all(df, tmp_path, n_bootstrap=100, log=None)
-    assert r.skipped == []
+    assert {n for n, _ in r.skipped} == set(AXES_FIGS)
     assert any(n.startswith("loss fp32: no saturating fit") for n in r.notes), r.notes
     for p in r.written:
         if p.suffix in (".png", ".pdf"):
@@ -286,7 +369,7 @@ def test_cli_fit_and_figures(tmp_path, capsys):
         == 0
     )
     out = capsys.readouterr().out
-    for name in figures.FIGURES:
+    for name in BASIC_FIGS:
         assert f"wrote {tmp_path / 'figs' / name}.png" in out
         assert_valid(tmp_path / "figs" / f"{name}.png")
     assert not list((tmp_path / "figs").glob("*.pdf"))
@@ -337,3 +420,101 @@ def test_loss_figure_shows_each_precisions_paired_cost():
         len(figures.loss_vs_params(df.drop(columns=["delta_loss_vs_fp32_nats"]), fits=fits).axes)
         == 1
     )
+
+
+# ------------------------------------------------------------------------- token and compute axes
+
+
+@pytest.mark.slow
+def test_axes_table_fits_each_law_on_the_right_rows():
+    """Latency laws see only the timed rows (one per size and precision: 8 sizes), the loss law
+    L(N) each size's largest token budget (8 sizes + 2 second seeds = 10 models), never a size
+    twice at different D."""
+    df = axes_results()
+    assert len(df) > 4 * 10 * 2  # several budget rows per size and precision
+    f = figures.fit_all(df, n_bootstrap=20, quantities=("loss", "decode"))
+    for p in SHIFT:
+        assert f.get("decode", p).n_points == len(LADDER)
+        assert f.get("loss", p).n_points == len(LADDER) + 2
+    assert f.latency_basis.startswith("the timed rows") and f.latency_unit == "rows"
+    assert f.loss_basis == "each size's largest token budget"
+    assert f.loss_unit == "clusters of (params_non_embedding, seed)"
+    assert f.isoflop is None and f.chinchilla is None  # not asked for
+
+
+def test_lr_axis_is_chosen_on_the_selection_split():
+    """A second learning rate whose selection loss is worse for every model (and whose test loss
+    is better): the fits see only the first lr."""
+    df = axes_results()
+    bad = df.assign(lr_peak=3e-3, select_loss_nats=df["select_loss_nats"] + 0.5)
+    bad["eval_loss_nats"] -= 0.3
+    f = figures.fit_all(pd.concat([df, bad]), n_bootstrap=20, quantities=("decode",))
+    assert set(f.lr_choices["lr"]) == {1e-3} and set(f.lr_choices["edge"]) == {"low"}
+    assert any("low edge of the grid" in n for n in f.notes)
+    assert f.get("decode", "fp32").n_points == len(LADDER)
+
+
+@pytest.fixture(scope="module")
+def axes(tmp_path_factory):
+    out = tmp_path_factory.mktemp("axes")
+    df = axes_results()
+    fits = figures.fit_all(df, n_bootstrap=60)
+    r = figures.render_all(df, out, fits=fits, log=None)
+    return df, fits, out, r
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("axes")
+def test_axes_table_draws_every_figure(axes):
+    df, fits, out, r = axes
+    assert r.skipped == []
+    assert sorted(p.name for p in r.written) == sorted(
+        [f"{f}.{x}" for f in figures.FIGURES for x in ("png", "pdf")] + ["fits.md", "fits.tex"]
+    )
+    for p in r.written:
+        if p.suffix in (".png", ".pdf"):
+            assert_valid(p)
+    fig = figures.isoflop_curves(df, fits=fits)
+    assert len(fig.axes) == 2 and "FLOPs" in fig.axes[1].get_xlabel()
+    assert len(figures.compute_optimal(df, fits=fits).axes) == 3
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("axes")
+def test_axes_fits_recover_the_known_law(axes):
+    """Approaches 2 and 3 recover the compute-optimal exponent of the generating law, and their
+    N_opt at each budget is near the brute-force optimum."""
+    _, fits, _, _ = axes
+    iso, cmp = fits.isoflop, fits.comparison
+    assert iso.frontier_ok and iso.n_interior == len(BUDGETS)
+    assert iso.a == pytest.approx(A_OPT, abs=0.05)
+    c3 = figures.analysis.chinchilla_frontier(fits.chinchilla)
+    assert c3["a"] == pytest.approx(A_OPT, abs=0.05) and c3["a_lo"] <= A_OPT <= c3["a_hi"]
+    n_true = np.array([n_opt_true(C) for C in BUDGETS])
+    rows = cmp[cmp["quantity"] == "N_opt"]
+    np.testing.assert_allclose(rows["approach2"], n_true, rtol=0.15)
+    np.testing.assert_allclose(rows["approach3"], n_true, rtol=0.15)
+    assert fits.chinchilla.bootstrap_unit == "clusters of (params_non_embedding, seed)"
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("axes")
+def test_axes_table_sections(axes):
+    df, fits, out, _ = axes
+    md, tex = (out / "fits.md").read_text(), (out / "fits.tex").read_text()
+    assert "**compute-optimal allocation**" in md and "| a (N_opt ∝ C^a) |" in md
+    assert md.count("| N_opt at C = ") == len(BUDGETS) and "ratio 3/2" in md
+    assert "resamples of models (params_non_embedding, seed)" in md
+    assert "fitted on each size's largest token budget" in md
+    assert "fitted on the timed rows" in md
+    # the seed spread: SD (ddof 1) over the two seeds of each replicated fp32 model, by numpy
+    fp = df[df["inference_precision"] == "fp32"]
+    ref = {}
+    for (n, d), g in fp.groupby(["params_non_embedding", "train_tokens_target"]):
+        if len(g) == 2:
+            ref[(n, d)] = float(np.std(g["eval_loss_nats"].to_numpy(), ddof=1))
+    sp = fits.seed_spread
+    assert len(sp) == len(ref) == md.count("| 2 |")
+    for r in sp.itertuples():
+        assert r.sd == pytest.approx(ref[(getattr(r, "params_non_embedding"), r.budget)], rel=1e-9)
+    assert tex.count(r"\begin{tabular}") == 3 and "approach 2 (IsoFLOP)" in tex
