@@ -708,8 +708,8 @@ CURVE_COLUMNS = {
     ),
     "heldout_loss_nats": (
         "nats/token",
-        "loss on the first 32768 tokens of the model-selection split (never the test split), "
-        "in the training precision",
+        "loss on 8192 tokens (evenly spaced windows) of the model-selection split (never the "
+        "test split), in the training precision",
     ),
     "phase": (
         "-",

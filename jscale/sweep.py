@@ -248,6 +248,23 @@ class _Run:
     roof: dict | None = None
     provenance: dict | None = None
     timed: dict = dataclasses.field(default_factory=dict)
+    compiled: dict = dataclasses.field(default_factory=dict)  # chunk programs per trunk
+
+    def programs(self, point: TrainPoint) -> dict:
+        """The compiled training chunks shared by every trainer of ``point``'s model and
+        optimizer (trunk segments and branches: the lr is an input)."""
+        tc = point.train
+        key = (
+            point.model,
+            tc.batch_size,
+            tc.seq_len,
+            tc.compute,
+            tc.b1,
+            tc.b2,
+            tc.weight_decay,
+            tc.grad_clip,
+        )
+        return self.compiled.setdefault(key, {})
 
 
 def run_sweep(
@@ -523,7 +540,9 @@ def _train_one(run: _Run, point: TrainPoint, trunk: _Trunk | None, *, retrain, p
         state, tmeta = trunk.state_at(start, tc, retrain=retrain, progress=progress)
         kw = dict(**state, step=start)
         curve, offset, compile_s = tmeta["curve"], tmeta["train_wall_s"], tmeta["train_compile_s"]
-    t = train.Trainer(point.model, tc, run.corpus, mesh=run.mesh, curve=curve, **kw)
+    t = train.Trainer(
+        point.model, tc, run.corpus, mesh=run.mesh, curve=curve, compiled=run.programs(point), **kw
+    )
     marks = train.curve_steps(tc.total_steps, tc.steps_per_call)
     what = "cooldown" if trunk is not None else "run"
     run.log(

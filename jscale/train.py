@@ -119,7 +119,7 @@ def make_train_chunk(
     )
 
 
-def curve_steps(total: int, per: int, per_decade: int = 8) -> list[int]:
+def curve_steps(total: int, per: int, per_decade: int = 5) -> list[int]:
     """Log-spaced steps (multiples of ``per``, about ``per_decade`` per decade, and ``total``)
     at which a run's held-out loss curve is sampled."""
     if total <= 0:
@@ -172,7 +172,7 @@ def check_train_inputs(
     return data.eval_batches(corpus.test, tc.seq_len, tc.eval_tokens)
 
 
-CURVE_TOKENS = 32_768  # held-out tokens behind each point of a loss curve (model-selection split)
+CURVE_TOKENS = 8_192  # held-out tokens behind each point of a loss curve (model-selection split)
 
 
 class Trainer:
@@ -181,7 +181,9 @@ class Trainer:
     far and the loss curve.
 
     ``Trainer(cfg, tc, corpus)`` starts from ``model.init_params`` with key ``tc.seed``;
-    ``params`` / ``opt_state`` / ``step`` continue a saved state (``host_state``).  ``advance``
+    ``params`` / ``opt_state`` / ``step`` continue a saved state (``host_state``); ``compiled``
+    shares the compiled chunks of another trainer of the same model and training config (up to
+    its lr schedule).  ``advance``
     trains up to a step under any schedule: a WSD trunk and its cooldown branches are one
     ``Trainer`` each, started from the trunk's state at the branch point.  Batches are a pure
     function of (``tc.seed``, step), so a continued run sees the batches the uninterrupted run
@@ -198,6 +200,7 @@ class Trainer:
         step: int = 0,
         mesh=None,
         curve: list | None = None,
+        compiled: dict | None = None,
     ):
         self.cfg, self.tc, self.corpus, self.mesh = cfg, tc, corpus, mesh
         if params is None:
@@ -229,7 +232,9 @@ class Trainer:
         self.step = int(step)
         self.losses, self.gnorms = [], []
         self.curve = list(curve or [])
-        self.compiled: dict[int, Any] = {}
+        # compiled chunks by length: pass a trunk's dict to its branches (the same model, batch
+        # shape and optimizer; the lr is an input), so a branch compiles nothing
+        self.compiled: dict[int, Any] = {} if compiled is None else compiled
         self.compile_seconds = self.train_seconds = self.curve_seconds = 0.0
         self._curve_set = None
 
