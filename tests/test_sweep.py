@@ -226,11 +226,19 @@ def test_experiment_configs_are_valid_and_big_enough():
     root = Path(__file__).resolve().parent.parent / "experiments"
     from jscale.sweep_config import load_sweep
 
-    for name, sizes, decades in (("quick", 6, 1.5), ("paper", 10, 3.0)):
+    for name, sizes, decades in (("quick", 7, 1.5), ("paper", 10, 3.0)):
         s = load_sweep(root / f"{name}.toml")
         ns = sorted({count_params(tp.model)["non_embedding"] for tp in s.train_points})
         assert len(ns) >= sizes and math.log10(ns[-1] / ns[0]) >= decades
         assert set(s.precisions) == {"fp32", "bf16", "int8", "w8a8"}
+        # an identifying design: >= 3 budgets on >= 5 sizes, >= 2 seeds on >= 2 sizes
+        budgets, seeds = {}, {}
+        for tp in s.train_points:
+            budgets.setdefault(tp.size_target, set()).add(tp.budget)
+            seeds.setdefault(tp.size_target, set()).add(tp.seed)
+        assert sum(len(b) >= 3 for b in budgets.values()) >= 5, name
+        assert sum(len(x) >= 2 for x in seeds.values()) >= 2, name
+        assert s.notes == (), s.notes
 
 
 # ----------------------------------------------------------------------------- checkpoints
