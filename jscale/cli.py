@@ -128,13 +128,13 @@ def _print_plan(s, args) -> None:
                 f"| {point.size_target:.3g} | {n:,} | "
                 f"{point.model.d_model} x {point.model.n_layers} | "
                 f"{point.seed} | {tc.lr:.3g} | {tok:,} | {tok / n:.3g} | {c} | "
-                f"{epochs[id(point)]:.3f} | {tc.schedule} | {fl / 1e12:.2f} | "
+                f"{epochs[id(point)]:.3g} | {tc.schedule} | {fl / 1e12:.3g} | "
                 f"{', '.join(todo.get(id(point), [])) or '-'} |"
             )
     print(
-        f"training: {total / 1e12:.2f} TFLOP (analytic, 3 x forward matmuls)"
+        f"training: {total / 1e12:.4g} TFLOP (analytic, 3 x forward matmuls)"
         + (
-            f"; {separate / 1e12:.2f} TFLOP as separate runs ({separate / total:.2f}x)"
+            f"; {separate / 1e12:.4g} TFLOP as separate runs ({separate / total:.2f}x)"
             if separate > total * 1.001
             else ""
         )

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job: set up .venv, run the quick sweep (experiments/quick.toml: 7 ladder sizes x 4
-# precisions on the embedded default corpus: train, checkpoint, quantize, evaluate, time) into
-# runs/quick, then fit the scaling laws and render the figures and fit table into
+# The main job: set up .venv, run the quick sweep (experiments/quick.toml: an IsoFLOP grid of 7
+# sizes x 3 compute budgets as WSD branches, a second seed on 2 sizes, 4 precisions, on the
+# embedded default corpus: train, checkpoint, quantize, evaluate, time) into runs/quick, then fit
+# the scaling and compute-optimal laws and render the figures and fit table into
 # runs/quick/figures.  A rerun skips every point already done; extra arguments go to
 # `jscale sweep` (e.g. --force).
 set -euo pipefail

@@ -1,6 +1,7 @@
 """The jscale command: bad input is one line naming the flag or field, exit 2, before any
 training; a tiny end-to-end run prints its held-out loss and the precision table."""
 
+import re
 import subprocess
 import sys
 
@@ -194,6 +195,21 @@ def test_sweep_plan_lists_every_training_point_with_its_analytic_size(tmp_path, 
     assert len(rows) == 4 and sorted(int(r[3]) for r in rows) == [0, 0, 1, 1]
     for r in rows:
         d, layers = (int(v) for v in r[2].split(" x "))
-        assert int(r[1].replace(",", "")) == layers * (12 * d * d + 2 * d) + d  # the analytic N
-        assert r[7].strip() == "fp32, int8"
+        n = layers * (12 * d * d + 2 * d) + d
+        assert int(r[1].replace(",", "")) == n  # the analytic N
+        assert int(r[5].replace(",", "")) == 8192 and float(r[6]) == pytest.approx(8192 / n, 1e-2)
+        assert r[9].strip() == "cosine" and r[11].strip() == "fp32, int8"
+    assert "design: one token budget for every size" in out
     assert not (tmp_path / "out").exists()  # a plan writes nothing
+    # WSD budgets: a branch adds its trunk segment and its cooldown, not a whole run
+    cfg.write_text(
+        cfg.read_text()
+        .replace("fixed = 8192", "fixed = [4096, 8192]")
+        .replace("[train]", '[train]\nschedule = "wsd"\nsteps_per_call = 4')
+    )
+    assert main(["sweep", str(cfg), "--plan", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("training:"))
+    total, separate = (float(v) for v in re.findall(r"([\d.e+-]+) TFLOP", line))
+    # 4096 tokens = 32 steps (cooldown 8: 24..32), 8192 = 64 (cooldown 12: 52..64); trunk 0..52
+    assert total / separate == pytest.approx((52 + 8 + 12) / (32 + 64), rel=1e-3)

@@ -83,9 +83,8 @@ def test_measure_latency_statistics_and_bounds(params):
         params, CFG, "fp32", batch=2, prompt_tokens=16, gen_tokens=8, repeats=5, warmup=1, roof=roof
     )
     assert r["latency_repeats"] == 5 and r["latency_batch"] == 2
-    assert set(r) == set(schema.columns("latency")) - {"mesh_shape"} | {
-        "mesh_shape"
-    }  # every latency column
+    # every latency column (the sweep adds latency_from_point_id)
+    assert set(r) == set(schema.columns("latency")) - {"latency_from_point_id"}
     for name in ("prefill_ms", "decode_ms_per_token"):
         assert (
             0

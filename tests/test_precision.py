@@ -153,7 +153,7 @@ def test_fp32_policy_is_the_model_and_other_policies_only_perturb_it():
 @pytest.fixture(scope="module")
 def trained(corpus):
     tc = TrainConfig(steps=150, batch_size=16, seq_len=128, lr=3e-3, eval_tokens=32768)
-    return train.train(CFG, tc, corpus, progress=False), data.eval_batches(corpus.val, 128, 32768)
+    return train.train(CFG, tc, corpus, progress=False), data.eval_batches(corpus.test, 128, 32768)
 
 
 @pytest.mark.slow
