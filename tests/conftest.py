@@ -75,6 +75,7 @@ def corpus(cache_dir):
 # long module early and fills in with the short ones: the run ends when the busiest worker does.
 _LONGEST_FIRST = (
     "test_sweep",
+    "test_sweep_wsd",
     "test_sharding",
     "test_analysis",
     "test_figures",
