@@ -699,6 +699,7 @@ for _name in (
 # The loss curve of every run (``OUT/curves/<train key>.csv``, ``jscale.results.load_curves``):
 # column -> (unit, meaning).
 CURVE_COLUMNS = {
+    "params_non_embedding": ("params", "the run's N (training compute so far: 6 x N x tokens)"),
     "step": ("steps", "optimizer updates done"),
     "tokens": ("tokens", "`step x batch_size x seq_len`: training tokens seen"),
     "lr": ("-", "learning rate of the last update"),

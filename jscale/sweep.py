@@ -596,8 +596,11 @@ def _measure_point(
     eval_wall_s = time.perf_counter() - t0
     by_precision = {row.pop("inference_precision"): row for row in table.to_dict("records")}
     if "curve" in meta:
+        n = count_params(point.model)["non_embedding"]
         results.write_curve(
-            run.sweep.out_dir, train_key(point, run.plan.hashes[id(point)]), meta["curve"]
+            run.sweep.out_dir,
+            train_key(point, run.plan.hashes[id(point)]),
+            [{"params_non_embedding": n, **row} for row in meta["curve"]],
         )
     lat_cfg = run.sweep.latency
     for prec in precisions:
