@@ -83,11 +83,15 @@ def write_curve(out_dir: str | os.PathLike, train_key: str, rows: list[dict]) ->
 
 
 def load_curves(out_dir: str | os.PathLike) -> pd.DataFrame:
-    """Every run's loss curve under ``out_dir`` as one DataFrame: the columns of
+    """Every run's loss curve under ``out_dir`` (or in an exported ``curves.csv``) as one
+    DataFrame: the columns of
     ``jscale.schema.CURVE_COLUMNS`` plus ``train_key`` (the checkpoint's name: the point's id
     without its inference precision, and its training hash).  Join to the records on
     ``point_id.str.rsplit("-", n=1).str[0] == train_key.str.rsplit("-", n=1).str[0]``."""
-    d = Path(out_dir) / CURVES
+    p = Path(out_dir)
+    if p.suffix == ".csv" and p.is_file():  # an exported table (OUT/curves.csv)
+        return pd.read_csv(p)
+    d = p / CURVES
     files = sorted(d.glob("*.csv")) if d.is_dir() else []
     if not files:
         raise ResultsError(f"{out_dir}: no loss curves (expected {d}/*.csv, written by a sweep)")

@@ -728,10 +728,15 @@ def _record(run: _Run, point: TrainPoint, prec: str, meta: dict, ev: dict, lat: 
 
 
 def export_csv(out_dir: str | os.PathLike) -> Path:
-    """Write ``OUT/results.csv`` (all records, atomically) and return its path."""
-    df = results.load_results(out_dir)
-    path = Path(out_dir) / "results.csv"
-    tmp = path.with_name(f".results.csv.{os.getpid()}.tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    """Write ``OUT/results.csv`` (all records) and, when the sweep kept loss curves,
+    ``OUT/curves.csv`` (all curves, ``results.load_curves``), each atomically; returns the path
+    of ``results.csv``."""
+    tables = {"results.csv": results.load_results(out_dir)}
+    if (Path(out_dir) / results.CURVES).is_dir():
+        tables["curves.csv"] = results.load_curves(out_dir)
+    for name, df in tables.items():
+        path = Path(out_dir) / name
+        tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
+        df.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    return Path(out_dir) / "results.csv"
