@@ -97,6 +97,12 @@ QUANTITIES = (
     Quantity("prefill", PREFILL, "offset_power", "prefill latency (ms/prompt)", "t = c + k N^b"),
 )
 _Q = {q.name: q for q in QUANTITIES}
+# The loss law on a table with a token axis (several budgets per size): L in N and D, fitted on
+# every budget. A law in N alone would mix models trained for different tokens per parameter.
+ND_BOOTSTRAP_STARTS = 1  # L-BFGS starts per L(N, D) resample, but on the reference precision
+LOSS_ND = Quantity(
+    "loss", LOSS, "chinchilla", "held-out loss (nats/token)", "L = E + A N^-alpha + B D^-beta"
+)
 
 
 # ----------------------------------------------------------------------------- style
@@ -352,12 +358,29 @@ def _multi_budget(df: pd.DataFrame) -> bool:
 
 
 def _loss_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """The rows a one-input loss law L(N) is fitted on: with several token budgets per size, only
+    """The rows the loss-vs-N figures draw as points: with several token budgets per size, only
     each size's largest budget (its longest-trained models); otherwise every row."""
     if not _multi_budget(df):
         return df
     b = _budget_col(df)
     return df[df[b] == df.groupby(N)[b].transform("max")]
+
+
+def _d_col(df: pd.DataFrame) -> str | None:
+    """The D column of an L(N, D) fit: ``train_tokens`` (tokens actually trained on) when the
+    table has it, else the budget label ``train_tokens_target``."""
+    return TOKENS if TOKENS in df and df[TOKENS].notna().any() else _budget_col(df)
+
+
+def _loss_design(df: pd.DataFrame) -> tuple[pd.DataFrame, Quantity, str | None]:
+    """The rows, the law and the D column of the per-precision loss fit, on lr-selected rows:
+    with a token axis (``_multi_budget``) the ``chinchilla`` L(N, D) on every row with a D (an
+    L(N) on each size's largest budget would mix tokens per parameter, in an IsoFLOP design
+    very different ones); otherwise the ``saturating`` L(N) on every row."""
+    if _multi_budget(df):
+        dc = _d_col(df)
+        return df[df[dc].notna()], LOSS_ND, dc
+    return df, _Q["loss"], None
 
 
 def _latency_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -417,9 +440,11 @@ class Fits:
     ``isoflop`` (``analysis.IsoFLOP``, approach 2), ``chinchilla`` (a ``chinchilla`` fit of
     L(N, D), approach 3), ``comparison`` (``analysis.compare_approaches``), ``seed_spread`` (one
     row per replicated (N, budget): N, budget, n_seeds, mean, sd of the loss in nats/token),
-    ``lr_choices`` (``analysis.lr_choices``, None with one lr). ``loss_basis`` says which rows
-    the one-input loss law saw, ``latency_basis`` the latency laws; ``loss_unit`` and
-    ``latency_unit`` what their bootstraps resampled.
+    ``lr_choices`` (``analysis.lr_choices``, None with one lr). ``loss_form`` is the loss law
+    fitted per precision (``saturating`` L(N), or ``chinchilla`` L(N, D) on a table with a token
+    axis, with D from column ``loss_d``); ``loss_basis`` says which rows it saw,
+    ``latency_basis`` which rows the latency laws saw; ``loss_unit`` and ``latency_unit`` what
+    their bootstraps resampled.
     """
 
     fits: dict = field(default_factory=dict)
@@ -434,6 +459,8 @@ class Fits:
     seed_spread: object = None
     lr_choices: object = None
     precision_ref: str | None = None
+    loss_form: str = "saturating"
+    loss_d: str | None = None
     loss_basis: str = "every row"
     latency_basis: str = "every row"
     loss_unit: str = "rows"
@@ -486,18 +513,31 @@ def _fit_axes(df: pd.DataFrame, out: Fits, n_bootstrap: int, seed: int, level: f
             if not out.isoflop.frontier_ok:
                 out.notes.append(f"isoflop: no frontier ({out.isoflop.frontier_note})")
     if "chinchilla" in qs and _multi_budget(d) and TOKENS in d:
-        try:
-            out.chinchilla = analysis.fit(
-                d.dropna(subset=[TOKENS]),
-                form="chinchilla",
-                d=TOKENS,
-                n_bootstrap=n_bootstrap,
-                seed=seed,
-                level=level,
-                cluster=cl,
-            )
-        except (ValueError, ArithmeticError, RuntimeError) as e:
-            out.notes.append(f"chinchilla: no L(N, D) fit ({e})")
+        dd = d.dropna(subset=[TOKENS])
+        same = out.get("loss", ref)  # the per-precision loss law, when it is this very fit
+        if (
+            same is not None
+            and same.form == "chinchilla"
+            and out.loss_d == TOKENS
+            and same.n_points == len(dd)
+            and same.n_bootstrap == n_bootstrap
+            and same.level == level
+            and same.bootstrap_unit == analysis._cluster_name(dd, cl)
+        ):
+            out.chinchilla = same
+        else:
+            try:
+                out.chinchilla = analysis.fit(
+                    dd,
+                    form="chinchilla",
+                    d=TOKENS,
+                    n_bootstrap=n_bootstrap,
+                    seed=seed,
+                    level=level,
+                    cluster=cl,
+                )
+            except (ValueError, ArithmeticError, RuntimeError) as e:
+                out.notes.append(f"chinchilla: no L(N, D) fit ({e})")
     if out.isoflop is not None and out.chinchilla is not None:
         out.comparison = analysis.compare_approaches(out.isoflop, out.chinchilla)
     out.seed_spread = _seed_spread(d)
@@ -520,11 +560,16 @@ def fit_all(
     passed to ``log``).
 
     Rows: with several learning rates, those chosen on the selection split
-    (``analysis.select_lr``). The loss law L(N) sees each size's largest token budget when the
-    table has several (a law in N alone must not mix models trained for different D); latency
-    laws see only the timed rows (``latency_from_point_id == point_id``). Loss bootstraps
-    resample (N, seed) clusters when the table has a token axis or several seeds (the budget
-    branches of one model share a trunk), rows otherwise; latency bootstraps resample rows."""
+    (``analysis.select_lr``). The loss law is the saturating L(N) = E + A N^-alpha on every row,
+    or, when the table has a token axis (some size trained for several budgets), the Chinchilla
+    L(N, D) = E + A N^-alpha + B D^-beta on every row (a law in N alone would mix models trained
+    for different tokens per parameter, and in an IsoFLOP design D/N differs from size to size:
+    its alpha would describe the design's path, not N). Its extrapolation check holds out every
+    budget of the ``k`` largest sizes. Latency laws see only the timed rows
+    (``latency_from_point_id == point_id``). Loss bootstraps resample (N, seed) clusters when
+    the table has a token axis or several seeds (the budget branches of one model share a
+    trunk), rows otherwise; latency bootstraps resample rows. On the reference precision the
+    L(N, D) loss law is the approach 3 fit (``chinchilla``): it is fitted once."""
     df = _prepare(df)
     out = Fits(n_bootstrap=n_bootstrap, level=level, k=k)
     if N not in df:
@@ -532,21 +577,28 @@ def fit_all(
         return out
     df, lr_notes, out.lr_choices = _select(df)
     out.notes += lr_notes
-    loss_df = _loss_rows(df)
-    if loss_df is not df:
-        out.loss_basis = "each size's largest token budget"
+    loss_df, loss_q, out.loss_d = _loss_design(df)
+    out.loss_form = loss_q.form
+    if loss_q.form == "chinchilla":
+        out.loss_basis = f"every token budget (D = {out.loss_d})"
     if _latency_rows(df) is not df:
         out.latency_basis = "the timed rows (latency_from_point_id == point_id)"
-    cl = _auto_cluster(loss_df)
+    cl, ref = _auto_cluster(loss_df), _ref_precision(df)
     out.loss_unit = analysis._cluster_name(loss_df, cl)
     for qname in (q for q in quantities if q in _Q):
-        q = _Q[qname]
+        q = loss_q if qname == "loss" else _Q[qname]
         if q.column not in df or df[q.column].isna().all():
             out.notes.append(f"{qname}: no fit, the results table lacks column {q.column}")
             continue
         rows = loss_df if qname == "loss" else _latency_rows(df)
         ckw = {"cluster": cl} if qname == "loss" and cl is not None else {}
+        dkw = {"d": out.loss_d} if qname == "loss" and out.loss_d else {}
         for prec in _groups(df):
+            # L(N, D) resamples are ~3x dearer than L(N): one L-BFGS start per resample (the
+            # full-data optimum) except on the reference precision, whose fit is also approach 3
+            # (``chinchilla``) and keeps the default; the intervals barely move (docs/figures.md)
+            one = {"bootstrap_starts": ND_BOOTSTRAP_STARTS} if q.form == "chinchilla" else {}
+            skw = one if prec != ref else {}
             d = rows[(rows[PRECISION] == prec) & rows[N].notna() & rows[q.column].notna()]
             try:
                 f = analysis.fit(
@@ -558,6 +610,8 @@ def fit_all(
                     seed=seed,
                     level=level,
                     **ckw,
+                    **dkw,
+                    **skw,
                 )
                 out.fits.setdefault(qname, {})[prec] = f
             except (ValueError, ArithmeticError, RuntimeError) as e:
@@ -569,17 +623,20 @@ def fit_all(
                 try:
                     # the band of a prediction is drawn for the loss only; latency needs just y_pred
                     nb = n_bootstrap if qname == "loss" else 0
-                    ex = analysis.extrapolation_check(
-                        d,
-                        form=q.form,
-                        x=N,
-                        y=q.column,
-                        k=kk,
-                        n_bootstrap=nb,
-                        seed=seed,
-                        level=level,
-                        **(ckw if nb else {}),
-                    )
+                    with np.errstate(over="ignore"):  # the held-out fit's params are not used
+                        ex = analysis.extrapolation_check(
+                            d,
+                            form=q.form,
+                            x=N,
+                            y=q.column,
+                            k=kk,
+                            n_bootstrap=nb,
+                            seed=seed,
+                            level=level,
+                            **(ckw if nb else {}),
+                            **dkw,
+                            **one,
+                        )
                 except (ValueError, ArithmeticError, RuntimeError) as e:
                     err = e
                     continue
@@ -609,24 +666,45 @@ def _alpha_label(fit, prec: str) -> str:
     if fit is None:
         return f"{prec}: no fit"
     lo, hi = fit.intervals["alpha"]
-    return rf"{prec}: $\alpha$ = {_fmt_ci(fit.params['alpha'], lo, hi)}"
+    label = rf"{prec}: $\alpha$ = {_fmt_ci(fit.params['alpha'], lo, hi)}"
+    if "beta" in fit.params:
+        lo, hi = fit.intervals["beta"]
+        label += "\n" + " " * (len(prec) + 4) + rf"$\beta$ = {_fmt_ci(fit.params['beta'], lo, hi)}"
+    return label
 
 
 # ----------------------------------------------------------------------------- figures
 
 
 def _loss_table(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """The rows the loss-vs-N figures draw (as ``fit_all`` fits them: lr chosen on the selection
-    split, each size's largest token budget) and a footnote saying so ("" when every row)."""
+    """The rows the loss-vs-N figures draw as points (lr chosen on the selection split, as
+    ``fit_all`` does; each size's largest token budget when some size has several) and a
+    footnote saying so ("" when every row)."""
     df = _prepare(df).dropna(subset=[N, LOSS])
     df = _select(df)[0]
     rows = _loss_rows(df)
     if rows is df:
         return rows, ""
-    note = "loss vs N: each size's largest token budget"
+    note = "points: each size's largest token budget"
     if COMPUTE in df and df[COMPUTE].notna().any():  # IsoFLOP: D/N differs from size to size
-        note += " (IsoFLOP design: D/N varies by size; alpha of L(N, D) in loss_vs_tokens)"
+        note += " (IsoFLOP design: D/N varies by size)"
     return rows, note
+
+
+def _fit_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows ``fit_all`` fitted the loss law on (every precision; in its order)."""
+    df = _select(_prepare(df))[0]
+    return _loss_design(df)[0].dropna(subset=[N, LOSS])
+
+
+def _path_d(n, d) -> tuple[np.ndarray, np.ndarray]:
+    """A dense grid of N over the points' sizes (the sizes themselves included, so the line
+    passes through L at each point's own D) and D along it: log D interpolated linearly in log N
+    between the points' own D (the geometric mean over a size's points)."""
+    g = pd.DataFrame({"n": np.asarray(n, float), "ld": np.log(np.asarray(d, float))})
+    g = g.groupby("n")["ld"].mean()
+    grid = np.union1d(_grid(g.index.to_numpy(), extend=0.0), g.index.to_numpy())  # corners kept
+    return grid, np.exp(np.interp(np.log(grid), np.log(g.index.to_numpy()), g.to_numpy()))
 
 
 def loss_vs_params(
@@ -635,11 +713,20 @@ def loss_vs_params(
     """(a) Held-out loss (nats/token) vs non-embedding parameters N, log-log, per inference
     precision: every row as a point (± its standard error when ``eval_loss_se_nats`` is
     there), the fitted saturating law L = E + A N^-alpha and its bootstrap band; the legend
-    gives alpha with its interval.  With several precisions and a ``delta_loss_vs_fp32_nats``
-    column, a second panel shows each precision's loss minus fp32's (paired, nats/token)."""
+    gives alpha with its interval.  With a token axis (several budgets per size) the points are
+    each size's largest budget and the law is the L(N, D) = E + A N^-alpha + B D^-beta fitted on
+    every budget, drawn along those points' D (log D interpolated in log N between them) with
+    its band; the legend gives alpha and beta.  With several precisions and a
+    ``delta_loss_vs_fp32_nats`` column, a second panel shows each precision's loss minus fp32's
+    (paired, nats/token)."""
     _require(df, "loss_vs_params", [N, LOSS])
-    df, basis = _loss_table(df)
     fits = _fits_for(df, fits, ("loss",), n_bootstrap, seed)
+    df, basis = _loss_table(df)
+    nd = fits.loss_form == "chinchilla"
+    if nd:
+        basis = "; ".join(
+            b for b in (basis, f"law L(N, D) fitted on every token budget (D = {fits.loss_d})") if b
+        )
     style = precision_style(df[PRECISION])
     delta = DELTA
     with_delta = delta in df and df[delta].notna().any() and df[PRECISION].nunique() > 1
@@ -661,8 +748,12 @@ def loss_vs_params(
                 st,
                 yerr=d[LOSS_SE] if LOSS_SE in d and d[LOSS_SE].notna().all() else None,
             )
-            if f is not None:
+            if f is not None and f.form == "chinchilla" and fits.loss_d in d:
+                shown.append(_draw_path(ax, f, d[N], d[fits.loss_d], st, fits.level))
+            elif f is not None and f.form != "chinchilla":
                 shown.append(_draw_fit(ax, f, d[N].to_numpy(float), st, fits.level))
+            else:
+                f = None
             handles.append(_handle(st, _alpha_label(f, prec), line=f is not None))
         ax.set_xlabel(N_LABEL)
         ax.set_ylabel("held-out loss (nats/token)")
@@ -670,15 +761,42 @@ def loss_vs_params(
         _ylim_to(ax, np.concatenate([np.asarray(v, float) for v in shown]))
         _log_axis(ax, "x", _n_fmt)
         _log_axis(ax, "y")
-        _legend(
-            fig,
-            handles,
-            title=rf"fit $L = E + A N^{{-\alpha}}$, {fits.level:.0%} bootstrap band;"
-            "\n"
-            + ("on each size's largest token budget;\n" if basis else "")
-            + rf"precision: $\alpha$ [{fits.level:.0%} interval]",
-        )
+        if nd:
+            title = (
+                rf"fit $L = E + A N^{{-\alpha}} + B D^{{-\beta}}$"
+                "\non every token budget, "
+                f"{fits.level:.0%} bootstrap band;"
+                "\ncurve: L(N, D) along each size's\nlargest budget (the points);"
+                "\n"
+                rf"precision: $\alpha$, $\beta$ [{fits.level:.0%} interval]"
+            )
+        else:
+            title = (
+                rf"fit $L = E + A N^{{-\alpha}}$, {fits.level:.0%} bootstrap band;"
+                "\n"
+                + ("on each size's largest token budget;\n" if basis else "")
+                + rf"precision: $\alpha$ [{fits.level:.0%} interval]"
+            )
+        _legend(fig, handles, title=title)
     return fig
+
+
+def _draw_path(ax, fit, n, d, style: dict, level: float = LEVEL) -> np.ndarray:
+    """An L(N, D) law along the points' path (N, D): N on a dense grid over the points' sizes,
+    D interpolated between theirs (``_path_d``), with its bootstrap band; returns the line."""
+    grid, dg = _path_d(n, d)
+    pred = fit.predict(grid, dg, level=level)
+    ax.plot(pred["x"], pred["y"], color=style["color"], linewidth=1.4, zorder=2)
+    ax.fill_between(
+        pred["x"],
+        pred["y_lo"],
+        pred["y_hi"],
+        color=style["color"],
+        alpha=0.18,
+        linewidth=0,
+        zorder=1,
+    )
+    return pred["y"].to_numpy(float)
 
 
 def _delta_panel(ax, df: pd.DataFrame, delta: str, style: dict) -> None:
@@ -896,10 +1014,19 @@ def fit_diagnostics(
     """(e) The loss fit's checks, per precision: residuals log L - log L_fit vs N (left), and
     the extrapolation check (right): the law fitted without the k largest sizes predicts
     them; plotted as the relative error prediction/actual - 1 (%) with the prediction's
-    interval."""
+    interval.  With an L(N, D) loss law (a table with a token axis) the residuals are of every
+    row (every budget) and the held-out points are every budget of the held-out sizes, side by
+    side within each size's slot, small budget to large."""
     _require(df, "fit_diagnostics", [N, LOSS])
-    df, basis = _loss_table(df)  # the rows the loss law was fitted on, in its order
     fits = _fits_for(df, fits, ("loss",), n_bootstrap, seed)
+    df = _fit_rows(df)  # the rows the loss law was fitted on, in its order
+    nd = fits.loss_form == "chinchilla"
+    basis = (
+        f"L(N, D) fitted on every token budget (D = {fits.loss_d}): residuals of every row;\n"
+        "held-out points: every budget of each held-out size, smaller D to the left"
+        if nd
+        else ""
+    )
     style = precision_style(df[PRECISION])
     with theme():
         fig, (ax, bx) = _new_figure(df, 2, note=basis)
@@ -911,6 +1038,7 @@ def fit_diagnostics(
         dodge = dict(
             zip(groups, np.linspace(-0.25, 0.25, len(groups)) if len(groups) > 1 else [0.0])
         )
+        width = 0.5 / max(len(groups), 1) if len(groups) > 1 else 0.4  # of one precision's group
         held = sorted(
             {
                 float(v)
@@ -922,7 +1050,7 @@ def fit_diagnostics(
         slot = {v: i for i, v in enumerate(held)}  # one slot per held-out size, labelled with its N
         for prec in groups:
             d, st, f = df[df[PRECISION] == prec], style[prec], fits.get("loss", prec)
-            if f is not None:
+            if f is not None and len(f.residuals_log) == len(d):
                 r = pd.DataFrame(
                     {
                         N: d[N].to_numpy(float) * 10 ** offsets[prec],  # dodged apart
@@ -939,6 +1067,10 @@ def fit_diagnostics(
                 xx = (
                     np.array([slot[float(v)] for v in ex["x"]]) + dodge[prec]
                 )  # precisions side by side
+                if "d" in ex:  # budgets side by side within a precision, small D to large
+                    rank = ex.groupby("x")["d"].rank(method="dense").to_numpy(float) - 1
+                    many = ex.groupby("x")["d"].transform("nunique").to_numpy(float)
+                    xx = xx + width * (rank - (many - 1) / 2) / np.maximum(many, 1)
                 _points(
                     bx,
                     pd.DataFrame({"x": xx, "rel": rel}),
@@ -1378,9 +1510,15 @@ def _pct(frac: float) -> str:
     return f"{p:+.1f}" if abs(p) < 1e4 else f"{p:+.1e}"
 
 
+def _quantity(fits: Fits, q: Quantity) -> Quantity:
+    """``q`` as fitted: the loss law is the chinchilla L(N, D) on a table with a token axis."""
+    return LOSS_ND if q.name == "loss" and fits.loss_form == "chinchilla" else q
+
+
 def _table_rows(fits: Fits) -> list[tuple[Quantity, list[dict]]]:
     out = []
     for q in QUANTITIES:
+        q = _quantity(fits, q)
         rows = []
         for prec, f in fits.fits.get(q.name, {}).items():
             ex = fits.extrapolation.get(q.name, {}).get(prec)
@@ -1567,9 +1705,19 @@ _TEX_ESC = {
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
 }
-_TEX_PARAM = {"alpha": r"$\alpha$", "E": "$E$", "A": "$A$", "c": "$c$", "k": "$k$", "b": "$b$"}
+_TEX_PARAM = {
+    "alpha": r"$\alpha$",
+    "E": "$E$",
+    "A": "$A$",
+    "B": "$B$",
+    "beta": r"$\beta$",
+    "c": "$c$",
+    "k": "$k$",
+    "b": "$b$",
+}
 _TEX_LAW = {
     "saturating": r"$L = E + A N^{-\alpha}$",
+    "chinchilla": r"$L = E + A N^{-\alpha} + B D^{-\beta}$",
     "offset_power": r"$t = c + k N^{b}$",
     "power": r"$y = k N^{b}$",
 }

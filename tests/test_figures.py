@@ -216,6 +216,9 @@ def test_tables_have_groups_and_recover_the_exponent(four):
             md.count(f"| {p} |") == 3 and tex.count(f"\n{p} & ") == 3
         )  # loss, decode, prefill rows
         assert table_alpha(md, p) == pytest.approx(ALPHA[p], abs=0.03)
+    # one token budget per size: the loss law is L(N), with no D term
+    assert "L = E + A N^-alpha (saturating)" in md and "chinchilla" not in md
+    assert r"$L = E + A N^{-\alpha}$" in tex and r"$\beta$" not in tex
     assert (
         tex.startswith("%") and r"\toprule" in tex and r"\bottomrule" in tex and r"$\alpha$" in tex
     )
@@ -427,17 +430,19 @@ def test_loss_figure_shows_each_precisions_paired_cost():
 
 @pytest.mark.slow
 def test_axes_table_fits_each_law_on_the_right_rows():
-    """Latency laws see only the timed rows (one per size and precision: 8 sizes), the loss law
-    L(N) each size's largest token budget (8 sizes + 2 second seeds = 10 models), never a size
-    twice at different D."""
+    """Latency laws see only the timed rows (one per size and precision: 8 sizes); the loss law
+    is L(N, D) on every row (every budget of every model), not an L(N) on a mix of tokens per
+    parameter."""
     df = axes_results()
     assert len(df) > 4 * 10 * 2  # several budget rows per size and precision
     f = figures.fit_all(df, n_bootstrap=20, quantities=("loss", "decode"))
     for p in SHIFT:
         assert f.get("decode", p).n_points == len(LADDER)
-        assert f.get("loss", p).n_points == len(LADDER) + 2
+        assert f.get("loss", p).form == "chinchilla"
+        assert f.get("loss", p).n_points == (df["inference_precision"] == p).sum()
     assert f.latency_basis.startswith("the timed rows") and f.latency_unit == "rows"
-    assert f.loss_basis == "each size's largest token budget"
+    assert f.loss_form == "chinchilla" and f.loss_d == "train_tokens"
+    assert f.loss_basis == "every token budget (D = train_tokens)"
     assert f.loss_unit == "clusters of (params_non_embedding, seed)"
     assert f.isoflop is None and f.chinchilla is None  # not asked for
 
@@ -505,7 +510,7 @@ def test_axes_table_sections(axes):
     assert "**compute-optimal allocation**" in md and "| a (N_opt ∝ C^a) |" in md
     assert md.count("| N_opt at C = ") == len(BUDGETS) and "ratio 3/2" in md
     assert "resamples of models (params_non_embedding, seed)" in md
-    assert "fitted on each size's largest token budget" in md
+    assert "fitted on every token budget (D = train_tokens)" in md
     assert "fitted on the timed rows" in md
     # the seed spread: SD (ddof 1) over the two seeds of each replicated fp32 model, by numpy
     fp = df[df["inference_precision"] == "fp32"]
@@ -518,3 +523,55 @@ def test_axes_table_sections(axes):
     for r in sp.itertuples():
         assert r.sd == pytest.approx(ref[(getattr(r, "params_non_embedding"), r.budget)], rel=1e-9)
     assert tex.count(r"\begin{tabular}") == 3 and "approach 2 (IsoFLOP)" in tex
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("axes")
+def test_multi_budget_loss_law_is_chinchilla_and_recovers_the_known_law(axes):
+    """On a table with a token axis (an IsoFLOP design generated from a known L(N, D), each
+    precision a multiple of it: the same alpha and beta) the per-precision loss law is L(N, D),
+    recovers alpha and beta, and the table names that form and its parameters; the fp32 fit is
+    the approach 3 fit (fitted once)."""
+    df, fits, out, _ = axes
+    for p in SHIFT:
+        f = fits.get("loss", p)
+        assert f.form == "chinchilla" and f.bootstrap_unit.startswith("clusters of")
+        assert f.params["alpha"] == pytest.approx(LAW["alpha"], abs=0.05), p
+        assert f.params["beta"] == pytest.approx(LAW["beta"], abs=0.05), p
+        lo, hi = f.intervals["alpha"]
+        assert lo < hi and hi - lo < 0.5, p  # an interval, not a flat line of nonsense
+        ex = fits.extrapolation["loss"][p]
+        assert "d" in ex and ex["d"].nunique() > 1  # every budget of the held-out sizes
+        assert ex["rel_error"].abs().max() < 0.02, p
+    assert fits.chinchilla is fits.get("loss", "fp32")
+    md, tex = (out / "fits.md").read_text(), (out / "fits.tex").read_text()
+    loss = md.split("**held-out loss")[1].split("\n\n**")[0]
+    assert "L = E + A N^-alpha + B D^-beta (chinchilla)" in loss
+    assert "| precision | E | A | alpha | B | beta | n |" in loss
+    assert table_alpha(md, "int8") == pytest.approx(LAW["alpha"], abs=0.05)
+    assert r"$L = E + A N^{-\alpha} + B D^{-\beta}$" in tex and r"$\beta$" in tex
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("axes")
+def test_multi_budget_loss_figure_draws_l_n_d_along_the_points(axes):
+    """The loss figure draws each size's largest budget as points and L(N, D) along them: at the
+    points' sizes the line is the law at the points' own D; the legend gives alpha and beta."""
+    df, fits, _, _ = axes
+    fig = figures.loss_vs_params(df, fits=fits)
+    ax = fig.axes[0]
+    top = figures._loss_table(df)[0]
+    fp = top[top["inference_precision"] == "fp32"]
+    f = fits.get("loss", "fp32")
+    line = next(ln for ln in ax.get_lines() if len(ln.get_xdata()) > 50)  # fp32's, drawn first
+    x, y = np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)
+    assert x.min() == pytest.approx(fp["params_non_embedding"].min())
+    assert x.max() == pytest.approx(fp["params_non_embedding"].max())
+    for n, g in fp.groupby("params_non_embedding"):
+        want = f.predict([n], [np.exp(np.log(g["train_tokens"]).mean())])["y"].iloc[0]
+        assert np.interp(np.log(n), np.log(x), y) == pytest.approx(want, rel=1e-9)
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert all("beta" in t for t in texts) and len(texts) == len(SHIFT)
+    assert "L(N, D)" in fig.legends[0].get_title().get_text()
+    diag = figures.fit_diagnostics(df, fits=fits)  # residuals of every row, every budget held out
+    assert len(diag.axes) == 2
