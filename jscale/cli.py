@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 
 from jscale.config import LATENCY_REPEATS, LATENCY_WARMUP, ConfigError, is_positive_int
 from jscale.results import ResultsError
@@ -457,6 +458,18 @@ def cmd_fit(args) -> int:
     return 0
 
 
+def _curves_beside(results_path):
+    """The loss curves of a sweep directory (``curves/``), or the ``curves.csv`` exported next to
+    a ``results.csv``; None when there are none."""
+    from jscale.results import CURVES, load_curves
+
+    p = Path(results_path)
+    if p.is_dir():
+        return load_curves(p) if (p / CURVES).is_dir() else None
+    beside = p.with_name("curves.csv")
+    return load_curves(beside) if beside.is_file() else None
+
+
 def cmd_figures(args) -> int:
     import matplotlib
 
@@ -474,6 +487,7 @@ def cmd_figures(args) -> int:
         n_bootstrap=args.bootstrap,
         seed=args.seed,
         k=args.holdout,
+        curves=_curves_beside(args.results),
     )
     if len(r.skipped) == len(figures.FIGURES):
         raise ResultsError(

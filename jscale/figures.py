@@ -68,6 +68,7 @@ FIGURES = (
     "isoflop_curves",
     "loss_vs_tokens",
     "compute_optimal",
+    "loss_curves",
 )
 TIMED = "latency_from_point_id"  # the row whose measurement a latency value copies
 
@@ -1806,6 +1807,87 @@ def fit_table_latex(obj, *, n_bootstrap: int = 1000, seed: int = 0) -> str:
     return "\n".join(lines) + "\n"
 
 
+CURVE_COLS = ("params_non_embedding", "tokens", "heldout_loss_nats", "train_key")
+
+
+def _curves_figure(curves):
+    if curves is None:
+        raise FigureError("loss_curves: no loss curves given (a sweep directory's curves/)")
+    return loss_curves(curves)
+
+
+def loss_envelope(curves: pd.DataFrame) -> pd.DataFrame:
+    """The lower envelope of held-out loss against training compute over every run (Hoffmann et
+    al. 2022, approach 1): the points (``compute_flops`` = 6 N tokens, ``heldout_loss_nats``) no
+    earlier-compute point of any run beats, in compute order."""
+    d = curves.dropna(subset=["heldout_loss_nats"]).assign(
+        compute_flops=lambda t: 6.0 * t["params_non_embedding"] * t["tokens"]
+    )
+    d = d[d["compute_flops"] > 0].sort_values(["compute_flops", "heldout_loss_nats"])
+    best = d["heldout_loss_nats"].cummin()
+    return d[d["heldout_loss_nats"] <= best][
+        ["compute_flops", "heldout_loss_nats", "params_non_embedding", "tokens"]
+    ]
+
+
+def loss_curves(curves: pd.DataFrame) -> Figure:
+    """(i) Every run's loss curve: held-out loss (nats/token, on the model-selection split) vs
+    training compute 6 N tokens (FLOPs), log-log, one line per run coloured by its size N (a WSD
+    branch's line is its trunk's, then its cooldown), and the lower envelope over all runs
+    (``loss_envelope``: Hoffmann et al.'s approach 1).  A run still falling at its end, or one
+    that diverged, shows here.  ``curves``: ``jscale.load_curves(DIR)``."""
+    missing = [c for c in CURVE_COLS if c not in curves]
+    if missing:
+        raise FigureError(f"loss_curves: the curves table lacks {', '.join(missing)}")
+    d = curves.dropna(subset=["heldout_loss_nats"])
+    d = d[d["tokens"] > 0]
+    if d.empty:
+        raise FigureError("loss_curves: no curve has a held-out point")
+    sizes = sorted(d["params_non_embedding"].unique())
+    colors = dict(zip(sizes, sns.color_palette("viridis", len(sizes))))
+    with theme():
+        fig = Figure(figsize=(6.4 + 2.2, 4.0), layout="constrained")
+        ax = fig.subplots()
+        fig.supxlabel(
+            "held-out loss on 8192 tokens of the model-selection split (never the test split); "
+            "compute = 6 N tokens",
+            fontsize=7,
+            color="0.35",
+            x=0.01,
+            ha="left",
+        )
+        for _, run in d.groupby("train_key"):
+            run = run.sort_values("tokens")
+            n = run["params_non_embedding"].iloc[0]
+            ax.plot(
+                6.0 * n * run["tokens"],
+                run["heldout_loss_nats"],
+                color=colors[n],
+                linewidth=0.9,
+                alpha=0.75,
+                zorder=2,
+            )
+        env = loss_envelope(d)
+        ax.step(
+            env["compute_flops"],
+            env["heldout_loss_nats"],
+            where="post",
+            color="black",
+            linewidth=1.6,
+            zorder=3,
+        )
+        ax.set_xlabel("training compute C = 6 N D (FLOPs)")
+        ax.set_ylabel("held-out loss (nats/token)")
+        ax.set_title("Loss curves and their lower envelope")
+        _log_axis(ax, "x")
+        _log_axis(ax, "y")
+        handles = [
+            Line2D([], [], color=colors[n], linewidth=1.4, label=f"N = {_fmt_n(n)}") for n in sizes
+        ] + [Line2D([], [], color="black", linewidth=1.6, label="lower envelope (approach 1)")]
+        _legend(fig, handles, title="one line per run")
+    return fig
+
+
 # ----------------------------------------------------------------------------- render_all
 
 
@@ -1828,12 +1910,14 @@ def render_all(
     k: int = 2,
     log=print,
     fits: Fits | None = None,
+    curves: pd.DataFrame | None = None,
 ) -> Rendered:
     """Write every figure (``FIGURES``) as ``out_dir/<name>.<fmt>`` (PNG at 300 dpi, vector
     PDF) and the fit table as ``fits.md`` and ``fits.tex``.  A figure whose columns are
     missing is skipped with a message; the rest are drawn.  ``log`` (default ``print``)
     gets one line per file written, figure skipped and fit that failed.  ``fits``: laws already
-    fitted by ``fit_all`` on this table (default: fitted here)."""
+    fitted by ``fit_all`` on this table (default: fitted here).  ``curves``: the sweep's loss
+    curves (``jscale.load_curves``), for ``loss_curves`` (skipped without them)."""
     formats = tuple(f.strip().lower() for f in formats if f.strip())
     bad = [f for f in formats if f not in ("png", "pdf", "svg")]
     if bad or not formats:
@@ -1856,6 +1940,7 @@ def render_all(
         "isoflop_curves": lambda: isoflop_curves(df, fits=fits),
         "loss_vs_tokens": lambda: loss_vs_tokens(df, fits=fits),
         "compute_optimal": lambda: compute_optimal(df, fits=fits),
+        "loss_curves": lambda: _curves_figure(curves),
     }
     for name in FIGURES:
         try:

@@ -575,3 +575,29 @@ def test_multi_budget_loss_figure_draws_l_n_d_along_the_points(axes):
     assert "L(N, D)" in fig.legends[0].get_title().get_text()
     diag = figures.fit_diagnostics(df, fits=fits)  # residuals of every row, every budget held out
     assert len(diag.axes) == 2
+
+
+def test_loss_envelope_is_the_running_minimum_over_compute_and_the_curves_figure_renders(tmp_path):
+    """Approach 1 on two hand-made runs: the envelope keeps exactly the points no smaller-compute
+    point beats (computed by hand), and loss_curves draws them; without curves render_all skips
+    the figure with a reason."""
+    curves = pd.DataFrame(
+        {
+            "train_key": ["a"] * 3 + ["b"] * 3,
+            "params_non_embedding": [10.0] * 3 + [100.0] * 3,
+            "tokens": [1, 10, 100, 1, 10, 100],
+            "heldout_loss_nats": [3.0, 2.5, 2.2, 2.8, 2.4, 1.9],
+            "phase": ["trunk", "trunk", "cooldown"] * 2,
+        }
+    )
+    env = figures.loss_envelope(curves)
+    # compute 6 N tokens: a at 60, 600, 6000; b at 600, 6000, 60000.  By hand: 3.0 at 60, then
+    # a's 2.5 beats b's 2.8 at 600, a's 2.2 beats b's 2.4 at 6000, b's 1.9 at 60000
+    assert list(env.compute_flops) == [60, 600, 6000, 60000]
+    assert list(env.heldout_loss_nats) == [3.0, 2.5, 2.2, 1.9]
+    assert list(env.params_non_embedding) == [10, 10, 10, 100]
+    fig = figures.loss_curves(curves)
+    fig.savefig(tmp_path / "c.png")
+    assert (tmp_path / "c.png").stat().st_size > 10_000
+    with pytest.raises(figures.FigureError, match="lacks"):
+        figures.loss_curves(curves.drop(columns="tokens"))
