@@ -937,7 +937,9 @@ class IsoFLOP:
     ``t0``, ``convex`` (c2 > 0), ``interior`` (convex and N_opt within [N_min, N_max]),
     ``reason`` (why not interior; "" when it is), ``N_opt``, ``N_lo``, ``N_hi``, ``D_opt``,
     ``D_lo``, ``D_hi``, ``L_opt`` (loss at the minimum, in y's units), ``n_boot_valid``
-    (resamples whose parabola for this budget was convex: the interval is over those).
+    (resamples whose parabola for this budget was convex, drew 3 or more distinct sizes and has
+    its minimum inside the sizes it drew: the interval is over those, so it is conditional on
+    the minimum being identified; a low ``n_boot_valid`` says the design barely identifies it).
 
     ``a, a_interval, b, b_interval, k_n, k_d``: the frontier, NaN when ``frontier_ok`` is False
     (fewer than 2 interior budgets; ``frontier_note`` says why). Intervals are bootstrap
@@ -1107,6 +1109,15 @@ def isoflop(
             tb = np.where(
                 bc[:, 2] > 0, -bc[:, 1] / (2 * np.where(bc[:, 2] > 0, bc[:, 2], 1)), np.nan
             )
+            # a resample's minimum counts only where that resample identifies one: 3 or more
+            # distinct sizes drawn, and the minimum inside the sizes it drew (a resample that
+            # lost every size on one side of the optimum extrapolates the parabola, and its
+            # "minimum" says nothing about the noise of the estimate)
+            present = W > 0
+            t_lo = np.where(present, t[None], np.inf).min(1)
+            t_hi = np.where(present, t[None], -np.inf).max(1)
+            n_sizes = np.array([len(np.unique(sid[row])) for row in present])
+            tb = np.where((n_sizes >= 3) & (tb >= t_lo) & (tb <= t_hi), tb, np.nan)
             boot_t[float(c)] = t0 + tb
             ok = np.isfinite(tb)
             row["n_boot_valid"] = int(ok.sum())
