@@ -146,7 +146,27 @@ def axes_results(seeds_on=(2,), seed_sd=0.004, noise=0.001, rng=0, latency=True)
     return pd.DataFrame(rows)
 
 
-AXES_FIGS = ("isoflop_curves", "loss_vs_tokens", "compute_optimal")
+# the figures a table without a token axis (and without loss curves) cannot give
+AXES_FIGS = ("isoflop_curves", "loss_vs_tokens", "compute_optimal", "loss_curves")
+
+
+def _curves_of(df):
+    """Loss curves for the models of a results table: the known law along each run's tokens."""
+    rows = []
+    for (n, d, s), _ in df.groupby(["params_non_embedding", "train_tokens", "seed"]):
+        for f in (0.1, 0.3, 1.0):
+            rows.append(
+                {
+                    "train_key": f"N{n}-D{d}-seed{s}",
+                    "params_non_embedding": n,
+                    "tokens": f * d,
+                    "heldout_loss_nats": chin_law(n, f * d),
+                    "phase": "trunk" if f < 1 else "cooldown",
+                }
+            )
+    return pd.DataFrame(rows)
+
+
 BASIC_FIGS = tuple(f for f in figures.FIGURES if f not in AXES_FIGS)
 
 PNG_SIG = b"\x89PNG\r\n\x1a\n"
@@ -193,6 +213,7 @@ def test_several_precisions_every_figure_and_table(four):
     assert skipped["isoflop_curves"] == "the results table lacks column compute_budget_flops"
     assert "more than one token budget" in skipped["loss_vs_tokens"]
     assert "neither an IsoFLOP fit" in skipped["compute_optimal"]
+    assert "no loss curves" in skipped["loss_curves"]
     names = sorted(p.name for p in r.written)
     assert names == sorted(
         [f"{f}.{x}" for f in BASIC_FIGS for x in ("png", "pdf")] + ["fits.md", "fits.tex"]
@@ -464,7 +485,7 @@ def axes(tmp_path_factory):
     out = tmp_path_factory.mktemp("axes")
     df = axes_results()
     fits = figures.fit_all(df, n_bootstrap=60)
-    r = figures.render_all(df, out, fits=fits, log=None)
+    r = figures.render_all(df, out, fits=fits, log=None, curves=_curves_of(df))
     return df, fits, out, r
 
 
