@@ -1211,8 +1211,10 @@ def compare_approaches(iso: IsoFLOP, fit: Fit, flops_per_param_token=None) -> pd
     side. Rows: ``a`` (N_opt ~ C^a), ``b`` (D_opt ~ C^b), then ``N_opt`` at each IsoFLOP budget
     C (parameters). Columns: quantity, C (FLOPs; NaN for the exponents), approach2,
     approach2_lo, approach2_hi, approach3, approach3_lo, approach3_hi, ratio (approach3 /
-    approach2), interior (whether approach 2's minimum at that budget is interior; its N_opt is
-    reported either way, but only interior budgets enter its exponents). D_opt follows from
+    approach2), agree (1.0 when the two intervals overlap, 0.0 when they are disjoint: the
+    approaches disagree beyond their noise; NaN without both intervals), interior (whether
+    approach 2's minimum at that budget is interior; its N_opt is reported either way, but only
+    interior budgets enter its exponents). D_opt follows from
     N_opt as C / (6 N_opt), so the D ratio is the inverse of the N ratio."""
     k = iso.flops_per_param_token if flops_per_param_token is None else flops_per_param_token
     ch = chinchilla_frontier(fit, iso.budgets["C"].to_numpy(float), k)
@@ -1246,6 +1248,9 @@ def compare_approaches(iso: IsoFLOP, fit: Fit, flops_per_param_token=None) -> pd
         )
     out = pd.DataFrame(rows)
     out["ratio"] = out["approach3"] / out["approach2"]
+    ivs = out[["approach2_lo", "approach2_hi", "approach3_lo", "approach3_hi"]].to_numpy(float)
+    overlap = (ivs[:, 0] <= ivs[:, 3]) & (ivs[:, 2] <= ivs[:, 1])
+    out["agree"] = np.where(np.isfinite(ivs).all(1), overlap, np.nan)
     return out[
         [
             "quantity",
@@ -1257,6 +1262,7 @@ def compare_approaches(iso: IsoFLOP, fit: Fit, flops_per_param_token=None) -> pd
             "approach3_lo",
             "approach3_hi",
             "ratio",
+            "agree",
             "interior",
         ]
     ]

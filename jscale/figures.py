@@ -1583,9 +1583,8 @@ def _axes_rows(fits: Fits) -> list[tuple[str, str, str, str]]:
             two = _fmt_ci(r.approach2, r.approach2_lo, r.approach2_hi)
             if r.quantity == "N_opt" and not r.interior:
                 two += " (not interior)"
-            rows.append(
-                (name, two, _fmt_ci(r.approach3, r.approach3_lo, r.approach3_hi), _fmt(r.ratio))
-            )
+            ratio = _fmt(r.ratio) + (" (intervals disjoint)" if r.agree == 0 else "")
+            rows.append((name, two, _fmt_ci(r.approach3, r.approach3_lo, r.approach3_hi), ratio))
         return rows
     if iso is not None:
         rows.append(("a (N_opt ∝ C^a)", _fmt_ci(iso.a, *iso.a_interval), "–", "–"))

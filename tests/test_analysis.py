@@ -538,3 +538,13 @@ def test_approach3_exponents_and_side_by_side():
     np.testing.assert_allclose(cmp["C"][2:], BUDGETS)
     assert cmp["ratio"].to_numpy() == pytest.approx(np.ones(6), abs=0.06)
     np.testing.assert_allclose(cmp["approach3"][2:], [_n_opt_true(C) for C in BUDGETS], rtol=1e-3)
+    assert cmp["agree"].notna().all()
+    # approach 2 on sizes scaled x3 puts every N_opt 3x higher: the intervals are disjoint
+    far = analysis.compare_approaches(
+        analysis.isoflop(
+            df.assign(params_non_embedding=df["params_non_embedding"] * 3), n_bootstrap=50
+        ),
+        f,
+    )
+    assert far["ratio"][2:].to_numpy() == pytest.approx(np.full(4, 1 / 3), rel=0.08)
+    assert (far["agree"][2:] == 0).all()
