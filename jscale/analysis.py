@@ -937,9 +937,8 @@ class IsoFLOP:
     ``t0``, ``convex`` (c2 > 0), ``interior`` (convex and N_opt within [N_min, N_max]),
     ``reason`` (why not interior; "" when it is), ``N_opt``, ``N_lo``, ``N_hi``, ``D_opt``,
     ``D_lo``, ``D_hi``, ``L_opt`` (loss at the minimum, in y's units), ``n_boot_valid``
-    (resamples whose parabola for this budget was convex, drew 3 or more distinct sizes and has
-    its minimum inside the sizes it drew: the interval is over those, so it is conditional on
-    the minimum being identified; a low ``n_boot_valid`` says the design barely identifies it).
+    (resamples whose parabola for this budget was convex with its minimum inside the sampled
+    sizes: the interval is over those; under half of them flags the budget).
 
     ``a, a_interval, b, b_interval, k_n, k_d``: the frontier, NaN when ``frontier_ok`` is False
     (fewer than 2 interior budgets; ``frontier_note`` says why). Intervals are bootstrap
@@ -1017,11 +1016,15 @@ def isoflop(
     lies outside its sampled sizes, is flagged (``interior`` False, ``reason``) and left out of
     the frontier. Each budget needs ``min_sizes`` (>= 3) distinct sizes, else ``AnalysisError``.
 
-    Bootstrap (``n_bootstrap`` resamples): with ``cluster=None`` rows are resampled within each
-    budget (stratified); with ``cluster`` (a column or list of columns, e.g. ``[N, SEED]``)
-    clusters are drawn once per resample over the whole table and every row of a cluster, in
-    every budget, gets its cluster's count (one model's branches move together). Each resample
-    refits every parabola and, over the interior budgets, the frontier.
+    Bootstrap (``n_bootstrap`` resamples): a wild bootstrap of the parabolas' residuals with the
+    design fixed (resampling rows would drop the sizes on one side of a minimum and make it
+    unidentified in that resample): each resample adds to every fitted value its residual
+    (scaled by sqrt(n / (n - 3))) times a random sign, one sign per cluster, so the rows of one
+    ``cluster`` (a column or list of columns, e.g. ``[N, SEED]``: one model's branches, in
+    every budget) move together; ``cluster=None`` draws a sign per row. Each resample refits
+    every parabola and, over the interior budgets, the frontier. A budget whose minimum fewer
+    than half of the resamples place inside the sampled sizes is flagged weakly identified
+    (``interior`` False) and left out of the frontier.
 
     The table must hold one inference precision (filter it first): several precision rows of
     one model are not independent points."""
@@ -1053,11 +1056,11 @@ def isoflop(
             + ", ".join(f"C={c:.3g} has {k}" for c, k in few)
         )
     gid = _cluster_ids(d, cluster, len(xs))
+    if gid is None:
+        gid = np.arange(len(xs))  # every row its own cluster
     rng = np.random.default_rng(seed)
     B = int(n_bootstrap)
-    if gid is not None and B:
-        G = int(gid.max()) + 1
-        wc = rng.multinomial(G, np.full(G, 1.0 / G), size=B)
+    signs = rng.choice([-1.0, 1.0], size=(B, int(gid.max()) + 1))  # Rademacher, one per cluster
     q = 50 * (1 - level)
     rows, boot_t = [], {}
     for c in budgets:
@@ -1100,29 +1103,28 @@ def isoflop(
             n_boot_valid=0,
         )
         if B:
-            W = (
-                wc[:, gid[m]]
-                if gid is not None
-                else rng.multinomial(m.sum(), np.full(m.sum(), 1.0 / m.sum()), size=B)
-            )
-            bc = _parabolas(t, yy, W.astype(float), sid)
+            # wild bootstrap of the residuals, the design fixed: every resample keeps every size,
+            # and the rows of one cluster (a model's branches) flip their residual together
+            X = np.stack([np.ones_like(t), t, t * t], 1)
+            resid = yy - X @ coef
+            resid = resid * np.sqrt(len(yy) / max(len(yy) - 3, 1))  # undo the fit's shrinkage
+            Ystar = (X @ coef)[None] + signs[:, gid[m]] * resid[None]
+            bc = np.linalg.lstsq(X, Ystar.T, rcond=None)[0].T  # [B, 3]
             tb = np.where(
                 bc[:, 2] > 0, -bc[:, 1] / (2 * np.where(bc[:, 2] > 0, bc[:, 2], 1)), np.nan
             )
-            # a resample's minimum counts only where that resample identifies one: 3 or more
-            # distinct sizes drawn, and the minimum inside the sizes it drew (a resample that
-            # lost every size on one side of the optimum extrapolates the parabola, and its
-            # "minimum" says nothing about the noise of the estimate)
-            present = W > 0
-            t_lo = np.where(present, t[None], np.inf).min(1)
-            t_hi = np.where(present, t[None], -np.inf).max(1)
-            n_sizes = np.array([len(np.unique(sid[row])) for row in present])
-            tb = np.where((n_sizes >= 3) & (tb >= t_lo) & (tb <= t_hi), tb, np.nan)
+            tb = np.where((tb >= t.min()) & (tb <= t.max()), tb, np.nan)
             boot_t[float(c)] = t0 + tb
             ok = np.isfinite(tb)
             row["n_boot_valid"] = int(ok.sum())
             if ok.any():
                 row["N_lo"], row["N_hi"] = np.exp(np.percentile(t0 + tb[ok], [q, 100 - q]))
+            if reason == "" and ok.mean() < 0.5:
+                reason = (
+                    f"minimum weakly identified: {ok.mean():.0%} of resamples place it inside "
+                    "the sampled sizes"
+                )
+                row.update(interior=False, reason=reason)
         rows.append(row)
     tab = pd.DataFrame(rows)
     tab["D_lo"] = tab["C"] / (flops_per_param_token * tab["N_hi"])
@@ -1146,7 +1148,13 @@ def isoflop(
         level=level,
         n_bootstrap=B,
         n_valid=0,
-        bootstrap_unit=_cluster_name(d, cluster) if cluster is not None else "rows within budgets",
+        bootstrap_unit="wild residual signs per "
+        + (
+            _cluster_name(d, cluster).replace("clusters of", "model")
+            if cluster is not None
+            else "row"
+        )
+        + ", design fixed",
         flops_per_param_token=float(flops_per_param_token),
         bootstrap_frontier=np.zeros((0, 2)),
     )

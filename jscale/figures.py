@@ -1172,7 +1172,7 @@ def isoflop_curves(
             width=4.6,
             height=3.6,
             legend=2.6,
-            note=f"{fits.precision_ref} inference; N_opt intervals resample {iso.bootstrap_unit}",
+            note=f"{fits.precision_ref} inference; N_opt intervals: {iso.bootstrap_unit}",
         )
         handles = []
         for r in tab.itertuples():
@@ -1554,8 +1554,8 @@ def _unit_words(fits: Fits, q: Quantity) -> str:
 def _unit_text(unit: str) -> str:
     if unit.startswith("clusters of"):
         return unit.replace("clusters of", "models") + " (seed and model noise)"
-    if unit == "rows within budgets":
-        return "rows, within each budget"
+    if unit.startswith("wild residual signs per model"):
+        return unit + " (seed and model noise)"
     return unit
 
 
@@ -1605,7 +1605,7 @@ def _axes_header(fits: Fits) -> str:
         bits.append(
             f"approach 2 = IsoFLOP parabolas in ln N per budget, "
             f"{fits.isoflop.n_interior} of {len(fits.isoflop.budgets)} budgets interior, "
-            f"intervals resample {_unit_text(fits.isoflop.bootstrap_unit)}"
+            f"intervals: {_unit_text(fits.isoflop.bootstrap_unit)}"
         )
     if fits.chinchilla is not None:
         f = fits.chinchilla
