@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -241,7 +242,9 @@ def _new_figure(
     fig = Figure(figsize=(width * ncols + legend, height + 0.3), layout="constrained")
     axes = fig.subplots(1, ncols, squeeze=False)[0]
     note = "; ".join(b for b in (_footnote(df), note) if b)
-    if note:  # as the figure's x label, so the layout reserves room for it
+    if note:  # as the figure's x label, so the layout reserves room for it; wrapped to fit
+        chars = int(16 * (width * ncols + legend))  # x-small text: about 16 characters per inch
+        note = "\n".join(textwrap.wrap(note, chars)) if "\n" not in note else note
         fig.supxlabel(note, x=0.01, ha="left", fontsize="x-small", color="0.35")
     return fig, list(axes)
 
