@@ -311,7 +311,11 @@ def _draw_fit(
 ) -> np.ndarray:
     """The law as a line over a dense grid beyond the data, and its bootstrap band; returns
     the line's values (for the axis limits)."""
-    pred = fit.predict(_grid(x), level=level)
+    return _draw_pred(ax, fit.predict(_grid(x), level=level), style, band)
+
+
+def _draw_pred(ax, pred: pd.DataFrame, style: dict, band: bool = True) -> np.ndarray:
+    """A prediction table (``Fit.predict``: x, y, y_lo, y_hi) as a line and its band."""
     ax.plot(pred["x"], pred["y"], color=style["color"], linewidth=1.4, zorder=2)
     if band:
         ax.fill_between(
@@ -789,18 +793,7 @@ def _draw_path(ax, fit, n, d, style: dict, level: float = LEVEL) -> np.ndarray:
     """An L(N, D) law along the points' path (N, D): N on a dense grid over the points' sizes,
     D interpolated between theirs (``_path_d``), with its bootstrap band; returns the line."""
     grid, dg = _path_d(n, d)
-    pred = fit.predict(grid, dg, level=level)
-    ax.plot(pred["x"], pred["y"], color=style["color"], linewidth=1.4, zorder=2)
-    ax.fill_between(
-        pred["x"],
-        pred["y_lo"],
-        pred["y_hi"],
-        color=style["color"],
-        alpha=0.18,
-        linewidth=0,
-        zorder=1,
-    )
-    return pred["y"].to_numpy(float)
+    return _draw_pred(ax, fit.predict(grid, dg, level=level), style)
 
 
 def _delta_panel(ax, df: pd.DataFrame, delta: str, style: dict) -> None:
