@@ -369,13 +369,34 @@ def _inputs(df, form: Form, x, y, d):
                     f"form {form.name!r} needs at least 2 distinct values of {name} ({col}), "
                     f"got one ({v[0]:g}): the law is not identified"
                 )
-    P = len(form.param_names)
-    if len(xs) < P + 1:
+    if np.ptp(xs) == 0:
         raise AnalysisError(
-            f"form {form.name!r} has {P} parameters and needs at least {P + 1} points, "
-            f"got {len(xs)}"
+            f"x ({_spec(x)}) has one distinct value ({xs[0]:g}): no law in x is identified"
+        )
+    if np.ptp(ys) == 0:
+        raise AnalysisError(
+            f"y ({_spec(y)}) is constant ({ys[0]:g}): a flat law has no scale or exponent to fit"
+        )
+    P = len(form.param_names)
+    points = len(_point_ids(xs, ds if form.needs_d else None)[1])
+    if points < P + 1:
+        what = "(x, d) points" if form.needs_d else "sizes (x)"
+        raise AnalysisError(
+            f"form {form.name!r} has {P} parameters and needs at least {P + 1} distinct {what}, "
+            f"got {points} (in {len(xs)} rows): the fit would interpolate"
         )
     return xs, ys, (ds if ds is not None else np.ones_like(xs))
+
+
+def _spec(spec) -> str:
+    return f"column {spec!r}" if isinstance(spec, str) else "the given values"
+
+
+def _point_ids(xs, ds=None):
+    """Per row, the index of its distinct point (x, or (x, d)); and the distinct points."""
+    key = xs if ds is None else np.stack([xs, ds], 1)
+    uniq, ids = np.unique(key, axis=0, return_inverse=True)
+    return ids.reshape(-1), uniq
 
 
 def _cluster_ids(df, cluster, n: int):
@@ -446,7 +467,11 @@ class Fit:
     (NaN when none); ``bootstrap_params``: ``[n_converged, P]``; ``residuals_log``: ``log y -
     log yhat`` per input row, in input order; ``r2_log``, ``rmse_log`` in log space.
     ``bootstrap_unit``: what the bootstrap resampled ("rows" or "clusters of ..."), and
-    ``n_clusters`` how many clusters (0 for rows)."""
+    ``n_clusters`` how many clusters (0 for rows).  ``warnings``: what the data identify only
+    weakly (a parameter at its bound, a non-decaying loss exponent, an interval spanning more
+    than a factor 10 at the reference size, 2 or fewer points beyond the parameters), as
+    sentences; empty for a well-identified law.  Resamples with fewer distinct points than
+    parameters + 1 are rejected (``diagnostics["n_bootstrap_degenerate"]``)."""
 
     form: str
     param_names: tuple
@@ -469,6 +494,7 @@ class Fit:
     _scale: tuple = dataclasses.field(repr=False)
     bootstrap_unit: str = "rows"
     n_clusters: int = 0
+    warnings: list = dataclasses.field(default_factory=list)
 
     def _log_y(self, theta, x, d):
         u, v = self._form._prep(x, d, *self._scale)
@@ -603,7 +629,7 @@ def fit(
         best = int(np.argmin(pf))
         theta = p["theta"][best]
         boot_theta = np.zeros((0, P))
-        n_conv, boot_iters = 0, 0
+        n_conv, boot_iters, n_degenerate = 0, 0, 0
         if n_bootstrap:
             rng = np.random.default_rng(seed)
             w = _weights(rng, n, n_bootstrap, gid)
@@ -621,6 +647,12 @@ def fit(
                 return np.take_along_axis(a, k.reshape((-1, 1) + (1,) * (a.ndim - 2)), 1)[:, 0]
 
             conv = pick(b["converged"]) & np.isfinite(pick(b["f"]))
+            # a resample with fewer distinct points than parameters + 1 interpolates: rejected
+            pid = _point_ids(xs, ds if fm.needs_d else None)[0]
+            drawn = (w > 0) @ np.eye(int(pid.max()) + 1)[pid] > 0
+            enough = drawn.sum(1) >= P + 1
+            n_degenerate = int((~enough).sum())
+            conv &= enough
             boot_theta = pick(b["theta"])[conv]
             n_conv, boot_iters = int(conv.sum()), int(np.max(b["n_iter"]))
     user = fm._to_user(theta, *scale)
@@ -652,6 +684,7 @@ def fit(
             max_iter=int(max_iter),
             bootstrap_starts=int(bootstrap_starts),
             bootstrap_max_iter_used=boot_iters,
+            n_bootstrap_degenerate=n_degenerate,
             gtol=gtol,
             ftol=ftol,
         ),
@@ -669,7 +702,50 @@ def fit(
         float(1 - np.sum(res**2) / np.sum((ly - ly.mean()) ** 2)) if np.ptp(ly) > 0 else np.nan
     )
     fit_.rmse_log = float(np.sqrt(np.mean(res**2)))
+    fit_.warnings = _weak_identification(fit_, fm, xs, ds, ly)
     return fit_
+
+
+_EXPONENTS = ("alpha", "beta", "b")  # the built-in forms' exponents; the rest are coefficients
+_DECAYING = ("alpha", "beta")  # exponents a loss law needs positive
+
+
+def _weak_identification(f: Fit, fm: Form, xs, ds, ly) -> list[str]:
+    """What the data identify only weakly, as readable sentences (``Fit.warnings``). For the
+    built-in forms, coefficients are judged at the reference size (the geometric mean of x and
+    of d), where the fit is parametrised: not at x = 1, decades from the data."""
+    out = []
+    P = len(fm.param_names)
+    dof = len(_point_ids(xs, ds if fm.needs_d else None)[1]) - P
+    if dof <= 2:
+        out.append(
+            f"only {dof} distinct point(s) beyond the {P} parameters: the law nearly "
+            "interpolates and its intervals are unreliable"
+        )
+    if fm.log_pred is None:  # a user's form: nothing known about its parameters
+        return out
+    for i, name in enumerate(fm.param_names):
+        lo, hi = f.intervals[name]
+        if name in _EXPONENTS:
+            v = f.params[name]
+            if name in _DECAYING and v <= 0:
+                out.append(f"{name} = {v:.3g} <= 0: not a decaying law")
+            if np.isfinite(lo) and hi - lo > max(abs(v), 0.1):
+                out.append(f"{name} is poorly constrained: interval [{lo:.3g}, {hi:.3g}]")
+            continue
+        # a coefficient, stored as its log at the reference size: compare with the data's scale
+        if f._theta[i] < float(np.mean(ly)) + np.log(1e-4):  # < 0.01% of the data
+            out.append(f"{name} is at its bound 0: the data do not identify it")
+        elif len(f._boot_theta) > 1:
+            t_lo, t_hi = np.percentile(
+                f._boot_theta[:, i], [50 * (1 - f.level), 50 * (1 + f.level)]
+            )
+            if t_hi - t_lo > np.log(10):
+                out.append(
+                    f"{name} (at the reference size) spans a factor {np.exp(t_hi - t_lo):.3g} "
+                    "over the bootstrap: poorly constrained"
+                )
+    return out
 
 
 # --------------------------------------------------------------------------- groups, tables, checks

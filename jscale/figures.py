@@ -622,6 +622,7 @@ def fit_all(
                     **skw,
                 )
                 out.fits.setdefault(qname, {})[prec] = f
+                out.notes += [f"{qname} {prec}: weakly identified: {w}" for w in f.warnings]
             except (ValueError, ArithmeticError, RuntimeError) as e:
                 out.notes.append(
                     f"{qname} {prec}: no {q.form} fit ({e}); points drawn without the law"
@@ -670,6 +671,13 @@ def _fits_for(df, fits: Fits | None, quantities, n_bootstrap: int, seed: int) ->
     return fit_all(df, n_bootstrap=n_bootstrap, seed=seed, quantities=quantities, log=print)
 
 
+class _NoFit:
+    warnings: list = []
+
+
+_NOFIT = _NoFit()
+
+
 def _alpha_label(fit, prec: str) -> str:
     if fit is None:
         return f"{prec}: no fit"
@@ -678,6 +686,8 @@ def _alpha_label(fit, prec: str) -> str:
     if "beta" in fit.params:
         lo, hi = fit.intervals["beta"]
         label += "\n" + " " * (len(prec) + 4) + rf"$\beta$ = {_fmt_ci(fit.params['beta'], lo, hi)}"
+    if fit.warnings:  # the reasons are in fits.md and the log
+        label += f"\n{' ' * (len(prec) + 4)}(weakly identified: {len(fit.warnings)} warning(s))"
     return label
 
 
@@ -873,9 +883,15 @@ def latency_vs_params(
                         zorder=2,
                     )
                 if ax is axes[0]:
+                    weak = {
+                        w
+                        for qq in ("decode", "prefill")
+                        for w in (fits.get(qq, prec) or _NOFIT).warnings
+                    }
+                    label = prec if f is not None else f"{prec} (no fit)"
                     handles.append(
                         _handle(
-                            st, prec if f is not None else f"{prec} (no fit)", line=f is not None
+                            st, label + (" (weakly identified)" if weak else ""), line=f is not None
                         )
                     )
             ax.set_xlabel(N_LABEL)
