@@ -582,9 +582,14 @@ def fit(
     gtol=1e-5,
     ftol=1e-10,
     cluster=None,
+    weights=None,
 ) -> Fit:
     """Fit ``form`` to ``y`` against ``x`` (and ``d``): columns of ``df`` or, with ``df=None``,
     1-D arrays of equal length, all positive. See the module docstring for the method.
+
+    ``weights``: per-row weights of the objective (a column name or ``[n]`` values, finite and
+    > 0; e.g. the number of seeds behind a mean, or 1 / variance of a measurement); a row of
+    weight 2 counts as that row twice. Bootstrap resamples multiply them by their counts.
 
     ``n_bootstrap`` row resamples (0 for none); each runs ``bootstrap_starts`` L-BFGS starts
     (the best distinct full-data optima, then jittered copies of the best). ``gtol`` bounds the
@@ -599,6 +604,11 @@ def fit(
     fm = _get_form(form)
     xs, ys, ds = _inputs(df, fm, x, y, d)
     gid = _cluster_ids(df, cluster, len(xs))
+    rw = np.ones(len(xs)) if weights is None else _column(df, weights, "weights")
+    if len(rw) != len(xs) or not np.all(np.isfinite(rw) & (rw > 0)):
+        raise AnalysisError(
+            f"weights ({_spec(weights)}) must be {len(xs)} finite values > 0, one per row"
+        )
     if not huber_delta > 0 or not 0 < level < 1 or n_bootstrap < 0 or bootstrap_starts < 1:
         raise AnalysisError(
             "need huber_delta > 0, 0 < level < 1, n_bootstrap >= 0, bootstrap_starts >= 1"
@@ -618,12 +628,13 @@ def fit(
                 k: np.asarray(a) for k, a in jax.device_get(sol(jnp.asarray(th0), w, *args)).items()
             }
 
-        g = run(starts[None], jnp.ones((1, n)), gsolve)  # the full grid, `grid_iter` steps each ...
+        w_rows = jnp.asarray(rw[None], jnp.float64)
+        g = run(starts[None], w_rows, gsolve)  # the full grid, `grid_iter` steps each ...
         gf = np.where(np.isfinite(g["f"][0]), g["f"][0], np.inf)
         if not np.isfinite(gf).any():
             raise AnalysisError(f"no start of form {fm.name!r} gave a finite objective")
         top = _distinct_best(g["theta"][0], gf, _POLISH)
-        p = run(g["theta"][0][top][None], jnp.ones((1, n)))  # ... then the best few polished
+        p = run(g["theta"][0][top][None], w_rows)  # ... then the best few polished
         p = {k: a[0] for k, a in p.items()}
         pf = np.where(np.isfinite(p["f"]), p["f"], np.inf)
         best = int(np.argmin(pf))
@@ -640,7 +651,7 @@ def fit(
                     0, _JITTER, (n_bootstrap, bootstrap_starts - len(seeds), P)
                 )
                 s0 = np.concatenate([s0, jit_], 1)
-            b = run(s0, jnp.asarray(w, jnp.float64))
+            b = run(s0, jnp.asarray(w * rw[None], jnp.float64))
             k = np.argmin(np.where(np.isfinite(b["f"]), b["f"], np.inf), axis=1)
 
             def pick(a):

@@ -592,3 +592,22 @@ def test_resamples_with_too_few_distinct_sizes_are_rejected_and_counted():
     f = analysis.fit(None, "saturating", x, 2 + 30 * x**-0.3, n_bootstrap=400)
     rejected = f.diagnostics["n_bootstrap_degenerate"] / 400
     assert 0.87 < rejected < 0.94 and f.n_converged <= 400 - f.diagnostics["n_bootstrap_degenerate"]
+
+
+def test_row_weights_count_like_repeated_rows():
+    """The objective is a weighted sum over rows: weight 2 on a row equals that row twice (the
+    same objective, so the same optimum), and a different weighting moves the fit."""
+    rng = np.random.default_rng(0)
+    x = np.geomspace(1e4, 1e7, 9)
+    y = (1.7 + 300 * x**-0.3) * np.exp(0.02 * rng.standard_normal(9))
+    w = np.ones(9)
+    w[[2, 6]] = [2.0, 3.0]
+    weighted = analysis.fit(None, "saturating", x, y, n_bootstrap=0, weights=w)
+    rep = np.r_[np.arange(9), [2, 6, 6]]
+    repeated = analysis.fit(None, "saturating", x[rep], y[rep], n_bootstrap=0)
+    for k in ("E", "A", "alpha"):
+        assert weighted.params[k] == pytest.approx(repeated.params[k], rel=1e-6)
+    plain = analysis.fit(None, "saturating", x, y, n_bootstrap=0)
+    assert abs(plain.params["alpha"] - weighted.params["alpha"]) > 1e-4
+    with pytest.raises(AnalysisError, match="weights .* finite values > 0"):
+        analysis.fit(None, "saturating", x, y, weights=np.r_[w[:-1], 0.0])
