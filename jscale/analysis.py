@@ -857,6 +857,61 @@ def extrapolation_check(
     return out
 
 
+def select_form(df=None, forms=("saturating", "power"), x=N, y=LOSS, d=TOKENS, *, k=2, **kw):
+    """Fit each of ``forms`` to one table and rank them (model selection).
+
+    Returns one row per form, best first: ``form``, ``n_params`` (P), ``n_points``, ``rss_log``
+    (sum of squared log residuals), ``aicc`` (``n ln(RSS / n) + 2P + 2P(P+1) / (n - P - 1)``:
+    Gaussian errors on log y, small-sample corrected; inf when n <= P + 1), ``delta_aicc`` (from
+    the best), ``extrap_error`` (the worst |prediction / actual - 1| over the ``k`` largest
+    sizes, fitted without them: ``extrapolation_check``; NaN when there are too few sizes),
+    ``n_warnings`` (``Fit.warnings``) and ``error`` (why a form could not be fitted, else "").
+    Ranked by AICc; a form that cannot be fitted ranks last. ``kw`` go to ``fit``. AICc says
+    which form the data support, the extrapolation error which one predicts larger models:
+    when they disagree, prefer neither blindly."""
+    rows = []
+    for form in forms:
+        name = form.name if isinstance(form, Form) else form
+        try:
+            f = fit(df, form, x, y, d, **kw)
+        except AnalysisError as e:
+            rows.append(dict(form=name, error=str(e)))
+            continue
+        n, P = f.n_points, len(f.param_names)
+        rss = float(np.sum(f.residuals_log**2))
+        aicc = (
+            n * np.log(max(rss, 1e-300) / n) + 2 * P + 2 * P * (P + 1) / (n - P - 1)
+            if n > P + 1
+            else np.inf
+        )
+        try:
+            ex = extrapolation_check(df, form, x, y, k=k, d=d, **(kw | {"n_bootstrap": 0}))
+            err = float(np.max(np.abs(ex["rel_error"])))
+        except AnalysisError:
+            err = np.nan
+        rows.append(
+            dict(
+                form=name,
+                n_params=P,
+                n_points=n,
+                rss_log=rss,
+                aicc=float(aicc),
+                extrap_error=err,
+                n_warnings=len(f.warnings),
+                error="",
+            )
+        )
+    out = pd.DataFrame(rows)
+    for c in ("n_params", "n_points", "rss_log", "aicc", "extrap_error", "n_warnings"):
+        if c not in out:
+            out[c] = np.nan
+    out["aicc"] = out["aicc"].fillna(np.inf)
+    out = out.sort_values("aicc", kind="stable").reset_index(drop=True)
+    out["delta_aicc"] = out["aicc"] - out["aicc"].iloc[0]
+    cols = ["form", "n_params", "n_points", "rss_log", "aicc", "delta_aicc", "extrap_error"]
+    return out[cols + ["n_warnings", "error"]]
+
+
 def compute_optimal(fit: Fit, C, flops_per_param_token=6.0) -> dict:
     """Compute-optimal ``N`` and ``D`` for budget ``C`` (FLOPs; scalar or array) under a
     chinchilla fit with ``C = flops_per_param_token * N * D``: minimising

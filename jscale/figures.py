@@ -452,7 +452,9 @@ class Fits:
     fitted per precision (``saturating`` L(N), or ``chinchilla`` L(N, D) on a table with a token
     axis, with D from column ``loss_d``); ``loss_basis`` says which rows it saw,
     ``latency_basis`` which rows the latency laws saw; ``loss_unit`` and ``latency_unit`` what
-    their bootstraps resampled.
+    their bootstraps resampled.  ``selection[quantity]``: ``analysis.select_form`` of the
+    candidate forms (``CANDIDATES``) on the reference precision's rows: AICc and leave-largest-
+    out error, so the table says whether the form drawn is the one the data support.
     """
 
     fits: dict = field(default_factory=dict)
@@ -466,6 +468,7 @@ class Fits:
     comparison: object = None
     seed_spread: object = None
     lr_choices: object = None
+    selection: dict = field(default_factory=dict)
     precision_ref: str | None = None
     loss_form: str = "saturating"
     loss_d: str | None = None
@@ -658,11 +661,45 @@ def fit_all(
                 break
             else:
                 out.notes.append(f"{qname} {prec}: no extrapolation check ({err})")
+    _select_forms(df, loss_df, out)
     _fit_axes(df, out, n_bootstrap, seed, level, quantities)
     if log is not None:
         for n in out.notes:
             log(n)
     return out
+
+
+# The forms each quantity's drawn law is compared with (``Fits.selection``).
+CANDIDATES = {
+    "loss": ("saturating", "power"),
+    "decode": ("offset_power", "power"),
+    "prefill": ("offset_power", "power"),
+}
+
+
+def _select_forms(df: pd.DataFrame, loss_df: pd.DataFrame, out: Fits) -> None:
+    """``out.selection``: the candidate forms of each fitted quantity ranked on the reference
+    precision's rows (no bootstrap), and a note when the drawn form is not the AICc choice."""
+    ref = _ref_precision(df)
+    for qname, per in out.fits.items():
+        q = _Q[qname]
+        drawn = per.get(ref)
+        if drawn is None:
+            continue
+        rows = loss_df if qname == "loss" else _latency_rows(df)
+        d = rows[(rows[PRECISION] == ref) & rows[q.column].notna()]
+        if drawn.form not in CANDIDATES.get(qname, ()):  # e.g. L(N, D): no alternative here
+            continue
+        forms = (drawn.form,) + tuple(f for f in CANDIDATES[qname] if f != drawn.form)
+        kw = {"d": out.loss_d} if qname == "loss" and out.loss_d else {}
+        t = analysis.select_form(d, forms, x=N, y=q.column, k=out.k, n_bootstrap=0, **kw)
+        out.selection[qname] = t
+        if t.form[0] != drawn.form and t.delta_aicc[1] > 0:
+            row = t[t.form == drawn.form].iloc[0]
+            out.notes.append(
+                f"{qname}: the data support {t.form[0]} over the drawn {drawn.form} "
+                f"(delta AICc {row.delta_aicc:.1f} on {ref})"
+            )
 
 
 def _fits_for(df, fits: Fits | None, quantities, n_bootstrap: int, seed: int) -> Fits:
@@ -1701,8 +1738,32 @@ def fit_table_markdown(obj, *, n_bootstrap: int = 1000, seed: int = 0) -> str:
     if not parts:
         parts = ["(no law could be fitted)", ""]
     parts += _axes_markdown(fits)
+    parts += _selection_markdown(fits)
     parts += [f"- {n}" for n in fits.notes]
     return "\n".join(parts).rstrip() + "\n"
+
+
+def _selection_markdown(fits: Fits) -> list[str]:
+    if not fits.selection:
+        return []
+    parts = [
+        f"**form selection** ({fits.precision_ref}; no bootstrap): each quantity's drawn form "
+        "and its alternatives, best AICc (on log y) first, with the worst error predicting the "
+        f"{fits.k} largest sizes from the rest\n",
+        "| quantity | form | parameters | AICc | delta AICc | extrap. error |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for qname, t in fits.selection.items():
+        for r in t.itertuples():
+            if r.error:
+                parts.append(f"| {qname} | {r.form} | – | – | – | ({r.error}) |")
+                continue
+            ext = f"{100 * r.extrap_error:.1f}%" if np.isfinite(r.extrap_error) else "–"
+            parts.append(
+                f"| {qname} | {r.form} | {int(r.n_params)} | {r.aicc:.1f} | {r.delta_aicc:.1f} "
+                f"| {ext} |"
+            )
+    return parts + [""]
 
 
 _TEX_ESC = {

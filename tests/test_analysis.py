@@ -611,3 +611,22 @@ def test_row_weights_count_like_repeated_rows():
     assert abs(plain.params["alpha"] - weighted.params["alpha"]) > 1e-4
     with pytest.raises(AnalysisError, match="weights .* finite values > 0"):
         analysis.fit(None, "saturating", x, y, weights=np.r_[w[:-1], 0.0])
+
+
+def test_select_form_ranks_the_generating_law_first():
+    """AICc picks the law that generated the data: a floor (saturating) over a pure power law,
+    and the pure power law (fewer parameters) when there is no floor; a form the table cannot
+    identify is ranked last with the reason."""
+    rng = np.random.default_rng(1)
+    x = np.geomspace(1e4, 1e7, 13)
+    noise = np.exp(0.005 * rng.standard_normal(13))
+    df = pd.DataFrame({"N": x, "loss": (1.7 + 300 * x**-0.3) * noise, "tokens": 1e9})
+    t = analysis.select_form(
+        df, ("power", "saturating", "chinchilla"), x="N", y="loss", d="tokens", n_bootstrap=0
+    )
+    assert list(t.form) == ["saturating", "power", "chinchilla"]
+    assert t.delta_aicc[1] > 10 and np.isinf(t.aicc[2]) and "not identified" in t.error[2]
+    assert t.extrap_error[0] < 0.02 < t.extrap_error[1]  # the floor also predicts better
+    df["loss"] = 5 * x**-0.2 * noise
+    t = analysis.select_form(df, ("saturating", "power"), x="N", y="loss", n_bootstrap=0)
+    assert t.form[0] == "power" and t.delta_aicc[1] > 0

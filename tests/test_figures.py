@@ -622,3 +622,23 @@ def test_loss_envelope_is_the_running_minimum_over_compute_and_the_curves_figure
     assert (tmp_path / "c.png").stat().st_size > 10_000
     with pytest.raises(figures.FigureError, match="lacks"):
         figures.loss_curves(curves.drop(columns="tokens"))
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("four")
+def test_form_selection_names_the_generating_latency_law(four):
+    """The synthetic latency is a fixed overhead plus a linear term (an offset power law with
+    b = 1): AICc ranks offset_power first for decode and prefill, so no note says otherwise."""
+    out, _, logged = four
+    text = (out / "fits.md").read_text()
+    sec = text[text.index("**form selection**") :]
+    rows = [
+        r.split("|")[1:-1]
+        for r in sec.splitlines()
+        if r.startswith("| decode") or r.startswith("| prefill")
+    ]
+    first = {}
+    for q, form, *_ in rows:
+        first.setdefault(q.strip(), form.strip())
+    assert first == {"decode": "offset_power", "prefill": "offset_power"}
+    assert not any("the data support" in line for line in logged)
