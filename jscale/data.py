@@ -246,3 +246,15 @@ def eval_batches(tokens: np.ndarray, seq_len: int, n_tokens: int) -> np.ndarray:
     starts = (np.arange(n_seq) * n_avail // n_seq) * seq_len
     idx = starts[:, None] + np.arange(seq_len + 1)
     return np.asarray(tokens[idx], dtype=np.int32)
+
+
+def eval_documents(tokens: np.ndarray, seq_len: int, n_tokens: int) -> np.ndarray:
+    """The document (file) of each window of ``eval_batches(tokens, seq_len, n_tokens)``:
+    ``[n_seq]`` ints, the number of separators before the window's first token.  Windows of one
+    file share its style and vocabulary, so their losses are correlated: standard errors over
+    windows should be clustered by these ids (``evaluate.clustered_se``)."""
+    n_avail = (len(tokens) - 1) // seq_len
+    n_seq = min(n_tokens // seq_len, n_avail)
+    starts = (np.arange(n_seq) * n_avail // n_seq) * seq_len
+    seps = np.flatnonzero(np.asarray(tokens) == SEPARATOR)
+    return np.searchsorted(seps, starts, side="right")

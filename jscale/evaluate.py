@@ -72,6 +72,20 @@ def mean_and_se(x: np.ndarray) -> tuple[float, float]:
     return float(x.mean()), float(x.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
 
 
+def clustered_se(x: np.ndarray, groups: np.ndarray) -> float:
+    """Standard error of ``x.mean()`` when the values of one group (e.g. the held-out windows of
+    one document) are correlated: the cluster-robust (sandwich) estimate
+    ``sqrt(G / (G - 1) * sum_g (sum_{i in g} (x_i - mean))^2) / n`` over the G groups (nan when
+    G < 2).  With one value per group it is the usual SE times sqrt(G / (G - 1) * (n-1) / n)."""
+    x, groups = np.asarray(x, np.float64), np.asarray(groups)
+    _, g = np.unique(groups, return_inverse=True)
+    G = int(g.max()) + 1 if len(g) else 0
+    if G < 2:
+        return float("nan")
+    s = np.bincount(g.reshape(-1), weights=x - x.mean(), minlength=G)
+    return float(math.sqrt(G / (G - 1) * np.sum(s * s)) / len(x))
+
+
 def evaluate(
     params,
     cfg: ModelConfig,
@@ -104,6 +118,7 @@ def compare_precisions(
     policies=("fp32", "bf16", "int8", "w8a8"),
     batch_size: int = 32,
     logit_sequences: int = 8,
+    documents: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """One row per policy (names or ``Policy`` objects; the first row is fp32, the reference,
     always included), with the ``evaluate`` columns of ``jscale.schema`` (their units and
@@ -113,6 +128,9 @@ def compare_precisions(
     paired ``_se_nats`` and ``_pct``, ``param_bytes``, ``param_bytes_vs_fp32`` and
     ``logit_rel_err_mean`` / ``_max`` over the positions of the first ``logit_sequences``
     held-out sequences.  ``eval_wall_s`` is not filled (the caller times the whole call).
+    ``documents``: the held-out document of each sequence (``data.eval_documents``); then
+    ``eval_loss_se_docs_nats`` and ``delta_loss_vs_fp32_se_docs_nats`` give the standard errors
+    clustered by document (``clustered_se``), which the windows of one file share.
     """
     fp32 = precision.POLICIES["fp32"]
     policies = [fp32] + [p for p in map(precision.get_policy, policies) if p != fp32]
@@ -148,4 +166,9 @@ def compare_precisions(
                 "logit_rel_err_max": rel_err.max(),
             }
         )
+        if documents is not None:
+            rows[-1]["eval_loss_se_docs_nats"] = clustered_se(losses_N, documents)
+            rows[-1]["delta_loss_vs_fp32_se_docs_nats"] = clustered_se(
+                losses_N - ref["losses_N"], documents
+            )
     return pd.DataFrame(rows)

@@ -45,6 +45,7 @@ from jscale.schema import (
     DELTA_SE,
     LOSS,
     LOSS_SE,
+    LOSS_SE_DOCS,
     LR,
     PRECISION,
     PREFILL,
@@ -786,6 +787,8 @@ def loss_vs_params(
     delta = DELTA
     with_delta = delta in df and df[delta].notna().any() and df[PRECISION].nunique() > 1
     with theme():
+        se_col, se_note = _se_column(df, LOSS_SE_DOCS, LOSS_SE)
+        basis = "; ".join(b for b in (basis, se_note) if b)
         fig, axes = _new_figure(
             df, 2 if with_delta else 1, width=4.8, height=3.6, legend=3.2, note=basis
         )
@@ -801,7 +804,7 @@ def loss_vs_params(
                 N,
                 LOSS,
                 st,
-                yerr=d[LOSS_SE] if LOSS_SE in d and d[LOSS_SE].notna().all() else None,
+                yerr=d[se_col] if se_col in d and d[se_col].notna().all() else None,
             )
             if f is not None and f.form == "chinchilla" and fits.loss_d in d:
                 shown.append(_draw_path(ax, f, d[N], d[fits.loss_d], st, fits.level))
@@ -843,10 +846,18 @@ def _draw_path(ax, fit, n, d, style: dict, level: float = LEVEL) -> np.ndarray:
     return _draw_pred(ax, fit.predict(grid, dg, level=level), style)
 
 
+def _se_column(df: pd.DataFrame, clustered: str, plain: str) -> tuple[str, str]:
+    """The standard-error column the error bars use, and a footnote saying what noise it holds:
+    clustered by held-out file when the records have it, else over held-out windows."""
+    if clustered in df and df[clustered].notna().all():
+        return clustered, "error bars: SE of the held-out sample, clustered by file"
+    return plain, "error bars: SE over held-out windows (not clustered by file)"
+
+
 def _delta_panel(ax, df: pd.DataFrame, delta: str, style: dict) -> None:
     """Loss minus the fp32 loss of the same params on the same held-out sequences (nats/token)
     vs N, with its paired standard error: the cost of each precision, on a linear axis."""
-    se = DELTA_SE
+    se = _se_column(df, "delta_loss_vs_fp32_se_docs_nats", DELTA_SE)[0]
     for prec in _groups(df):
         d = df[df[PRECISION] == prec].dropna(subset=[delta])
         if len(d):
@@ -1750,17 +1761,17 @@ def _selection_markdown(fits: Fits) -> list[str]:
         f"**form selection** ({fits.precision_ref}; no bootstrap): each quantity's drawn form "
         "and its alternatives, best AICc (on log y) first, with the worst error predicting the "
         f"{fits.k} largest sizes from the rest\n",
-        "| quantity | form | parameters | AICc | delta AICc | extrap. error |",
-        "|---|---|---:|---:|---:|---:|",
+        "| quantity | form (parameters) | AICc | delta AICc | extrap. error |",
+        "|---|---|---:|---:|---:|",
     ]
     for qname, t in fits.selection.items():
         for r in t.itertuples():
             if r.error:
-                parts.append(f"| {qname} | {r.form} | – | – | – | ({r.error}) |")
+                parts.append(f"| {qname} | {r.form} | – | – | ({r.error}) |")
                 continue
             ext = f"{100 * r.extrap_error:.1f}%" if np.isfinite(r.extrap_error) else "–"
             parts.append(
-                f"| {qname} | {r.form} | {int(r.n_params)} | {r.aicc:.1f} | {r.delta_aicc:.1f} "
+                f"| {qname} | {r.form} ({int(r.n_params)}) | {r.aicc:.1f} | {r.delta_aicc:.1f} "
                 f"| {ext} |"
             )
     return parts + [""]

@@ -314,6 +314,24 @@ COLUMNS: tuple[Column, ...] = (
     ),
     _c(
         "evaluate",
+        "optional",
+        "eval_loss_se_docs_nats",
+        "nats/token",
+        "float",
+        "standard error of `eval_loss_nats` clustered by held-out document (file): the windows "
+        "of one file are correlated, so this is the honest sampling noise of the test set "
+        "(records since 2026-12-02)",
+    ),
+    _c(
+        "evaluate",
+        "optional",
+        "delta_loss_vs_fp32_se_docs_nats",
+        "nats/token",
+        "float",
+        "paired standard error of the delta, clustered by held-out document (file)",
+    ),
+    _c(
+        "evaluate",
         "core",
         "select_loss_nats",
         "nats/token",
@@ -665,6 +683,7 @@ N = "params_non_embedding"
 TOKENS = "train_tokens"
 LOSS = "eval_loss_nats"
 LOSS_SE = "eval_loss_se_nats"
+LOSS_SE_DOCS = "eval_loss_se_docs_nats"
 PRECISION = "inference_precision"
 DELTA = "delta_loss_vs_fp32_nats"
 DELTA_SE = "delta_loss_vs_fp32_se_nats"
@@ -725,7 +744,8 @@ HISTORY = (
         "2026-12-02",
         "the token, seed and learning-rate axes: records gain `train_tokens_target`, "
         "`compute_budget_flops` (optional), `schedule`, `warmup_tokens`, `cooldown_tokens`, "
-        "`epochs`, `select_loss_nats`, `select_loss_se_nats`, `latency_from_point_id`; "
+        "`epochs`, `select_loss_nats`, `select_loss_se_nats`, `latency_from_point_id`, "
+        "`eval_loss_se_docs_nats`, `delta_loss_vs_fp32_se_docs_nats` (optional); "
         "`point_id` carries the budget and lr (`N<size>-D<tokens>-seed<s>-lr<lr>-...`); "
         "`eval_loss_nats` is measured on the second half of the held-out documents "
         "(the first half is the model-selection split).",

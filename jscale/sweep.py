@@ -584,7 +584,12 @@ def _measure_point(
     eval_set = data.eval_batches(run.corpus.test, tc.seq_len, tc.eval_tokens)
     t0 = time.perf_counter()
     table = evaluate.compare_precisions(
-        params, point.model, eval_set, precisions, tc.eval_batch_size
+        params,
+        point.model,
+        eval_set,
+        precisions,
+        tc.eval_batch_size,
+        documents=data.eval_documents(run.corpus.test, tc.seq_len, tc.eval_tokens),
     )
     select = evaluate.evaluate(
         params,

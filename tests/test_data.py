@@ -401,3 +401,21 @@ def test_directory_with_too_few_files_for_a_file_split_holds_out_bytes(tmp_path,
 def test_empty_corpus_path_string():
     with pytest.raises(CorpusError, match="empty"):
         data.load_corpus("")
+
+
+def test_eval_documents_count_the_separators_before_each_window():
+    """Documents of 100, 50 and 200 tokens joined by separators: each window's document is the
+    one its first token lies in (by hand)."""
+    from jscale.data import SEPARATOR, eval_batches, eval_documents
+
+    docs = [np.full(100, 7), np.full(50, 8), np.full(200, 9)]
+    tokens = np.concatenate([docs[0], [SEPARATOR], docs[1], [SEPARATOR], docs[2]]).astype(np.uint8)
+    windows = eval_batches(tokens, 10, 10 * 35)
+    ids = eval_documents(tokens, 10, 10 * 35)
+    assert len(ids) == len(windows) == 35
+    first = windows[:, 0]
+    assert list(ids[first == 7]) == [0] * int((first == 7).sum())
+    # window starts 0, 10, ..., 340; separators at 100 and 151: a window starting on a
+    # separator predicts the next document, so it belongs to it
+    starts = np.arange(35) * 10
+    assert list(ids) == [int(s >= 100) + int(s >= 151) for s in starts]

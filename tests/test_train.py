@@ -306,3 +306,21 @@ def test_huge_lr_diverges(corpus):
 def test_seq_len_longer_than_model_max(corpus):
     with pytest.raises(ConfigError, match="max_seq_len"):
         train.train(TINY, _tiny_tc(seq_len=33), corpus, progress=False)
+
+
+def test_clustered_se_against_a_direct_computation():
+    """The cluster-robust SE of a mean, against its formula written out in float64 loops; with one
+    value per cluster it is the plain SE rescaled; clustering correlated values widens it."""
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(12), rng.integers(1, 9, 12))
+    x = rng.normal(0, 1, 12)[groups] + rng.normal(0, 0.3, len(groups))  # shared per group
+    n, G, m = len(x), 12, x.mean()
+    direct = math.sqrt(G / (G - 1) * sum(sum(x[groups == g] - m) ** 2 for g in range(G))) / n
+    assert evaluate.clustered_se(x, groups) == pytest.approx(direct, rel=1e-12)
+    plain = evaluate.mean_and_se(x)[1]
+    assert evaluate.clustered_se(x, groups) > 1.5 * plain  # correlated within groups
+    y = rng.normal(0, 1, 30)
+    assert evaluate.clustered_se(y, np.arange(30)) == pytest.approx(
+        evaluate.mean_and_se(y)[1] * math.sqrt(30 / 29 * 29 / 30), rel=1e-12
+    )
+    assert math.isnan(evaluate.clustered_se(y, np.zeros(30)))
