@@ -563,6 +563,7 @@ def test_approach3_exponents_and_side_by_side():
 # ------------------------------------------------------------------------- weak identification
 
 
+@pytest.mark.slow
 def test_a_well_identified_law_has_no_warnings():
     """Negative control: 13 sizes over 3 decades, 0.5% noise, a true floor E = 1.7."""
     rng = np.random.default_rng(3)
@@ -572,6 +573,7 @@ def test_a_well_identified_law_has_no_warnings():
     assert f.warnings == [], f.warnings
 
 
+@pytest.mark.slow
 def test_weakly_identified_laws_say_why():
     x = np.geomspace(1e4, 1e7, 9)
     # no floor in the data (E = 0 is the truth): E runs to its bound
@@ -585,6 +587,7 @@ def test_weakly_identified_laws_say_why():
     assert any("only 2 distinct point(s) beyond the 3 parameters" in w for w in f.warnings)
 
 
+@pytest.mark.slow
 def test_resamples_with_too_few_distinct_sizes_are_rejected_and_counted():
     """4 sizes, 3 parameters: a resample of the 4 rows keeps all 4 sizes with probability
     4!/4^4 = 0.094, and every other resample would interpolate: about 90.6% are rejected."""
@@ -613,6 +616,7 @@ def test_row_weights_count_like_repeated_rows():
         analysis.fit(None, "saturating", x, y, weights=np.r_[w[:-1], 0.0])
 
 
+@pytest.mark.slow
 def test_select_form_ranks_the_generating_law_first():
     """AICc picks the law that generated the data: a floor (saturating) over a pure power law,
     and the pure power law (fewer parameters) when there is no floor; a form the table cannot
