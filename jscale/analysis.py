@@ -1042,21 +1042,11 @@ def select_lr(df, *, score=SELECT, by=None, lr=LR, seed=SEED, choose_on=(PRECISI
 # --------------------------------------------------------------------------- IsoFLOP (approach 2)
 
 
-def _parabolas(t, y, W, size_ids):
-    """Weighted least-squares parabolas ``y = c0 + c1 t + c2 t^2`` (float64): ``t, y`` ``[n]``,
-    count weights ``W`` ``[B, n]``, ``size_ids`` ``[n]`` -> coefficients ``[B, 3]`` (NaN where
-    fewer than 3 distinct sizes have positive weight)."""
+def _parabolas(t, Y):
+    """Least-squares parabolas ``Y[b] = c0 + c1 t + c2 t^2`` (float64) over ``t`` ``[n]`` for
+    each row of ``Y`` ``[B, n]`` -> (coefficients ``[B, 3]``, the design ``X`` ``[n, 3]``)."""
     X = np.stack([np.ones_like(t), t, t * t], 1)
-    K = int(size_ids.max()) + 1
-    onehot = np.eye(K)[size_ids]  # [n, K]
-    ok = ((W @ onehot) > 0).sum(1) >= 3
-    coef = np.full((W.shape[0], 3), np.nan)
-    if ok.any():
-        Wk = W[ok]
-        XtWX = np.einsum("bn,ni,nj->bij", Wk, X, X)
-        XtWy = np.einsum("bn,ni,n->bi", Wk, X, y)
-        coef[ok] = np.linalg.solve(XtWX, XtWy[..., None])[..., 0]
-    return coef
+    return np.linalg.lstsq(X, np.atleast_2d(Y).T, rcond=None)[0].T, X
 
 
 def _line(x, Y):
@@ -1210,8 +1200,8 @@ def isoflop(
         lx, yy = np.log(xs[m]), ys[m]
         t0 = float(lx.mean())
         t = lx - t0
-        sid = np.unique(xs[m], return_inverse=True)[1]
-        coef = _parabolas(t, yy, np.ones((1, m.sum())), sid)[0]
+        coef, X = _parabolas(t, yy)
+        coef = coef[0]
         c0, c1, c2 = coef
         convex = bool(c2 > 0)
         ts = -c1 / (2 * c2) if c2 != 0 else np.nan
@@ -1226,7 +1216,7 @@ def isoflop(
         Nopt = float(np.exp(t0 + ts)) if convex else np.nan
         row = dict(
             C=float(c),
-            n_sizes=int(sid.max() + 1),
+            n_sizes=len(np.unique(xs[m])),
             n_points=int(m.sum()),
             N_min=float(xs[m].min()),
             N_max=float(xs[m].max()),
@@ -1247,11 +1237,10 @@ def isoflop(
         if B:
             # wild bootstrap of the residuals, the design fixed: every resample keeps every size,
             # and the rows of one cluster (a model's branches) flip their residual together
-            X = np.stack([np.ones_like(t), t, t * t], 1)
             resid = yy - X @ coef
             resid = resid * np.sqrt(len(yy) / max(len(yy) - 3, 1))  # undo the fit's shrinkage
             Ystar = (X @ coef)[None] + signs[:, gid[m]] * resid[None]
-            bc = np.linalg.lstsq(X, Ystar.T, rcond=None)[0].T  # [B, 3]
+            bc = _parabolas(t, Ystar)[0]  # [B, 3]
             tb = np.where(
                 bc[:, 2] > 0, -bc[:, 1] / (2 * np.where(bc[:, 2] > 0, bc[:, 2], 1)), np.nan
             )

@@ -236,14 +236,7 @@ def eval_batches(tokens: np.ndarray, seq_len: int, n_tokens: int) -> np.ndarray:
     evenly spaced over the whole split, form the set, so a small budget still samples every
     part (every file) of the split.  The same for every run and model.
     """
-    n_avail = (len(tokens) - 1) // seq_len
-    n_seq = min(n_tokens // seq_len, n_avail)
-    if n_seq < 1:
-        raise CorpusError(
-            f"held-out set would be empty: {len(tokens)} validation tokens and an "
-            f"eval budget of {n_tokens} tokens, with seq_len={seq_len}"
-        )
-    starts = (np.arange(n_seq) * n_avail // n_seq) * seq_len
+    starts = _eval_starts(tokens, seq_len, n_tokens)
     idx = starts[:, None] + np.arange(seq_len + 1)
     return np.asarray(tokens[idx], dtype=np.int32)
 
@@ -253,8 +246,17 @@ def eval_documents(tokens: np.ndarray, seq_len: int, n_tokens: int) -> np.ndarra
     ``[n_seq]`` ints, the number of separators before the window's first token.  Windows of one
     file share its style and vocabulary, so their losses are correlated: standard errors over
     windows should be clustered by these ids (``evaluate.clustered_se``)."""
+    seps = np.flatnonzero(np.asarray(tokens) == SEPARATOR)
+    return np.searchsorted(seps, _eval_starts(tokens, seq_len, n_tokens), side="right")
+
+
+def _eval_starts(tokens: np.ndarray, seq_len: int, n_tokens: int) -> np.ndarray:
+    """First token of each held-out window: ``n_seq`` evenly spaced non-overlapping windows."""
     n_avail = (len(tokens) - 1) // seq_len
     n_seq = min(n_tokens // seq_len, n_avail)
-    starts = (np.arange(n_seq) * n_avail // n_seq) * seq_len
-    seps = np.flatnonzero(np.asarray(tokens) == SEPARATOR)
-    return np.searchsorted(seps, starts, side="right")
+    if n_seq < 1:
+        raise CorpusError(
+            f"held-out set would be empty: {len(tokens)} validation tokens and an "
+            f"eval budget of {n_tokens} tokens, with seq_len={seq_len}"
+        )
+    return (np.arange(n_seq) * n_avail // n_seq) * seq_len

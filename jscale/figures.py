@@ -709,13 +709,6 @@ def _fits_for(df, fits: Fits | None, quantities, n_bootstrap: int, seed: int) ->
     return fit_all(df, n_bootstrap=n_bootstrap, seed=seed, quantities=quantities, log=print)
 
 
-class _NoFit:
-    warnings: list = []
-
-
-_NOFIT = _NoFit()
-
-
 def _alpha_label(fit, prec: str) -> str:
     if fit is None:
         return f"{prec}: no fit"
@@ -931,11 +924,10 @@ def latency_vs_params(
                         zorder=2,
                     )
                 if ax is axes[0]:
-                    weak = {
-                        w
+                    weak = any(
+                        getattr(fits.get(qq, prec), "warnings", None)
                         for qq in ("decode", "prefill")
-                        for w in (fits.get(qq, prec) or _NOFIT).warnings
-                    }
+                    )
                     label = prec if f is not None else f"{prec} (no fit)"
                     handles.append(
                         _handle(

@@ -432,6 +432,7 @@ class _Trunk:
             f"trunk-{_name(point).split('-D')[0]}-{trunk_hash(point, run.plan.corpus_id)[:12]}"
         )
         self.trainer: train.Trainer | None = None
+        self.offset_s = 0.0
 
     def path(self, step: int) -> Path:
         return _ckpt_dir(self.run) / f"{self.key}-step{step}.npz"
@@ -456,7 +457,7 @@ class _Trunk:
         meta = {
             "step": t.step,
             "curve": t.curve,
-            "train_wall_s": t.train_seconds + t.offset_s,
+            "train_wall_s": t.train_seconds + self.offset_s,
             "train_compile_s": t.compile_seconds,
         }
         if _writer():
@@ -479,11 +480,15 @@ class _Trunk:
             state, meta = checkpoint.load(saved[-1][1], _state_template(self.point))
             kw = dict(**state, step=meta["step"], curve=meta["curve"])
             offset = meta["train_wall_s"]
-        t = train.Trainer(
-            self.point.model, self.point.train, self.run.corpus, mesh=self.run.mesh, **kw
+        self.offset_s = offset  # training time of the saved trunk before this process
+        return train.Trainer(
+            self.point.model,
+            self.point.train,
+            self.run.corpus,
+            mesh=self.run.mesh,
+            compiled=self.run.programs(self.point),
+            **kw,
         )
-        t.offset_s = offset
-        return t
 
 
 def _train_group(run: _Run, points: list[TrainPoint], *, retrain: bool, progress: bool):
