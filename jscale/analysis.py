@@ -61,12 +61,40 @@ class AnalysisError(ValueError):
 # --------------------------------------------------------------------------- forms
 
 
+# The built-in forms' exponents live in bounded internal coordinates, so a fit cannot wander to
+# unphysical values: a decay exponent (alpha, beta) is DECAY_MAX * sigmoid(z), in (0, DECAY_MAX);
+# offset_power's b is SLOPE_MAX * tanh(z), in (-SLOPE_MAX, SLOPE_MAX). A fit at an end of its
+# range says so (``Fit.warnings``). The power form's b is unbounded: a line in log-log space is
+# always identified.
+DECAY_MAX = 4.0
+SLOPE_MAX = 3.0
+# kinds of internal coordinate -> (to value, from value), numpy and jax alike
+_KINDS = {
+    "coef": (lambda t: np.exp(t), lambda v: np.log(v)),
+    "decay": (lambda t: DECAY_MAX / (1 + np.exp(-t)), lambda v: np.log(v / (DECAY_MAX - v))),
+    "slope": (lambda t: SLOPE_MAX * np.tanh(t), lambda v: np.arctanh(v / SLOPE_MAX)),
+    "free": (lambda t: t, lambda v: v),
+}
+
+
+def _decay(z):
+    return DECAY_MAX * jax.nn.sigmoid(z)
+
+
+def _slope(z):
+    return SLOPE_MAX * jnp.tanh(z)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Form:
     """A fitted law. ``fn(params: dict[str, scalar], x, d) -> y`` (JAX, caller's units; ``d`` is
     ones for one-input forms). ``init_grid``: starts, either an array ``[G, P]`` or a dict
     ``name -> values`` (Cartesian product); default 64 log-normal jitters around ones.
-    Built-in forms carry private log-space versions used for fitting."""
+
+    Built-in forms carry private versions used for fitting: ``log_pred`` in internal coordinates
+    (one per parameter, of the ``kinds`` above) with ``u = ln(x / x_ref)``, ``v = ln(d / d_ref)``
+    (the reference size is the data's geometric mean), and ``anchor``, which moves the
+    coefficients from the reference to ``x = d = 1`` (the caller's units)."""
 
     name: str
     fn: Callable
@@ -74,8 +102,9 @@ class Form:
     init_grid: Any = None
     needs_d: bool = False
     log_pred: Callable | None = None  # (theta[P], u[n], v[n]) -> log yhat[n], internal coords
-    to_user: Callable | None = None  # (theta[..., P], lx0, ld0) -> user params [..., P]
-    grid: Callable | None = None  # (s = mean log y) -> internal starts [G, P]
+    kinds: tuple = ()  # per param: "coef", "decay", "slope" or "free"
+    anchor: Callable | None = None  # (theta[..., P], lx, ld) -> theta re-anchored at x = d = 1
+    grid: Callable | None = None  # (s = mean log y) -> starts in values [G, P]
 
     def __post_init__(self):
         object.__setattr__(self, "param_names", tuple(self.param_names))
@@ -92,12 +121,32 @@ class Form:
         p = {k: theta[i] for i, k in enumerate(self.param_names)}
         return jnp.log(self.fn(p, u, v))
 
+    def _values(self, theta) -> np.ndarray:
+        """Internal coordinates ``[..., P]`` -> parameter values, same anchor."""
+        theta = np.asarray(theta, float)
+        if self.log_pred is None:
+            return theta
+        with np.errstate(over="ignore"):  # an open interval's end: exp(inf) = inf
+            return np.stack([_KINDS[k][0](theta[..., i]) for i, k in enumerate(self.kinds)], -1)
+
+    def _internal(self, values) -> np.ndarray:
+        values = np.asarray(values, float)
+        if self.log_pred is None:
+            return values
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.stack([_KINDS[k][1](values[..., i]) for i, k in enumerate(self.kinds)], -1)
+
+    def _anchored(self, theta, lx0, ld0) -> np.ndarray:
+        """Internal coordinates anchored at the reference -> anchored at x = d = 1."""
+        theta = np.array(theta, float)
+        return self.anchor(theta, lx0, ld0) if self.anchor is not None else theta
+
     def _to_user(self, theta, lx0, ld0):
-        return np.asarray(self.to_user(theta, lx0, ld0) if self.to_user else theta)
+        return self._values(self._anchored(theta, lx0, ld0))
 
     def _starts(self, s):
         if self.grid is not None and self.init_grid is None:
-            return np.asarray(self.grid(s), float)
+            return self._internal(self.grid(s))
         g = self.init_grid
         if g is None:
             P = len(self.param_names)
@@ -126,19 +175,25 @@ def _grid(*axes):
     return np.array(list(itertools.product(*axes)), float)
 
 
-_FR = np.log([0.01, 0.1, 0.5])
+def _shift(t, i, by):
+    """``t`` with column ``i`` shifted by ``by`` (a re-anchored log-coefficient)."""
+    t[..., i] = t[..., i] + by
+    return t
+
+
+_FR = [0.01, 0.1, 0.5]
+_dec, _slo = _KINDS["decay"][0], _KINDS["slope"][0]
 FORMS: dict[str, Form] = {
     "saturating": Form(
         "saturating",
         lambda p, x, d: p["E"] + p["A"] * x ** -p["alpha"],
         ("E", "A", "alpha"),
-        log_pred=lambda t, u, v: jnp.logaddexp(t[0], t[1] - t[2] * u),
-        to_user=lambda t, lx0, ld0: np.stack(
-            [np.exp(t[..., 0]), np.exp(t[..., 1] + t[..., 2] * lx0), t[..., 2]], -1
-        ),
+        log_pred=lambda t, u, v: jnp.logaddexp(t[0], t[1] - _decay(t[2]) * u),
+        kinds=("coef", "coef", "decay"),
+        anchor=lambda t, lx, ld: _shift(t, 1, _dec(t[..., 2]) * lx),
         grid=lambda s: _grid(
-            s + np.log([0.05, 0.3, 0.6, 0.9]),
-            s + np.log([0.01, 0.1, 0.5, 1.0]),
+            np.exp(s) * np.array([0.05, 0.3, 0.6, 0.9]),
+            np.exp(s) * np.array([0.01, 0.1, 0.5, 1.0]),
             [0.05, 0.15, 0.3, 0.6, 1.0, 2.0],
         ),
     ),
@@ -147,21 +202,33 @@ FORMS: dict[str, Form] = {
         lambda p, x, d: p["k"] * x ** p["b"],
         ("k", "b"),
         log_pred=lambda t, u, v: t[0] + t[1] * u,
-        to_user=lambda t, lx0, ld0: np.stack([np.exp(t[..., 0] - t[..., 1] * lx0), t[..., 1]], -1),
-        grid=lambda s: _grid(s + np.array([-1.0, 0.0, 1.0]), [-2, -1, -0.3, 0, 0.3, 1, 2]),
+        kinds=("coef", "free"),
+        anchor=lambda t, lx, ld: _shift(t, 0, -t[..., 1] * lx),
+        grid=lambda s: _grid(np.exp(s + np.array([-1.0, 0.0, 1.0])), [-2, -1, -0.3, 0, 0.3, 1, 2]),
     ),
     "offset_power": Form(
         "offset_power",
         lambda p, x, d: p["c"] + p["k"] * x ** p["b"],
         ("c", "k", "b"),
-        log_pred=lambda t, u, v: jnp.logaddexp(t[0], t[1] + t[2] * u),
-        to_user=lambda t, lx0, ld0: np.stack(
-            [np.exp(t[..., 0]), np.exp(t[..., 1] - t[..., 2] * lx0), t[..., 2]], -1
-        ),
+        log_pred=lambda t, u, v: jnp.logaddexp(t[0], t[1] + _slope(t[2]) * u),
+        kinds=("coef", "coef", "slope"),
+        anchor=lambda t, lx, ld: _shift(t, 1, -_slo(t[..., 2]) * lx),
         grid=lambda s: _grid(
-            s + np.log([0.01, 0.3, 0.9]),
-            s + np.log([0.01, 0.1, 0.5, 1.0]),
+            np.exp(s) * np.array([0.01, 0.3, 0.9]),
+            np.exp(s) * np.array([0.01, 0.1, 0.5, 1.0]),
             [-2, -1, -0.5, -0.2, 0.2, 0.5, 1, 2],
+        ),
+    ),
+    "affine": Form(
+        "affine",
+        lambda p, x, d: p["c"] + p["k"] * x,
+        ("c", "k"),
+        log_pred=lambda t, u, v: jnp.logaddexp(t[0], t[1] + u),
+        kinds=("coef", "coef"),
+        anchor=lambda t, lx, ld: _shift(t, 1, -lx),
+        grid=lambda s: _grid(
+            np.exp(s) * np.array([0.01, 0.1, 0.3, 0.6, 0.9]),
+            np.exp(s) * np.array([0.01, 0.1, 0.3, 0.6, 1.0]),
         ),
     ),
     "chinchilla": Form(
@@ -169,22 +236,16 @@ FORMS: dict[str, Form] = {
         lambda p, x, d: p["E"] + p["A"] * x ** -p["alpha"] + p["B"] * d ** -p["beta"],
         ("E", "A", "alpha", "B", "beta"),
         needs_d=True,
-        log_pred=lambda t, u, v: _lse(t[0], t[1] - t[2] * u, t[3] - t[4] * v),
-        to_user=lambda t, lx0, ld0: np.stack(
-            [
-                np.exp(t[..., 0]),
-                np.exp(t[..., 1] + t[..., 2] * lx0),
-                t[..., 2],
-                np.exp(t[..., 3] + t[..., 4] * ld0),
-                t[..., 4],
-            ],
-            -1,
+        log_pred=lambda t, u, v: _lse(t[0], t[1] - _decay(t[2]) * u, t[3] - _decay(t[4]) * v),
+        kinds=("coef", "coef", "decay", "coef", "decay"),
+        anchor=lambda t, lx, ld: _shift(
+            _shift(t, 1, _dec(t[..., 2]) * lx), 3, _dec(t[..., 4]) * ld
         ),
         grid=lambda s: _grid(
-            s + np.log([0.2, 0.5, 0.8, 0.95]),
-            s + _FR,
+            np.exp(s) * np.array([0.2, 0.5, 0.8, 0.95]),
+            np.exp(s) * np.array(_FR),
             [0.1, 0.3, 0.6, 1.2],
-            s + _FR,
+            np.exp(s) * np.array(_FR),
             [0.1, 0.3, 0.6, 1.2],
         ),
     ),  # 4*3*4*3*4 = 576 starts
@@ -205,6 +266,7 @@ def _get_form(form) -> Form:
 
 _STEPS = (1.0, 0.3, 0.1)  # line-search trial steps, tried at once
 _MAX_FAILS = 6
+_XTOL = 1e-7  # a run that stalls this close to the optimum (internal coordinates) converged
 _POLISH = 8  # distinct best grid results run again to the full budget
 _JITTER = 0.3  # sd of the jitter (internal, log-scale coordinates) of extra bootstrap starts
 _TRACES = {"count": 0}  # bumped at trace time; tests use it to check nothing recompiles
@@ -228,22 +290,27 @@ class _Lane(NamedTuple):
 
 
 def _solver(form: Form, max_iter: int, gtol: float, ftol: float):
-    """Jitted ``(theta0[B, S, P], w[B, n], u[n], v[n], ly[n], delta) -> dict of [B, S] results``,
-    one cached function per (form, budget, tolerances); jit caches per shape."""
+    """Jitted ``(theta0[B, S, P], w[B, n], mask[B, P], u[n], v[n], ly[B, n], delta, norm) -> dict
+    of [B, S] results``, one cached function per (form, budget, tolerances); jit caches per
+    shape. The objective is ``sum w * huber_delta(r) / norm``; coordinates where ``mask`` is 0
+    stay at their start (a profile fixes one parameter that way)."""
     key = (form, max_iter, gtol, ftol)
     if key in _SOLVERS:
         return _SOLVERS[key]
     precond = optax.scale_by_lbfgs(memory_size=10)
     steps = jnp.asarray(_STEPS)
 
-    def one(theta0, w, u, v, ly, delta):
+    def one(theta0, w, mask, u, v, ly, delta, norm):
         def obj(theta):
             r = ly - form._log_pred(theta, u, v)
             a = jnp.abs(r)
-            h = jnp.where(a <= delta, 0.5 * r * r / delta, a - 0.5 * delta)  # huber / delta
-            return jnp.sum(w * h)
+            h = jnp.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
+            return jnp.sum(w * h) / norm
 
-        value_and_grad = jax.value_and_grad(obj)
+        def value_and_grad(theta):
+            f, g = jax.value_and_grad(obj)(theta)
+            return f, g * mask
+
         f0, g0 = value_and_grad(theta0)
         init = _Lane(
             theta=theta0,
@@ -275,9 +342,13 @@ def _solver(form: Form, max_iter: int, gtol: float, ftol: float):
             new_theta = cand[k]
             new_f, new_g = value_and_grad(new_theta)
             new_gn = jnp.linalg.norm(new_g)
-            ok = (new_f < f) & jnp.isfinite(new_gn)
-            change = jnp.where(ok, f - new_f, 0.0)
-            conv = (new_gn <= gtol) & (change <= ftol * jnp.maximum(1.0, jnp.abs(new_f)))
+            # a step is accepted when it lowers f, or, at the rounding floor of f (within a few
+            # ulps), when it halves the gradient: near the optimum of a sum of squares f stops
+            # resolving decreases before the gradient reaches gtol
+            flat = new_f <= f + 4 * jnp.finfo(f.dtype).eps * jnp.maximum(1.0, jnp.abs(f))
+            ok = ((new_f < f) | (flat & (new_gn < 0.5 * lane.grad_norm))) & jnp.isfinite(new_gn)
+            change = jnp.where(ok, jnp.maximum(f - new_f, 0.0), 0.0)
+            conv = ok & (new_gn <= gtol) & (change <= ftol * jnp.maximum(1.0, jnp.abs(new_f)))
 
             def keep(new, old):
                 return jnp.where(ok, new, old)
@@ -303,6 +374,13 @@ def _solver(form: Form, max_iter: int, gtol: float, ftol: float):
         conv = (end.grad_norm <= gtol) & (
             end.last_change <= ftol * jnp.maximum(1.0, jnp.abs(end.f))
         )
+        # or stalled at the optimum: no step changes f in floating point any more, and the
+        # Newton step there (exact Hessian, free coordinates) is below _XTOL: the gradient
+        # left is rounding in f, not distance to the optimum
+        H = jax.hessian(obj)(end.theta) * jnp.outer(mask, mask) + jnp.diag(1.0 - mask)
+        newton = jnp.linalg.solve(H, end.grad)
+        pd = jnp.all(jnp.linalg.eigvalsh(H) > 0)
+        conv |= (end.fails >= _MAX_FAILS) & pd & (jnp.linalg.norm(newton) <= _XTOL)
         return dict(
             theta=end.theta,
             f=end.f,
@@ -312,11 +390,11 @@ def _solver(form: Form, max_iter: int, gtol: float, ftol: float):
             converged=conv,
         )
 
-    def solve(theta0, w, u, v, ly, delta):
+    def solve(theta0, w, mask, u, v, ly, delta, norm):
         _TRACES["count"] += 1
-        per_start = jax.vmap(one, in_axes=(0, None, None, None, None, None))
-        return jax.vmap(per_start, in_axes=(0, 0, None, None, None, None))(
-            theta0, w, u, v, ly, delta
+        per_start = jax.vmap(one, in_axes=(0, None, None, None, None, None, None, None))
+        return jax.vmap(per_start, in_axes=(0, 0, 0, None, None, 0, None, None))(
+            theta0, w, mask, u, v, ly, delta, norm
         )
 
     _SOLVERS[key] = jax.jit(solve)
@@ -462,16 +540,30 @@ def _weights(rng, n: int, n_bootstrap: int, gid=None) -> np.ndarray:
 
 @dataclasses.dataclass(eq=False)
 class Fit:
-    """A fitted form. ``params``: point estimate on all rows (caller's units); ``intervals``:
-    bootstrap percentile intervals at ``level`` over the ``n_converged`` converged resamples
-    (NaN when none); ``bootstrap_params``: ``[n_converged, P]``; ``residuals_log``: ``log y -
-    log yhat`` per input row, in input order; ``r2_log``, ``rmse_log`` in log space.
-    ``bootstrap_unit``: what the bootstrap resampled ("rows" or "clusters of ..."), and
-    ``n_clusters`` how many clusters (0 for rows).  ``warnings``: what the data identify only
-    weakly (a parameter at its bound, a non-decaying loss exponent, an interval spanning more
-    than a factor 10 at the reference size, 2 or fewer points beyond the parameters), as
-    sentences; empty for a well-identified law.  Resamples with fewer distinct points than
-    parameters + 1 are rejected (``diagnostics["n_bootstrap_degenerate"]``)."""
+    """A fitted form.
+
+    ``params``: point estimate on all rows, in the caller's units (coefficients at x = d = 1).
+    ``params_ref``: the same law with its coefficients at the reference size ``reference``
+    (``{"x": x_ref, "d": d_ref}``, the data's geometric means), where the data pin them: e.g.
+    ``A_ref = A * x_ref**-alpha``, the reducible loss at the typical size. Exponents and additive
+    constants are the same in both.
+
+    ``intervals`` / ``intervals_ref``: ``level`` intervals by ``interval_method``:
+    ``"profile"`` (profile likelihood of the least-squares fit on log y, with a Student-t
+    ``n - P`` calibration) or ``"bootstrap"`` (percentiles over the ``n_converged`` converged
+    resamples; NaN when none). ``bootstrap_intervals``: the bootstrap's percentile intervals
+    whatever the method (NaN without resamples); prediction bands and derived quantities
+    (``predict``, ``compute_optimal``) use the resamples. ``bootstrap_params``:
+    ``[n_converged, P]``.
+
+    ``residuals_log``: ``log y - log yhat`` per input row, in input order; ``r2_log``,
+    ``rmse_log`` in log space. ``bootstrap_unit``: what the bootstrap resampled ("rows" or
+    "clusters of ..."), and ``n_clusters`` how many clusters (0 for rows). ``warnings``: what
+    the data identify only weakly, as sentences (empty for a well-identified law): a parameter
+    at its bound or never moved from its start, 2 or fewer points beyond the parameters, a
+    near-singular curvature, an interval that runs to a bound or spans more than a factor 10 at
+    the reference size, another optimum nearly as good. ``diagnostics`` holds the numbers behind
+    them (``condition``, ``correlation``, ``se_internal``, ``n_bootstrap_degenerate``, ...)."""
 
     form: str
     param_names: tuple
@@ -495,6 +587,12 @@ class Fit:
     bootstrap_unit: str = "rows"
     n_clusters: int = 0
     warnings: list = dataclasses.field(default_factory=list)
+    interval_method: str = "bootstrap"
+    loss: str = "least squares"
+    params_ref: dict = dataclasses.field(default_factory=dict)
+    intervals_ref: dict = dataclasses.field(default_factory=dict)
+    bootstrap_intervals: dict = dataclasses.field(default_factory=dict)
+    reference: dict = dataclasses.field(default_factory=dict)
 
     def _log_y(self, theta, x, d):
         u, v = self._form._prep(x, d, *self._scale)
@@ -512,7 +610,7 @@ class Fit:
 
     def predict(self, x_new, d_new=None, level=None) -> pd.DataFrame:
         """Predictions at sizes ``x_new`` (and tokens ``d_new`` for two-input forms), with
-        bootstrap percentile intervals at ``level`` (default: the fit's). Columns x, [d,] y,
+        bootstrap percentile bands at ``level`` (default: the fit's). Columns x, [d,] y,
         y_lo, y_hi."""
         level = self.level if level is None else level
         x = np.atleast_1d(np.asarray(x_new, float))
@@ -547,8 +645,10 @@ class Fit:
             "n_bootstrap": self.n_bootstrap,
             "n_converged": self.n_converged,
             "level": self.level,
+            "interval_method": self.interval_method,
             "bootstrap_unit": self.bootstrap_unit,
             "n_clusters": self.n_clusters,
+            "n_warnings": len(self.warnings),
         }
 
 
@@ -565,6 +665,10 @@ def _distinct_best(theta, f, k, tol=1e-3):
     return chosen
 
 
+_LSQ_DELTA = 1e3  # "Huber" kink of the least-squares objective: beyond any log residual
+_LSQ_NORM = 1e-3  # its scale divisor: gtol / ftol mean what they mean for Huber delta 1e-3
+
+
 def fit(
     df=None,
     form="saturating",
@@ -573,7 +677,8 @@ def fit(
     d=TOKENS,
     *,
     n_bootstrap=1000,
-    huber_delta=1e-3,
+    huber_delta=None,
+    interval=None,
     seed=0,
     level=0.95,
     bootstrap_starts=2,
@@ -587,14 +692,28 @@ def fit(
     """Fit ``form`` to ``y`` against ``x`` (and ``d``): columns of ``df`` or, with ``df=None``,
     1-D arrays of equal length, all positive. See the module docstring for the method.
 
+    ``huber_delta``: None (default) fits least squares on log y, the Gaussian likelihood of
+    log-normal noise; a number fits the Huber loss with that kink (Hoffmann et al. used 1e-3,
+    which on residuals of 1-3% acts as least absolute deviations: robust to outliers, but its
+    intervals need the bootstrap).
+
+    ``interval``: how ``Fit.intervals`` are made. ``"profile"``: profile likelihood, the values of
+    each parameter whose best fit with that parameter fixed is within ``t_{n-P}(level)**2`` (in
+    units of the residual variance) of the optimum; calibrated for independent rows (see
+    ``benchmarks/fit_calibration.md``). ``"bootstrap"``: percentiles over ``n_bootstrap``
+    resamples (rows, or clusters with ``cluster``), as in the published Chinchilla replication.
+    ``"none"``: no intervals (NaN; the point estimate only, fastest). None (default): profile
+    for least squares without clusters, else bootstrap.
+
     ``weights``: per-row weights of the objective (a column name or ``[n]`` values, finite and
     > 0; e.g. the number of seeds behind a mean, or 1 / variance of a measurement); a row of
     weight 2 counts as that row twice. Bootstrap resamples multiply them by their counts.
 
-    ``n_bootstrap`` row resamples (0 for none); each runs ``bootstrap_starts`` L-BFGS starts
-    (the best distinct full-data optima, then jittered copies of the best). ``gtol`` bounds the
-    gradient norm and ``ftol`` the relative last objective change of the objective divided by
-    ``huber_delta``; intervals use only the resamples that pass both.
+    ``n_bootstrap`` row resamples (0 for none; prediction bands then are NaN); each runs
+    ``bootstrap_starts`` L-BFGS starts (the best distinct full-data optima, then jittered copies
+    of the best). ``gtol`` bounds the gradient norm and ``ftol`` the relative last objective
+    change of the objective divided by ``huber_delta`` (1e-3 for least squares); intervals use
+    only the resamples that pass both.
 
     ``cluster``: None resamples rows. A column name or list of names (or, with ``df=None``,
     one label per row) resamples clusters instead: multinomial counts over the G distinct
@@ -609,10 +728,29 @@ def fit(
         raise AnalysisError(
             f"weights ({_spec(weights)}) must be {len(xs)} finite values > 0, one per row"
         )
-    if not huber_delta > 0 or not 0 < level < 1 or n_bootstrap < 0 or bootstrap_starts < 1:
+    lsq = huber_delta is None
+    if interval is None:
+        interval = "profile" if lsq and gid is None else "bootstrap"
+    if interval not in ("profile", "bootstrap", "wild", "none"):
         raise AnalysisError(
-            "need huber_delta > 0, 0 < level < 1, n_bootstrap >= 0, bootstrap_starts >= 1"
+            f"interval={interval!r}; allowed: 'profile', 'bootstrap', 'wild', 'none' or None"
         )
+    if interval == "profile" and not lsq:
+        raise AnalysisError(
+            "interval='profile' needs the least-squares objective (huber_delta=None); "
+            "with a Huber loss use interval='bootstrap'"
+        )
+    if (not lsq and not huber_delta > 0) or not 0 < level < 1 or n_bootstrap < 0:
+        raise AnalysisError("need huber_delta > 0 (or None), 0 < level < 1, n_bootstrap >= 0")
+    if bootstrap_starts < 1:
+        raise AnalysisError("need bootstrap_starts >= 1")
+    if interval == "wild" and not lsq:
+        raise AnalysisError(
+            "interval='wild' needs the least-squares objective (huber_delta=None): Huber "
+            "residuals at delta 1e-3 are shrunk towards 0 and would give too narrow intervals"
+        )
+    if interval in ("bootstrap", "wild") and n_bootstrap == 0:
+        interval = "none"
     n, P = len(xs), len(fm.param_names)
     scale = (float(np.mean(np.log(xs))), float(np.mean(np.log(ds)))) if fm.log_pred else (0.0, 0.0)
     u, v = fm._prep(xs, ds, *scale)
@@ -620,15 +758,19 @@ def fit(
     starts = fm._starts(float(np.mean(ly)))
     solve = _solver(fm, int(max_iter), float(gtol), float(ftol))
     gsolve = _solver(fm, int(min(grid_iter, max_iter)), float(gtol), float(ftol))
+    delta, norm = (_LSQ_DELTA, _LSQ_NORM) if lsq else (float(huber_delta), float(huber_delta))
     with jax.enable_x64(True):
-        args = (jnp.asarray(u), jnp.asarray(v), jnp.asarray(ly), jnp.float64(huber_delta))
 
-        def run(th0, w, sol=solve):
-            return {
-                k: np.asarray(a) for k, a in jax.device_get(sol(jnp.asarray(th0), w, *args)).items()
-            }
+        def run(th0, w, sol=solve, mask=None, uv=(u, v), ys=None):
+            th0 = jnp.asarray(th0)
+            B = th0.shape[0]
+            mask = jnp.ones((B, P)) if mask is None else jnp.asarray(mask)
+            ys = np.broadcast_to(ly, (B, len(ly))) if ys is None else ys
+            a = (jnp.asarray(uv[0]), jnp.asarray(uv[1]), jnp.asarray(ys))
+            out = sol(th0, jnp.asarray(w, jnp.float64), mask, *a, delta, norm)
+            return {k: np.asarray(b) for k, b in jax.device_get(out).items()}
 
-        w_rows = jnp.asarray(rw[None], jnp.float64)
+        w_rows = rw[None]
         g = run(starts[None], w_rows, gsolve)  # the full grid, `grid_iter` steps each ...
         gf = np.where(np.isfinite(g["f"][0]), g["f"][0], np.inf)
         if not np.isfinite(gf).any():
@@ -639,11 +781,24 @@ def fit(
         pf = np.where(np.isfinite(p["f"]), p["f"], np.inf)
         best = int(np.argmin(pf))
         theta = p["theta"][best]
+        lyhat = np.asarray(_LOG_PRED(fm)(jnp.asarray(theta), jnp.asarray(u), jnp.asarray(v)))
+        res = ly - lyhat
+        curv = _curvature(fm, theta, u, v, rw, res, n - P)
         boot_theta = np.zeros((0, P))
         n_conv, boot_iters, n_degenerate = 0, 0, 0
         if n_bootstrap:
             rng = np.random.default_rng(seed)
-            w = _weights(rng, n, n_bootstrap, gid)
+            ys = None
+            if interval == "wild":  # the design fixed; residuals flipped per cluster (or row)
+                w = np.ones((n_bootstrap, n))
+                cid = np.arange(n) if gid is None else gid
+                ys = (
+                    lyhat[None]
+                    + _wild_signs(rng, n_bootstrap, int(cid.max()) + 1)[:, cid]
+                    * (res / np.sqrt(np.clip(1 - curv["leverage"], 1e-3, 1)))[None]
+                )
+            else:
+                w = _weights(rng, n, n_bootstrap, gid)
             seeds = p["theta"][_distinct_best(p["theta"], pf, bootstrap_starts)]
             s0 = np.repeat(seeds[None], n_bootstrap, 0)
             if len(seeds) < bootstrap_starts:  # fill with jittered full-data optima
@@ -651,7 +806,7 @@ def fit(
                     0, _JITTER, (n_bootstrap, bootstrap_starts - len(seeds), P)
                 )
                 s0 = np.concatenate([s0, jit_], 1)
-            b = run(s0, jnp.asarray(w * rw[None], jnp.float64))
+            b = run(s0, w * rw[None], ys=ys)
             k = np.argmin(np.where(np.isfinite(b["f"]), b["f"], np.inf), axis=1)
 
             def pick(a):
@@ -666,24 +821,43 @@ def fit(
             conv &= enough
             boot_theta = pick(b["theta"])[conv]
             n_conv, boot_iters = int(conv.sum()), int(np.max(b["n_iter"]))
+        prof = {}
+        if interval == "profile":
+            prof = _profile(run, fm, theta, float(p["f"][best]), curv, scale, u, v, level, norm)
     user = fm._to_user(theta, *scale)
     boot_user = fm._to_user(boot_theta, *scale).reshape(-1, P)
     q = 50 * (1 - level)
     iv = np.percentile(boot_user, [q, 100 - q], axis=0) if n_conv else np.full((2, P), np.nan)
+    bi = {k: (float(iv[0, i]), float(iv[1, i])) for i, k in enumerate(fm.param_names)}
+    ref_vals = fm._values(theta)
+    if n_conv:
+        ivr = np.percentile(fm._values(boot_theta).reshape(-1, P), [q, 100 - q], axis=0)
+    else:
+        ivr = np.full((2, P), np.nan)
+    if interval == "profile":
+        intervals = {k: prof["user"][k] for k in fm.param_names}
+        intervals_ref = {k: prof["ref"][k] for k in fm.param_names}
+    elif interval == "none":
+        intervals = intervals_ref = {k: (np.nan, np.nan) for k in fm.param_names}
+    else:
+        intervals = bi
+        intervals_ref = {
+            k: (float(ivr[0, i]), float(ivr[1, i])) for i, k in enumerate(fm.param_names)
+        }
     fit_ = Fit(
         form=fm.name,
         param_names=fm.param_names,
         params={k: float(user[i]) for i, k in enumerate(fm.param_names)},
-        intervals={k: (float(iv[0, i]), float(iv[1, i])) for i, k in enumerate(fm.param_names)},
+        intervals=intervals,
         level=level,
-        residuals_log=np.zeros(n),
-        r2_log=np.nan,
-        rmse_log=np.nan,
+        residuals_log=res,
+        r2_log=float(1 - np.sum(res**2) / np.sum((ly - ly.mean()) ** 2)),
+        rmse_log=float(np.sqrt(np.mean(res**2))),
         n_points=n,
         n_bootstrap=int(n_bootstrap),
         n_converged=n_conv,
         converged=bool(p["converged"][best]),
-        objective=float(p["f"][best] * huber_delta),
+        objective=float(p["f"][best] * norm),
         diagnostics=dict(
             n_starts=len(starts),
             n_starts_converged=int(g["converged"].sum()),
@@ -698,64 +872,319 @@ def fit(
             n_bootstrap_degenerate=n_degenerate,
             gtol=gtol,
             ftol=ftol,
+            huber_delta=huber_delta,
+            residual_sd_log=curv["s"],
+            mean_log_y=float(np.mean(ly)),
+            condition=curv["condition"],
+            sensitivity=curv["sens"],
+            correlation=curv["corr"],
+            se_internal=curv["se"],
+            start=starts[top[best]] if fm.log_pred is None else fm._values(starts[top[best]]),
+            other_optima=_other_optima(fm, p["theta"], pf, best, curv, norm),
+            profile_open=prof.get("open", {}),
+            profile_pieces=prof.get("pieces", {}),
+            profile_better=prof.get("better", False),
         ),
         bootstrap_params=boot_user,
         _form=fm,
         _theta=theta,
         _boot_theta=boot_theta,
         _scale=scale,
-        bootstrap_unit=_cluster_name(df, cluster),
+        bootstrap_unit=(
+            "wild residual signs per " + ("row" if gid is None else _cluster_name(df, cluster))
+            if interval == "wild"
+            else _cluster_name(df, cluster)
+        ),
         n_clusters=0 if gid is None else int(gid.max()) + 1,
+        interval_method=interval,
+        loss="least squares" if lsq else f"huber (delta {huber_delta:g})",
+        params_ref={k: float(ref_vals[i]) for i, k in enumerate(fm.param_names)},
+        intervals_ref=intervals_ref,
+        bootstrap_intervals=bi,
+        reference={"x": float(np.exp(scale[0]))}
+        | ({"d": float(np.exp(scale[1]))} if fm.needs_d else {}),
     )
-    res = ly - fit_._log_y(theta, xs, ds)[0]
-    fit_.residuals_log = res
-    fit_.r2_log = (
-        float(1 - np.sum(res**2) / np.sum((ly - ly.mean()) ** 2)) if np.ptp(ly) > 0 else np.nan
-    )
-    fit_.rmse_log = float(np.sqrt(np.mean(res**2)))
-    fit_.warnings = _weak_identification(fit_, fm, xs, ds, ly)
+    fit_.warnings = _weak_identification(fit_, fm, xs, ds, starts[top[best]])
     return fit_
 
 
-_EXPONENTS = ("alpha", "beta", "b")  # the built-in forms' exponents; the rest are coefficients
+def _LOG_PRED(fm: Form):
+    """Jitted ``(theta[P], u[n], v[n]) -> log yhat[n]`` and its Jacobian, cached per form."""
+    if ("pred", fm) not in _PREDICTORS:
+        _PREDICTORS["pred", fm] = jax.jit(fm._log_pred)
+        _PREDICTORS["jac", fm] = jax.jit(jax.jacfwd(fm._log_pred))
+    return _PREDICTORS["pred", fm]
+
+
+def _jacobian(fm: Form, theta, u, v) -> np.ndarray:
+    """``d log yhat / d theta``, ``[n, P]``, at ``theta`` (internal coordinates), float64."""
+    _LOG_PRED(fm)
+    with jax.enable_x64(True):
+        a = (
+            jnp.asarray(theta, jnp.float64),
+            jnp.asarray(u, jnp.float64),
+            jnp.asarray(v, jnp.float64),
+        )
+        return np.asarray(_PREDICTORS["jac", fm](*a))
+
+
+def _wild_signs(rng, B: int, G: int) -> np.ndarray:
+    """``[B, G]`` wild-bootstrap multipliers (mean 0, variance 1): Rademacher signs with 12 or
+    more clusters; with fewer, Webb's six-point distribution (+-sqrt(1/2), +-1, +-sqrt(3/2)),
+    which has 6^G patterns instead of 2^G."""
+    if G >= 12:
+        return rng.choice([-1.0, 1.0], size=(B, G))
+    return rng.choice(np.sqrt([0.5, 1.0, 1.5]), size=(B, G)) * rng.choice([-1.0, 1.0], (B, G))
+
+
+def _t_quantile(p: float, dof: int) -> float:
+    """The ``p`` quantile of Student's t with ``dof`` degrees of freedom (p > 0.5), by
+    bisection on its CDF ``1 - I_{dof/(dof+t^2)}(dof/2, 1/2) / 2``."""
+    from jax.scipy.special import betainc
+
+    lo, hi = 0.0, 1e4
+    with jax.enable_x64(True):
+        for _ in range(3):
+            t = np.linspace(lo, hi, 2001)
+            cdf = 1 - 0.5 * np.asarray(betainc(dof / 2, 0.5, dof / (dof + t * t)))
+            i = int(np.searchsorted(cdf, p))
+            lo, hi = t[max(i - 1, 0)], t[min(i, len(t) - 1)]
+    return float(0.5 * (lo + hi))
+
+
+def _curvature(fm: Form, theta, u, v, w, res, dof: int) -> dict:
+    """Gauss-Newton curvature of the least-squares objective at ``theta`` (internal
+    coordinates): covariance ``s^2 (J' W J)^-1`` with ``s^2 = sum w r^2 / (n - P)``, standard
+    errors, the correlation matrix, and the condition number of ``J' W J`` scaled to unit
+    diagonal (1 for orthogonal parameters; large when the data cannot tell parameters apart;
+    inf when a parameter does not move the prediction at all)."""
+    J = _jacobian(fm, theta, u, v)
+    G = J.T @ (w[:, None] * J)
+    s2 = float(np.sum(w * res**2) / max(dof, 1))
+    dg = np.sqrt(np.diag(G))
+    P = len(theta)
+    if np.all(dg > 0) and np.all(np.isfinite(G)):
+        Gs = G / np.outer(dg, dg)
+        ev = np.linalg.eigvalsh(Gs)
+        cond = float(ev[-1] / ev[0]) if ev[0] > 0 else np.inf
+    else:
+        cond = np.inf
+    try:
+        cov = s2 * np.linalg.inv(G) if np.isfinite(cond) and cond < 1e14 else None
+    except np.linalg.LinAlgError:
+        cov = None
+    if cov is None or not np.all(np.isfinite(np.diag(cov))) or np.any(np.diag(cov) < 0):
+        cov = None
+        se = np.full(P, np.nan)
+        corr = np.full((P, P), np.nan)
+    else:
+        se = np.sqrt(np.diag(cov))
+        corr = cov / np.outer(se, se) if np.all(se > 0) else np.full((P, P), np.nan)
+    if cov is not None:  # Gauss-Newton hat matrix diagonal: w_i J_i (J'WJ)^-1 J_i'
+        lev = w * np.einsum("ip,pq,iq->i", J, cov / s2 if s2 > 0 else np.linalg.pinv(G), J)
+    else:
+        lev = np.zeros(len(w))
+    return dict(
+        s=float(np.sqrt(s2)),
+        s2=s2,
+        dof=dof,
+        cov=cov,
+        se=se,
+        corr=corr,
+        condition=cond,
+        sens=dg,
+        leverage=lev,
+    )
+
+
+# multiples of t * se at which each parameter is profiled, each side (the crossing of the
+# t^2 level is interpolated in the signed root of the profile statistic, nearly linear there)
+_PROFILE_STEPS = np.array([0.5, 0.8, 0.95, 1.05, 1.2, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0])
+
+
+def _profile(run, fm: Form, theta, f_best, curv, scale, u, v, level, norm) -> dict:
+    """Profile-likelihood intervals of every parameter at the reference (``"ref"``) and in the
+    caller's units (``"user"``: coefficients at x = d = 1), ``{name: (lo, hi)}``. The statistic
+    ``(RSS(theta_j) - RSS) / s^2`` is compared with ``t_{n-P}((1 + level) / 2)^2``. ``"open"``
+    names the sides where it never reaches that level (the interval runs to the parameter's
+    bound); ``"pieces"`` the parameters whose profile dips below the level again further out
+    (another basin); ``"better"`` whether a profile found a lower objective than the fit."""
+    P = len(theta)
+    names = fm.param_names
+    q = _t_quantile(0.5 * (1 + level), curv["dof"])
+    s2 = curv["s2"]
+    out = {"ref": {}, "user": {}, "open": {}, "pieces": {}, "better": False}
+    exact = s2 < 1e-14  # an exact fit: the profile cannot resolve the interval; use t * se
+    se = curv["se"]
+    steps = np.concatenate([-_PROFILE_STEPS[::-1], _PROFILE_STEPS])
+    anchors = [("ref", theta, u)]
+    moved = fm.anchor is not None and np.any(fm._anchored(theta, *scale) != theta)
+    if moved:  # coefficients at x = d = 1: the same profile with the data re-anchored there
+        anchors.append(("user", fm._anchored(theta, *scale), u + scale[0]))
+    for label, th, uu in anchors:
+        vv = v + (scale[1] if label == "user" else 0.0)
+        J = _jacobian(fm, th, uu, vv)
+        G = J.T @ J
+        try:
+            cov = s2 * np.linalg.inv(G)
+            with np.errstate(invalid="ignore"):
+                sej = np.sqrt(np.diag(cov))
+        except np.linalg.LinAlgError:
+            cov, sej = None, np.full(P, np.nan)
+        bad = ~np.isfinite(sej) | (sej <= 0)
+        sej = np.where(bad, 1.0 / max(q, 1.0), sej)
+        vals = th[:, None] + (q * sej)[:, None] * steps[None, :]  # [P, K]
+        K = len(steps)
+        starts = np.repeat(th[None, None, :], P * K, 0).repeat(2, 1)  # [P*K, 2, P]
+        mask = np.ones((P * K, P))
+        for j in range(P):
+            rows = slice(j * K, (j + 1) * K)
+            dj = vals[j] - th[j]
+            starts[rows, 0, j] = vals[j]
+            starts[rows, 1, :] = th[None, :] + (
+                np.outer(dj, cov[:, j] / cov[j, j]) if cov is not None and not bad[j] else 0.0
+            )
+            starts[rows, 1, j] = vals[j]
+            mask[rows, j] = 0.0
+        if exact:
+            T = np.full((P, K), np.inf)
+        else:
+            r = run(starts, np.ones((P * K, len(uu))), mask=mask, uv=(uu, vv))
+            f = np.where(np.isfinite(r["f"]), r["f"], np.inf).min(1).reshape(P, K)
+            T = 2 * norm * (f - f_best) / s2
+        if np.any(T < -1e-6 * max(1.0, curv["dof"])):
+            out["better"] = True
+        if label == "user":
+            T_open = None  # open sides are judged at the reference (said once per parameter)
+        else:
+            T_open = T
+        for j, name in enumerate(names):
+            if label == "user" and name in out["user"]:
+                continue
+            kind = fm.kinds[j] if fm.log_pred is not None else "free"
+            ends = []
+            for side in (-1, 1):
+                idx = np.where(steps * side > 0)[0]
+                idx = idx[np.argsort(np.abs(steps[idx]))]
+                prev_val, prev_root = th[j], 0.0
+                end = None
+                for i in idx:
+                    root = np.sqrt(max(T[j, i], 0.0))
+                    if root >= q:
+                        frac = (q - prev_root) / (root - prev_root) if root > prev_root else 1.0
+                        end = prev_val + frac * (vals[j, i] - prev_val)
+                        later = idx[np.abs(steps[idx]) > abs(steps[i])]
+                        if np.any(np.sqrt(np.maximum(T[j, later], 0)) < q):
+                            out["pieces"][name] = True
+                        break
+                    prev_val, prev_root = vals[j, i], root
+                if exact:
+                    end = th[j] + side * q * (curv["se"][j] if np.isfinite(se[j]) else 0.0)
+                if end is None and T_open is not None:
+                    out["open"].setdefault(name, []).append("low" if side < 0 else "high")
+                if end is None:
+                    end = -np.inf if side < 0 else np.inf
+                ends.append(end)
+            lo, hi = (_KINDS[kind][0](np.array(e)) for e in ends)
+            iv = (float(lo), float(hi))
+            if label == "ref":
+                out["ref"][name] = iv
+                if not moved or np.isclose(fm._anchored(theta, *scale)[j], theta[j]):
+                    out["user"][name] = iv
+            else:
+                out["user"][name] = iv
+    return out
+
+
+def _other_optima(fm: Form, thetas, f, best, curv, norm) -> list:
+    """Distinct polished optima whose objective is within the 95% profile level of the best
+    (t^2 ~ 4 residual variances): [(values at the reference, statistic)]."""
+    out = []
+    if not np.isfinite(curv["s2"]) or curv["s2"] <= 1e-14:
+        return out
+    for i in range(len(f)):
+        if i == best or not np.isfinite(f[i]):
+            continue
+        T = 2 * norm * (f[i] - f[best]) / curv["s2"]
+        far = np.max(np.abs(thetas[i] - thetas[best])) > 0.1  # internal, log-scale units
+        if T < 4.0 and far:
+            out.append((fm._values(thetas[i]), float(T)))
+    return out
+
+
 _DECAYING = ("alpha", "beta")  # exponents a loss law needs positive
+_CONDITION_MAX = 1e8  # scaled Gauss-Newton condition number beyond which a fit is flagged
 
 
-def _weak_identification(f: Fit, fm: Form, xs, ds, ly) -> list[str]:
+def _weak_identification(f: Fit, fm: Form, xs, ds, start) -> list[str]:
     """What the data identify only weakly, as readable sentences (``Fit.warnings``). For the
     built-in forms, coefficients are judged at the reference size (the geometric mean of x and
     of d), where the fit is parametrised: not at x = 1, decades from the data."""
     out = []
     P = len(fm.param_names)
+    dg = f.diagnostics
     dof = len(_point_ids(xs, ds if fm.needs_d else None)[1]) - P
     if dof <= 2:
         out.append(
             f"only {dof} distinct point(s) beyond the {P} parameters: the law nearly "
             "interpolates and its intervals are unreliable"
         )
-    if fm.log_pred is None:  # a user's form: nothing known about its parameters
-        return out
+    cond = dg["condition"]
+    if not cond < _CONDITION_MAX:
+        out.append(
+            f"near-singular curvature (scaled condition number {cond:.3g}): the data cannot "
+            "tell some parameters apart"
+        )
+    # a parameter the prediction does not depend on at the optimum never moves from its start
     for i, name in enumerate(fm.param_names):
-        lo, hi = f.intervals[name]
-        if name in _EXPONENTS:
-            v = f.params[name]
-            if name in _DECAYING and v <= 0:
-                out.append(f"{name} = {v:.3g} <= 0: not a decaying law")
-            if np.isfinite(lo) and hi - lo > max(abs(v), 0.1):
+        if dg["sensitivity"][i] < 1e-8 * max(1.0, float(np.max(dg["sensitivity"]))):
+            out.append(
+                f"{name} does not change the prediction at the optimum (it never moved from "
+                f"its start, {start[i]:.3g} internal): the data do not constrain it"
+            )
+    for name, sides in dg["profile_open"].items():
+        which = " and ".join(sides)
+        out.append(
+            f"the {f.level:.0%} profile interval of {name} is open ({which} side): it runs to "
+            "the parameter's bound"
+        )
+    for name in dg["profile_pieces"]:
+        out.append(f"the profile of {name} has several basins: its interval may be disjoint")
+    if dg["profile_better"]:
+        out.append("a profile fit found a lower objective than the fit: it may not be global")
+    for vals, T in dg["other_optima"]:
+        desc = ", ".join(f"{k} {v:.3g}" for k, v in zip(fm.param_names, vals))
+        out.append(
+            f"another optimum fits nearly as well ({desc} at the reference; statistic {T:.2g})"
+        )
+    if fm.log_pred is None:  # a user's form: nothing more known about its parameters
+        return out
+    for i, (name, kind) in enumerate(zip(fm.param_names, fm.kinds)):
+        v = f.params_ref[name]
+        lo, hi = f.intervals_ref[name]
+        if kind in ("decay", "slope"):
+            edge = abs(f._theta[i]) > 8  # within 0.03% of an end of its range
+            if edge:
+                rng_ = (
+                    f"(0, {DECAY_MAX:g})" if kind == "decay" else f"(-{SLOPE_MAX:g}, {SLOPE_MAX:g})"
+                )
+                out.append(f"{name} = {v:.3g} is at an end of its range {rng_}")
+            elif np.isfinite(lo) and np.isfinite(hi) and hi - lo > max(abs(v), 0.1):
                 out.append(f"{name} is poorly constrained: interval [{lo:.3g}, {hi:.3g}]")
             continue
-        # a coefficient, stored as its log at the reference size: compare with the data's scale
-        if f._theta[i] < float(np.mean(ly)) + np.log(1e-4):  # < 0.01% of the data
+        if kind == "free":
+            continue
+        # a coefficient, as its value at the reference size: compare with the data's scale
+        scaled = not np.isclose(f.params[name], v, rtol=1e-9, atol=0)  # A, B, k (not E, c)
+        where = " at the reference size" if scaled else ""
+        if f._theta[i] < dg["mean_log_y"] + np.log(1e-4):  # < 0.01% of the data
             out.append(f"{name} is at its bound 0: the data do not identify it")
-        elif len(f._boot_theta) > 1:
-            t_lo, t_hi = np.percentile(
-                f._boot_theta[:, i], [50 * (1 - f.level), 50 * (1 + f.level)]
+        elif lo > 0 and hi / lo > 10:
+            out.append(
+                f"{name}{where} spans a factor {hi / lo:.3g} over its interval: poorly constrained"
             )
-            if t_hi - t_lo > np.log(10):
-                out.append(
-                    f"{name} (at the reference size) spans a factor {np.exp(t_hi - t_lo):.3g} "
-                    "over the bootstrap: poorly constrained"
-                )
+        elif lo <= 0 and name not in dg["profile_open"]:
+            out.append(f"{name}'s interval reaches 0: the data do not bound it from below")
     return out
 
 
@@ -772,10 +1201,33 @@ def fit_groups(df, by=PRECISION, form="saturating", x=N, y=LOSS, **kw) -> dict:
 
 
 def fit_table(fits) -> pd.DataFrame:
-    """Tidy table, one row per (group, param): group, form, param, estimate, lo, hi, n_points,
-    n_bootstrap, n_converged, r2_log, rmse_log. Takes a dict from ``fit_groups`` or one Fit."""
+    """Tidy table, one row per (group, param): group, form, param, estimate, lo, hi (the
+    caller's units: coefficients at x = d = 1), estimate_ref, lo_ref, hi_ref (coefficients at
+    the reference size x_ref, d_ref: where the data pin them), interval_method, n_points,
+    n_bootstrap, n_converged, r2_log, rmse_log, n_warnings. Takes a dict from ``fit_groups`` or
+    one Fit."""
     if isinstance(fits, Fit):
         fits = {None: fits}
+    cols = [
+        "group",
+        "form",
+        "param",
+        "estimate",
+        "lo",
+        "hi",
+        "estimate_ref",
+        "lo_ref",
+        "hi_ref",
+        "x_ref",
+        "d_ref",
+        "interval_method",
+        "n_points",
+        "n_bootstrap",
+        "n_converged",
+        "r2_log",
+        "rmse_log",
+        "n_warnings",
+    ]
     rows = [
         dict(
             group=key,
@@ -784,31 +1236,23 @@ def fit_table(fits) -> pd.DataFrame:
             estimate=f.params[p],
             lo=f.intervals[p][0],
             hi=f.intervals[p][1],
+            estimate_ref=f.params_ref[p],
+            lo_ref=f.intervals_ref[p][0],
+            hi_ref=f.intervals_ref[p][1],
+            x_ref=f.reference.get("x", np.nan),
+            d_ref=f.reference.get("d", np.nan),
+            interval_method=f.interval_method,
             n_points=f.n_points,
             n_bootstrap=f.n_bootstrap,
             n_converged=f.n_converged,
             r2_log=f.r2_log,
             rmse_log=f.rmse_log,
+            n_warnings=len(f.warnings),
         )
         for key, f in fits.items()
         for p in f.param_names
     ]
-    return pd.DataFrame(
-        rows,
-        columns=[
-            "group",
-            "form",
-            "param",
-            "estimate",
-            "lo",
-            "hi",
-            "n_points",
-            "n_bootstrap",
-            "n_converged",
-            "r2_log",
-            "rmse_log",
-        ],
-    )
+    return pd.DataFrame(rows, columns=cols)
 
 
 def extrapolation_check(
@@ -840,6 +1284,7 @@ def extrapolation_check(
     held = xs >= sizes[-k]
     if kw.get("cluster") is not None:
         kw = kw | {"cluster": kw["cluster"][~held]}
+    kw = {"interval": "none"} | kw  # only the prediction (and its bootstrap band) is used
     f = fit(None, fm, xs[~held], ys[~held], ds[~held] if fm.needs_d else None, **kw)
     p = f.predict(xs[held], ds[held] if fm.needs_d else None)
     out = pd.DataFrame(
@@ -873,7 +1318,7 @@ def select_form(df=None, forms=("saturating", "power"), x=N, y=LOSS, d=TOKENS, *
     for form in forms:
         name = form.name if isinstance(form, Form) else form
         try:
-            f = fit(df, form, x, y, d, **kw)
+            f = fit(df, form, x, y, d, **({"interval": "none", "n_bootstrap": 0} | kw))
         except AnalysisError as e:
             rows.append(dict(form=name, error=str(e)))
             continue
@@ -910,6 +1355,20 @@ def select_form(df=None, forms=("saturating", "power"), x=N, y=LOSS, d=TOKENS, *
     out["delta_aicc"] = out["aicc"] - out["aicc"].iloc[0]
     cols = ["form", "n_params", "n_points", "rss_log", "aicc", "delta_aicc", "extrap_error"]
     return out[cols + ["n_warnings", "error"]]
+
+
+def cache_resident(
+    df, bytes_cols=("weight_bytes", "kv_cache_bytes"), cache="roofline_cache_bytes"
+) -> pd.Series | None:
+    """Per row, whether the bytes one decode step reads (the sum of ``bytes_cols``) fit in the
+    measured cache (column ``cache``, bytes): there latency is set by per-call overhead and
+    cache bandwidth, not by DRAM, and a law fitted through those rows does not extrapolate.
+    None when the table lacks a column or every cache size is NaN (not measured)."""
+    cols = list(bytes_cols) + [cache]
+    if df is None or any(c not in df.columns for c in cols) or df[cache].isna().all():
+        return None
+    moved = sum(pd.to_numeric(df[c], errors="coerce") for c in bytes_cols)
+    return (moved <= pd.to_numeric(df[cache], errors="coerce")).fillna(False)
 
 
 def compute_optimal(fit: Fit, C, flops_per_param_token=6.0) -> dict:

@@ -26,7 +26,7 @@ import contextlib
 import math
 import os
 import textwrap
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import matplotlib as mpl
@@ -90,14 +90,22 @@ class Quantity:
     law: str
 
 
-# Latency laws are "offset_power" (y = c + k N^b): a measured latency has a fixed floor
-# (dispatch, Python, kernel launches, the embedding and head) that dominates small models,
-# and grows roughly linearly with N only once the weights dominate the bytes moved.  A pure
-# power law would bend through that floor and report a meaningless exponent.
+# Each quantity's law is chosen per table from its candidate forms (``CANDIDATES``) by AICc on
+# the reference precision's rows (``analysis.select_form``), and that one form is fitted on every
+# precision. Latency candidates are physical: ``affine`` t = c + k N is a fixed per-call
+# overhead (dispatch, the embedding and head) plus bytes moved over an effective bandwidth
+# (bytes grow as N); ``power`` and ``offset_power`` let the data say otherwise.
+LAWS = {
+    "saturating": "L = E + A N^-alpha",
+    "power": "y = k N^b",
+    "offset_power": "t = c + k N^b",
+    "affine": "t = c + k N",
+    "chinchilla": "L = E + A N^-alpha + B D^-beta",
+}
 QUANTITIES = (
-    Quantity("loss", LOSS, "saturating", "held-out loss (nats/token)", "L = E + A N^-alpha"),
-    Quantity("decode", DECODE, "offset_power", "decode latency (ms/token)", "t = c + k N^b"),
-    Quantity("prefill", PREFILL, "offset_power", "prefill latency (ms/prompt)", "t = c + k N^b"),
+    Quantity("loss", LOSS, "saturating", "held-out loss (nats/token)", LAWS["saturating"]),
+    Quantity("decode", DECODE, "affine", "decode latency (ms/token)", LAWS["affine"]),
+    Quantity("prefill", PREFILL, "affine", "prefill latency (ms/prompt)", LAWS["affine"]),
 )
 _Q = {q.name: q for q in QUANTITIES}
 # The loss law on a table with a token axis (several budgets per size): L in N and D, fitted on
@@ -274,17 +282,19 @@ def _handle(style: dict, label: str, line: bool = True) -> Line2D:
     )
 
 
-def _points(ax, d: pd.DataFrame, x: str, y: str, style: dict, yerr=None) -> None:
+def _points(ax, d: pd.DataFrame, x: str, y: str, style: dict, yerr=None, hollow=False) -> None:
     kw = dict(
         color=style["color"],
         marker=style["marker"],
         linestyle="none",
         markersize=5.5,
-        markeredgecolor="white",
-        markeredgewidth=0.5,
+        markeredgecolor=style["color"] if hollow else "white",
+        markeredgewidth=1.0 if hollow else 0.5,
         alpha=0.9,
         zorder=3,
     )
+    if hollow:
+        kw["markerfacecolor"] = "none"
     if yerr is not None:
         ax.errorbar(d[x], d[y], yerr=yerr, elinewidth=0.9, capsize=2, ecolor=style["color"], **kw)
     else:
@@ -470,6 +480,9 @@ class Fits:
     seed_spread: object = None
     lr_choices: object = None
     selection: dict = field(default_factory=dict)
+    forms: dict = field(default_factory=dict)
+    latency_regime: dict = field(default_factory=dict)
+    form_reasons: dict = field(default_factory=dict)
     precision_ref: str | None = None
     loss_form: str = "saturating"
     loss_d: str | None = None
@@ -596,6 +609,7 @@ def fit_all(
     if _latency_rows(df) is not df:
         out.latency_basis = "the timed rows (latency_from_point_id == point_id)"
     cl, ref = _auto_cluster(loss_df), _ref_precision(df)
+    out.precision_ref = ref
     out.loss_unit = analysis._cluster_name(loss_df, cl)
     for qname in (q for q in quantities if q in _Q):
         q = loss_q if qname == "loss" else _Q[qname]
@@ -605,6 +619,11 @@ def fit_all(
         rows = loss_df if qname == "loss" else _latency_rows(df)
         ckw = {"cluster": cl} if qname == "loss" and cl is not None else {}
         dkw = {"d": out.loss_d} if qname == "loss" and out.loss_d else {}
+        if qname != "loss":
+            rows = _above_cache(rows, qname, out)
+        on_ref = rows[(rows[PRECISION] == ref) & rows[N].notna() & rows[q.column].notna()]
+        q = _choose_form(on_ref, q, out, dkw)
+        out.forms[qname] = q
         for prec in _groups(df):
             # L(N, D) resamples are ~3x dearer than L(N): one L-BFGS start per resample (the
             # full-data optimum) except on the reference precision, whose fit is also approach 3
@@ -662,7 +681,6 @@ def fit_all(
                 break
             else:
                 out.notes.append(f"{qname} {prec}: no extrapolation check ({err})")
-    _select_forms(df, loss_df, out)
     _fit_axes(df, out, n_bootstrap, seed, level, quantities)
     if log is not None:
         for n in out.notes:
@@ -670,37 +688,75 @@ def fit_all(
     return out
 
 
-# The forms each quantity's drawn law is compared with (``Fits.selection``).
+LATENCY_MIN_ABOVE_CACHE = 4  # sizes above the cache a latency law needs to leave the rest out
+
+
+def _above_cache(rows: pd.DataFrame, qname: str, out: Fits) -> pd.DataFrame:
+    """The latency rows a law is fitted on: those above the measured cache
+    (``analysis.cache_resident``) when every precision has ``LATENCY_MIN_ABOVE_CACHE`` sizes
+    there, else all of them; either way ``out.latency_regime[qname]`` and a note say which."""
+    cr = analysis.cache_resident(rows)
+    if cr is None:
+        out.latency_regime[qname] = "cache not measured"
+        return rows
+    cache = rows["roofline_cache_bytes"].max()
+    if not cr.any():
+        out.latency_regime[qname] = "above the cache"
+        return rows
+    above = rows[~cr]
+    n_above = above.groupby(PRECISION)[N].nunique().reindex(rows[PRECISION].unique()).fillna(0)
+    if n_above.min() >= LATENCY_MIN_ABOVE_CACHE:
+        out.latency_regime[qname] = "above the cache"
+        out.notes.append(
+            f"{qname}: fitted on the models above the measured cache ({cache / 2**20:.0f} MiB); "
+            f"{int(cr.sum())} cache-resident row(s) drawn, not fitted"
+        )
+        return above
+    out.latency_regime[qname] = "cache-resident"
+    out.notes.append(
+        f"{qname}: {int(cr.sum())} of {len(rows)} timed models fit in the measured cache "
+        f"({cache / 2**20:.0f} MiB; weights + KV cache), too few above it to fit there: the law "
+        "describes per-call overhead and cache reads, and does not extrapolate past the cache"
+    )
+    return rows
+
+
+# The forms each quantity's law is chosen from (``Fits.selection``), the default first.
 CANDIDATES = {
     "loss": ("saturating", "power"),
-    "decode": ("offset_power", "power"),
-    "prefill": ("offset_power", "power"),
+    "decode": ("affine", "power", "offset_power"),
+    "prefill": ("affine", "power", "offset_power"),
 }
 
 
-def _select_forms(df: pd.DataFrame, loss_df: pd.DataFrame, out: Fits) -> None:
-    """``out.selection``: the candidate forms of each fitted quantity ranked on the reference
-    precision's rows (no bootstrap), and a note when the drawn form is not the AICc choice."""
-    ref = _ref_precision(df)
-    for qname, per in out.fits.items():
-        q = _Q[qname]
-        drawn = per.get(ref)
-        if drawn is None:
-            continue
-        rows = loss_df if qname == "loss" else _latency_rows(df)
-        d = rows[(rows[PRECISION] == ref) & rows[q.column].notna()]
-        if drawn.form not in CANDIDATES.get(qname, ()):  # e.g. L(N, D): no alternative here
-            continue
-        forms = (drawn.form,) + tuple(f for f in CANDIDATES[qname] if f != drawn.form)
-        kw = {"d": out.loss_d} if qname == "loss" and out.loss_d else {}
-        t = analysis.select_form(d, forms, x=N, y=q.column, k=out.k, n_bootstrap=0, **kw)
-        out.selection[qname] = t
-        if t.form[0] != drawn.form and t.delta_aicc[1] > 0:
-            row = t[t.form == drawn.form].iloc[0]
-            out.notes.append(
-                f"{qname}: the data support {t.form[0]} over the drawn {drawn.form} "
-                f"(delta AICc {row.delta_aicc:.1f} on {ref})"
-            )
+PARSIMONY_AICC = 2.0  # a simpler form within this AICc of the best is preferred
+
+
+def _choose_form(d: pd.DataFrame, q: Quantity, out: Fits, dkw: dict) -> Quantity:
+    """``q`` with the form chosen from its candidates on ``d`` (the reference precision's rows):
+    the fewest parameters among the forms within ``PARSIMONY_AICC`` of the lowest AICc (the
+    data cannot tell those apart; the simplest is the best identified). The ranking goes to
+    ``out.selection`` and the choice, with its reason, to ``out.notes``."""
+    if q.form not in CANDIDATES.get(q.name, ()) or len(d) == 0:
+        return q
+    t = analysis.select_form(d, CANDIDATES[q.name], x=N, y=q.column, k=out.k, **dkw)
+    out.selection[q.name] = t
+    ok = t[(t["error"] == "") & np.isfinite(t["aicc"])]
+    if not len(ok):
+        return q
+    close = ok[ok["delta_aicc"] <= PARSIMONY_AICC]
+    best = close.sort_values(["n_params", "aicc"], kind="stable").iloc[0]
+    if best.form == ok.iloc[0].form:
+        why = f"lowest AICc on {out.precision_ref}"
+        if len(ok) > 1:
+            why += f" (next: {ok.iloc[1].form}, delta AICc {ok.iloc[1].delta_aicc:.1f})"
+    else:
+        why = (
+            f"fewest parameters within {PARSIMONY_AICC:g} AICc of the lowest on "
+            f"{out.precision_ref} ({ok.iloc[0].form}, delta AICc {best.delta_aicc:.1f})"
+        )
+    out.form_reasons[q.name] = f"{best.form} ({LAWS[best.form]}): {why}"
+    return replace(q, form=best.form, law=LAWS[best.form])
 
 
 def _fits_for(df, fits: Fits | None, quantities, n_bootstrap: int, seed: int) -> Fits:
@@ -874,10 +930,11 @@ def latency_vs_params(
     df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap: int = 1000, seed: int = 0
 ) -> Figure:
     """(b) Per-token decode latency (ms/token) and prefill latency (ms/prompt) vs N per
-    precision, log-log: medians with q1..q3 bars, the fitted law t = c + k N^b (an offset
-    power law: a fixed overhead floor plus a power of N), and the roofline lower bound
+    precision, log-log: medians with q1..q3 bars, the fitted law (the form chosen per quantity,
+    ``Fits.forms``; drawn over the sizes it was fitted on), and the roofline lower bound
     (``decode_bound_ms_per_token``, ``prefill_bound_ms``) dashed in the same colour.
-    Draws the panels whose columns exist; needs at least one."""
+    Cache-resident models (``analysis.cache_resident``) are drawn hollow, and the measured
+    cache is marked. Draws the panels whose columns exist; needs at least one."""
     panels = [
         (q, b, lo, hi)
         for q, b, lo, hi in (
@@ -900,7 +957,7 @@ def latency_vs_params(
     style = precision_style(df[PRECISION])
     with theme():
         fig, axes = _new_figure(df, len(panels))
-        handles = []
+        handles, any_cache = [], False
         for ax, (qn, bound, q1, q3) in zip(axes, panels):
             q = _Q[qn]
             dq = df.dropna(subset=[N, q.column])
@@ -910,9 +967,16 @@ def latency_vs_params(
                 yerr = None
                 if q1 in d and q3 in d and d[[q1, q3]].notna().all().all():
                     yerr = np.clip(np.vstack([d[q.column] - d[q1], d[q3] - d[q.column]]), 0, None)
-                _points(ax, d, N, q.column, st, yerr=yerr)
+                cr = analysis.cache_resident(d)
+                cr = pd.Series(False, index=d.index) if cr is None else cr
+                for part, hollow in ((~cr, False), (cr, True)):
+                    if part.any():
+                        e = None if yerr is None else yerr[:, part.to_numpy()]
+                        _points(ax, d[part], N, q.column, st, yerr=e, hollow=hollow)
+                any_cache |= bool(cr.any())
                 if f is not None:
-                    shown.append(_draw_fit(ax, f, d[N].to_numpy(float), st, fits.level))
+                    fitted = d if fits.latency_regime.get(qn) != "above the cache" else d[~cr]
+                    shown.append(_draw_fit(ax, f, fitted[N].to_numpy(float), st, fits.level))
                 if bound in d and d[bound].notna().any():
                     b = d.groupby(N)[bound].mean().sort_index()
                     ax.plot(
@@ -943,12 +1007,39 @@ def latency_vs_params(
             _log_axis(ax, "x", _n_fmt)
             _log_axis(ax, "y")
         handles += [
-            Line2D([], [], color="0.3", linestyle="-", label=r"fit $t = c + k N^b$"),
+            Line2D([], [], color="0.3", linestyle="-", label=f"fit {_law_tex(fits)}"),
             Line2D([], [], color="0.3", linestyle="--", label="roofline bound (DRAM)"),
             Line2D([], [], color="0.3", marker="o", linestyle="none", label="median, q1..q3"),
         ]
+        if any_cache:
+            mib = df["roofline_cache_bytes"].max() / 2**20
+            handles.append(
+                Line2D(
+                    [],
+                    [],
+                    color="0.3",
+                    marker="o",
+                    markerfacecolor="none",
+                    linestyle="none",
+                    label=f"cache-resident (weights + KV\n<= measured cache, {mib:.0f} MiB)",
+                )
+            )
         _legend(fig, handles, title="precision")
     return fig
+
+
+def _law_tex(fits: Fits) -> str:
+    """The latency laws drawn, as legend text ("$t = c + k N$", or one per panel)."""
+    laws = []
+    for qn in ("decode", "prefill"):
+        q = fits.forms.get(qn)
+        if q is not None and q.form not in [f for f, _ in laws]:
+            laws.append((q.form, _TEX_LAW.get(q.form, q.law)))
+    if not laws:
+        return _TEX_LAW["affine"]
+    if len(laws) == 1:
+        return laws[0][1]
+    return ", ".join(f"{tex} ({qn})" for (_, tex), qn in zip(laws, ("decode", "prefill")))
 
 
 def pareto_frontier(latency, loss) -> np.ndarray:
@@ -1564,8 +1655,9 @@ def _pct(frac: float) -> str:
 
 
 def _quantity(fits: Fits, q: Quantity) -> Quantity:
-    """``q`` as fitted: the loss law is the chinchilla L(N, D) on a table with a token axis."""
-    return LOSS_ND if q.name == "loss" and fits.loss_form == "chinchilla" else q
+    """``q`` as fitted: the form chosen for it (``Fits.forms``; the loss law is the chinchilla
+    L(N, D) on a table with a token axis)."""
+    return fits.forms.get(q.name, q)
 
 
 def _table_rows(fits: Fits) -> list[tuple[Quantity, list[dict]]]:
@@ -1585,7 +1677,15 @@ def _table_rows(fits: Fits) -> list[tuple[Quantity, list[dict]]]:
             rows.append(
                 {
                     "precision": prec,
-                    "params": [(p, f.params[p], *f.intervals[p]) for p in f.param_names],
+                    # coefficients at the reference size, where the data pin them
+                    "params": [(p, f.params_ref[p], *f.intervals_ref[p]) for p in f.param_names],
+                    "reference": f.reference,
+                    "method": f.interval_method,
+                    "scaled": [
+                        p
+                        for p in f.param_names
+                        if not np.isclose(f.params[p], f.params_ref[p], rtol=1e-9, atol=0)
+                    ],
                     "n": int(f.n_points),
                     "r2": float(f.r2_log),
                     "extrap": err,
@@ -1609,6 +1709,27 @@ def _unit_text(unit: str) -> str:
     if unit.startswith("wild residual signs per model"):
         return unit + " (seed and model noise)"
     return unit
+
+
+def _interval_words(fits: Fits, q: Quantity, rows) -> str:
+    """What the intervals of a quantity's table are."""
+    methods = {r["method"] for r in rows}
+    if methods == {"profile"}:
+        return (
+            f"{fits.level:.0%} profile-likelihood interval (least squares on log y, t-calibrated)"
+        )
+    unit = _unit_words(fits, q)
+    return f"{fits.level:.0%} bootstrap interval, {fits.n_bootstrap} resamples of {unit}"
+
+
+def _reference_words(rows) -> str:
+    """Where the scaled coefficients of a table are given: at the data's reference size."""
+    scaled = sorted({p for r in rows for p in r["scaled"]})
+    if not scaled:
+        return ""
+    ref = rows[0]["reference"]
+    at = f"N = {_fmt_n(ref['x'])}" + (f", D = {_fmt_n(ref['d'])}" if "d" in ref else "")
+    return f"; {', '.join(scaled)} at the reference size {at} (the data's geometric mean)"
 
 
 def _basis_words(fits: Fits, q: Quantity) -> str:
@@ -1720,8 +1841,8 @@ def fit_table_markdown(obj, *, n_bootstrap: int = 1000, seed: int = 0) -> str:
     for q, rows in _table_rows(fits):
         names = [p[0] for p in rows[0]["params"]]
         parts.append(
-            f"**{q.label}**: {q.law} ({q.form}); estimate [{fits.level:.0%} bootstrap interval, "
-            f"{fits.n_bootstrap} resamples of {_unit_words(fits, q)}]{_basis_words(fits, q)}\n"
+            f"**{q.label}**: {q.law} ({q.form}); estimate [{_interval_words(fits, q, rows)}]"
+            f"{_basis_words(fits, q)}{_reference_words(rows)}\n"
         )
         parts.append(
             "| precision | "
@@ -1750,22 +1871,27 @@ def _selection_markdown(fits: Fits) -> list[str]:
     if not fits.selection:
         return []
     parts = [
-        f"**form selection** ({fits.precision_ref}; no bootstrap): each quantity's drawn form "
-        "and its alternatives, best AICc (on log y) first, with the worst error predicting the "
-        f"{fits.k} largest sizes from the rest\n",
-        "| quantity | form (parameters) | AICc | delta AICc | extrap. error |",
-        "|---|---|---:|---:|---:|",
+        f"**form selection** ({fits.precision_ref}; no bootstrap): each quantity's candidate "
+        "forms, best AICc (on log y) first, with the worst error predicting the "
+        f"{fits.k} largest sizes from the rest; the form used (*) is the one with the fewest "
+        f"parameters within {PARSIMONY_AICC:g} AICc of the best\n",
+        "| quantity | form (parameters) | AICc | delta AICc | extrap. error | warnings |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     for qname, t in fits.selection.items():
+        used = fits.forms.get(qname)
         for r in t.itertuples():
             if r.error:
-                parts.append(f"| {qname} | {r.form} | – | – | ({r.error}) |")
+                parts.append(f"| {qname} | {r.form} | – | – | ({r.error}) | – |")
                 continue
             ext = f"{100 * r.extrap_error:.1f}%" if np.isfinite(r.extrap_error) else "–"
+            star = " *" if used is not None and used.form == r.form else ""
             parts.append(
-                f"| {qname} | {r.form} ({int(r.n_params)}) | {r.aicc:.1f} | {r.delta_aicc:.1f} "
-                f"| {ext} |"
+                f"| {qname} | {r.form} ({int(r.n_params)}){star} | {r.aicc:.1f} | "
+                f"{r.delta_aicc:.1f} | {ext} | {int(r.n_warnings)} |"
             )
+    parts.append("")
+    parts += [f"- {q}: {why}" for q, why in fits.form_reasons.items()]
     return parts + [""]
 
 
@@ -1796,6 +1922,7 @@ _TEX_LAW = {
     "chinchilla": r"$L = E + A N^{-\alpha} + B D^{-\beta}$",
     "offset_power": r"$t = c + k N^{b}$",
     "power": r"$y = k N^{b}$",
+    "affine": r"$t = c + k N$",
 }
 
 
@@ -1824,8 +1951,7 @@ def fit_table_latex(obj, *, n_bootstrap: int = 1000, seed: int = 0) -> str:
     width = max((len(rows[0]["params"]) for _, rows in blocks), default=0)
     ncol = 1 + width + 3
     lines = [
-        f"% jscale fit table: estimate "
-        f"[{fits.level:.0%} bootstrap interval, {fits.n_bootstrap} resamples]",
+        "% jscale fit table: estimate [interval]; each block's interval and reference size below",
         r"\begin{tabular}{l" + "c" * width + "rrr}",
         r"\toprule",
     ]
@@ -1835,6 +1961,11 @@ def fit_table_latex(obj, *, n_bootstrap: int = 1000, seed: int = 0) -> str:
         if bi:
             lines.append(r"\midrule")
         lines.append(rf"\multicolumn{{{ncol}}}{{l}}{{\textbf{{{tex_escape(q.label)}}}: {law}}} \\")
+        lines.append(
+            "% intervals: "
+            + _interval_words(fits, q, rows)
+            + _reference_words(rows).replace(";", ",", 1)
+        )
         head = (
             ["precision"]
             + [_TEX_PARAM.get(n, tex_escape(n)) for n in names]

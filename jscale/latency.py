@@ -332,4 +332,5 @@ def _roofline_bounds(
         "roofline_matmul_flops_per_s": _rate(roof, pol.fmt) * n_devices,
         "roofline_rw_bandwidth_bytes_per_s": roof.get("bandwidth_bytes_per_s", float("nan"))
         * n_devices,
+        "roofline_cache_bytes": roof.get("cache_bytes", float("nan")),
     }

@@ -625,6 +625,17 @@ COLUMNS: tuple[Column, ...] = (
     _c(
         "latency",
         "optional",
+        "roofline_cache_bytes",
+        "bytes",
+        "float",
+        "measured effective cache of one device (`roofline.measure_cache_bytes`: the largest "
+        "working set read at >= 1.5x DRAM bandwidth); a model whose `weight_bytes` + "
+        "`kv_cache_bytes` fit in it is cache-resident, and latency laws are fitted above it "
+        "(`analysis.cache_resident`); NaN off CPU",
+    ),
+    _c(
+        "latency",
+        "optional",
         "mesh_shape",
         "-",
         "str",
@@ -740,6 +751,11 @@ CURVE_COLUMNS = {
 
 # What changed in the columns, newest first: (date, change).  Rendered into docs/schema.md.
 HISTORY = (
+    (
+        "2026-12-02",
+        "latency records gain the optional `roofline_cache_bytes` (the measured effective "
+        "cache); fits of latency laws leave out cache-resident models when enough are above it",
+    ),
     (
         "2026-12-02",
         "the token, seed and learning-rate axes: records gain `train_tokens_target`, "

@@ -85,7 +85,9 @@ def test_user_form_recovery_and_far_start():
     assert np.exp(f.params["le"]) == pytest.approx(1.7, rel=1e-5)
     assert np.exp(f.params["la"]) == pytest.approx(a_true, rel=1e-4)
     assert f.params["alpha"] == pytest.approx(0.3, rel=1e-5)
-    assert f.n_bootstrap == 0 and np.isnan(f.intervals["alpha"][0])
+    # no resamples: no bootstrap interval; the profile interval of an exact fit is t * se, tiny
+    assert f.n_bootstrap == 0 and np.isnan(f.bootstrap_intervals["alpha"][0])
+    assert f.intervals["alpha"] == pytest.approx((0.3, 0.3), rel=1e-4)
     g = analysis.fit(
         None,
         form=_user_form({"le": [-1.0, 0.0], "la": [2.0, 5.0], "alpha": [0.5, 1.0]}),
@@ -121,22 +123,27 @@ def test_bootstrap_spread_matches_least_squares_bootstrap():
 
 @pytest.mark.slow
 def test_noisy_intervals_cover_truth():
-    """Lognormal noise (sigma 0.02), 24 trials, 200 resamples: the 95% intervals of every
-    parameter contain the truth in most trials, and are not degenerate."""
+    """Lognormal noise (sigma 0.02), 10 sizes x 3 repeats: the default (profile-likelihood)
+    95% intervals contain every true parameter in 88-100% of 80 trials (binomial SD 2.4% at
+    95%), and the row bootstrap's in most of 12, neither degenerate."""
     true, law = TRUE["saturating"]
     N = np.repeat(np.geomspace(1e6, 1e9, 10), 3)
-    hits, widths = {k: 0 for k in true}, []
-    trials = 24
+    hits, hits_b, widths = {k: 0 for k in true}, {k: 0 for k in true}, []
+    trials = 80
     for t in range(trials):
         rng = np.random.default_rng(100 + t)
         y = law(true, N, None) * np.exp(rng.normal(0, 0.02, N.size))
-        f = analysis.fit(None, form="saturating", x=N, y=y, n_bootstrap=200, seed=t)
-        assert f.n_converged >= 190
+        boot = 200 if t < 12 else 0
+        f = analysis.fit(None, form="saturating", x=N, y=y, n_bootstrap=boot, seed=t)
+        assert f.interval_method == "profile" and f.converged
         for k, v in true.items():
             hits[k] += f.intervals[k][0] <= v <= f.intervals[k][1]
+            if boot:
+                hits_b[k] += f.bootstrap_intervals[k][0] <= v <= f.bootstrap_intervals[k][1]
         widths.append(f.intervals["alpha"][1] - f.intervals["alpha"][0])
     for k in true:
-        assert hits[k] >= 0.75 * trials, (k, hits)
+        assert 0.88 * trials <= hits[k], (k, hits)
+        assert hits_b[k] >= 9, (k, hits_b)
     assert min(widths) > 0.01
 
 
@@ -187,7 +194,9 @@ def test_noisy_residuals_in_input_order():
     true, law = TRUE["power"]
     y = law(true, N12, None)
     y[4] *= 1.5  # one outlier; Huber keeps the rest on the line
-    f = analysis.fit(None, "power", N12[::-1].copy(), y[::-1].copy(), n_bootstrap=0)
+    f = analysis.fit(
+        None, "power", N12[::-1].copy(), y[::-1].copy(), n_bootstrap=0, huber_delta=1e-3
+    )
     assert int(np.argmax(np.abs(f.residuals_log))) == 7
     assert f.residuals_log[7] == pytest.approx(np.log(1.5), rel=1e-3)
     assert f.params["b"] == pytest.approx(0.8, rel=1e-4)
@@ -223,11 +232,18 @@ def test_groups_and_tidy_table():
         "estimate",
         "lo",
         "hi",
+        "estimate_ref",
+        "lo_ref",
+        "hi_ref",
+        "x_ref",
+        "d_ref",
+        "interval_method",
         "n_points",
         "n_bootstrap",
         "n_converged",
         "r2_log",
         "rmse_log",
+        "n_warnings",
     ]
     assert len(t) == 9 and set(t["group"]) == set(truth)
     assert t.set_index(["group", "param"]).loc[("int8", "A"), "estimate"] == pytest.approx(
@@ -246,10 +262,16 @@ def test_groups_and_tidy_table():
 
 def test_no_recompile_for_same_shape():
     true, law = TRUE["offset_power"]
-    analysis.fit(None, "offset_power", N12, law(true, N12, None), n_bootstrap=16)
-    before = analysis._TRACES["count"]
+    noise = np.exp(0.01 * np.random.default_rng(0).standard_normal(len(N12)))
+    analysis.fit(None, "offset_power", N12, law(true, N12, None) * noise, n_bootstrap=16)
+    before = analysis._TRACES["count"]  # grid, polish, bootstrap and profile all compiled
     g = analysis.fit(
-        None, "offset_power", N12 * 2, law(true, N12 * 2, None) * 1.1, n_bootstrap=16, seed=5
+        None,
+        "offset_power",
+        N12 * 2,
+        law(true, N12 * 2, None) * noise[::-1],
+        n_bootstrap=16,
+        seed=5,
     )
     assert analysis._TRACES["count"] == before and g.converged
 
@@ -282,7 +304,7 @@ def test_errors():
         analysis.fit(None, "power", N12, np.ones(11))
     with pytest.raises(AnalysisError, match="NaN or infinite"):
         analysis.fit(None, "power", np.r_[N12[:-1], np.nan], np.ones(12))
-    with pytest.raises(AnalysisError, match="saturating, power, offset_power, chinchilla"):
+    with pytest.raises(AnalysisError, match="saturating, power, offset_power, affine, chinchilla"):
         analysis.fit(df, form="cubic", x="N", y="loss")
     with pytest.raises(AnalysisError, match="'tokens'.*N, loss"):
         analysis.fit(df, form="chinchilla", x="N", y="loss", d="tokens")
@@ -579,9 +601,9 @@ def test_weakly_identified_laws_say_why():
     # no floor in the data (E = 0 is the truth): E runs to its bound
     f = analysis.fit(None, "saturating", x, 5 * x**-0.2, n_bootstrap=50)
     assert any("E is at its bound 0" in w for w in f.warnings), f.warnings
-    # a loss that grows with N is not a decaying law
+    # a loss that grows with N is not a decaying law: alpha is held at the end of its range
     f = analysis.fit(None, "saturating", x, 1 + 0.01 * x**0.2, n_bootstrap=0)
-    assert any("not a decaying law" in w for w in f.warnings), f.warnings
+    assert any("alpha" in w and "end of its range (0, 4)" in w for w in f.warnings), f.warnings
     # 5 sizes for 3 parameters: 2 points of slack
     f = analysis.fit(None, "saturating", x[:5], 2 + 30 * x[:5] ** -0.3, n_bootstrap=0)
     assert any("only 2 distinct point(s) beyond the 3 parameters" in w for w in f.warnings)
