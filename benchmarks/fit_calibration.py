@@ -23,7 +23,7 @@ Methods (``analysis.fit``):
   whole models), ``Fit.bootstrap_intervals``;
 - ``wild (lsq)``: least squares, the design fixed, residuals (leverage-adjusted) multiplied by
   random weights per row (per model on ``clustered``; Webb's six-point weights below 12
-  clusters), percentile intervals;
+  clusters), studentized: bootstrap-t intervals with cluster-robust SEs;
 - ``bootstrap (huber 1e-3)``: Hoffmann et al.'s Huber loss, delta 1e-3, with resampling
   percentiles (rows, or models), as the published Chinchilla replication did.
 
@@ -86,24 +86,23 @@ def noise(rng, sd, n, cluster):
     return sd * np.sqrt(0.5) * (shared + rng.standard_normal(n))
 
 
-def fits(form, x, y, d, cl, B, seed):
+KWARGS = {
+    "profile": dict(interval="profile", n_bootstrap=0),
+    "bootstrap (lsq)": dict(interval="bootstrap"),
+    "wild (lsq)": dict(interval="wild"),
+    "bootstrap (huber 1e-3)": dict(huber_delta=1e-3),
+}
+
+
+def fits(form, x, y, d, cl, B, seed, methods):
     """{method: (Fit, intervals, seconds)} for one table."""
-    kw = dict(n_bootstrap=B, seed=seed, cluster=cl)
-    t0 = time.perf_counter()
-    f = analysis.fit(None, form, x, y, d, interval="profile", n_bootstrap=0)
-    t1 = time.perf_counter()
-    b = analysis.fit(None, form, x, y, d, interval="bootstrap", **kw)
-    t2 = time.perf_counter()
-    w = analysis.fit(None, form, x, y, d, interval="wild", **kw)
-    t3 = time.perf_counter()
-    h = analysis.fit(None, form, x, y, d, huber_delta=1e-3, **kw)
-    t4 = time.perf_counter()
-    return {
-        "profile": (f, f.intervals, t1 - t0),
-        "bootstrap (lsq)": (b, b.intervals, t2 - t1),
-        "wild (lsq)": (w, w.intervals, t3 - t2),
-        "bootstrap (huber 1e-3)": (h, h.intervals, t4 - t3),
-    }
+    out = {}
+    for m in methods:
+        kw = dict(n_bootstrap=B, seed=seed, cluster=cl) | KWARGS[m]
+        t0 = time.perf_counter()
+        f = analysis.fit(None, form, x, y, d, **kw)
+        out[m] = (f, f.intervals, time.perf_counter() - t0)
+    return out
 
 
 def main() -> None:
@@ -114,6 +113,7 @@ def main() -> None:
     ap.add_argument("--datasets", type=int, default=100)
     ap.add_argument("--bootstrap", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     a = ap.parse_args()
     print(
         f"# Interval calibration, {datetime.date.today()}: {a.datasets} datasets per design, "
@@ -128,14 +128,14 @@ def main() -> None:
     for label, form, truth, x, d, cl in designs(a.designs, a.sizes):
         clean = law(truth, x, d)
         for sd in a.noise:
-            est = {m: {k: [] for k in truth} for m in METHODS}
-            cover = {m: {k: 0 for k in truth} for m in METHODS}
-            width = {m: {k: [] for k in truth} for m in METHODS}
-            flagged = {m: 0 for m in METHODS}
-            secs = {m: 0.0 for m in METHODS}
+            est = {m: {k: [] for k in truth} for m in a.methods}
+            cover = {m: {k: 0 for k in truth} for m in a.methods}
+            width = {m: {k: [] for k in truth} for m in a.methods}
+            flagged = {m: 0 for m in a.methods}
+            secs = {m: 0.0 for m in a.methods}
             for i in range(a.datasets):
                 y = clean * np.exp(noise(rng, sd, len(x), cl))
-                for m, (g, iv, s) in fits(form, x, y, d, cl, a.bootstrap, i).items():
+                for m, (g, iv, s) in fits(form, x, y, d, cl, a.bootstrap, i, a.methods).items():
                     flagged[m] += bool(g.warnings)
                     secs[m] += s
                     for k, true in truth.items():
@@ -143,7 +143,7 @@ def main() -> None:
                         est[m][k].append(g.params[k])
                         cover[m][k] += bool(lo <= true <= hi)
                         width[m][k].append(hi - lo)
-            for m in METHODS:
+            for m in a.methods:
                 for k in truth:
                     spread = 3.92 * np.std(est[m][k])
                     w = float(np.nanmedian(width[m][k]))

@@ -40,10 +40,23 @@ _EXPORTS = {
     "jscale.formulation": ["Formulation"],
     "jscale.schema": ["COLUMNS", "SchemaError"],
     "jscale.runtime": ["enable_compilation_cache"],
-    "jscale.results": ["load_results", "load_curves", "ResultsError"],
+    "jscale.results": [
+        "load_results",
+        "load_curves",
+        "load_document_losses",
+        "ResultsError",
+    ],
     "jscale.sweep_config": ["load_sweep", "parse_sweep", "Sweep"],
     "jscale.sweep": ["run_sweep"],
-    "jscale.analysis": ["fit", "fit_groups", "fit_table", "extrapolation_check", "compute_optimal"],
+    "jscale.analysis": [
+        "fit",
+        "fit_groups",
+        "fit_table",
+        "extrapolation_check",
+        "compute_optimal",
+        "select_form",
+        "paired_differences",
+    ],
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

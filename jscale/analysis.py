@@ -8,7 +8,9 @@ Forms (``FORMS``; ``N`` = model size ``x``, ``D`` = tokens ``d``, all positive):
 - ``"saturating"``   ``L = E + A * N**-alpha``                   params ``E, A, alpha``
 - ``"power"``        ``y = k * N**b``                            params ``k, b``
 - ``"offset_power"`` ``y = c + k * N**b`` (b of either sign)     params ``c, k, b``
+- ``"affine"``       ``t = c + k * N``                            params ``c, k``
 - ``"chinchilla"``   ``L = E + A / N**alpha + B / D**beta``     params ``E, A, alpha, B, beta``
+- ``"chinchilla_no_floor"`` ``L = A / N**alpha + B / D**beta``  params ``A, alpha, B, beta``
 - any ``Form(name, fn, param_names, init_grid=...)`` with ``fn(params: dict, x, d) -> y`` in JAX.
 
 Objective: ``sum_i w_i * huber_delta(log y_i - log yhat_i)``, summed over rows (not averaged),
@@ -249,7 +251,27 @@ FORMS: dict[str, Form] = {
             [0.1, 0.3, 0.6, 1.2],
         ),
     ),  # 4*3*4*3*4 = 576 starts
+    "chinchilla_no_floor": Form(
+        "chinchilla_no_floor",
+        lambda p, x, d: p["A"] * x ** -p["alpha"] + p["B"] * d ** -p["beta"],
+        ("A", "alpha", "B", "beta"),
+        needs_d=True,
+        log_pred=lambda t, u, v: jnp.logaddexp(t[0] - _decay(t[1]) * u, t[2] - _decay(t[3]) * v),
+        kinds=("coef", "decay", "coef", "decay"),
+        anchor=lambda t, lx, ld: _shift(
+            _shift(t, 0, _dec(t[..., 1]) * lx), 2, _dec(t[..., 3]) * ld
+        ),
+        grid=lambda s: _grid(
+            np.exp(s) * np.array([0.05, 0.3, 0.8]),
+            [0.1, 0.3, 0.6, 1.2],
+            np.exp(s) * np.array([0.05, 0.3, 0.8]),
+            [0.1, 0.3, 0.6, 1.2],
+        ),
+    ),  # 3*4*3*4 = 144 starts
 }
+# The two-input loss laws: compute_optimal and chinchilla_frontier take either (the floor E
+# does not enter the compute-optimal allocation).
+ND_FORMS = ("chinchilla", "chinchilla_no_floor")
 
 
 def _get_form(form) -> Form:
@@ -699,11 +721,18 @@ def fit(
 
     ``interval``: how ``Fit.intervals`` are made. ``"profile"``: profile likelihood, the values of
     each parameter whose best fit with that parameter fixed is within ``t_{n-P}(level)**2`` (in
-    units of the residual variance) of the optimum; calibrated for independent rows (see
-    ``benchmarks/fit_calibration.md``). ``"bootstrap"``: percentiles over ``n_bootstrap``
+    units of the residual variance) of the optimum; with ``cluster``, each parameter's statistic
+    rescaled by its model-based over cluster-robust variance and compared with ``t_{G-1}``
+    (Royall's robust likelihood; G clusters). See ``benchmarks/fit_calibration.md`` for its
+    coverage. ``"bootstrap"``: percentiles over ``n_bootstrap``
     resamples (rows, or clusters with ``cluster``), as in the published Chinchilla replication.
-    ``"none"``: no intervals (NaN; the point estimate only, fastest). None (default): profile
-    for least squares without clusters, else bootstrap.
+    ``"wild"``: the wild bootstrap-t: the design fixed, each row's (or, with ``cluster``, each
+    cluster's) bias-reduced residuals multiplied by random weights, each refit studentized by
+    its cluster-robust SE; calibrated for rows that share noise within clusters (see
+    ``benchmarks/fit_calibration.md``). ``"none"``: no intervals (NaN; the point estimate
+    only, fastest). None (default): profile for least squares, bootstrap for the Huber loss.
+    Prediction bands and derived quantities (``predict``, ``compute_optimal``) always use the
+    ``n_bootstrap`` resamples (rows, clusters, or wild with ``"wild"``) as percentiles.
 
     ``weights``: per-row weights of the objective (a column name or ``[n]`` values, finite and
     > 0; e.g. the number of seeds behind a mean, or 1 / variance of a measurement); a row of
@@ -730,7 +759,7 @@ def fit(
         )
     lsq = huber_delta is None
     if interval is None:
-        interval = "profile" if lsq and gid is None else "bootstrap"
+        interval = "profile" if lsq else "bootstrap"
     if interval not in ("profile", "bootstrap", "wild", "none"):
         raise AnalysisError(
             f"interval={interval!r}; allowed: 'profile', 'bootstrap', 'wild', 'none' or None"
@@ -795,7 +824,7 @@ def fit(
                 ys = (
                     lyhat[None]
                     + _wild_signs(rng, n_bootstrap, int(cid.max()) + 1)[:, cid]
-                    * (res / np.sqrt(np.clip(1 - curv["leverage"], 1e-3, 1)))[None]
+                    * _cluster_adjusted(res, curv, rw, cid)[None]
                 )
             else:
                 w = _weights(rng, n, n_bootstrap, gid)
@@ -823,7 +852,12 @@ def fit(
             n_conv, boot_iters = int(conv.sum()), int(np.max(b["n_iter"]))
         prof = {}
         if interval == "profile":
-            prof = _profile(run, fm, theta, float(p["f"][best]), curv, scale, u, v, level, norm)
+            prof = _profile(
+                run, fm, theta, float(p["f"][best]), curv, scale, u, v, level, norm, rw, res, gid
+            )
+        elif interval == "wild" and n_conv > 1:
+            cid = np.arange(n) if gid is None else gid
+            prof = _wild_t(fm, theta, boot_theta, ys[conv], ly, u, v, rw, cid, level, scale)
     user = fm._to_user(theta, *scale)
     boot_user = fm._to_user(boot_theta, *scale).reshape(-1, P)
     q = 50 * (1 - level)
@@ -834,10 +868,10 @@ def fit(
         ivr = np.percentile(fm._values(boot_theta).reshape(-1, P), [q, 100 - q], axis=0)
     else:
         ivr = np.full((2, P), np.nan)
-    if interval == "profile":
+    if interval == "profile" or (interval == "wild" and prof):
         intervals = {k: prof["user"][k] for k in fm.param_names}
         intervals_ref = {k: prof["ref"][k] for k in fm.param_names}
-    elif interval == "none":
+    elif interval in ("none", "wild"):
         intervals = intervals_ref = {k: (np.nan, np.nan) for k in fm.param_names}
     else:
         intervals = bi
@@ -884,6 +918,11 @@ def fit(
             profile_open=prof.get("open", {}),
             profile_pieces=prof.get("pieces", {}),
             profile_better=prof.get("better", False),
+            resamples_at_bound=(
+                {k: int(n) for k, n in zip(fm.param_names, prof["at_bound"].sum(0)) if n}
+                if "at_bound" in prof
+                else {}
+            ),
         ),
         bootstrap_params=boot_user,
         _form=fm,
@@ -891,7 +930,7 @@ def fit(
         _boot_theta=boot_theta,
         _scale=scale,
         bootstrap_unit=(
-            "wild residual signs per " + ("row" if gid is None else _cluster_name(df, cluster))
+            "wild bootstrap-t over " + _cluster_name(df, cluster)
             if interval == "wild"
             else _cluster_name(df, cluster)
         ),
@@ -913,6 +952,9 @@ def _LOG_PRED(fm: Form):
     if ("pred", fm) not in _PREDICTORS:
         _PREDICTORS["pred", fm] = jax.jit(fm._log_pred)
         _PREDICTORS["jac", fm] = jax.jit(jax.jacfwd(fm._log_pred))
+        _PREDICTORS["jacs", fm] = jax.jit(
+            jax.vmap(jax.jacfwd(fm._log_pred), in_axes=(0, None, None))
+        )
     return _PREDICTORS["pred", fm]
 
 
@@ -935,6 +977,120 @@ def _wild_signs(rng, B: int, G: int) -> np.ndarray:
     if G >= 12:
         return rng.choice([-1.0, 1.0], size=(B, G))
     return rng.choice(np.sqrt([0.5, 1.0, 1.5]), size=(B, G)) * rng.choice([-1.0, 1.0], (B, G))
+
+
+def _cluster_adjusted(res, curv, w, cid) -> np.ndarray:
+    """Residuals un-shrunk per cluster (CR2, Bell and McCaffrey 2002): ``(I - H_gg)^-1/2 r_g``
+    with ``H_gg = W_g^1/2 J_g (J'WJ)^-1 J_g' W_g^1/2`` the cluster's block of the hat matrix.
+    A fit absorbs part of each cluster's shared noise (more when there are few clusters per
+    parameter); multiplying raw residuals by wild weights would then understate the noise."""
+    J = curv["J"]
+    bread = np.linalg.pinv(J.T @ (w[:, None] * J))
+    out = np.array(res, float)
+    sw = np.sqrt(w)
+    for g in np.unique(cid):
+        i = np.flatnonzero(cid == g)
+        Jg = sw[i, None] * J[i]
+        H = Jg @ bread @ Jg.T
+        ev, Q = np.linalg.eigh(np.eye(len(i)) - H)
+        inv_sqrt = Q @ np.diag(1 / np.sqrt(np.clip(ev, 1e-3, None))) @ Q.T
+        out[i] = (inv_sqrt @ (sw[i] * res[i])) / sw[i]
+    return out
+
+
+def _sandwich(J, r, w, cid) -> np.ndarray:
+    """Cluster-robust covariance ``[..., P, P]`` of a least-squares fit from its Jacobian
+    ``J[..., n, P]`` and residuals ``r[..., n]`` (weights ``w[n]``, clusters ``cid[n]``), with
+    bias-reduced residuals (CR2: ``(I - H_gg)^-1/2 r_g``, see ``_cluster_adjusted``):
+    ``(J'WJ)^-1 (sum_g s_g s_g') (J'WJ)^-1``, ``s_g = sum_{i in g} w_i J_i r~_i``."""
+    sw = np.sqrt(w)
+    Jw = J * w[:, None]
+    bread = np.linalg.pinv(np.einsum("...ip,...iq->...pq", Jw, J))
+    meat = 0.0
+    for g in np.unique(cid):
+        i = np.flatnonzero(cid == g)
+        Jg = sw[i, None] * J[..., i, :]  # [..., m, P]
+        H = Jg @ bread @ np.swapaxes(Jg, -1, -2)
+        ev, Q = np.linalg.eigh(np.eye(len(i)) - H)
+        inv_sqrt = Q @ (Q * (1 / np.sqrt(np.clip(ev, 1e-3, None)))[..., None, :]).swapaxes(-1, -2)
+        rg = (inv_sqrt @ (sw[i] * r[..., i])[..., None])[..., 0]  # [..., m]
+        sg = np.einsum("...mp,...m->...p", Jg, rg)
+        meat = meat + sg[..., :, None] * sg[..., None, :]
+    return bread @ meat @ bread
+
+
+def _wild_t(fm: Form, theta, boot, ys, ly, u, v, w, cid, level, scale) -> dict:
+    """Wild (cluster) bootstrap-t intervals (Cameron, Gelbach and Miller 2008): each resample's
+    estimate is studentized by its own cluster-robust SE, ``t* = (theta* - theta) / se*``, and
+    the interval is ``theta - t*_{(1+level)/2} se, theta - t*_{(1-level)/2} se`` with ``se`` the
+    data's own. The studentization carries the uncertainty of the noise scale (few clusters,
+    few points beyond the parameters) that percentile intervals miss. Internal coordinates at
+    the reference (``"ref"``) and re-anchored at x = d = 1 (``"user"``), mapped to values."""
+    _LOG_PRED(fm)
+    jac = _PREDICTORS["jacs", fm]
+    with jax.enable_x64(True):
+        uu, vv = jnp.asarray(u, jnp.float64), jnp.asarray(v, jnp.float64)
+        th_all = jnp.asarray(np.vstack([theta[None], boot]), jnp.float64)
+        J = np.asarray(jac(th_all, uu, vv))  # [1 + B, n, P]
+        pred = np.asarray(jax.vmap(fm._log_pred, in_axes=(0, None, None))(th_all, uu, vv))
+    r = np.vstack([ly[None], ys]) - pred
+    V = _sandwich(J, r, w, cid)  # [1 + B, P, P]
+    # a resample whose optimum sits at a parameter's bound has no curvature there: its SE is
+    # meaningless and its t* explodes; such resamples are left out of the t* quantiles and
+    # counted (a parameter often at its bound is not identified: said in the warnings)
+    at_bound = _at_bound(fm, boot, float(np.mean(ly)))
+    out = {"ref": {}, "user": {}, "at_bound": at_bound}
+    q = np.array([50 * (1 + level), 50 * (1 - level)])
+    for label in ("ref", "user"):
+        if label == "user" and fm.anchor is None:
+            out["user"] = out["ref"]
+            break
+        if label == "user":  # re-anchor the estimates; covariances through the anchor's Jacobian
+            T = fm._anchored(np.vstack([theta[None], boot]), *scale)
+            eps = 1e-6
+            A = np.stack(
+                [
+                    (
+                        fm._anchored(np.vstack([theta[None], boot]) + eps * e, *scale)
+                        - fm._anchored(np.vstack([theta[None], boot]) - eps * e, *scale)
+                    )
+                    / (2 * eps)
+                    for e in np.eye(len(theta))
+                ],
+                -1,
+            )  # [1 + B, P, P]
+            Vl = A @ V @ np.swapaxes(A, -1, -2)
+        else:
+            T, Vl = np.vstack([theta[None], boot]), V
+        se = np.sqrt(np.clip(np.diagonal(Vl, axis1=-2, axis2=-1), 0, None))  # [1 + B, P]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            tstar = ((T[1:] - T[0]) / se[1:])[~at_bound.any(1)]
+        for j, name in enumerate(fm.param_names):
+            t = tstar[:, j][np.isfinite(tstar[:, j])]
+            kind = fm.kinds[j] if fm.log_pred is not None else "free"
+            if len(t) < 2 or not se[0, j] > 0:
+                lo = hi = T[0, j]
+            else:
+                t_hi, t_lo = np.percentile(t, q)
+                lo, hi = T[0, j] - t_hi * se[0, j], T[0, j] - t_lo * se[0, j]
+            v_lo, v_hi = (_KINDS[kind][0](np.array(e)) for e in (lo, hi))
+            out[label][name] = (float(v_lo), float(v_hi))
+    return out
+
+
+def _at_bound(fm: Form, theta, mean_log_y: float) -> np.ndarray:
+    """``[B, P]``: whether each parameter of each internal ``theta[B, P]`` is at its bound (a
+    coefficient below 0.01% of the data's scale, a bounded exponent within 0.03% of an end)."""
+    theta = np.atleast_2d(theta)
+    if fm.log_pred is None:
+        return np.zeros(theta.shape, bool)
+    out = np.zeros(theta.shape, bool)
+    for i, kind in enumerate(fm.kinds):
+        if kind == "coef":
+            out[:, i] = theta[:, i] < mean_log_y + np.log(1e-4)
+        elif kind in ("decay", "slope"):
+            out[:, i] = np.abs(theta[:, i]) > 8
+    return out
 
 
 def _t_quantile(p: float, dof: int) -> float:
@@ -985,6 +1141,7 @@ def _curvature(fm: Form, theta, u, v, w, res, dof: int) -> dict:
     else:
         lev = np.zeros(len(w))
     return dict(
+        J=J,
         s=float(np.sqrt(s2)),
         s2=s2,
         dof=dof,
@@ -1002,16 +1159,24 @@ def _curvature(fm: Form, theta, u, v, w, res, dof: int) -> dict:
 _PROFILE_STEPS = np.array([0.5, 0.8, 0.95, 1.05, 1.2, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0])
 
 
-def _profile(run, fm: Form, theta, f_best, curv, scale, u, v, level, norm) -> dict:
+def _profile(
+    run, fm: Form, theta, f_best, curv, scale, u, v, level, norm, w, res, cid=None
+) -> dict:
     """Profile-likelihood intervals of every parameter at the reference (``"ref"``) and in the
     caller's units (``"user"``: coefficients at x = d = 1), ``{name: (lo, hi)}``. The statistic
     ``(RSS(theta_j) - RSS) / s^2`` is compared with ``t_{n-P}((1 + level) / 2)^2``. ``"open"``
     names the sides where it never reaches that level (the interval runs to the parameter's
     bound); ``"pieces"`` the parameters whose profile dips below the level again further out
-    (another basin); ``"better"`` whether a profile found a lower objective than the fit."""
+    (another basin); ``"better"`` whether a profile found a lower objective than the fit.
+
+    With clusters ``cid`` (rows that share noise), the statistic of parameter j is rescaled by
+    ``V_model_jj / V_robust_jj`` (the model-based over the cluster-robust CR2 variance: Royall's
+    robust likelihood, 1986) and compared with ``t_{G-1}``, G clusters: the profile keeps its
+    shape (asymmetric, bounded where the law is) and takes its width from the clusters."""
     P = len(theta)
     names = fm.param_names
-    q = _t_quantile(0.5 * (1 + level), curv["dof"])
+    G_cl = None if cid is None else int(cid.max()) + 1
+    q = _t_quantile(0.5 * (1 + level), curv["dof"] if cid is None else max(G_cl - 1, 1))
     s2 = curv["s2"]
     out = {"ref": {}, "user": {}, "open": {}, "pieces": {}, "better": False}
     exact = s2 < 1e-14  # an exact fit: the profile cannot resolve the interval; use t * se
@@ -1024,13 +1189,19 @@ def _profile(run, fm: Form, theta, f_best, curv, scale, u, v, level, norm) -> di
     for label, th, uu in anchors:
         vv = v + (scale[1] if label == "user" else 0.0)
         J = _jacobian(fm, th, uu, vv)
-        G = J.T @ J
+        G = J.T @ (w[:, None] * J)
         try:
             cov = s2 * np.linalg.inv(G)
+            ratio = np.ones(P)
+            if cid is not None:  # the grid around the robust SE; the statistic rescaled below
+                rob = _sandwich(J, res, w, cid)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    ratio = np.diag(cov) / np.diag(rob)
+                cov = rob
             with np.errstate(invalid="ignore"):
                 sej = np.sqrt(np.diag(cov))
         except np.linalg.LinAlgError:
-            cov, sej = None, np.full(P, np.nan)
+            cov, sej, ratio = None, np.full(P, np.nan), np.ones(P)
         bad = ~np.isfinite(sej) | (sej <= 0)
         sej = np.where(bad, 1.0 / max(q, 1.0), sej)
         vals = th[:, None] + (q * sej)[:, None] * steps[None, :]  # [P, K]
@@ -1052,6 +1223,7 @@ def _profile(run, fm: Form, theta, f_best, curv, scale, u, v, level, norm) -> di
             r = run(starts, np.ones((P * K, len(uu))), mask=mask, uv=(uu, vv))
             f = np.where(np.isfinite(r["f"]), r["f"], np.inf).min(1).reshape(P, K)
             T = 2 * norm * (f - f_best) / s2
+            T = T * np.where(np.isfinite(ratio) & (ratio > 0), ratio, 1.0)[:, None]
         if np.any(T < -1e-6 * max(1.0, curv["dof"])):
             out["better"] = True
         if label == "user":
@@ -1148,6 +1320,13 @@ def _weak_identification(f: Fit, fm: Form, xs, ds, start) -> list[str]:
             f"the {f.level:.0%} profile interval of {name} is open ({which} side): it runs to "
             "the parameter's bound"
         )
+    nb = max(f.n_converged, 1)
+    for name, k in dg.get("resamples_at_bound", {}).items():
+        if k > 0.05 * nb:
+            out.append(
+                f"{name} is at its bound in {k} of {nb} resamples ({k / nb:.0%}): the data do "
+                "not identify it, and the intervals use the resamples with every parameter inside"
+            )
     for name in dg["profile_pieces"]:
         out.append(f"the profile of {name} has several basins: its interval may be disjoint")
     if dg["profile_better"]:
@@ -1371,20 +1550,111 @@ def cache_resident(
     return (moved <= pd.to_numeric(df[cache], errors="coerce")).fillna(False)
 
 
+def _doc_se(D: np.ndarray, w: np.ndarray, mean: float) -> float:
+    """Document-clustered SE of a mean of n = sum(w) window values from per-document sums ``D``
+    and window counts ``w``: ``sqrt(G / (G - 1) * sum_g (D_g - w_g mean)^2) / n``."""
+    G = len(D)
+    if G < 2:
+        return float("nan")
+    return float(np.sqrt(G / (G - 1) * np.sum((D - w * mean) ** 2)) / np.sum(w))
+
+
+def paired_differences(df, documents, *, by=None, x=N, point="point_id") -> pd.DataFrame:
+    """Held-out loss differences between adjacent sizes, paired on the windows both scored.
+
+    ``df``: results rows (``point`` ids, size ``x``, and the ``by`` columns); ``documents``: their
+    held-out loss per document (``jscale.load_document_losses``: point_id, document, windows,
+    loss_sum_nats). Every model of a sweep scores the same held-out windows, so the difference
+    of two models' losses has a standard error over those windows, clustered by document, far
+    below the two models' own SEs combined: their shared document difficulty cancels.
+
+    ``by``: the groups within which sizes are compared; default: inference precision, the
+    compute budget (when the table has one, i.e. an IsoFLOP design) or else the token budget,
+    and the seed, those the table has. Pairs whose windows differ are skipped.
+
+    One row per adjacent pair: the ``by`` columns, ``x_small``, ``x_large``, ``delta_nats``
+    (loss of the larger minus the smaller, nats/token), ``se_paired_nats`` (document-clustered
+    SE of the paired difference), ``se_small_nats``, ``se_large_nats`` (each model's own
+    document-clustered SE), ``se_unpaired_nats`` (their root sum of squares: the SE if the
+    two had been scored on independent windows), ``se_ratio`` (unpaired / paired) and ``z``
+    (delta / paired SE), ``n_documents``."""
+    if documents is None or not len(documents):
+        raise AnalysisError("no per-document losses: paired differences need document_losses")
+    _need(documents, ["point_id", "document", "windows", "loss_sum_nats"], "documents")
+    if by is None:
+        budget = COMPUTE if COMPUTE in df and df[COMPUTE].notna().any() else TOKENS_TARGET
+        by = [c for c in (PRECISION, budget, SEED) if c in df.columns]
+    by = [by] if isinstance(by, str) else list(by)
+    _need(df, [point, x] + by, "paired differences")
+    sums = {
+        pid: g.set_index("document").sort_index()
+        for pid, g in documents.groupby("point_id", sort=False)
+    }
+    rows = []
+    for key, g in df.dropna(subset=[x]).groupby(by, sort=True) if by else [((), df)]:
+        g = g[g[point].isin(sums.keys())].sort_values(x)
+        g = g.drop_duplicates(subset=[x])
+        ids, xs = g[point].to_list(), g[x].to_numpy(float)
+        for i in range(len(ids) - 1):
+            a, b = sums[ids[i]], sums[ids[i + 1]]
+            if not a.index.equals(b.index) or not (a["windows"] == b["windows"]).all():
+                continue
+            w = a["windows"].to_numpy(float)
+            n = w.sum()
+            Sa, Sb = a["loss_sum_nats"].to_numpy(float), b["loss_sum_nats"].to_numpy(float)
+            delta = float((Sb - Sa).sum() / n)
+            se_p = _doc_se(Sb - Sa, w, delta)
+            se_a, se_b = _doc_se(Sa, w, Sa.sum() / n), _doc_se(Sb, w, Sb.sum() / n)
+            se_u = float(np.hypot(se_a, se_b))
+            keys = key if isinstance(key, tuple) else (key,)
+            rows.append(
+                dict(zip(by, keys))
+                | dict(
+                    x_small=xs[i],
+                    x_large=xs[i + 1],
+                    delta_nats=delta,
+                    se_paired_nats=se_p,
+                    se_small_nats=se_a,
+                    se_large_nats=se_b,
+                    se_unpaired_nats=se_u,
+                    se_ratio=se_u / se_p if se_p > 0 else np.nan,
+                    z=delta / se_p if se_p > 0 else np.nan,
+                    n_documents=len(w),
+                )
+            )
+    cols = by + [
+        "x_small",
+        "x_large",
+        "delta_nats",
+        "se_paired_nats",
+        "se_small_nats",
+        "se_large_nats",
+        "se_unpaired_nats",
+        "se_ratio",
+        "z",
+        "n_documents",
+    ]
+    return pd.DataFrame(rows, columns=cols)
+
+
 def compute_optimal(fit: Fit, C, flops_per_param_token=6.0) -> dict:
     """Compute-optimal ``N`` and ``D`` for budget ``C`` (FLOPs; scalar or array) under a
     chinchilla fit with ``C = flops_per_param_token * N * D``: minimising
     ``E + A N^-alpha + B D^-beta`` gives ``N = G (C/k)^(beta/(alpha+beta))``,
     ``G = (alpha A / (beta B))^(1/(alpha+beta))``, ``D = C / (k N)``. Also ``N_lo, N_hi, D_lo,
     D_hi``: percentile intervals over the converged bootstrap resamples."""
-    if not isinstance(fit, Fit) or fit.form != "chinchilla" or fit._form is not FORMS["chinchilla"]:
-        raise AnalysisError("compute_optimal needs a fit of the 'chinchilla' form")
+    if not isinstance(fit, Fit) or fit.form not in ND_FORMS or fit._form is not FORMS[fit.form]:
+        raise AnalysisError(
+            "compute_optimal needs a fit of the 'chinchilla' form (or chinchilla_no_floor)"
+        )
     Cs = np.asarray(C, float)
     if np.any(~np.isfinite(Cs) | (Cs <= 0)) or not flops_per_param_token > 0:
         raise AnalysisError("C and flops_per_param_token must be finite and positive")
 
+    ix = {k: i for i, k in enumerate(fit.param_names)}
+
     def nd(p):
-        E, A, a, B, b = (p[..., i, None] for i in range(5))
+        A, a, B, b = (p[..., ix[k], None] for k in ("A", "alpha", "B", "beta"))
         N = (a * A / (b * B)) ** (1 / (a + b)) * (Cs.ravel() / flops_per_param_token) ** (
             b / (a + b)
         )
@@ -1782,14 +2052,17 @@ def chinchilla_frontier(fit: Fit, C=(), flops_per_param_token=6.0) -> dict:
     with intervals at budgets ``C`` (FLOPs; columns C, N_opt, N_lo, N_hi, D_opt, D_lo, D_hi),
     from ``compute_optimal``. The intervals carry the fit's bootstrap unit
     (``fit.bootstrap_unit``)."""
-    if not isinstance(fit, Fit) or fit.form != "chinchilla" or fit._form is not FORMS["chinchilla"]:
-        raise AnalysisError("chinchilla_frontier needs a fit of the 'chinchilla' form")
+    if not isinstance(fit, Fit) or fit.form not in ND_FORMS or fit._form is not FORMS[fit.form]:
+        raise AnalysisError(
+            "chinchilla_frontier needs a fit of the 'chinchilla' form (or chinchilla_no_floor)"
+        )
     al, be = fit.params["alpha"], fit.params["beta"]
     out = {"a": be / (al + be), "b": al / (al + be)}
     bp = fit.bootstrap_params
     q = 50 * (1 - fit.level)
     if len(bp):
-        ab = bp[:, 4] / (bp[:, 2] + bp[:, 4])
+        ia, ib = fit.param_names.index("alpha"), fit.param_names.index("beta")
+        ab = bp[:, ib] / (bp[:, ia] + bp[:, ib])
         out["a_lo"], out["a_hi"] = (float(v) for v in np.percentile(ab, [q, 100 - q]))
         out["b_lo"], out["b_hi"] = 1 - out["a_hi"], 1 - out["a_lo"]
     else:

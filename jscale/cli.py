@@ -451,7 +451,13 @@ def cmd_fit(args) -> int:
     from jscale.results import load_results
 
     df = load_results(args.results, check=args.check)
-    fits = figures.fit_all(df, n_bootstrap=args.bootstrap, seed=args.seed, k=args.holdout)
+    fits = figures.fit_all(
+        df,
+        n_bootstrap=args.bootstrap,
+        seed=args.seed,
+        k=args.holdout,
+        documents=_documents_beside(args.results),
+    )
     if not fits.fits:
         raise ResultsError(f"{args.results}: no law could be fitted: {'; '.join(fits.notes)}")
     print(figures.fit_table_markdown(fits), end="")
@@ -468,6 +474,15 @@ def _curves_beside(results_path):
         return load_curves(p) if (p / CURVES).is_dir() else None
     beside = p.with_name("curves.csv")
     return load_curves(beside) if beside.is_file() else None
+
+
+def _documents_beside(results_path):
+    """The held-out loss per document of a sweep directory (``document_losses/``), or the
+    ``document_losses.csv`` exported next to a ``results.csv``; None when there are none."""
+    from jscale.results import load_document_losses
+
+    p = Path(results_path)
+    return load_document_losses(p if p.is_dir() else p.with_name("document_losses.csv"))
 
 
 def cmd_figures(args) -> int:
@@ -488,6 +503,7 @@ def cmd_figures(args) -> int:
         seed=args.seed,
         k=args.holdout,
         curves=_curves_beside(args.results),
+        documents=_documents_beside(args.results),
     )
     if len(r.skipped) == len(figures.FIGURES):
         raise ResultsError(

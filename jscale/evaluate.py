@@ -86,6 +86,24 @@ def clustered_se(x: np.ndarray, groups: np.ndarray) -> float:
     return float(math.sqrt(G / (G - 1) * np.sum(s * s)) / len(x))
 
 
+def document_sums(losses_N: np.ndarray, documents: np.ndarray) -> pd.DataFrame:
+    """Per held-out document: ``document`` (its id), ``windows`` (sequences scored from it) and
+    ``loss_sum_nats`` (the sum of their mean losses, float64). Two models scored on the same
+    windows have a paired loss difference ``sum_g (S_a,g - S_b,g) / n`` whose document-clustered
+    SE follows from these sums alone (``jscale.analysis.paired_differences``)."""
+    ids, inv = np.unique(np.asarray(documents), return_inverse=True)
+    inv = inv.reshape(-1)
+    return pd.DataFrame(
+        {
+            "document": ids,
+            "windows": np.bincount(inv, minlength=len(ids)),
+            "loss_sum_nats": np.bincount(
+                inv, weights=np.asarray(losses_N, np.float64), minlength=len(ids)
+            ),
+        }
+    )
+
+
 def evaluate(
     params,
     cfg: ModelConfig,
@@ -130,7 +148,9 @@ def compare_precisions(
     held-out sequences.  ``eval_wall_s`` is not filled (the caller times the whole call).
     ``documents``: the held-out document of each sequence (``data.eval_documents``); then
     ``eval_loss_se_docs_nats`` and ``delta_loss_vs_fp32_se_docs_nats`` give the standard errors
-    clustered by document (``clustered_se``), which the windows of one file share.
+    clustered by document (``clustered_se``), which the windows of one file share, and
+    ``document_losses`` (not a record column) holds each precision's ``document_sums``: what a
+    later comparison with another model scored on the same windows needs for a paired SE.
     """
     fp32 = precision.POLICIES["fp32"]
     policies = [fp32] + [p for p in map(precision.get_policy, policies) if p != fp32]
@@ -167,6 +187,7 @@ def compare_precisions(
             }
         )
         if documents is not None:
+            rows[-1]["document_losses"] = document_sums(losses_N, documents)
             rows[-1]["eval_loss_se_docs_nats"] = clustered_se(losses_N, documents)
             rows[-1]["delta_loss_vs_fp32_se_docs_nats"] = clustered_se(
                 losses_N - ref["losses_N"], documents

@@ -101,6 +101,7 @@ LAWS = {
     "offset_power": "t = c + k N^b",
     "affine": "t = c + k N",
     "chinchilla": "L = E + A N^-alpha + B D^-beta",
+    "chinchilla_no_floor": "L = A N^-alpha + B D^-beta",
 }
 QUANTITIES = (
     Quantity("loss", LOSS, "saturating", "held-out loss (nats/token)", LAWS["saturating"]),
@@ -483,6 +484,7 @@ class Fits:
     forms: dict = field(default_factory=dict)
     latency_regime: dict = field(default_factory=dict)
     form_reasons: dict = field(default_factory=dict)
+    size_differences: object = None
     precision_ref: str | None = None
     loss_form: str = "saturating"
     loss_d: str | None = None
@@ -540,9 +542,10 @@ def _fit_axes(df: pd.DataFrame, out: Fits, n_bootstrap: int, seed: int, level: f
     if "chinchilla" in qs and _multi_budget(d) and TOKENS in d:
         dd = d.dropna(subset=[TOKENS])
         same = out.get("loss", ref)  # the per-precision loss law, when it is this very fit
+        form = same.form if same is not None and same.form in analysis.ND_FORMS else "chinchilla"
         if (
             same is not None
-            and same.form == "chinchilla"
+            and same.form in analysis.ND_FORMS
             and out.loss_d == TOKENS
             and same.n_points == len(dd)
             and same.n_bootstrap == n_bootstrap
@@ -554,7 +557,7 @@ def _fit_axes(df: pd.DataFrame, out: Fits, n_bootstrap: int, seed: int, level: f
             try:
                 out.chinchilla = analysis.fit(
                     dd,
-                    form="chinchilla",
+                    form=form,
                     d=TOKENS,
                     n_bootstrap=n_bootstrap,
                     seed=seed,
@@ -577,6 +580,7 @@ def fit_all(
     k: int = 2,
     quantities=("loss", "decode", "prefill", "isoflop", "chinchilla"),
     log=None,
+    documents: pd.DataFrame | None = None,
 ) -> Fits:
     """Fit each quantity's law (``QUANTITIES``) per inference precision, with ``n_bootstrap``
     bootstrap resamples, and the extrapolation check that holds out the ``k`` largest sizes;
@@ -604,7 +608,7 @@ def fit_all(
     out.notes += lr_notes
     loss_df, loss_q, out.loss_d = _loss_design(df)
     out.loss_form = loss_q.form
-    if loss_q.form == "chinchilla":
+    if loss_q.form in analysis.ND_FORMS:
         out.loss_basis = f"every token budget (D = {out.loss_d})"
     if _latency_rows(df) is not df:
         out.latency_basis = "the timed rows (latency_from_point_id == point_id)"
@@ -624,11 +628,14 @@ def fit_all(
         on_ref = rows[(rows[PRECISION] == ref) & rows[N].notna() & rows[q.column].notna()]
         q = _choose_form(on_ref, q, out, dkw)
         out.forms[qname] = q
+        if qname == "loss":
+            out.loss_form = q.form
         for prec in _groups(df):
             # L(N, D) resamples are ~3x dearer than L(N): one L-BFGS start per resample (the
             # full-data optimum) except on the reference precision, whose fit is also approach 3
             # (``chinchilla``) and keeps the default; the intervals barely move (docs/figures.md)
-            one = {"bootstrap_starts": ND_BOOTSTRAP_STARTS} if q.form == "chinchilla" else {}
+            nd = q.form in analysis.ND_FORMS
+            one = {"bootstrap_starts": ND_BOOTSTRAP_STARTS} if nd else {}
             skw = one if prec != ref else {}
             d = rows[(rows[PRECISION] == prec) & rows[N].notna() & rows[q.column].notna()]
             try:
@@ -682,6 +689,12 @@ def fit_all(
             else:
                 out.notes.append(f"{qname} {prec}: no extrapolation check ({err})")
     _fit_axes(df, out, n_bootstrap, seed, level, quantities)
+    if documents is not None and len(documents) and out.precision_ref is not None:
+        ref = loss_df[loss_df[PRECISION] == out.precision_ref]
+        try:
+            out.size_differences = analysis.paired_differences(ref, documents)
+        except (ValueError, KeyError) as e:
+            out.notes.append(f"paired size differences: none ({e})")
     if log is not None:
         for n in out.notes:
             log(n)
@@ -727,6 +740,9 @@ CANDIDATES = {
     "decode": ("affine", "power", "offset_power"),
     "prefill": ("affine", "power", "offset_power"),
 }
+# The loss law on a token axis: with a floor E, or without one where the data do not bound it
+# (a short ladder far above its floor); the same compute-optimal allocation either way.
+CANDIDATES_ND = ("chinchilla", "chinchilla_no_floor")
 
 
 PARSIMONY_AICC = 2.0  # a simpler form within this AICc of the best is preferred
@@ -737,9 +753,10 @@ def _choose_form(d: pd.DataFrame, q: Quantity, out: Fits, dkw: dict) -> Quantity
     the fewest parameters among the forms within ``PARSIMONY_AICC`` of the lowest AICc (the
     data cannot tell those apart; the simplest is the best identified). The ranking goes to
     ``out.selection`` and the choice, with its reason, to ``out.notes``."""
-    if q.form not in CANDIDATES.get(q.name, ()) or len(d) == 0:
+    cands = CANDIDATES_ND if q.form in analysis.ND_FORMS else CANDIDATES.get(q.name, ())
+    if q.form not in cands or len(d) == 0:
         return q
-    t = analysis.select_form(d, CANDIDATES[q.name], x=N, y=q.column, k=out.k, **dkw)
+    t = analysis.select_form(d, cands, x=N, y=q.column, k=out.k, **dkw)
     out.selection[q.name] = t
     ok = t[(t["error"] == "") & np.isfinite(t["aicc"])]
     if not len(ok):
@@ -827,7 +844,7 @@ def loss_vs_params(
     _require(df, "loss_vs_params", [N, LOSS])
     fits = _fits_for(df, fits, ("loss",), n_bootstrap, seed)
     df, basis = _loss_table(df)
-    nd = fits.loss_form == "chinchilla"
+    nd = fits.loss_form in analysis.ND_FORMS
     if nd:
         basis = "; ".join(
             b for b in (basis, f"law L(N, D) fitted on every token budget (D = {fits.loss_d})") if b
@@ -855,9 +872,9 @@ def loss_vs_params(
                 st,
                 yerr=d[se_col] if se_col in d and d[se_col].notna().all() else None,
             )
-            if f is not None and f.form == "chinchilla" and fits.loss_d in d:
+            if f is not None and f.form in analysis.ND_FORMS and fits.loss_d in d:
                 shown.append(_draw_path(ax, f, d[N], d[fits.loss_d], st, fits.level))
-            elif f is not None and f.form != "chinchilla":
+            elif f is not None and f.form not in analysis.ND_FORMS:
                 shown.append(_draw_fit(ax, f, d[N].to_numpy(float), st, fits.level))
             else:
                 f = None
@@ -1164,7 +1181,7 @@ def fit_diagnostics(
     _require(df, "fit_diagnostics", [N, LOSS])
     fits = _fits_for(df, fits, ("loss",), n_bootstrap, seed)
     df = _fit_rows(df)  # the rows the loss law was fitted on, in its order
-    nd = fits.loss_form == "chinchilla"
+    nd = fits.loss_form in analysis.ND_FORMS
     basis = (
         f"L(N, D) fitted on every token budget (D = {fits.loss_d}): residuals of every row;\n"
         "held-out points: every budget of each held-out size, smaller D to the left"
@@ -1704,6 +1721,8 @@ def _unit_words(fits: Fits, q: Quantity) -> str:
 
 
 def _unit_text(unit: str) -> str:
+    if unit.startswith("wild bootstrap-t over clusters of"):
+        return unit.replace("clusters of", "models") + " (seed and model noise)"
     if unit.startswith("clusters of"):
         return unit.replace("clusters of", "models") + " (seed and model noise)"
     if unit.startswith("wild residual signs per model"):
@@ -1719,6 +1738,8 @@ def _interval_words(fits: Fits, q: Quantity, rows) -> str:
             f"{fits.level:.0%} profile-likelihood interval (least squares on log y, t-calibrated)"
         )
     unit = _unit_words(fits, q)
+    if methods == {"wild"}:
+        return f"{fits.level:.0%} {unit}, {fits.n_bootstrap} resamples"
     return f"{fits.level:.0%} bootstrap interval, {fits.n_bootstrap} resamples of {unit}"
 
 
@@ -1783,7 +1804,7 @@ def _axes_header(fits: Fits) -> str:
     if fits.chinchilla is not None:
         f = fits.chinchilla
         bits.append(
-            "approach 3 = L(N, D) = E + A/N^alpha + B/D^beta fit, "
+            f"approach 3 = {LAWS.get(f.form, f.form)} fit, "
             + ", ".join(f"{p} = {_fmt_ci(f.params[p], *f.intervals[p])}" for p in f.param_names)
             + f", {f.n_points} points, intervals resample {_unit_text(f.bootstrap_unit)}"
         )
@@ -1863,8 +1884,40 @@ def fit_table_markdown(obj, *, n_bootstrap: int = 1000, seed: int = 0) -> str:
         parts = ["(no law could be fitted)", ""]
     parts += _axes_markdown(fits)
     parts += _selection_markdown(fits)
+    parts += _differences_markdown(fits)
     parts += [f"- {n}" for n in fits.notes]
     return "\n".join(parts).rstrip() + "\n"
+
+
+def _differences_markdown(fits: Fits) -> list[str]:
+    t = fits.size_differences
+    if t is None or not len(t):
+        return []
+    budget = next((c for c in (COMPUTE, TOKENS_TARGET) if c in t.columns), None)
+    parts = [
+        f"**adjacent sizes, paired** ({fits.precision_ref}): held-out loss of the larger minus "
+        "the smaller model (nats/token), both scored on the same windows; SEs clustered by "
+        "held-out document. Paired SE is what a difference between two sizes carries; unpaired "
+        f"is the two models' own SEs combined (median ratio {np.nanmedian(t['se_ratio']):.2g}x)\n",
+        "| "
+        + ("budget | " if budget else "")
+        + ("seed | " if SEED in t.columns else "")
+        + "N small → large | delta | paired SE | unpaired SE | delta / paired SE |",
+        "|" + "---:|" * (5 + bool(budget) + (SEED in t.columns)),
+    ]
+    for r in t.to_dict("records"):
+        cells = ([_fmt_n(r[budget])] if budget else []) + (
+            [str(int(r[SEED]))] if SEED in t.columns else []
+        )
+        cells += [
+            f"{_fmt_n(r['x_small'])} → {_fmt_n(r['x_large'])}",
+            f"{r['delta_nats']:+.4f}",
+            f"{r['se_paired_nats']:.4f}",
+            f"{r['se_unpaired_nats']:.4f}",
+            f"{r['z']:+.1f}",
+        ]
+        parts.append("| " + " | ".join(cells) + " |")
+    return parts + [""]
 
 
 def _selection_markdown(fits: Fits) -> list[str]:
@@ -1920,6 +1973,7 @@ _TEX_PARAM = {
 _TEX_LAW = {
     "saturating": r"$L = E + A N^{-\alpha}$",
     "chinchilla": r"$L = E + A N^{-\alpha} + B D^{-\beta}$",
+    "chinchilla_no_floor": r"$L = A N^{-\alpha} + B D^{-\beta}$",
     "offset_power": r"$t = c + k N^{b}$",
     "power": r"$y = k N^{b}$",
     "affine": r"$t = c + k N$",
@@ -2117,13 +2171,16 @@ def render_all(
     log=print,
     fits: Fits | None = None,
     curves: pd.DataFrame | None = None,
+    documents: pd.DataFrame | None = None,
 ) -> Rendered:
     """Write every figure (``FIGURES``) as ``out_dir/<name>.<fmt>`` (PNG at 300 dpi, vector
     PDF) and the fit table as ``fits.md`` and ``fits.tex``.  A figure whose columns are
     missing is skipped with a message; the rest are drawn.  ``log`` (default ``print``)
     gets one line per file written, figure skipped and fit that failed.  ``fits``: laws already
     fitted by ``fit_all`` on this table (default: fitted here).  ``curves``: the sweep's loss
-    curves (``jscale.load_curves``), for ``loss_curves`` (skipped without them)."""
+    curves (``jscale.load_curves``), for ``loss_curves`` (skipped without them).
+    ``documents``: the held-out loss per document (``jscale.load_document_losses``), for the
+    table of paired differences between sizes (``Fits.size_differences``)."""
     formats = tuple(f.strip().lower() for f in formats if f.strip())
     bad = [f for f in formats if f not in ("png", "pdf", "svg")]
     if bad or not formats:
@@ -2133,7 +2190,7 @@ def render_all(
     out.mkdir(parents=True, exist_ok=True)
     res = Rendered()
     if fits is None:
-        fits = fit_all(df, n_bootstrap=n_bootstrap, seed=seed, k=k)
+        fits = fit_all(df, n_bootstrap=n_bootstrap, seed=seed, k=k, documents=documents)
     res.notes = list(fits.notes)
     for n in fits.notes:
         log(f"note: {n}")

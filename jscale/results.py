@@ -25,6 +25,7 @@ from jscale import schema
 
 RECORDS = "records"
 CURVES = "curves"
+DOCUMENT_LOSSES = "document_losses"
 
 
 class ResultsError(ValueError):
@@ -80,6 +81,33 @@ def write_curve(out_dir: str | os.PathLike, train_key: str, rows: list[dict]) ->
     pd.DataFrame(rows, columns=list(schema.CURVE_COLUMNS)).to_csv(tmp, index=False)
     os.replace(tmp, path)
     return path
+
+
+def write_document_losses(out_dir: str | os.PathLike, point_id: str, table: pd.DataFrame) -> Path:
+    """Write one record's held-out loss per document (``evaluate.document_sums``: document,
+    windows, loss_sum_nats) as ``DIR/document_losses/<point_id>.csv``, atomically."""
+    path = Path(out_dir) / DOCUMENT_LOSSES / f"{point_id}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    table[["document", "windows", "loss_sum_nats"]].to_csv(tmp, index=False, float_format="%.17g")
+    os.replace(tmp, path)
+    return path
+
+
+def load_document_losses(out_dir: str | os.PathLike) -> pd.DataFrame | None:
+    """Every record's held-out loss per document under ``out_dir`` (``document_losses/``) or in
+    an exported ``document_losses.csv``: columns point_id, document, windows, loss_sum_nats;
+    None when there are none (a sweep from before they were kept)."""
+    p = Path(out_dir)
+    if p.suffix == ".csv":
+        return pd.read_csv(p) if p.is_file() else None
+    d = p / DOCUMENT_LOSSES
+    files = sorted(d.glob("*.csv")) if d.is_dir() else []
+    if not files:
+        return None
+    return pd.concat([pd.read_csv(f).assign(point_id=f.stem) for f in files], ignore_index=True)[
+        ["point_id", "document", "windows", "loss_sum_nats"]
+    ]
 
 
 def load_curves(out_dir: str | os.PathLike) -> pd.DataFrame:

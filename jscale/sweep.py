@@ -624,8 +624,10 @@ def _measure_point(
             "select_loss_se_nats": select["eval_loss_se_nats"],
             "eval_wall_s": eval_wall_s,
         }
+        docs = ev.pop("document_losses")
         rec = _record(run, point, prec, meta, ev, lat)
-        if _writer():
+        if _writer():  # the per-document losses first: a record implies its documents exist
+            results.write_document_losses(run.sweep.out_dir, rec["point_id"], docs)
             results.write_record(run.sweep.out_dir, rec["point_id"], rec)
         run.summary.written += 1
         bar.update(1)
@@ -744,6 +746,9 @@ def export_csv(out_dir: str | os.PathLike) -> Path:
     tables = {"results.csv": results.load_results(out_dir)}
     if (Path(out_dir) / results.CURVES).is_dir():
         tables["curves.csv"] = results.load_curves(out_dir)
+    docs = results.load_document_losses(out_dir)
+    if docs is not None:
+        tables["document_losses.csv"] = docs
     for name, df in tables.items():
         path = Path(out_dir) / name
         tmp = path.with_name(f".{name}.{os.getpid()}.tmp")

@@ -182,7 +182,9 @@ def test_default_interval_follows_the_objective_and_clusters():
     h = analysis.fit(None, "power", x, y, n_bootstrap=20, huber_delta=1e-3)
     assert h.interval_method == "bootstrap" and h.loss == "huber (delta 0.001)"
     c = analysis.fit(None, "power", x, y, n_bootstrap=20, cluster=x)
-    assert c.interval_method == "bootstrap" and c.bootstrap_unit.startswith("clusters")
+    assert c.interval_method == "profile" and c.bootstrap_unit == "clusters (given labels)"
+    w = analysis.fit(None, "power", x, y, n_bootstrap=20, cluster=x, interval="wild")
+    assert w.bootstrap_unit == "wild bootstrap-t over clusters (given labels)"
 
 
 def test_wild_bootstrap_keeps_the_design_and_matches_ols_spread():
@@ -216,3 +218,67 @@ def test_cache_resident_rows():
     assert list(analysis.cache_resident(df)) == [True, True, False, False]
     assert analysis.cache_resident(df.drop(columns="roofline_cache_bytes")) is None
     assert analysis.cache_resident(df.assign(roofline_cache_bytes=np.nan)) is None
+
+
+# ------------------------------------------------------------- paired differences between sizes
+
+
+def _window_table(rng, n_docs=12, per_doc=20, sizes=(1e4, 3e4, 1e5)):
+    """Per-window losses of 3 models scored on the same windows: a document difficulty shared by
+    every model (SD 0.3) plus a small model-specific noise (SD 0.02), each size 0.1 lower."""
+    doc = np.repeat(np.arange(n_docs), per_doc)
+    difficulty = rng.normal(0, 0.3, n_docs)[doc]
+    losses = {
+        n: 3.0 - 0.1 * i + difficulty + rng.normal(0, 0.02, doc.size) for i, n in enumerate(sizes)
+    }
+    return doc, losses
+
+
+def test_paired_differences_match_a_window_level_reference():
+    """The document-clustered SE of the per-window difference, computed here from the windows,
+    equals paired_differences' from per-document sums; and it is far below the unpaired SE."""
+    rng = np.random.default_rng(4)
+    doc, losses = _window_table(rng)
+    rows, docs = [], []
+    for i, (n, x) in enumerate(losses.items()):
+        pid = f"p{i}"
+        rows.append({"point_id": pid, "params_non_embedding": n, "inference_precision": "fp32"})
+        for g in np.unique(doc):
+            docs.append(
+                {
+                    "point_id": pid,
+                    "document": g,
+                    "windows": int((doc == g).sum()),
+                    "loss_sum_nats": float(x[doc == g].sum()),
+                }
+            )
+    t = analysis.paired_differences(pd.DataFrame(rows), pd.DataFrame(docs))
+    assert len(t) == 2 and list(t.inference_precision) == ["fp32", "fp32"]
+    xs = list(losses.values())
+
+    def cluster_se(v):  # the sandwich formula, written out on window values
+        G = doc.max() + 1
+        s = np.array([np.sum(v[doc == g] - v.mean()) for g in range(G)])
+        return np.sqrt(G / (G - 1) * np.sum(s**2)) / v.size
+
+    for i, r in enumerate(t.itertuples()):
+        d = xs[i + 1] - xs[i]
+        assert r.delta_nats == pytest.approx(d.mean(), rel=1e-12)
+        assert r.se_paired_nats == pytest.approx(cluster_se(d), rel=1e-10)
+        assert r.se_small_nats == pytest.approx(cluster_se(xs[i]), rel=1e-10)
+        assert r.se_ratio > 5 and r.z < -10  # the shared difficulty cancels in the difference
+
+
+def test_paired_differences_need_documents_and_skip_other_windows():
+    df = pd.DataFrame({"point_id": ["a", "b"], "params_non_embedding": [1e4, 2e4]})
+    with pytest.raises(AnalysisError, match="document_losses"):
+        analysis.paired_differences(df, None)
+    docs = pd.DataFrame(
+        {
+            "point_id": ["a", "a", "b", "b"],
+            "document": [0, 1, 0, 2],
+            "windows": [3, 3, 3, 3],
+            "loss_sum_nats": [9.0, 9.0, 8.0, 8.0],
+        }
+    )
+    assert len(analysis.paired_differences(df, docs, by=[])) == 0  # not the same windows

@@ -309,6 +309,19 @@ def test_sweep_writes_one_complete_record_per_point(done, corpus):
         "eval_loss_nats",
     ] == pytest.approx(ev["eval_loss_nats"], rel=1e-6)
     assert (out / "sweep.log").read_text().count("trained in") == 2
+    # per-document losses beside every record: their sums give the record's loss back, and the
+    # documents are the held-out split's own (the separators before each window)
+    docs = results.load_document_losses(out)
+    assert set(docs.point_id) == set(df.point_id)
+    ids = data.eval_documents(corpus.test, 32, 512)
+    for pid, g in docs.groupby("point_id"):
+        rec = df.set_index("point_id").loc[pid]
+        assert g.windows.sum() == 512 // 32 and list(g.windows) == list(
+            np.bincount(ids)[g.document]
+        )
+        assert g.loss_sum_nats.sum() / g.windows.sum() == pytest.approx(
+            rec.eval_loss_nats, rel=1e-12
+        )
 
 
 @pytest.mark.slow
