@@ -1698,6 +1698,7 @@ def _table_rows(fits: Fits) -> list[tuple[Quantity, list[dict]]]:
                     "params": [(p, f.params_ref[p], *f.intervals_ref[p]) for p in f.param_names],
                     "reference": f.reference,
                     "method": f.interval_method,
+                    "clusters": f.n_clusters,
                     "scaled": [
                         p
                         for p in f.param_names
@@ -1734,6 +1735,11 @@ def _interval_words(fits: Fits, q: Quantity, rows) -> str:
     """What the intervals of a quantity's table are."""
     methods = {r["method"] for r in rows}
     if methods == {"profile"}:
+        if any(r["clusters"] for r in rows):
+            return (
+                f"{fits.level:.0%} profile-likelihood interval, cluster-robust over "
+                f"{_unit_words(fits, q)}, t with clusters - 1 degrees of freedom"
+            )
         return (
             f"{fits.level:.0%} profile-likelihood interval (least squares on log y, t-calibrated)"
         )

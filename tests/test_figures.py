@@ -530,7 +530,9 @@ def test_axes_table_sections(axes):
     md, tex = (out / "fits.md").read_text(), (out / "fits.tex").read_text()
     assert "**compute-optimal allocation**" in md and "| a (N_opt ∝ C^a) |" in md
     assert md.count("| N_opt at C = ") == len(BUDGETS) and "ratio 3/2" in md
-    assert "resamples of models (params_non_embedding, seed)" in md
+    assert (
+        "profile-likelihood interval, cluster-robust over models (params_non_embedding, seed)" in md
+    )
     assert "fitted on every token budget (D = train_tokens)" in md
     assert "fitted on the timed rows" in md
     # the seed spread: SD (ddof 1) over the two seeds of each replicated fp32 model, by numpy
@@ -641,3 +643,25 @@ def test_form_selection_names_the_generating_latency_law(four):
     used = {q.strip(): form.split("(")[0].strip() for q, form, *_ in rows if "*" in form}
     assert used == {"decode": "affine", "prefill": "affine"}
     assert "t = c + k N (affine)" in text and "- decode: affine" in text
+
+
+def test_latency_laws_are_fitted_above_the_measured_cache():
+    """With the measured cache in the records: models whose weights + KV cache fit in it are
+    left out of the latency law when every precision has 4 sizes above it (a note says so), and
+    with too few above it the law is fitted on all and says it is cache-resident."""
+    df = synthetic_results(precisions=("fp32", "int8"), seeds=(0,))
+    moved = df["weight_bytes"] + df["kv_cache_bytes"]
+    cut = np.sort(moved[df.inference_precision == "fp32"].unique())[1]  # 2 fp32 sizes inside
+    f = figures.fit_all(
+        df.assign(roofline_cache_bytes=float(cut)), n_bootstrap=0, quantities=("decode",)
+    )
+    above = df[moved > cut]
+    assert f.latency_regime["decode"] == "above the cache"
+    assert f.get("decode", "fp32").n_points == (above.inference_precision == "fp32").sum()
+    assert any("fitted on the models above the measured cache" in n for n in f.notes)
+    g = figures.fit_all(
+        df.assign(roofline_cache_bytes=float(moved.max())), n_bootstrap=0, quantities=("decode",)
+    )
+    assert g.latency_regime["decode"] == "cache-resident"
+    assert any("does not extrapolate past the cache" in n for n in g.notes)
+    assert g.get("decode", "fp32").n_points == len(SIZES)
