@@ -1749,6 +1749,15 @@ def _interval_words(fits: Fits, q: Quantity, rows) -> str:
     return f"{fits.level:.0%} bootstrap interval, {fits.n_bootstrap} resamples of {unit}"
 
 
+def _method_words(f) -> str:
+    """How one fit's parameter intervals were made, in words."""
+    if f.interval_method == "profile":
+        return "profile-likelihood intervals" + (", cluster-robust" if f.n_clusters else "")
+    if f.interval_method == "wild":
+        return "wild bootstrap-t intervals"
+    return f"{f.interval_method} intervals"
+
+
 def _reference_words(rows) -> str:
     """Where the scaled coefficients of a table are given: at the data's reference size."""
     scaled = sorted({p for r in rows for p in r["scaled"]})
@@ -1812,13 +1821,12 @@ def _axes_header(fits: Fits) -> str:
         bits.append(
             f"approach 3 = {LAWS.get(f.form, f.form)} fit, "
             + ", ".join(f"{p} = {_fmt_ci(f.params[p], *f.intervals[p])}" for p in f.param_names)
-            + f", {f.n_points} points, intervals resample {_unit_text(f.bootstrap_unit)}"
+            + f", {f.n_points} points ({_method_words(f)}); its a, b and N_opt intervals: "
+            f"percentiles over {f.n_converged} resamples of {_unit_text(f.bootstrap_unit)}"
         )
     return (
         f"**compute-optimal allocation** ({fits.precision_ref} inference, C = 6 N D; "
-        f"estimate [{fits.level:.0%} bootstrap interval, {fits.n_bootstrap} resamples]): "
-        + "; ".join(bits)
-        + "\n"
+        f"estimate [{fits.level:.0%} interval]): " + "; ".join(bits) + "\n"
     )
 
 
@@ -1906,7 +1914,7 @@ def _differences_markdown(fits: Fits) -> list[str]:
         "held-out document. Paired SE is what a difference between two sizes carries; unpaired "
         f"is the two models' own SEs combined (median ratio {np.nanmedian(t['se_ratio']):.2g}x)\n",
         "| "
-        + ("budget | " if budget else "")
+        + (("budget (FLOPs) | " if budget == COMPUTE else "budget (tokens) | ") if budget else "")
         + ("seed | " if SEED in t.columns else "")
         + "N small → large | delta | paired SE | unpaired SE | delta / paired SE |",
         "|" + "---:|" * (5 + bool(budget) + (SEED in t.columns)),
