@@ -450,13 +450,13 @@ def test_loss_figure_shows_each_precisions_paired_cost():
 
 
 @pytest.mark.slow
-def test_axes_table_fits_each_law_on_the_right_rows():
+@pytest.mark.xdist_group("axes")
+def test_axes_table_fits_each_law_on_the_right_rows(axes):
     """Latency laws see only the timed rows (one per size and precision: 8 sizes); the loss law
     is L(N, D) on every row (every budget of every model), not an L(N) on a mix of tokens per
     parameter."""
-    df = axes_results()
+    df, f, _, _ = axes
     assert len(df) > 4 * 10 * 2  # several budget rows per size and precision
-    f = figures.fit_all(df, n_bootstrap=20, quantities=("loss", "decode"))
     for p in SHIFT:
         assert f.get("decode", p).n_points == len(LADDER)
         assert f.get("loss", p).form == "chinchilla"
@@ -465,7 +465,6 @@ def test_axes_table_fits_each_law_on_the_right_rows():
     assert f.loss_form == "chinchilla" and f.loss_d == "train_tokens"
     assert f.loss_basis == "every token budget (D = train_tokens)"
     assert f.loss_unit == "clusters of (params_non_embedding, seed)"
-    assert f.isoflop is None and f.chinchilla is None  # not asked for
 
 
 def test_lr_axis_is_chosen_on_the_selection_split():
@@ -659,9 +658,7 @@ def test_latency_laws_are_fitted_above_the_measured_cache():
     assert f.latency_regime["decode"] == "above the cache"
     assert f.get("decode", "fp32").n_points == (above.inference_precision == "fp32").sum()
     assert any("fitted on the models above the measured cache" in n for n in f.notes)
-    g = figures.fit_all(
-        df.assign(roofline_cache_bytes=float(moved.max())), n_bootstrap=0, quantities=("decode",)
-    )
-    assert g.latency_regime["decode"] == "cache-resident"
+    g = figures.Fits()
+    rows = figures._above_cache(df.assign(roofline_cache_bytes=float(moved.max())), "decode", g)
+    assert g.latency_regime["decode"] == "cache-resident" and len(rows) == len(df)
     assert any("does not extrapolate past the cache" in n for n in g.notes)
-    assert g.get("decode", "fp32").n_points == len(SIZES)
