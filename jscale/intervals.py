@@ -199,7 +199,7 @@ def _curvature(fm: Form, theta, u, v, w, res, dof: int) -> dict:
 
 # multiples of t * se at which each parameter is profiled, each side (the crossing of the
 # t^2 level is interpolated in the signed root of the profile statistic, nearly linear there)
-_PROFILE_STEPS = np.array([0.5, 0.8, 0.95, 1.05, 1.2, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0])
+_PROFILE_STEPS = np.array([0.6, 0.9, 1.0, 1.1, 1.4, 2.0, 4.0, 10.0, 40.0])
 
 
 def _profile(
@@ -249,10 +249,12 @@ def _profile(
         sej = np.where(bad, 1.0 / max(q, 1.0), sej)
         vals = th[:, None] + (q * sej)[:, None] * steps[None, :]  # [P, K]
         K = len(steps)
-        starts = np.repeat(th[None, None, :], P * K, 0).repeat(2, 1)  # [P*K, 2, P]
-        mask = np.ones((P * K, P))
-        for j in range(P):
-            rows = slice(j * K, (j + 1) * K)
+        # at x = d = 1 only the re-anchored coefficients differ from the reference's profiles
+        js = [j for j in range(P) if label == "ref" or th[j] != theta[j]]
+        starts = np.repeat(th[None, None, :], len(js) * K, 0).repeat(2, 1)  # [J*K, 2, P]
+        mask = np.ones((len(js) * K, P))
+        for i, j in enumerate(js):
+            rows = slice(i * K, (i + 1) * K)
             dj = vals[j] - th[j]
             starts[rows, 0, j] = vals[j]
             starts[rows, 1, :] = th[None, :] + (
@@ -263,9 +265,10 @@ def _profile(
         if exact:
             T = np.full((P, K), np.inf)
         else:
-            r = run(starts, np.ones((P * K, len(uu))), mask=mask, uv=(uu, vv))
-            f = np.where(np.isfinite(r["f"]), r["f"], np.inf).min(1).reshape(P, K)
-            T = 2 * norm * (f - f_best) / s2
+            r = run(starts, np.broadcast_to(w, (len(js) * K, len(w))), mask=mask, uv=(uu, vv))
+            T = np.full((P, K), np.inf)
+            f = np.where(np.isfinite(r["f"]), r["f"], np.inf).min(1).reshape(len(js), K)
+            T[js] = 2 * norm * (f - f_best) / s2
             T = T * np.where(np.isfinite(ratio) & (ratio > 0), ratio, 1.0)[:, None]
         if np.any(T < -1e-6 * max(1.0, curv["dof"])):
             out["better"] = True
@@ -274,7 +277,7 @@ def _profile(
         else:
             T_open = T
         for j, name in enumerate(names):
-            if label == "user" and name in out["user"]:
+            if j not in js or (label == "user" and name in out["user"]):
                 continue
             kind = fm.kinds[j] if fm.log_pred is not None else "free"
             ends = []

@@ -79,6 +79,7 @@ _LONGEST_FIRST = (
     "test_sharding",
     "test_analysis",
     "test_figures",
+    "test_fit_identification",
     "test_cli",
     "test_precision",
     "test_latency",
