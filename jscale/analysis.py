@@ -65,6 +65,7 @@ from jscale.laws import (  # noqa: F401  (re-exported)
     _point_ids,
     _solver,
     _spec,
+    _stalled_at_optimum,
     _weights,
 )
 from jscale.schema import LOSS, PRECISION, TOKENS, N
@@ -265,9 +266,18 @@ def fit(
     xs, ys, ds = _inputs(df, fm, x, y, d)
     gid = _cluster_ids(df, cluster, len(xs))
     rw = np.ones(len(xs)) if weights is None else _column(df, weights, "weights")
-    if len(rw) != len(xs) or not np.all(np.isfinite(rw) & (rw > 0)):
+    if len(rw) != len(xs) or not np.all(np.isfinite(rw) & (rw >= 0)) or not np.any(rw > 0):
         raise AnalysisError(
-            f"weights ({_spec(weights)}) must be {len(xs)} finite values > 0, one per row"
+            f"weights ({_spec(weights)}) must be {len(xs)} finite values >= 0, one per row, "
+            "some > 0"
+        )
+    pos = rw > 0  # rows of weight 0 are left out of the objective (the shapes stay the same)
+    P = len(fm.param_names)
+    points = len(_point_ids(xs[pos], ds[pos] if fm.needs_d else None)[1])
+    if points < P + 1:
+        raise AnalysisError(
+            f"form {fm.name!r} has {P} parameters and needs at least {P + 1} distinct points "
+            f"of weight > 0, got {points}: the fit would interpolate"
         )
     lsq = huber_delta is None
     if interval is None:
@@ -292,11 +302,15 @@ def fit(
         )
     if interval in ("bootstrap", "wild") and n_bootstrap == 0:
         interval = "none"
-    n, P = len(xs), len(fm.param_names)
-    scale = (float(np.mean(np.log(xs))), float(np.mean(np.log(ds)))) if fm.log_pred else (0.0, 0.0)
+    n, n_pos = len(xs), int(pos.sum())
+    scale = (
+        (float(np.mean(np.log(xs[pos]))), float(np.mean(np.log(ds[pos]))))
+        if fm.log_pred
+        else (0.0, 0.0)
+    )
     u, v = fm._prep(xs, ds, *scale)
     ly = np.log(ys)
-    starts = fm._starts(float(np.mean(ly)))
+    starts = fm._starts(float(np.mean(ly[pos])))
     solve = _solver(fm, int(max_iter), float(gtol), float(ftol))
     gsolve = _solver(fm, int(min(grid_iter, max_iter)), float(gtol), float(ftol))
     delta, norm = (_LSQ_DELTA, _LSQ_NORM) if lsq else (float(huber_delta), float(huber_delta))
@@ -308,8 +322,13 @@ def fit(
             mask = jnp.ones((B, P)) if mask is None else jnp.asarray(mask)
             ys = np.broadcast_to(ly, (B, len(ly))) if ys is None else ys
             a = (jnp.asarray(uv[0]), jnp.asarray(uv[1]), jnp.asarray(ys))
-            out = sol(th0, jnp.asarray(w, jnp.float64), mask, *a, delta, norm)
-            return {k: np.asarray(b) for k, b in jax.device_get(out).items()}
+            wb = np.broadcast_to(np.asarray(w, float), (B, len(ly)))
+            out = sol(th0, jnp.asarray(wb, jnp.float64), mask, *a, delta, norm)
+            out = {k: np.asarray(b) for k, b in jax.device_get(out).items()}
+            out["converged"] = out["converged"] | _stalled_at_optimum(
+                fm, out, wb, mask, uv[0], uv[1], norm
+            )
+            return out
 
         w_rows = rw[None]
         g = run(starts[None], w_rows, gsolve)  # the full grid, `grid_iter` steps each ...
@@ -324,7 +343,7 @@ def fit(
         theta = p["theta"][best]
         lyhat = np.asarray(_LOG_PRED(fm)(jnp.asarray(theta), jnp.asarray(u), jnp.asarray(v)))
         res = ly - lyhat
-        curv = _curvature(fm, theta, u, v, rw, res, n - P)
+        curv = _curvature(fm, theta, u, v, rw, res, n_pos - P)
         boot_theta = np.zeros((0, P))
         n_conv, boot_iters, n_degenerate = 0, 0, 0
         if n_bootstrap:
@@ -339,7 +358,9 @@ def fit(
                     * _cluster_adjusted(res, curv, rw, cid)[None]
                 )
             else:
-                w = _weights(rng, n, n_bootstrap, gid)
+                w = np.zeros((n_bootstrap, n))  # resamples of the rows of weight > 0
+                gp = None if gid is None else np.unique(gid[pos], return_inverse=True)[1]
+                w[:, pos] = _weights(rng, n_pos, n_bootstrap, gp)
             seeds = p["theta"][_distinct_best(p["theta"], pf, bootstrap_starts)]
             s0 = np.repeat(seeds[None], n_bootstrap, 0)
             if len(seeds) < bootstrap_starts:  # fill with jittered full-data optima
@@ -397,9 +418,9 @@ def fit(
         intervals=intervals,
         level=level,
         residuals_log=res,
-        r2_log=float(1 - np.sum(res**2) / np.sum((ly - ly.mean()) ** 2)),
-        rmse_log=float(np.sqrt(np.mean(res**2))),
-        n_points=n,
+        r2_log=float(1 - np.sum(res[pos] ** 2) / np.sum((ly[pos] - ly[pos].mean()) ** 2)),
+        rmse_log=float(np.sqrt(np.mean(res[pos] ** 2))),
+        n_points=n_pos,
         n_bootstrap=int(n_bootstrap),
         n_converged=n_conv,
         converged=bool(p["converged"][best]),
@@ -420,7 +441,7 @@ def fit(
             ftol=ftol,
             huber_delta=huber_delta,
             residual_sd_log=curv["s"],
-            mean_log_y=float(np.mean(ly)),
+            mean_log_y=float(np.mean(ly[pos])),
             condition=curv["condition"],
             sensitivity=curv["sens"],
             correlation=curv["corr"],
@@ -455,7 +476,9 @@ def fit(
         reference={"x": float(np.exp(scale[0]))}
         | ({"d": float(np.exp(scale[1]))} if fm.needs_d else {}),
     )
-    fit_.warnings = _weak_identification(fit_, fm, xs, ds, starts[top[best]])
+    fit_.warnings = _weak_identification(
+        fit_, fm, xs[pos], ds[pos] if fm.needs_d else None, starts[top[best]]
+    )
     return fit_
 
 
@@ -636,10 +659,11 @@ def extrapolation_check(
             f"k={k} must be at least 1 and below the number of distinct sizes ({len(sizes)})"
         )
     held = xs >= sizes[-k]
-    if kw.get("cluster") is not None:
-        kw = kw | {"cluster": kw["cluster"][~held]}
-    kw = {"interval": "none"} | kw  # only the prediction (and its bootstrap band) is used
-    f = fit(None, fm, xs[~held], ys[~held], ds[~held] if fm.needs_d else None, **kw)
+    # the held-out rows get weight 0: left out of the fit, but the shapes (and so the compiled
+    # solver) are the full table's
+    rw = np.ones(len(xs)) if kw.get("weights") is None else _column(df, kw["weights"], "weights")
+    kw = {"interval": "none"} | kw | {"weights": np.where(held, 0.0, rw)}
+    f = fit(None, fm, xs, ys, ds if fm.needs_d else None, **kw)
     p = f.predict(xs[held], ds[held] if fm.needs_d else None)
     out = pd.DataFrame(
         {"x": xs[held]}

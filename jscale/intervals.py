@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jscale.laws import _KINDS, _LOG_PRED, _PREDICTORS, Form, _jacobian
+from jscale.laws import _KINDS, Form, _jacobian, _jacobians
 
 
 def _wild_signs(rng, B: int, G: int) -> np.ndarray:
@@ -32,7 +32,9 @@ def _cluster_adjusted(res, curv, w, cid) -> np.ndarray:
     out = np.array(res, float)
     sw = np.sqrt(w)
     for g in np.unique(cid):
-        i = np.flatnonzero(cid == g)
+        i = np.flatnonzero((cid == g) & (w > 0))  # rows of weight 0 keep their residual
+        if not len(i):
+            continue
         Jg = sw[i, None] * J[i]
         H = Jg @ bread @ Jg.T
         ev, Q = np.linalg.eigh(np.eye(len(i)) - H)
@@ -69,13 +71,17 @@ def _wild_t(fm: Form, theta, boot, ys, ly, u, v, w, cid, level, scale) -> dict:
     data's own. The studentization carries the uncertainty of the noise scale (few clusters,
     few points beyond the parameters) that percentile intervals miss. Internal coordinates at
     the reference (``"ref"``) and re-anchored at x = d = 1 (``"user"``), mapped to values."""
-    _LOG_PRED(fm)
-    jac = _PREDICTORS["jacs", fm]
+    th_all = np.vstack([theta[None], boot])
+    J = _jacobians(fm, th_all, u, v)  # [1 + B, n, P]
+    # log yhat at each theta, to first order exactly: the solver's residuals are not kept
     with jax.enable_x64(True):
-        uu, vv = jnp.asarray(u, jnp.float64), jnp.asarray(v, jnp.float64)
-        th_all = jnp.asarray(np.vstack([theta[None], boot]), jnp.float64)
-        J = np.asarray(jac(th_all, uu, vv))  # [1 + B, n, P]
-        pred = np.asarray(jax.vmap(fm._log_pred, in_axes=(0, None, None))(th_all, uu, vv))
+        pred = np.asarray(
+            jax.vmap(fm._log_pred, in_axes=(0, None, None))(
+                jnp.asarray(th_all, jnp.float64),
+                jnp.asarray(u, jnp.float64),
+                jnp.asarray(v, jnp.float64),
+            )
+        )
     r = np.vstack([ly[None], ys]) - pred
     V = _sandwich(J, r, w, cid)  # [1 + B, P, P]
     # a resample whose optimum sits at a parameter's bound has no curvature there: its SE is
@@ -251,8 +257,9 @@ def _profile(
         K = len(steps)
         # at x = d = 1 only the re-anchored coefficients differ from the reference's profiles
         js = [j for j in range(P) if label == "ref" or th[j] != theta[j]]
-        starts = np.repeat(th[None, None, :], len(js) * K, 0).repeat(2, 1)  # [J*K, 2, P]
-        mask = np.ones((len(js) * K, P))
+        # the batch keeps P x K rows either way (one compiled shape); unused rows repeat row 0
+        starts = np.repeat(th[None, None, :], P * K, 0).repeat(2, 1)  # [P*K, 2, P]
+        mask = np.ones((P * K, P))
         for i, j in enumerate(js):
             rows = slice(i * K, (i + 1) * K)
             dj = vals[j] - th[j]
@@ -265,9 +272,11 @@ def _profile(
         if exact:
             T = np.full((P, K), np.inf)
         else:
-            r = run(starts, np.broadcast_to(w, (len(js) * K, len(w))), mask=mask, uv=(uu, vv))
+            used = len(js) * K
+            starts[used:], mask[used:] = starts[0], mask[0]
+            r = run(starts, np.broadcast_to(w, (P * K, len(w))), mask=mask, uv=(uu, vv))
             T = np.full((P, K), np.inf)
-            f = np.where(np.isfinite(r["f"]), r["f"], np.inf).min(1).reshape(len(js), K)
+            f = np.where(np.isfinite(r["f"]), r["f"], np.inf).min(1)[:used].reshape(len(js), K)
             T[js] = 2 * norm * (f - f_best) / s2
             T = T * np.where(np.isfinite(ratio) & (ratio > 0), ratio, 1.0)[:, None]
         if np.any(T < -1e-6 * max(1.0, curv["dof"])):

@@ -379,19 +379,14 @@ def _solver(form: Form, max_iter: int, gtol: float, ftol: float):
         conv = (end.grad_norm <= gtol) & (
             end.last_change <= ftol * jnp.maximum(1.0, jnp.abs(end.f))
         )
-        # or stalled at the optimum: no step changes f in floating point any more, and the
-        # Newton step there (exact Hessian, free coordinates) is below _XTOL: the gradient
-        # left is rounding in f, not distance to the optimum
-        H = jax.hessian(obj)(end.theta) * jnp.outer(mask, mask) + jnp.diag(1.0 - mask)
-        newton = jnp.linalg.solve(H, end.grad)
-        pd = jnp.all(jnp.linalg.eigvalsh(H) > 0)
-        conv |= (end.fails >= _MAX_FAILS) & pd & (jnp.linalg.norm(newton) <= _XTOL)
         return dict(
             theta=end.theta,
             f=end.f,
             grad_norm=end.grad_norm,
             df=end.last_change,
             n_iter=end.n_iter,
+            stalled=(~conv) & (end.fails >= _MAX_FAILS),
+            grad=end.grad,
             converged=conv,
         )
 
@@ -549,6 +544,41 @@ def _LOG_PRED(fm: Form):
             jax.vmap(jax.jacfwd(fm._log_pred), in_axes=(0, None, None))
         )
     return _PREDICTORS["pred", fm]
+
+
+def _stalled_at_optimum(fm: Form, out: dict, w, mask, u, v, norm) -> np.ndarray:
+    """For the solver's lanes that stalled (six failed steps in a row), whether they stalled at
+    the optimum: the Gauss-Newton step ``(J'WJ / norm)^-1 grad`` over the free coordinates is
+    below ``_XTOL``, so the gradient left is rounding in the objective, not distance. Computed
+    after the solve (outside its loop, which it would make dearer to compile). ``[B, S]``."""
+    st = out["stalled"]
+    if not st.any():
+        return st
+    B, S, P = out["theta"].shape
+    J = _jacobians(fm, out["theta"].reshape(B * S, P), u, v)  # every lane: one compiled shape
+    b, s_ = np.nonzero(st)
+    J = J.reshape(B, S, *J.shape[1:])[b, s_]  # [k, n, P]
+    m = np.asarray(mask)[b]  # [k, P]
+    G = np.einsum("kip,ki,kiq->kpq", J, np.asarray(w)[b], J) / norm
+    G = G * m[:, :, None] * m[:, None, :] + np.eye(P) * (1 - m)[:, None, :]
+    ok = np.zeros(st.shape, bool)
+    with np.errstate(all="ignore"):
+        step = np.linalg.solve(G + 1e-300, (out["grad"][b, s_] * m)[..., None])[..., 0]
+    ok[b, s_] = np.isfinite(step).all(-1) & (np.linalg.norm(step, axis=-1) <= _XTOL)
+    return ok
+
+
+def _jacobians(fm: Form, thetas, u, v) -> np.ndarray:
+    """``d log yhat / d theta`` at each of ``thetas[B, P]``: ``[B, n, P]``, float64."""
+    _LOG_PRED(fm)
+    with jax.enable_x64(True):
+        return np.asarray(
+            _PREDICTORS["jacs", fm](
+                jnp.asarray(thetas, jnp.float64),
+                jnp.asarray(u, jnp.float64),
+                jnp.asarray(v, jnp.float64),
+            )
+        )
 
 
 def _jacobian(fm: Form, theta, u, v) -> np.ndarray:

@@ -635,8 +635,15 @@ def test_row_weights_count_like_repeated_rows():
         assert weighted.params[k] == pytest.approx(repeated.params[k], rel=1e-6)
     plain = analysis.fit(None, "saturating", x, y, n_bootstrap=0)
     assert abs(plain.params["alpha"] - weighted.params["alpha"]) > 1e-4
-    with pytest.raises(AnalysisError, match="weights .* finite values > 0"):
-        analysis.fit(None, "saturating", x, y, weights=np.r_[w[:-1], 0.0])
+    # weight 0 drops a row (the shapes stay: the extrapolation check holds sizes out this way)
+    dropped = analysis.fit(None, "saturating", x, y, n_bootstrap=0, weights=np.r_[w[:-1], 0.0])
+    subset = analysis.fit(None, "saturating", x[:-1], y[:-1], n_bootstrap=0, weights=w[:-1])
+    for k in ("E", "A", "alpha"):
+        assert dropped.params[k] == pytest.approx(subset.params[k], rel=1e-6)
+        assert dropped.intervals[k] == pytest.approx(subset.intervals[k], rel=1e-4)
+    assert dropped.n_points == 8
+    with pytest.raises(AnalysisError, match="weights .* finite values >= 0"):
+        analysis.fit(None, "saturating", x, y, weights=np.r_[w[:-1], -1.0])
 
 
 @pytest.mark.slow
