@@ -53,10 +53,18 @@ class AnalysisError(ValueError):
 # always identified.
 DECAY_MAX = 4.0
 SLOPE_MAX = 3.0
-# kinds of internal coordinate -> (to value, from value), numpy and jax alike
+
+
+def _exp(t):
+    """exp without a warning where an open interval's end is +-inf (exp(inf) = inf, as meant)."""
+    with np.errstate(over="ignore"):
+        return np.exp(t)
+
+
+# kinds of internal coordinate -> (to value, from value), in numpy
 _KINDS = {
-    "coef": (lambda t: np.exp(t), lambda v: np.log(v)),
-    "decay": (lambda t: DECAY_MAX / (1 + np.exp(-t)), lambda v: np.log(v / (DECAY_MAX - v))),
+    "coef": (_exp, lambda v: np.log(v)),
+    "decay": (lambda t: DECAY_MAX / (1 + _exp(-t)), lambda v: np.log(v / (DECAY_MAX - v))),
     "slope": (lambda t: SLOPE_MAX * np.tanh(t), lambda v: np.arctanh(v / SLOPE_MAX)),
     "free": (lambda t: t, lambda v: v),
 }
