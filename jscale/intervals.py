@@ -205,7 +205,7 @@ def _curvature(fm: Form, theta, u, v, w, res, dof: int) -> dict:
 
 # multiples of t * se at which each parameter is profiled, each side (the crossing of the
 # t^2 level is interpolated in the signed root of the profile statistic, nearly linear there)
-_PROFILE_STEPS = np.array([0.6, 0.9, 1.0, 1.1, 1.4, 2.0, 4.0, 10.0, 40.0])
+_PROFILE_STEPS = np.array([0.6, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 40.0])
 
 
 def _profile(
