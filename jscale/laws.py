@@ -570,8 +570,8 @@ def _stalled_at_optimum(fm: Form, out: dict, w, mask, u, v, norm) -> np.ndarray:
     G = np.einsum("kip,ki,kiq->kpq", J, np.asarray(w)[b], J) / norm
     G = G * m[:, :, None] * m[:, None, :] + np.eye(P) * (1 - m)[:, None, :]
     ok = np.zeros(st.shape, bool)
-    with np.errstate(all="ignore"):
-        step = np.linalg.solve(G + 1e-300, (out["grad"][b, s_] * m)[..., None])[..., 0]
+    with np.errstate(all="ignore"):  # pinv: a singular direction (no curvature) adds no step
+        step = (np.linalg.pinv(G) @ (out["grad"][b, s_] * m)[..., None])[..., 0]
     ok[b, s_] = np.isfinite(step).all(-1) & (np.linalg.norm(step, axis=-1) <= _XTOL)
     return ok
 

@@ -282,3 +282,22 @@ def test_paired_differences_need_documents_and_skip_other_windows():
         }
     )
     assert len(analysis.paired_differences(df, docs, by=[])) == 0  # not the same windows
+
+
+def test_a_stalled_lane_on_a_singular_curvature_is_judged_without_error():
+    """The stalled-at-optimum test after the solve: a lane whose Gauss-Newton matrix is singular
+    (a parameter the prediction ignores) gets a pseudo-inverse step, not a LinAlgError; a zero
+    gradient is converged, a large one is not."""
+    from jscale import laws
+
+    form = analysis.Form(
+        "idle2", lambda p, x, d: p["k"] * x ** p["b"] + 0 * p["z"], ("k", "b", "z")
+    )
+    x = np.geomspace(1, 100, 6)
+    out = {
+        "stalled": np.array([[True, True]]),
+        "theta": np.array([[[2.0, 0.3, 1.0], [2.0, 0.3, 1.0]]]),
+        "grad": np.array([[[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]]),
+    }
+    ok = laws._stalled_at_optimum(form, out, np.ones((1, 6)), np.ones((1, 3)), x, x * 0 + 1, 1e-3)
+    assert ok.tolist() == [[True, False]]
