@@ -124,13 +124,13 @@ def test_bootstrap_spread_matches_least_squares_bootstrap():
 @pytest.mark.slow
 def test_noisy_intervals_cover_truth():
     """Lognormal noise (sigma 0.02), 10 sizes x 3 repeats: the default (profile-likelihood)
-    95% intervals contain every true parameter in at least 85% of 40 trials (binomial SD 3.4%
-    at 95%; benchmarks/fit_calibration.py measures it on 150), and the row bootstrap's in most
-    of 6, neither degenerate."""
+    95% intervals contain every true parameter in at least 83% of 30 trials (binomial SD 4% at
+    95%; benchmarks/fit_calibration.py measures it on 150), and the row bootstrap's in most of
+    6, neither degenerate."""
     true, law = TRUE["saturating"]
     N = np.repeat(np.geomspace(1e6, 1e9, 10), 3)
     hits, hits_b, widths = {k: 0 for k in true}, {k: 0 for k in true}, []
-    trials = 40
+    trials = 30
     for t in range(trials):
         rng = np.random.default_rng(100 + t)
         y = law(true, N, None) * np.exp(rng.normal(0, 0.02, N.size))
@@ -143,7 +143,7 @@ def test_noisy_intervals_cover_truth():
                 hits_b[k] += f.bootstrap_intervals[k][0] <= v <= f.bootstrap_intervals[k][1]
         widths.append(f.intervals["alpha"][1] - f.intervals["alpha"][0])
     for k in true:
-        assert 0.85 * trials <= hits[k], (k, hits)
+        assert 0.83 * trials <= hits[k], (k, hits)
         assert hits_b[k] >= 4, (k, hits_b)
     assert min(widths) > 0.01
 
