@@ -46,7 +46,6 @@ from jscale.intervals import (  # noqa: F401  (_t_quantile re-exported for tests
 )
 from jscale.laws import (  # noqa: F401  (re-exported)
     _JITTER,
-    _KINDS,
     _LOG_PRED,
     _POLISH,
     _PREDICTORS,
@@ -482,7 +481,6 @@ def fit(
     return fit_
 
 
-_DECAYING = ("alpha", "beta")  # exponents a loss law needs positive
 _CONDITION_MAX = 1e8  # scaled Gauss-Newton condition number beyond which a fit is flagged
 
 
@@ -536,12 +534,12 @@ def _weak_identification(f: Fit, fm: Form, xs, ds, start) -> list[str]:
         )
     if fm.log_pred is None:  # a user's form: nothing more known about its parameters
         return out
+    bound = _at_bound(fm, f._theta, dg["mean_log_y"])[0]
     for i, (name, kind) in enumerate(zip(fm.param_names, fm.kinds)):
         v = f.params_ref[name]
         lo, hi = f.intervals_ref[name]
         if kind in ("decay", "slope"):
-            edge = abs(f._theta[i]) > 8  # within 0.03% of an end of its range
-            if edge:
+            if bound[i]:  # within 0.03% of an end of its range
                 rng_ = (
                     f"(0, {DECAY_MAX:g})" if kind == "decay" else f"(-{SLOPE_MAX:g}, {SLOPE_MAX:g})"
                 )
@@ -554,7 +552,7 @@ def _weak_identification(f: Fit, fm: Form, xs, ds, start) -> list[str]:
         # a coefficient, as its value at the reference size: compare with the data's scale
         scaled = not np.isclose(f.params[name], v, rtol=1e-9, atol=0)  # A, B, k (not E, c)
         where = " at the reference size" if scaled else ""
-        if f._theta[i] < dg["mean_log_y"] + np.log(1e-4):  # < 0.01% of the data
+        if bound[i]:  # below 0.01% of the data's scale
             out.append(f"{name} is at its bound 0: the data do not identify it")
         elif lo > 0 and hi / lo > 10:
             out.append(

@@ -185,10 +185,6 @@ def _curvature(fm: Form, theta, u, v, w, res, dof: int) -> dict:
     else:
         se = np.sqrt(np.diag(cov))
         corr = cov / np.outer(se, se) if np.all(se > 0) else np.full((P, P), np.nan)
-    if cov is not None:  # Gauss-Newton hat matrix diagonal: w_i J_i (J'WJ)^-1 J_i'
-        lev = w * np.einsum("ip,pq,iq->i", J, cov / s2 if s2 > 0 else np.linalg.pinv(G), J)
-    else:
-        lev = np.zeros(len(w))
     return dict(
         J=J,
         s=float(np.sqrt(s2)),
@@ -199,7 +195,6 @@ def _curvature(fm: Form, theta, u, v, w, res, dof: int) -> dict:
         corr=corr,
         condition=cond,
         sens=dg,
-        leverage=lev,
     )
 
 
