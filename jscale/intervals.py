@@ -6,6 +6,8 @@ coordinates of ``jscale.laws``.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -142,6 +144,7 @@ def _at_bound(fm: Form, theta, mean_log_y: float) -> np.ndarray:
     return out
 
 
+@functools.lru_cache(maxsize=256)  # every fit asks for it; 6,000 betainc evaluations each time
 def _t_quantile(p: float, dof: int) -> float:
     """The ``p`` quantile of Student's t with ``dof`` degrees of freedom (p > 0.5), by
     bisection on its CDF ``1 - I_{dof/(dof+t^2)}(dof/2, 1/2) / 2``."""
