@@ -102,7 +102,8 @@ def _print_plan(s, args) -> None:
     print(
         f"sweep {s.name!r} -> {s.out_dir}: {len(s.train_points)} models "
         f"({len(s.groups())} runs) x {len(s.precisions)} precisions; {plan.done} record(s) done, "
-        f"{sum(map(len, todo.values()))} to run, {len(plan.stale)} stale"
+        f"{sum(map(len, todo.values())) + sum(len(p) for *_, p in plan.ladder)} to run, "
+        f"{len(plan.stale)} stale"
     )
     print(
         "| target N | N non-emb | d_model x layers | seed | lr | tokens | tokens/N | C (FLOPs) | "
@@ -148,6 +149,24 @@ def _print_plan(s, args) -> None:
         )
     for note in s.notes:
         print(f"design: {note}")
+    if s.ladder:
+        from jscale import ladder
+
+        lad = {(t, c): p for t, c, p in plan.ladder}
+        print(
+            f"\nlatency ladder: {len(s.ladder)} random-weight models x {len(s.precisions)} "
+            f"precisions, timed (batch {s.latency.batch}, prompt {s.latency.prompt_tokens}, "
+            f"{s.latency.gen_tokens} generated), not trained"
+        )
+        print("| target N | N non-emb | d_model x layers | heads | peak GiB | precisions to run |")
+        print("|---:|---:|---|---:|---:|---|")
+        for target, cfg in s.ladder:
+            todo_l = lad.get((target, cfg), [])
+            print(
+                f"| {target:.3g} | {count_params(cfg)['non_embedding']:,} | "
+                f"{cfg.d_model} x {cfg.n_layers} | {cfg.n_heads} | "
+                f"{ladder.peak_bytes(cfg) / 2**30:.2f} | {', '.join(todo_l) or '-'} |"
+            )
 
 
 def cmd_sweep(args) -> int:

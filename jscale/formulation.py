@@ -1,22 +1,26 @@
-"""How a backend runs the model's numbers: kernel layout, row padding, and XLA:CPU tricks.
+"""How a backend runs the model's numbers: kernel layout, row padding, matrix-vector form, and
+XLA:CPU tricks; and which of them is fastest on the machine at hand.
 
 A ``jscale.precision.Policy`` says *what* every matmul computes in (fp32, bf16, int8, w8a8).
 A ``Formulation`` says *how* the backend is handed that work, without changing the result:
 
 * ``kernel_layout``: projection kernels stored ``in_out`` (``[in, out]``, as trained) or
   ``out_in`` (``[out, in]``, rows are output channels).  At batch 1 a decode step is a
-  matrix-vector product per projection, and XLA:CPU streams fp32 ``[out, in]`` kernels faster
-  (``benchmarks/decode_matvec_layout.py``: 1.25x on the projections, 1.2x on a whole fp32 decode
-  step at 1e8 parameters).  ``arrange`` lays trained params out this way, once.
+  matrix-vector product per projection, and some backends stream one layout faster.
+  ``arrange`` lays trained params out this way, once.
 * ``min_rows``: each projection's tokens are padded with zero rows to at least this many (the
   extra outputs are dropped).  XLA:CPU hands matmuls of >= 2 rows to its YNNPACK library, whose
-  bf16 and int8 x int8 kernels made a whole batch-1 decode step 1.4x (bf16) and 1.7-3x (w8a8)
-  faster than XLA's own matrix-vector code (benchmarks/README.md).  1 = no padding.
+  bf16 and int8 x int8 kernels can beat XLA's own matrix-vector code.  1 = no padding.
 
-Training always runs ``TRAINED`` (``in_out``, no padding).  Inference runs what ``choose``
-picks: a formulation given explicitly, else the fastest measured for the policy's format on the
-backend (``FASTEST``), else ``TRAINED``.  The tables were measured on one 2-vCPU machine
-(benchmarks/README.md, "How each precision runs") and may not be fastest on another CPU.
+Which is fastest differs between CPUs (an AVX2, an AVX-512 and an AMX machine disagree) and
+between model sizes, so nothing here is a table measured on one machine.  ``choose`` picks, per
+(format, shape class), the fastest of ``CANDIDATES`` as timed on the default device by
+``jscale.autotune`` (once per device and JAX version; cached next to the roofline), and any
+field a config pins is kept.  Shape classes (``shape_class``): ``small`` (the largest projection
+under ``PAD_MIN_WEIGHTS`` weights: dispatch dominates), ``resident`` (the block weights fit in
+the measured cache) and ``streaming`` (they do not: the step streams its weights from memory).
+
+Training always runs ``TRAINED`` (``in_out``, no padding).
 
 Two more XLA:CPU formulations live here, each exact:
 
@@ -24,8 +28,6 @@ Two more XLA:CPU formulations live here, each exact:
   of the weight gradient (XLA:CPU transposed the wider one: ~40% of a training step at 1e7).
 * ``write_kv``: the decode cache update ordered after every read of the old cache, so XLA
   updates the buffers in place instead of copying them (~12% of a 1e8 decode step).
-
-This module imports only jax and ``jscale.precision``.
 """
 
 from __future__ import annotations
@@ -37,15 +39,19 @@ import jax
 import jax.numpy as jnp
 
 from jscale import precision
-from jscale.config import ConfigError, ModelConfig, is_positive_int
+from jscale.config import ConfigError, ModelConfig, count_params, is_positive_int
 
 KERNEL_LAYOUTS = ("in_out", "out_in")
+SHAPE_CLASSES = ("small", "resident", "streaming")
+# Below this many weights in the largest projection (d_model x d_ff) a model is "small".
+PAD_MIN_WEIGHTS = 2**16
 
 
 @dataclasses.dataclass(frozen=True)
 class Formulation:
-    """How projections run: ``kernel_layout`` (``in_out`` | ``out_in``) and ``min_rows`` (>= 1).
-    Hashable, so it can be a static argument of a jitted function."""
+    """How projections run: ``kernel_layout`` (``in_out`` | ``out_in``) and ``min_rows``
+    (>= 1).  Hashable, so it can be a static argument of a jitted function.  ``name``:
+    ``layout:rows`` (``out_in:4``); ``Formulation.parse`` reads it back."""
 
     kernel_layout: str = "in_out"
     min_rows: int = 1
@@ -60,52 +66,45 @@ class Formulation:
             raise ConfigError(f"min_rows must be a positive integer, got {self.min_rows!r}")
         object.__setattr__(self, "min_rows", int(self.min_rows))
 
+    @property
+    def name(self) -> str:
+        return f"{self.kernel_layout}:{self.min_rows}"
+
+    @classmethod
+    def parse(cls, name: str) -> "Formulation":
+        """``"out_in:4"`` -> ``Formulation("out_in", 4)``; ``ConfigError`` when malformed."""
+        layout, _, rows = str(name).partition(":")
+        return cls(layout, int(rows) if rows.isdigit() else rows)
+
     def kernel_shape(self, n_in: int, n_out: int) -> tuple[int, int]:
         """The stored shape of a projection kernel from ``n_in`` to ``n_out`` features."""
         return (n_out, n_in) if self.kernel_layout == "out_in" else (n_in, n_out)
 
 
 TRAINED = Formulation()
-
-# Measured on the 2-vCPU machine of record (benchmarks/README.md, "How each precision runs"):
-# backend -> precision format -> its fastest batch-1 decode formulation.  Formats and backends
-# not listed run TRAINED.
-FASTEST = {
-    "cpu": {
-        "fp32": Formulation("out_in", 1),
-        "bf16": Formulation("out_in", 4),
-        "int8": Formulation("out_in", 1),
-        "w8a8": Formulation("out_in", 4),
-    }
-}
-# The best padding when a layout is forced (``choose(..., kernel_layout=...)``).
-FASTEST_ROWS = {
-    "cpu": {
-        "fp32": {"in_out": 1, "out_in": 1},
-        "bf16": {"in_out": 1, "out_in": 4},
-        "int8": {"in_out": 1, "out_in": 1},
-        "w8a8": {"in_out": 4, "out_in": 4},
-    }
-}
-# ...for models whose largest projection (d_model x d_ff) has at least this many weights;
-# below it a padded product costs more than it saves (1e5 params: bf16 0.54-0.68x, w8a8 0.75x
-# of unpadded; 1e6, 65,536 weights: bf16 0.97x, w8a8 1.37x), so smaller models run unpadded.
-PAD_MIN_WEIGHTS = 2**16
+# What the autotune times for every format and shape class (the first is the baseline).
+CANDIDATES = tuple(
+    Formulation.parse(n) for n in ("in_out:1", "in_out:4", "out_in:1", "out_in:4")
+)
+_BYTES = {"fp32": 4, "bf16": 2, "int8": 1, "w8a8": 1}
 
 
-def choose(
-    policy,
-    cfg: ModelConfig | None = None,
-    *,
-    kernel_layout: str = "auto",
-    min_rows: int | str = "auto",
-    platform: str | None = None,
-) -> Formulation:
-    """The formulation inference runs ``policy`` in on ``platform`` (default: the default
-    device's).  ``kernel_layout`` / ``min_rows``: as given, or ``"auto"``: the fastest measured
-    for the policy's format (``FASTEST``; with a forced layout, ``FASTEST_ROWS``), with no row
-    padding when ``cfg``'s ``d_model * d_ff`` is under ``PAD_MIN_WEIGHTS``; unmeasured: TRAINED."""
-    fmt = precision.get_policy(policy).fmt
+def shape_class(cfg: ModelConfig | None, fmt: str, cache_bytes: float | None) -> str:
+    """``cfg``'s shape class in format ``fmt``: ``small`` when ``d_model * d_ff`` is under
+    ``PAD_MIN_WEIGHTS``, ``streaming`` when its block weights (non-embedding params x bytes per
+    weight of ``fmt``) exceed ``cache_bytes`` (the measured effective cache; None or NaN: no
+    cache is assumed, as on accelerators, where weights always stream), else ``resident``.
+    No cfg: ``resident``."""
+    if cfg is None:
+        return "resident"
+    if cfg.d_model * cfg.d_ff < PAD_MIN_WEIGHTS:
+        return "small"
+    cache = cache_bytes if cache_bytes is not None and math.isfinite(cache_bytes) else 0.0
+    weight_bytes = count_params(cfg)["non_embedding"] * _BYTES.get(fmt, 4)
+    return "streaming" if weight_bytes > cache else "resident"
+
+
+def _pins(kernel_layout, min_rows) -> dict:
     if kernel_layout != "auto" and kernel_layout not in KERNEL_LAYOUTS:
         raise ConfigError(
             f"kernel_layout must be auto or one of {', '.join(KERNEL_LAYOUTS)}, "
@@ -113,13 +112,52 @@ def choose(
         )
     if min_rows != "auto" and not is_positive_int(min_rows):
         raise ConfigError(f"min_rows must be auto or a positive integer, got {min_rows!r}")
-    platform = platform or jax.devices()[0].platform
-    best = FASTEST.get(platform, {}).get(fmt, TRAINED)
-    layout = best.kernel_layout if kernel_layout == "auto" else kernel_layout
-    if min_rows == "auto":
-        small = cfg is not None and cfg.d_model * cfg.d_ff < PAD_MIN_WEIGHTS
-        min_rows = 1 if small else FASTEST_ROWS.get(platform, {}).get(fmt, {}).get(layout, 1)
-    return Formulation(layout, int(min_rows))
+    pins = {"kernel_layout": kernel_layout, "min_rows": min_rows}
+    return {k: v for k, v in pins.items() if v != "auto"}
+
+
+def _apply_pins(form: Formulation, pins: dict) -> Formulation:
+    layout = pins.get("kernel_layout", form.kernel_layout)
+    return Formulation(layout, int(pins.get("min_rows", form.min_rows)))
+
+
+def choice(
+    policy,
+    cfg: ModelConfig | None = None,
+    *,
+    kernel_layout: str = "auto",
+    min_rows: int | str = "auto",
+    cache_bytes: float | None = None,
+) -> tuple[Formulation, dict]:
+    """The formulation inference runs ``policy`` in for ``cfg``, and where it came from.
+
+    ``kernel_layout`` and ``min_rows`` are each pinned when given, else ``"auto"``.  Both
+    pinned: that formulation.  Otherwise the autotune's
+    timings for the policy's format and ``cfg``'s shape class (``jscale.autotune.timings``:
+    measured on the default device at first use, then cached) pick the fastest candidate that
+    agrees with the pins (or the fastest overall, with the pinned fields replaced).
+    ``cache_bytes``: the measured effective cache (``roofline.roofline()["cache_bytes"]``) that
+    separates ``resident`` from ``streaming``.  Returns ``(form, info)`` with ``info`` the
+    record's provenance: ``formulation_source`` (``autotune``, ``pinned`` or ``autotune +
+    pinned``) and ``formulation_class``."""
+    fmt = precision.get_policy(policy).fmt
+    pins = _pins(kernel_layout, min_rows)
+    klass = shape_class(cfg, fmt, cache_bytes)
+    info = {"formulation_class": klass}
+    if len(pins) == 2:
+        return _apply_pins(TRAINED, pins), {**info, "formulation_source": "pinned"}
+    from jscale import autotune  # (imports this module)
+
+    ms = autotune.timings(fmt, klass, cache_bytes)
+    ranked = sorted(CANDIDATES, key=lambda f: ms[f.name])
+    agree = [f for f in ranked if _apply_pins(f, pins) == f]
+    best = agree[0] if agree else _apply_pins(ranked[0], pins)
+    return best, {**info, "formulation_source": "autotune + pinned" if pins else "autotune"}
+
+
+def choose(policy, cfg: ModelConfig | None = None, **kw) -> Formulation:
+    """``choice(policy, cfg, **kw)``'s formulation alone."""
+    return choice(policy, cfg, **kw)[0]
 
 
 def arrange(params, form: Formulation):

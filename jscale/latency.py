@@ -25,7 +25,8 @@ read-only streaming bandwidth (``roofline.measure_read_bandwidth``): inference r
 and cache and writes almost nothing.
 
 How each precision runs (kernel layout, row padding) is a ``jscale.formulation.Formulation``:
-by default the one ``formulation.choose`` picks for the policy's format on this backend.
+by default the fastest the autotune measured for the policy's format and the model's shape
+class on this device (``formulation.choice``); the record says which, and why.
 """
 
 from __future__ import annotations
@@ -178,8 +179,8 @@ def measure_latency(
     form: Formulation | None = None,
 ) -> dict:
     """Latency of prefill and decode for float32 ``params`` (as trained) run in precision
-    ``policy`` (a name or a ``Policy``) and formulation ``form`` (None: ``formulation.choose``,
-    the fastest measured for this precision on this backend).
+    ``policy`` (a name or a ``Policy``) and formulation ``form`` (None: ``formulation.choice``,
+    the fastest the autotune measured for this precision and shape class on this device).
 
     The params are converted (``precision.convert_params``) and laid out
     (``formulation.arrange``) first.  ``roof``: the machine's rates (``roofline.roofline()``,
@@ -211,7 +212,6 @@ def measure_latency(
             f"prompt_tokens + gen_tokens = {prompt_tokens} + {gen_tokens} exceeds "
             f"ModelConfig.max_seq_len = {cfg.max_seq_len}"
         )
-    form = formulation.choose(pol, cfg) if form is None else form
     roof = roofline.roofline() if roof is None else roof
     missing = [k for k in ("read_bandwidth_bytes_per_s", "matmul_flops_per_s") if k not in roof]
     if missing:
@@ -219,6 +219,13 @@ def measure_latency(
             f"roof lacks {', '.join(missing)}: pass jscale.roofline.roofline() (or None to "
             f"measure it), or a dict with at least those rates"
         )
+    if form is None:
+        form, how = formulation.choice(pol, cfg, cache_bytes=roof.get("cache_bytes"))
+    else:
+        how = {
+            "formulation_source": "given",
+            "formulation_class": formulation.shape_class(cfg, pol.fmt, roof.get("cache_bytes")),
+        }
     run_params = formulation.arrange(precision.convert_params(params, pol), form)
     prompt_BxP = jax.random.randint(
         jax.random.key(0), (batch, prompt_tokens), 0, cfg.vocab_size, jnp.int32
@@ -252,6 +259,7 @@ def measure_latency(
             "latency_repeats": repeats,
             "kernel_layout": form.kernel_layout,
             "matmul_min_rows": form.min_rows,
+            **how,
             **timing,
             **bounds,
             "mesh_shape": sharding.mesh_shape_str(mesh),

@@ -26,6 +26,7 @@ from jscale import schema
 RECORDS = "records"
 CURVES = "curves"
 DOCUMENT_LOSSES = "document_losses"
+LADDER = "ladder"  # the latency ladder's records (jscale.ladder), one per (size, precision)
 
 
 class ResultsError(ValueError):
@@ -33,8 +34,10 @@ class ResultsError(ValueError):
     does not match ``jscale.schema``."""
 
 
-def record_path(out_dir: str | os.PathLike, point_id: str) -> Path:
-    return Path(out_dir) / RECORDS / f"{point_id}.json"
+def record_path(out_dir: str | os.PathLike, point_id: str, kind: str = RECORDS) -> Path:
+    """Where the record ``point_id`` lives: ``OUT/records/`` (``kind=RECORDS``) or
+    ``OUT/ladder/`` (``kind=LADDER``)."""
+    return Path(out_dir) / kind / f"{point_id}.json"
 
 
 def _clean(v):
@@ -46,9 +49,12 @@ def _clean(v):
     return v
 
 
-def write_record(out_dir: str | os.PathLike, point_id: str, record: dict) -> Path:
-    """Write ``record`` (a flat dict) as the point's file, atomically; returns its path."""
-    path = record_path(out_dir, point_id)
+def write_record(
+    out_dir: str | os.PathLike, point_id: str, record: dict, kind: str = RECORDS
+) -> Path:
+    """Write ``record`` (a flat dict) as the point's file (``record_path``), atomically;
+    returns its path."""
+    path = record_path(out_dir, point_id, kind)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     body = json.dumps(
@@ -130,6 +136,35 @@ def finished_points(out_dir: str | os.PathLike) -> set[str]:
     """The point ids that have a complete record in ``out_dir``."""
     d = Path(out_dir) / RECORDS
     return {p.stem for p in d.glob("*.json")} if d.is_dir() else set()
+
+
+def load_ladder(out_dir: str | os.PathLike) -> pd.DataFrame | None:
+    """The latency ladder of a sweep (``OUT/ladder/*.json``, or a ``latency_ladder.csv``
+    table), one row per (size, precision), sorted by size and precision; None when the sweep
+    has none.  The columns are checked against ``jscale.schema`` (``table="ladder"``)."""
+    p = Path(out_dir)
+    if p.is_file():
+        df = pd.read_csv(p)
+    else:
+        if (p / "latency_ladder.csv").is_file() and not (p / LADDER).is_dir():
+            return load_ladder(p / "latency_ladder.csv")
+        files = sorted((p / LADDER).glob("*.json")) if (p / LADDER).is_dir() else []
+        if not files:
+            return None
+        rows = []
+        for f in files:
+            try:
+                rows.append(json.loads(f.read_text()))
+            except (OSError, json.JSONDecodeError) as e:
+                raise ResultsError(f"{f}: unreadable ladder record ({e})") from None
+        df = pd.DataFrame(rows)
+    if df.empty:
+        return None
+    try:
+        schema.check_columns(df.columns, where=str(p), table="ladder")
+    except schema.SchemaError as e:
+        raise ResultsError(str(e)) from None
+    return df.sort_values([schema.N, schema.PRECISION], kind="stable").reset_index(drop=True)
 
 
 def load_results(out_dir: str | os.PathLike, *, check: bool = True) -> pd.DataFrame:

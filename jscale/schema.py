@@ -463,6 +463,36 @@ COLUMNS: tuple[Column, ...] = (
     ),
     _c(
         "latency",
+        "optional",
+        "latency_weights",
+        "-",
+        "str",
+        "the weights latency was timed with: `trained` (the point's own checkpoint) or `random` "
+        "(the latency ladder's randomly initialised model, `jscale.ladder`: latency depends on "
+        "shapes and precision, not on what the weights learned)",
+    ),
+    _c(
+        "latency",
+        "optional",
+        "formulation_source",
+        "-",
+        "str",
+        "where `kernel_layout` and `matmul_min_rows` came from: `autotune` (the fastest "
+        "candidate timed on this device for the format and shape class, `jscale.autotune`), "
+        "`pinned` (the config's `[latency]` keys), `autotune + pinned`, or `given` (passed in)",
+    ),
+    _c(
+        "latency",
+        "optional",
+        "formulation_class",
+        "-",
+        "str",
+        "the shape class the formulation was chosen for (`formulation.shape_class`): `small` "
+        "(d_model x d_ff < 2^16), `resident` (block weights in the format fit the measured "
+        "cache) or `streaming`",
+    ),
+    _c(
+        "latency",
         "latency",
         "compile_prefill_s",
         "s",
@@ -753,6 +783,12 @@ CURVE_COLUMNS = {
 HISTORY = (
     (
         "2026-12-02",
+        "latency records gain the optional `latency_weights` (`trained` or `random`), "
+        "`formulation_source` and `formulation_class` (the autotuned formulation's provenance); "
+        "a sweep's latency ladder writes its own table (`latency_ladder.csv`, `LADDER_CORE`)",
+    ),
+    (
+        "2026-12-02",
         "latency records gain the optional `roofline_cache_bytes` (the measured effective "
         "cache); fits of latency laws leave out cache-resident models when enough are above it",
     ),
@@ -814,16 +850,46 @@ def part(source: str, values: Mapping) -> dict:
     return dict(values)
 
 
-def check_columns(names: Iterable[str], where: str = "table") -> None:
+# The columns every latency-ladder record holds (``jscale.ladder``; ``table="ladder"``): the
+# point, the model's shape, every ``latency`` column and the provenance.  A ladder model is not
+# trained, so the training and evaluation columns are absent.
+LADDER_CORE: tuple[str, ...] = (
+    "point_id",
+    "sweep_name",
+    "config_hash",
+    "size_target_params_non_embedding",
+    "inference_precision",
+    "created_at",
+    "d_model",
+    "n_layers",
+    "n_heads",
+    "d_ff",
+    "vocab_size",
+    "max_seq_len",
+    "tie_embeddings",
+    "params_total",
+    "params_non_embedding",
+    "params_embedding",
+    "latency_weights",
+)
+
+
+def check_columns(names: Iterable[str], where: str = "table", table: str = "results") -> None:
     """Check a table's column names: every one must be in the schema, every ``core`` column
-    present, and the ``latency`` columns all present or all absent.  Raises ``SchemaError``
-    naming the unknown and missing columns."""
+    present, and the ``latency`` columns all present or all absent.  ``table="ladder"``: a
+    latency-ladder table instead (``LADDER_CORE``, every ``latency`` column and the
+    provenance).  Raises ``SchemaError`` naming the unknown and missing columns."""
     have = set(names)
     unknown = sorted(have - set(BY_NAME))
-    missing = [c.name for c in COLUMNS if c.group == "core" and c.name not in have]
     lat = [c.name for c in COLUMNS if c.group == "latency"]
-    if any(n in have for n in lat):
-        missing += [n for n in lat if n not in have]
+    if table == "ladder":
+        need = [*LADDER_CORE, *lat]
+        need += [c.name for c in COLUMNS if c.source == "provenance" and c.group == "core"]
+        missing = [n for n in need if n not in have]
+    else:
+        missing = [c.name for c in COLUMNS if c.group == "core" and c.name not in have]
+        if any(n in have for n in lat):
+            missing += [n for n in lat if n not in have]
     if unknown or missing:
         raise SchemaError(
             f"{where} does not match jscale.schema: "

@@ -49,6 +49,7 @@ from jscale import (
     data,
     evaluate,
     formulation,
+    ladder,
     latency,
     model,
     results,
@@ -128,6 +129,7 @@ class Plan:
     stale: list[str]
     hashes: dict[int, str]  # id(train point) -> train hash
     corpus_id: str
+    ladder: list = dataclasses.field(default_factory=list)  # (target, cfg, precisions to time)
 
 
 def _config_hash(sweep: Sweep, thash: str, precision: str) -> str:
@@ -137,10 +139,33 @@ def _config_hash(sweep: Sweep, thash: str, precision: str) -> str:
     return _sha(h)
 
 
+def ladder_id(target: float, precision: str) -> str:
+    return f"ladder-N{round(target)}-{precision}"
+
+
+def _ladder_hash(sweep: Sweep, cfg, precision: str) -> str:
+    return _sha(
+        {
+            "format": FORMAT,
+            "ladder": dataclasses.asdict(cfg),
+            "precision": precision,
+            "latency": dataclasses.asdict(sweep.latency),
+        }
+    )
+
+
+def _existing_hash(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text()).get("config_hash")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+
+
 def make_plan(
     sweep: Sweep, corpus: data.Corpus, *, force: bool = False, worker: tuple[int, int] = (0, 1)
 ) -> Plan:
-    """Which records of ``sweep`` (this worker's share) exist, are stale, or are still to do."""
+    """Which records of ``sweep`` (this worker's share) exist, are stale, or are still to do;
+    the latency ladder's sizes are shared among workers by index too."""
     corpus_id = corpus_digest(corpus)
     i, n = worker
     todo, done, stale, hashes = [], 0, [], {}
@@ -151,18 +176,31 @@ def make_plan(
         for prec in sweep.precisions:
             path = results.record_path(sweep.out_dir, point_id(point, prec))
             if path.exists() and not force:
-                try:
-                    old = json.loads(path.read_text()).get("config_hash")
-                except (OSError, json.JSONDecodeError):
-                    old = None
-                if old == _config_hash(sweep, thash, prec):
+                if _existing_hash(path) == _config_hash(sweep, thash, prec):
                     done += 1
                     continue
                 stale.append(path.stem)
             need.append(prec)
         if need:
             todo.append((point, need))
-    return Plan(todo=todo, done=done, stale=stale, hashes=hashes, corpus_id=corpus_id)
+    ladder_todo = []
+    for k, (target, cfg) in enumerate(sweep.ladder):
+        if k % n != i:
+            continue
+        need = []
+        for prec in sweep.precisions:
+            path = results.record_path(sweep.out_dir, ladder_id(target, prec), results.LADDER)
+            if path.exists() and not force:
+                if _existing_hash(path) == _ladder_hash(sweep, cfg, prec):
+                    done += 1
+                    continue
+                stale.append(path.stem)
+            need.append(prec)
+        if need:
+            ladder_todo.append((target, cfg, need))
+    return Plan(
+        todo=todo, done=done, stale=stale, hashes=hashes, corpus_id=corpus_id, ladder=ladder_todo
+    )
 
 
 def _provenance() -> dict:
@@ -289,11 +327,11 @@ def run_sweep(
     """
     t_start = time.perf_counter()
     run = _start(sweep, force=force, worker=worker, echo=echo)
-    if run.plan.todo:
+    if run.plan.todo or run.plan.ladder:
         run.roof = roofline.roofline() if sweep.latency.enabled else None
         run.provenance = _provenance()
         todo = {id(point): precisions for point, precisions in run.plan.todo}
-        n_todo = sum(len(p) for p in todo.values())
+        n_todo = sum(len(p) for p in todo.values()) + sum(len(p) for *_, p in run.plan.ladder)
         with tqdm(
             total=n_todo,
             unit="rec",
@@ -311,9 +349,10 @@ def run_sweep(
                         _measure_point(run, point, *trained, todo[id(point)], bar)
                     else:
                         bar.update(len(todo[id(point)]))
+            _measure_ladder(run, bar)
     s = run.summary
     s.seconds = time.perf_counter() - t_start
-    if run.plan.todo:
+    if run.plan.todo or run.plan.ladder:
         run.log(
             f"done: {s.written} record(s) written, {s.skipped} already done, "
             f"{s.trained} model(s) trained, "
@@ -650,8 +689,12 @@ def _latency(run: _Run, point: TrainPoint, params, prec: str) -> dict:
     key = (point.model, prec)
     if key not in run.timed:
         lat_cfg = run.sweep.latency
-        form = formulation.choose(
-            prec, point.model, kernel_layout=lat_cfg.kernel_layout, min_rows=lat_cfg.min_rows
+        form, how = formulation.choice(
+            prec,
+            point.model,
+            kernel_layout=lat_cfg.kernel_layout,
+            min_rows=lat_cfg.min_rows,
+            cache_bytes=run.roof.get("cache_bytes"),
         )
         lat = latency.measure_latency(
             params,
@@ -666,8 +709,79 @@ def _latency(run: _Run, point: TrainPoint, params, prec: str) -> dict:
             mesh=run.mesh,
             form=form,
         )
-        run.timed[key] = {**lat, "latency_from_point_id": point_id(point, prec)}
+        run.timed[key] = {
+            **lat,
+            **how,
+            "latency_weights": "trained",
+            "latency_from_point_id": point_id(point, prec),
+        }
     return run.timed[key]
+
+
+def _measure_ladder(run: _Run, bar) -> None:
+    """Time every (ladder size, precision) still to do on random weights, one record each
+    (``OUT/ladder/``), smallest first."""
+    if not run.plan.ladder:
+        return
+    sweep, lat_cfg = run.sweep, run.sweep.latency
+    t0 = time.perf_counter()
+    for target, cfg, precisions in run.plan.ladder:
+        params = jax.block_until_ready(ladder.random_params(cfg, jax.random.key(0)))
+        counts = count_params(cfg)
+        for prec in precisions:
+            pid = ladder_id(target, prec)
+            bar.set_postfix_str(pid, refresh=True)
+            form, how = formulation.choice(
+                prec,
+                cfg,
+                kernel_layout=lat_cfg.kernel_layout,
+                min_rows=lat_cfg.min_rows,
+                cache_bytes=run.roof.get("cache_bytes"),
+            )
+            lat = latency.measure_latency(
+                params,
+                cfg,
+                prec,
+                batch=lat_cfg.batch,
+                prompt_tokens=lat_cfg.prompt_tokens,
+                gen_tokens=lat_cfg.gen_tokens,
+                repeats=lat_cfg.repeats,
+                warmup=lat_cfg.warmup,
+                roof=run.roof,
+                mesh=run.mesh,
+                form=form,
+            )
+            rec = {
+                "point_id": pid,
+                "sweep_name": sweep.name,
+                "config_hash": _ladder_hash(sweep, cfg, prec),
+                "size_target_params_non_embedding": target,
+                "inference_precision": prec,
+                "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                **{k: getattr(cfg, k) for k in ("d_model", "n_layers", "n_heads", "d_ff")},
+                **{k: getattr(cfg, k) for k in ("vocab_size", "max_seq_len", "tie_embeddings")},
+                "params_total": counts["total"],
+                "params_non_embedding": counts["non_embedding"],
+                "params_embedding": counts["embedding"],
+                **lat,
+                **how,
+                "latency_weights": "random",
+                **run.provenance,
+            }
+            schema.check_columns(rec, where=pid, table="ladder")
+            if _writer():
+                results.write_record(sweep.out_dir, pid, rec, results.LADDER)
+            run.summary.written += 1
+            bar.update(1)
+            run.log(
+                f"ladder N={counts['non_embedding']:.3g} (d_model {cfg.d_model} x "
+                f"{cfg.n_layers} layers, random weights) -> {prec} [{form.name}, "
+                f"{how['formulation_class']}]: decode {lat['decode_ms_per_token_median']:.3f} "
+                f"ms/token ({lat['decode_efficiency']:.2f} of the roofline), prefill "
+                f"{lat['prefill_ms_median']:.2f} ms"
+            )
+        del params
+    run.log(f"latency ladder: {time.perf_counter() - t0:.0f} s")
 
 
 def _writer() -> bool:
@@ -749,6 +863,9 @@ def export_csv(out_dir: str | os.PathLike) -> Path:
     docs = results.load_document_losses(out_dir)
     if docs is not None:
         tables["document_losses.csv"] = docs
+    lad = results.load_ladder(out_dir) if (Path(out_dir) / results.LADDER).is_dir() else None
+    if lad is not None:
+        tables["latency_ladder.csv"] = lad
     for name, df in tables.items():
         path = Path(out_dir) / name
         tmp = path.with_name(f".{name}.{os.getpid()}.tmp")

@@ -132,7 +132,9 @@ _LATENCY = {
     "warmup",
     "kernel_layout",
     "min_rows",
+    "ladder",
 }
+_LADDER_LATENCY = {"lo", "hi", "per_decade", "aspect_ratio", "head_dim"}
 _KERNEL_LAYOUTS = ("auto", *KERNEL_LAYOUTS)
 _CORPUS = {"path", "val_percent"}
 _MESH = ("data", "fsdp")
@@ -200,6 +202,8 @@ class Sweep:
 
     max_epochs: float = 4.0
     notes: tuple[str, ...] = ()  # what the design cannot identify, said before training
+    # [latency.ladder]: (target, config) of each random-weight model timed in every precision
+    ladder: tuple = ()
 
     @property
     def n_records(self) -> int:
@@ -452,10 +456,11 @@ def _build(raw: dict, text: str, out_dir_override: str | None) -> Sweep:
         min_rows=rows,
         **{
             k: _count(lat[k], f"latency.{k}", lo=0 if k == "warmup" else 1)
-            for k in _LATENCY - {"enabled", "kernel_layout", "min_rows"}
+            for k in _LATENCY - {"enabled", "kernel_layout", "min_rows", "ladder"}
             if k in lat
         },
     )
+    ladder_shapes = _latency_ladder(lat.get("ladder"), latency, size_kw) if enabled else ()
 
     corpus = _table(raw.get("corpus", {}), "[corpus]")
     _check_keys(corpus, _CORPUS, "corpus.")
@@ -533,7 +538,42 @@ def _build(raw: dict, text: str, out_dir_override: str | None) -> Sweep:
         mesh=mesh,
         max_epochs=max_epochs,
         notes=tuple(_design_notes(points)),
+        ladder=tuple(ladder_shapes),
     )
+
+
+def _latency_ladder(raw, latency: Latency, size_kw: dict) -> list:
+    """``[latency.ladder]`` resolved to ``(target, config)`` pairs (``jscale.ladder.shapes``),
+    after checking that the largest fits the device's memory (``hi = "auto"``: the largest
+    that does)."""
+    from jscale import ladder
+
+    if raw is None:
+        return []
+    lad = _table(raw, "[latency.ladder]")
+    _check_keys(lad, _LADDER_LATENCY, "latency.ladder.")
+    kw = {
+        "aspect_ratio": _number(
+            lad.get("aspect_ratio", 64.0), "latency.ladder.aspect_ratio", lo=0, strict_lo=True
+        ),
+        "head_dim": _count(lad.get("head_dim", 32), "latency.ladder.head_dim", lo=1),
+        "vocab_size": 256,
+        "max_seq_len": latency.prompt_tokens + latency.gen_tokens,
+        "tie_embeddings": size_kw.get("tie_embeddings", True),
+    }
+    memory = ladder.device_memory_bytes()
+    lo = _number(lad.get("lo", 1e4), "latency.ladder.lo", lo=1e3, hi=1e13)
+    hi = lad.get("hi", "auto")
+    if hi == "auto":
+        hi = ladder.largest_fitting(memory, **kw) if math.isfinite(memory) else 1e9
+    else:
+        hi = _number(hi, "latency.ladder.hi", lo=lo, hi=1e13)
+    per_decade = _count(lad.get("per_decade", 3), "latency.ladder.per_decade", lo=1)
+    if per_decade > 24:
+        raise _err("latency.ladder.per_decade", f"must be at most 24, got {per_decade}")
+    out = ladder.shapes(lo, max(lo, hi), per_decade, **kw)
+    ladder.check_memory([cfg for _, cfg in out], memory, "latency.ladder.hi")
+    return out
 
 
 def _train_config(tr: dict, **kw) -> TrainConfig:
