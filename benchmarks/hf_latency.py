@@ -10,7 +10,7 @@ after the other. What is timed, on each side, is the same work:
   argmax of its logits as the next input. Per-token decode latency = decode time / --gen.
 
 jscale: ``jscale.latency.measure_latency`` (ahead-of-time compiled prefill and a ``lax.scan``
-decode, the formulation ``jscale.formulation.choose`` picks for each precision; 2 warm-up runs,
+decode, the formulation ``jscale.autotune.choose`` picks for each precision; 2 warm-up runs,
 then --repeats timed runs) in fp32, bf16, int8 (weight-only) and w8a8.
 
 Hugging Face: ``GPT2LMHeadModel`` in float32 eager PyTorch (its default attention
@@ -25,6 +25,11 @@ is reported (decode and prefill each), so the peer is not disadvantaged by noise
 The architectures differ outside the matmuls (GPT-2: LayerNorm, biases, learned positions;
 jscale: RMSNorm, no biases, RoPE); the matmul shapes and the cache are the same. N is jscale's
 non-embedding parameter count. Ratios are jscale ms / HF ms: lower is better.
+
+Run it on an idle machine. With as many torch threads as CPUs, any other busy process slows
+PyTorch's OpenMP loop by up to 100x (2-core VM, 2026-12-02) while jscale barely moves; the
+report prints how busy the CPUs were before the start, both HF passes, and a warning when they
+disagree by more than 1.5x. ``--hf-threads`` sets torch's thread count (default: all CPUs).
 
 Install the peer in a separate venv (torch and transformers are not jscale dependencies)::
 
@@ -250,8 +255,9 @@ def report(rows: list[dict], precs: list[str], header: list[str]) -> str:
     ]
     if noisy:
         out.append(
-            f"WARNING: HF's passes differ by more than 1.5x at {', '.join(noisy)}: the machine "
-            "was not quiet; rerun on an idle machine before quoting these ratios."
+            f"WARNING: HF's passes differ by more than 1.5x at {', '.join(noisy)}: another "
+            "process ran meanwhile, or too few repeats; rerun on an idle machine (and with "
+            "more --repeats) before quoting these ratios."
         )
     out += [
         "",

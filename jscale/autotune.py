@@ -6,13 +6,18 @@ the default device and cached in ``$JSCALE_CACHE_DIR/formulations.json`` keyed b
 (platform, kind, count, host CPUs) and the JAX version, next to the roofline.  A different CPU
 or JAX version measures again; ``refresh=True`` forces it (``jscale autotune --refresh``).
 
-What is timed: ``STEPS`` decode-like steps in one jit, each pushing one token's activations
-through every layer's four projections (``qkv``, ``out``, ``up``, ``down``; ``d_ff = 4 d``) by
-``formulation.project``, in format ``fmt``, with random weights of the class's representative
-shape (``REPRESENTATIVE``; ``streaming`` has enough layers that its weights are 1.5x the
-measured cache, and at least 48 MiB).  Compiled ahead of time (compile time not timed), one
-untimed run, then ``REPEATS`` timed runs.  Attention, norms and the head are the same under every
-candidate and left out.
+What is timed: the real batch-1 decode step (``jscale.generate.decode``, ``STEPS`` greedy steps
+in one jit, from an empty KV cache) of a random-weight model of the class's representative
+shape (``REPRESENTATIVE``: d_model x layers, with d_ff = 4 d_model and 32-wide heads; ``large``
+is 864 x 8, 2.9e8 bytes of fp32 weights, with more layers where the format's weights would not
+reach 1.5x the measured cache, so they stream from memory), under each candidate.  Compiled
+ahead of time (compile time not timed), one untimed run, then ``REPEATS`` timed runs.  A
+micro-benchmark of the projections alone was tried first and ranked fp32's layouts the other
+way round from the whole step, and a 3-layer model (108 MB of fp32) ranked them level while 8
+layers and more agree with the 1e8 models (out_in 1.2x faster here), so the whole step of a
+large model is timed.
+
+``choice`` turns the timings into the formulation a record runs, keeping what a config pins.
 """
 
 from __future__ import annotations
@@ -26,14 +31,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jscale import formulation, precision
+from jscale import formulation, generate, ladder, model, precision
+from jscale.config import ModelConfig
 from jscale.runtime import cache_dir
 
-STEPS = 2
+STEPS = 4
 REPEATS = 3
-# shape class -> (d_model, layers); streaming's layers are set from the cache (see module doc)
-REPRESENTATIVE = {"small": (64, 2), "resident": (256, 2), "streaming": (1024, None)}
-_VERSION = "v1"
+# shape class -> (d_model, layers); large gets more layers when 1.5x the cache needs them
+REPRESENTATIVE = {"small": (64, 2), "large": (864, 8)}
+_VERSION = "v3"
 
 
 def device_key() -> str:
@@ -52,47 +58,18 @@ def representative(shape_class: str, fmt: str, cache_bytes: float | None) -> tup
             f"shape class must be one of {', '.join(REPRESENTATIVE)}, got {shape_class!r}"
         )
     d, layers = REPRESENTATIVE[shape_class]
-    if layers is None:
+    if shape_class == "large":
         cache = cache_bytes if cache_bytes is not None and math.isfinite(cache_bytes) else 0.0
-        per_layer = 12 * d * d * formulation._BYTES.get(fmt, 4)
-        layers = max(2, math.ceil(max(1.5 * cache, 48 * 2**20) / per_layer))
+        per_layer = 12 * d * d * {"fp32": 4, "bf16": 2}.get(fmt, 1)
+        layers = max(layers, math.ceil(1.5 * cache / per_layer))
     return d, layers
 
 
-def _weights(fmt: str, d: int, layers: int, form: formulation.Formulation, key):
-    """Random weights of ``layers`` blocks in ``fmt``, laid out for ``form``: per layer
-    ``{name: (kernel, scale)}`` with scales per output channel for the integer formats."""
-    shapes = {"qkv": (d, 3 * d), "out": (d, d), "up": (d, 4 * d), "down": (4 * d, d)}
-    out = []
-    for i in range(layers):
-        layer = {}
-        for j, (name, (n_in, n_out)) in enumerate(shapes.items()):
-            k = jax.random.fold_in(key, 4 * i + j)
-            shape = form.kernel_shape(n_in, n_out)
-            if fmt in ("int8", "w8a8"):
-                w = jax.random.randint(k, shape, -127, 128, jnp.int8)
-                layer[name] = (w, jnp.full((n_out,), 1 / (127 * math.sqrt(n_in)), jnp.float32))
-            else:
-                dt = jnp.bfloat16 if fmt == "bf16" else jnp.float32
-                layer[name] = (
-                    (jax.random.normal(k, shape, jnp.float32) / math.sqrt(n_in)).astype(dt),
-                    None,
-                )
-        out.append(layer)
-    return out
+def representative_config(shape_class: str, fmt: str, cache_bytes: float | None):
+    """The ``ModelConfig`` timed for ``shape_class`` in ``fmt``."""
 
-
-def _steps(weights, x_1xD, fmt: str, form: formulation.Formulation):
-    def body(_, x):
-        for layer in weights:
-            proj = lambda h, n: formulation.project(h, *layer[n], fmt, form)  # noqa: E731
-            d = x.shape[-1]
-            x = x + proj(proj(x, "qkv")[:, :d], "out")
-            x = x + proj(jax.nn.gelu(proj(x, "up")), "down")
-            x = x * jax.lax.rsqrt(jnp.mean(x * x) + 1e-6)
-        return x
-
-    return jax.lax.fori_loop(0, STEPS, body, x_1xD)
+    d, layers = representative(shape_class, fmt, cache_bytes)
+    return ModelConfig(d_model=d, n_layers=layers, n_heads=d // 32, max_seq_len=STEPS + 1)
 
 
 def time_candidates(
@@ -100,24 +77,30 @@ def time_candidates(
 ) -> dict[str, dict[str, float]]:
     """Time every candidate formulation for ``fmt`` in ``shape_class`` now: per candidate name,
     ``{"ms": median ms per decode step, "q1", "q3", "compile_s"}``."""
-    precision.get_policy(fmt)  # a known format, or PrecisionError
-    d, layers = representative(shape_class, fmt, cache_bytes)
-    x = jax.random.normal(jax.random.key(1), (1, d), jnp.float32)
-    out, by_layout = {}, {}
+
+    pol = precision.get_policy(fmt)  # a known format, or PrecisionError
+    cfg = representative_config(shape_class, fmt, cache_bytes)
+    converted = precision.convert_params(ladder.random_params(cfg, jax.random.key(0)), pol)
+    token = jnp.zeros((1,), jnp.int32)
+    out = {}
     for form in formulation.CANDIDATES:
-        if form.kernel_layout not in by_layout:  # one set of weights per layout
-            by_layout.clear()
-            by_layout[form.kernel_layout] = _weights(fmt, d, layers, form, jax.random.key(0))
-        w = by_layout[form.kernel_layout]
+        params = jax.block_until_ready(formulation.arrange(converted, form))
+
+        def fresh_cache():
+            return model.init_cache(cfg, 1, STEPS + 1, pol)
+
         t0 = time.perf_counter()
-        exe = jax.jit(_steps, static_argnames=("fmt", "form")).lower(w, x, fmt, form).compile()
+        exe = generate.decode.lower(
+            params, fresh_cache(), token, cfg=cfg, gen_tokens=STEPS, policy=pol, form=form
+        ).compile()
         compile_s = time.perf_counter() - t0
-        jax.block_until_ready(exe(w, x))
         t = []
-        for _ in range(REPEATS):
+        for run in range(REPEATS + 1):
+            cache = jax.block_until_ready(fresh_cache())
             t0 = time.perf_counter()
-            jax.block_until_ready(exe(w, x))
-            t.append((time.perf_counter() - t0) * 1e3 / STEPS)
+            jax.block_until_ready(exe(params, cache, token))
+            if run:  # the first run is a warm-up
+                t.append((time.perf_counter() - t0) * 1e3 / STEPS)
         q1, med, q3 = np.percentile(t, [25, 50, 75])
         out[form.name] = {
             "ms": float(med),
@@ -125,6 +108,7 @@ def time_candidates(
             "q3": float(q3),
             "compile_s": compile_s,
         }
+        del params, exe
     return out
 
 
@@ -151,39 +135,86 @@ def timings(
 ) -> dict[str, float]:
     """Median ms per decode step of every candidate (by name) for ``fmt`` in
     ``shape_class``: from the cache, or measured now (``time_candidates``) and cached."""
-    key, dev = f"{fmt}|{shape_class}", device_key()
-    entry = None if refresh else cached().get(key)
+    entry = None if refresh else cached().get(f"{fmt}|{shape_class}")
     if entry is None or set(entry.get("candidates", {})) != {
         f.name for f in formulation.CANDIDATES
     }:
-        cands = time_candidates(fmt, shape_class, cache_bytes)
         d, layers = representative(shape_class, fmt, cache_bytes)
-        entry = {
-            "candidates": cands,
-            "choice": min(cands, key=lambda n: cands[n]["ms"]),
-            "d_model": d,
-            "layers": layers,
-            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        everything = _read()  # re-read: another process may have added entries meanwhile
-        everything.setdefault(dev, {})[key] = entry
-        path = _path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(everything, indent=1))
-        os.replace(tmp, path)
+        entry = store(fmt, shape_class, time_candidates(fmt, shape_class, cache_bytes), d, layers)
     return {name: c["ms"] for name, c in entry["candidates"].items()}
+
+
+def store(
+    fmt: str, shape_class: str, candidates: dict, d_model: int | None = None, layers=None
+) -> dict:
+    """Cache ``candidates`` (per candidate name ``{"ms": ..}``, as ``time_candidates``
+    returns them) as this device's timings for ``fmt`` in ``shape_class``, atomically, and
+    return the entry.  The autotune stores what it measures; the tests store a fixed ranking
+    so that they never spend time autotuning."""
+    entry = {
+        "candidates": candidates,
+        "choice": min(candidates, key=lambda n: candidates[n]["ms"]),
+        "d_model": d_model,
+        "layers": layers,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    everything = _read()  # re-read: another process may have added entries meanwhile
+    everything.setdefault(device_key(), {})[f"{fmt}|{shape_class}"] = entry
+    path = _path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(everything, indent=1))
+    os.replace(tmp, path)
+    return entry
+
+
+def choice(
+    policy,
+    cfg: ModelConfig | None = None,
+    *,
+    kernel_layout: str = "auto",
+    min_rows: int | str = "auto",
+    cache_bytes: float | None = None,
+) -> tuple[formulation.Formulation, dict]:
+    """The formulation inference runs ``policy`` in for ``cfg``, and where it came from.
+
+    ``kernel_layout`` and ``min_rows`` are each pinned when given, else ``"auto"``.  Both
+    pinned: that formulation.  Otherwise the autotune's
+    timings for the policy's format and ``cfg``'s shape class (``timings``:
+    measured on the default device at first use, then cached) pick the fastest candidate that
+    agrees with the pins (or the fastest overall, with the pinned fields replaced).
+    ``cache_bytes``: the measured effective cache (``roofline.roofline()["cache_bytes"]``),
+    which sizes the ``large`` class's timing model.  Returns ``(form, info)`` with ``info`` the
+    record's provenance: ``formulation_source`` (``autotune``, ``pinned`` or ``autotune +
+    pinned``) and ``formulation_class``."""
+    fmt = precision.get_policy(policy).fmt
+    pinned = formulation.pins(kernel_layout, min_rows)
+    klass = formulation.shape_class(cfg, fmt)
+    info = {"formulation_class": klass}
+    if len(pinned) == 2:
+        form = formulation.apply_pins(formulation.TRAINED, pinned)
+        return form, {**info, "formulation_source": "pinned"}
+    ms = timings(fmt, klass, cache_bytes)
+    ranked = sorted(formulation.CANDIDATES, key=lambda f: ms[f.name])
+    agree = [f for f in ranked if formulation.apply_pins(f, pinned) == f]
+    best = agree[0] if agree else formulation.apply_pins(ranked[0], pinned)
+    return best, {**info, "formulation_source": "autotune + pinned" if pinned else "autotune"}
+
+
+def choose(policy, cfg: ModelConfig | None = None, **kw) -> formulation.Formulation:
+    """``choice(policy, cfg, **kw)``'s formulation alone."""
+    return choice(policy, cfg, **kw)[0]
 
 
 def markdown(entries: dict | None = None) -> str:
     """The cached timings (default: this device's) as a markdown table: per format and shape
-    class, each candidate's median ms per step and its speed against ``in_out:1``."""
+    class, each candidate's median ms per decode step and its speed against ``in_out:1``."""
     entries = cached() if entries is None else entries
     names = [f.name for f in formulation.CANDIDATES]
     lines = [
         f"Autotuned formulations on {device_key().split('|', 1)[1]}: median ms per batch-1 "
-        f"decode step of the projections ({STEPS} steps per run, {REPEATS} runs), "
-        "speed-up against in_out:1; the choice in bold.",
+        f"decode step ({STEPS} steps per run, {REPEATS} runs) of a random-weight model "
+        "(d_model x layers), speed-up against in_out:1; the choice in bold.",
         "",
         "| format | class | shape | " + " | ".join(names) + " | choice |",
         "|---|---|---|" + "---:|" * len(names) + "---|",

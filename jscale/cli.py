@@ -377,7 +377,7 @@ def cmd_info(args) -> int:
 def cmd_bench_latency(args) -> int:
     import jax
 
-    from jscale import formulation, latency, model, roofline
+    from jscale import autotune, latency, model, roofline
     from jscale.config import config_for_params, count_params
 
     policies = _precisions(args.precisions)
@@ -410,8 +410,12 @@ def cmd_bench_latency(args) -> int:
         params = model.init_params(cfg, jax.random.key(0))  # latency does not depend on the values
         counts = count_params(cfg)
         for pol in policies:
-            form = formulation.choose(
-                pol, cfg, kernel_layout=args.kernel_layout, min_rows=args.min_rows
+            form, how = autotune.choice(
+                pol,
+                cfg,
+                kernel_layout=args.kernel_layout,
+                min_rows=args.min_rows,
+                cache_bytes=roof.get("cache_bytes"),
             )
             r = latency.measure_latency(
                 params,
@@ -430,6 +434,7 @@ def cmd_bench_latency(args) -> int:
                 "params_non_embedding": counts["non_embedding"],
                 "params_total": counts["total"],
                 **r,
+                **how,
                 **roofline.device_info(),
             }
             rows.append(r)

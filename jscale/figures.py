@@ -581,6 +581,7 @@ def fit_all(
     quantities=("loss", "decode", "prefill", "isoflop", "chinchilla"),
     log=None,
     documents: pd.DataFrame | None = None,
+    ladder: pd.DataFrame | None = None,
 ) -> Fits:
     """Fit each quantity's law (``QUANTITIES``) per inference precision, with ``n_bootstrap``
     bootstrap resamples, and the extrapolation check that holds out the ``k`` largest sizes;
@@ -598,8 +599,13 @@ def fit_all(
     (``latency_from_point_id == point_id``). Loss bootstraps resample (N, seed) clusters when
     the table has a token axis or several seeds (the budget branches of one model share a
     trunk), rows otherwise; latency bootstraps resample rows. On the reference precision the
-    L(N, D) loss law is the approach 3 fit (``chinchilla``): it is fitted once."""
+    L(N, D) loss law is the approach 3 fit (``chinchilla``): it is fitted once.
+
+    ``ladder``: the sweep's latency ladder (``jscale.load_ladder``: random-weight models timed
+    in every precision over decades of N).  When given, the latency laws are fitted on it
+    instead of on the trained models, whose few small sizes sit in cache."""
     df = _prepare(df)
+    lad = _prepare(ladder) if ladder is not None and len(ladder) else None
     out = Fits(n_bootstrap=n_bootstrap, level=level, k=k)
     if N not in df:
         out.notes.append(f"no fits: the results table lacks column {N}")
@@ -610,17 +616,23 @@ def fit_all(
     out.loss_form = loss_q.form
     if loss_q.form in analysis.ND_FORMS:
         out.loss_basis = f"every token budget (D = {out.loss_d})"
-    if _latency_rows(df) is not df:
+    if lad is not None:
+        out.latency_basis = (
+            f"the latency ladder ({lad[N].nunique()} random-weight models, N "
+            f"{_fmt_n(lad[N].min())} .. {_fmt_n(lad[N].max())})"
+        )
+    elif _latency_rows(df) is not df:
         out.latency_basis = "the timed rows (latency_from_point_id == point_id)"
     cl, ref = _auto_cluster(loss_df), _ref_precision(df)
     out.precision_ref = ref
     out.loss_unit = analysis._cluster_name(loss_df, cl)
     for qname in (q for q in quantities if q in _Q):
         q = loss_q if qname == "loss" else _Q[qname]
-        if q.column not in df or df[q.column].isna().all():
+        src = lad if qname != "loss" and lad is not None else df
+        if q.column not in src or src[q.column].isna().all():
             out.notes.append(f"{qname}: no fit, the results table lacks column {q.column}")
             continue
-        rows = loss_df if qname == "loss" else _latency_rows(df)
+        rows = loss_df if qname == "loss" else (lad if lad is not None else _latency_rows(df))
         ckw = {"cluster": cl} if qname == "loss" and cl is not None else {}
         dkw = {"d": out.loss_d} if qname == "loss" and out.loss_d else {}
         if qname != "loss":
@@ -630,7 +642,7 @@ def fit_all(
         out.forms[qname] = q
         if qname == "loss":
             out.loss_form = q.form
-        for prec in _groups(df):
+        for prec in _groups(src):
             # L(N, D) resamples are ~3x dearer than L(N): one L-BFGS start per resample (the
             # full-data optimum) except on the reference precision, whose fit is also approach 3
             # (``chinchilla``) and keeps the default; the intervals barely move (docs/figures.md)

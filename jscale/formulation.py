@@ -13,12 +13,14 @@ A ``Formulation`` says *how* the backend is handed that work, without changing t
   bf16 and int8 x int8 kernels can beat XLA's own matrix-vector code.  1 = no padding.
 
 Which is fastest differs between CPUs (an AVX2, an AVX-512 and an AMX machine disagree) and
-between model sizes, so nothing here is a table measured on one machine.  ``choose`` picks, per
-(format, shape class), the fastest of ``CANDIDATES`` as timed on the default device by
-``jscale.autotune`` (once per device and JAX version; cached next to the roofline), and any
-field a config pins is kept.  Shape classes (``shape_class``): ``small`` (the largest projection
-under ``PAD_MIN_WEIGHTS`` weights: dispatch dominates), ``resident`` (the block weights fit in
-the measured cache) and ``streaming`` (they do not: the step streams its weights from memory).
+between model sizes, so nothing here is a table measured on one machine: ``jscale.autotune``
+times ``CANDIDATES`` on the default device per (format, shape class), once per device and JAX
+version (cached next to the roofline), and ``autotune.choice`` picks the fastest, keeping any
+field a config pins.  Shape classes (``shape_class``): ``small`` (the largest projection under
+``PAD_MIN_WEIGHTS`` weights: dispatch dominates, padding costs more than it saves) and
+``large`` (timed with weights streamed from memory: the regime a latency law extrapolates
+in).  One choice for every large model keeps the formulation the same along a latency ladder,
+so its law is not bent by a change of formulation.
 
 Training always runs ``TRAINED`` (``in_out``, no padding).
 
@@ -39,10 +41,10 @@ import jax
 import jax.numpy as jnp
 
 from jscale import precision
-from jscale.config import ConfigError, ModelConfig, count_params, is_positive_int
+from jscale.config import ConfigError, ModelConfig, is_positive_int
 
 KERNEL_LAYOUTS = ("in_out", "out_in")
-SHAPE_CLASSES = ("small", "resident", "streaming")
+SHAPE_CLASSES = ("small", "large")
 # Below this many weights in the largest projection (d_model x d_ff) a model is "small".
 PAD_MIN_WEIGHTS = 2**16
 
@@ -83,28 +85,23 @@ class Formulation:
 
 TRAINED = Formulation()
 # What the autotune times for every format and shape class (the first is the baseline).
-CANDIDATES = tuple(
-    Formulation.parse(n) for n in ("in_out:1", "in_out:4", "out_in:1", "out_in:4")
-)
-_BYTES = {"fp32": 4, "bf16": 2, "int8": 1, "w8a8": 1}
+# in_out:4 was a candidate too: never the fastest of a large model in any format on the machine
+# that made figures/ (docs/latency.md); dropped to keep the first use short.
+CANDIDATES = tuple(Formulation.parse(n) for n in ("in_out:1", "out_in:1", "out_in:4"))
 
 
-def shape_class(cfg: ModelConfig | None, fmt: str, cache_bytes: float | None) -> str:
-    """``cfg``'s shape class in format ``fmt``: ``small`` when ``d_model * d_ff`` is under
-    ``PAD_MIN_WEIGHTS``, ``streaming`` when its block weights (non-embedding params x bytes per
-    weight of ``fmt``) exceed ``cache_bytes`` (the measured effective cache; None or NaN: no
-    cache is assumed, as on accelerators, where weights always stream), else ``resident``.
-    No cfg: ``resident``."""
-    if cfg is None:
-        return "resident"
-    if cfg.d_model * cfg.d_ff < PAD_MIN_WEIGHTS:
+def shape_class(cfg: ModelConfig | None, fmt: str | None = None) -> str:
+    """``cfg``'s shape class: ``small`` when ``d_model * d_ff`` is under ``PAD_MIN_WEIGHTS``,
+    else ``large`` (also when no cfg is given).  ``fmt`` is accepted for symmetry with the
+    autotune's key; the class does not depend on it."""
+    if cfg is not None and cfg.d_model * cfg.d_ff < PAD_MIN_WEIGHTS:
         return "small"
-    cache = cache_bytes if cache_bytes is not None and math.isfinite(cache_bytes) else 0.0
-    weight_bytes = count_params(cfg)["non_embedding"] * _BYTES.get(fmt, 4)
-    return "streaming" if weight_bytes > cache else "resident"
+    return "large"
 
 
-def _pins(kernel_layout, min_rows) -> dict:
+def pins(kernel_layout, min_rows) -> dict:
+    """The fields a caller pins (not ``"auto"``), checked: ``{"kernel_layout": .., "min_rows": ..}``
+    or a subset."""
     if kernel_layout != "auto" and kernel_layout not in KERNEL_LAYOUTS:
         raise ConfigError(
             f"kernel_layout must be auto or one of {', '.join(KERNEL_LAYOUTS)}, "
@@ -116,48 +113,10 @@ def _pins(kernel_layout, min_rows) -> dict:
     return {k: v for k, v in pins.items() if v != "auto"}
 
 
-def _apply_pins(form: Formulation, pins: dict) -> Formulation:
+def apply_pins(form: Formulation, pins: dict) -> Formulation:
+    """``form`` with the pinned fields replaced."""
     layout = pins.get("kernel_layout", form.kernel_layout)
     return Formulation(layout, int(pins.get("min_rows", form.min_rows)))
-
-
-def choice(
-    policy,
-    cfg: ModelConfig | None = None,
-    *,
-    kernel_layout: str = "auto",
-    min_rows: int | str = "auto",
-    cache_bytes: float | None = None,
-) -> tuple[Formulation, dict]:
-    """The formulation inference runs ``policy`` in for ``cfg``, and where it came from.
-
-    ``kernel_layout`` and ``min_rows`` are each pinned when given, else ``"auto"``.  Both
-    pinned: that formulation.  Otherwise the autotune's
-    timings for the policy's format and ``cfg``'s shape class (``jscale.autotune.timings``:
-    measured on the default device at first use, then cached) pick the fastest candidate that
-    agrees with the pins (or the fastest overall, with the pinned fields replaced).
-    ``cache_bytes``: the measured effective cache (``roofline.roofline()["cache_bytes"]``) that
-    separates ``resident`` from ``streaming``.  Returns ``(form, info)`` with ``info`` the
-    record's provenance: ``formulation_source`` (``autotune``, ``pinned`` or ``autotune +
-    pinned``) and ``formulation_class``."""
-    fmt = precision.get_policy(policy).fmt
-    pins = _pins(kernel_layout, min_rows)
-    klass = shape_class(cfg, fmt, cache_bytes)
-    info = {"formulation_class": klass}
-    if len(pins) == 2:
-        return _apply_pins(TRAINED, pins), {**info, "formulation_source": "pinned"}
-    from jscale import autotune  # (imports this module)
-
-    ms = autotune.timings(fmt, klass, cache_bytes)
-    ranked = sorted(CANDIDATES, key=lambda f: ms[f.name])
-    agree = [f for f in ranked if _apply_pins(f, pins) == f]
-    best = agree[0] if agree else _apply_pins(ranked[0], pins)
-    return best, {**info, "formulation_source": "autotune + pinned" if pins else "autotune"}
-
-
-def choose(policy, cfg: ModelConfig | None = None, **kw) -> Formulation:
-    """``choice(policy, cfg, **kw)``'s formulation alone."""
-    return choice(policy, cfg, **kw)[0]
 
 
 def arrange(params, form: Formulation):

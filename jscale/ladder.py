@@ -23,6 +23,7 @@ import os
 import jax
 import jax.numpy as jnp
 
+from jscale import model
 from jscale.config import ConfigError, ModelConfig, config_for_params, count_params, ladder_targets
 
 # Timing a model holds its float32 params, one converted copy (at most as large) laid out for
@@ -116,7 +117,7 @@ def check_memory(configs: list[ModelConfig], memory_bytes: float, where: str) ->
                 f"{where}: the model of {n:.3g} non-embedding params (d_model {cfg.d_model} x "
                 f"{cfg.n_layers} layers) needs about {need / 2**30:.1f} GiB to time, more than "
                 f"{MEMORY_FRACTION:.0%} of this device's {memory_bytes / 2**30:.1f} GiB; lower "
-                f"hi, or set hi = \"auto\" (the largest that fits)"
+                f'hi, or set hi = "auto" (the largest that fits)'
             )
 
 
@@ -124,8 +125,6 @@ def random_params(cfg: ModelConfig, key: jax.Array):
     """Float32 params with ``jscale.model.init_params(cfg, .)``'s tree and shapes: every 2-D
     leaf (kernels ``[in, out]``, the embedding) ``N(0, 1 / shape[0])``, every 1-D leaf (norm
     scales) ones.  A pure function of ``key``; latency does not depend on the values."""
-    from jscale import model  # the model's tree, traced abstractly (nothing is computed)
-
     tree = jax.eval_shape(lambda: model.init_params(cfg, jax.random.key(0)))
     leaves, treedef = jax.tree.flatten(tree)
     out = []

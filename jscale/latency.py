@@ -1,10 +1,8 @@
 """Inference latency, measured the way inference runs, beside the machine's roofline.
 
-* ``prefill``: the prompt ``[B, P]`` through the model into an empty KV cache of
-  ``P + G`` positions; returns the greedy next token and the cache.
-* ``decode``: G greedy decode steps in one ``lax.scan`` inside one jit (no host round-trip
-  per token), the cache donated so it is updated in place.
-* ``generate``: both, in one jit.
+The programs timed are ``jscale.generate``'s (re-exported here): ``prefill`` (the prompt
+``[B, P]`` into an empty KV cache of ``P + G`` positions), ``decode`` (G greedy steps in one
+``lax.scan`` inside one jit, the cache donated) and ``generate`` (both).
 
 ``measure_latency`` compiles both ahead of time (compile time reported apart), warms up,
 then times ``repeats`` runs of each: prefill latency and per-token decode latency with
@@ -26,19 +24,19 @@ and cache and writes almost nothing.
 
 How each precision runs (kernel layout, row padding) is a ``jscale.formulation.Formulation``:
 by default the fastest the autotune measured for the policy's format and the model's shape
-class on this device (``formulation.choice``); the record says which, and why.
+class on this device (``autotune.choice``); the record says which, and why.
 """
 
 from __future__ import annotations
 
-import functools
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jscale import formulation, model, precision, roofline, schema, sharding
+from jscale import autotune, formulation, precision, roofline, schema, sharding
 from jscale.config import (
     LATENCY_REPEATS,
     LATENCY_WARMUP,
@@ -48,75 +46,7 @@ from jscale.config import (
     kv_cache_bytes,
 )
 from jscale.formulation import Formulation
-
-
-def _constrain_cache(cache, mesh):
-    """With a mesh: the KV cache split by batch over "data" and heads over "fsdp"."""
-    if mesh is None:
-        return cache
-    return jax.lax.with_sharding_constraint(cache, sharding.cache_shardings(cache, mesh))
-
-
-@functools.partial(jax.jit, static_argnames=("cfg", "gen_tokens", "policy", "form", "mesh"))
-def prefill(
-    params,
-    cfg: ModelConfig,
-    prompt_BxP,
-    gen_tokens: int,
-    policy,
-    *,
-    form=formulation.TRAINED,
-    mesh=None,
-):
-    """Prompt into a fresh cache of ``P + gen_tokens`` positions: (next token [B], cache).
-    ``mesh`` (``jscale.sharding``): the cache is constrained to its sharding (batch over
-    "data", heads over "fsdp"); the params keep the placement they come with."""
-    cache = _constrain_cache(
-        model.init_cache(cfg, prompt_BxP.shape[0], prompt_BxP.shape[1] + gen_tokens, policy), mesh
-    )
-    logits_BxPxV, cache = model.apply_cached(params, cfg, prompt_BxP, cache, policy, form)
-    return jnp.argmax(logits_BxPxV[:, -1], axis=-1).astype(jnp.int32), _constrain_cache(cache, mesh)
-
-
-def _decode(
-    params, cache, token_B, *, cfg, gen_tokens, policy, form=formulation.TRAINED, mesh=None
-):
-    def step(carry, _):
-        tok, c = carry
-        logits_Bx1xV, c = model.apply_cached(params, cfg, tok[:, None], c, policy, form)
-        nxt = jnp.argmax(logits_Bx1xV[:, 0], axis=-1).astype(jnp.int32)
-        return (nxt, _constrain_cache(c, mesh)), tok
-
-    (_, cache), toks_GxB = jax.lax.scan(step, (token_B, cache), None, length=gen_tokens)
-    return toks_GxB.T, cache
-
-
-decode = jax.jit(
-    _decode, static_argnames=("cfg", "gen_tokens", "policy", "form", "mesh"), donate_argnums=(1,)
-)
-decode.__doc__ = """``gen_tokens`` greedy steps from ``token_B`` (the prefill's output): tokens
-``[B, gen_tokens]`` (the first is ``token_B``) and the cache; the cache argument is donated.
-``form``: how the params are laid out and run (``jscale.formulation``).
-The cache must have room for ``gen_tokens`` more positions: inside jit a write past the
-buffer is clamped, not caught (``prefill`` sizes it exactly).  ``mesh``: as in ``prefill``."""
-
-
-@functools.partial(jax.jit, static_argnames=("cfg", "gen_tokens", "policy", "form", "mesh"))
-def generate(
-    params,
-    cfg: ModelConfig,
-    prompt_BxP,
-    gen_tokens: int,
-    policy="fp32",
-    *,
-    form=formulation.TRAINED,
-    mesh=None,
-):
-    """Greedy generation of ``gen_tokens`` tokens after the prompt, in one jit: ``[B, G]``."""
-    token_B, cache = prefill(params, cfg, prompt_BxP, gen_tokens, policy, form=form, mesh=mesh)
-    return _decode(
-        params, cache, token_B, cfg=cfg, gen_tokens=gen_tokens, policy=policy, form=form, mesh=mesh
-    )[0]
+from jscale.generate import decode, generate, prefill  # noqa: F401  (re-exported)
 
 
 def _stats(name: str, x_ms: np.ndarray) -> dict[str, float]:
@@ -179,7 +109,7 @@ def measure_latency(
     form: Formulation | None = None,
 ) -> dict:
     """Latency of prefill and decode for float32 ``params`` (as trained) run in precision
-    ``policy`` (a name or a ``Policy``) and formulation ``form`` (None: ``formulation.choice``,
+    ``policy`` (a name or a ``Policy``) and formulation ``form`` (None: ``autotune.choice``,
     the fastest the autotune measured for this precision and shape class on this device).
 
     The params are converted (``precision.convert_params``) and laid out
@@ -220,11 +150,11 @@ def measure_latency(
             f"measure it), or a dict with at least those rates"
         )
     if form is None:
-        form, how = formulation.choice(pol, cfg, cache_bytes=roof.get("cache_bytes"))
+        form, how = autotune.choice(pol, cfg, cache_bytes=roof.get("cache_bytes"))
     else:
         how = {
             "formulation_source": "given",
-            "formulation_class": formulation.shape_class(cfg, pol.fmt, roof.get("cache_bytes")),
+            "formulation_class": formulation.shape_class(cfg, pol.fmt),
         }
     run_params = formulation.arrange(precision.convert_params(params, pol), form)
     prompt_BxP = jax.random.randint(
@@ -271,19 +201,50 @@ def measure_latency(
 def _time_prefill_and_decode(
     run_params, cfg, prompt_BxP, gen_tokens, pol, form, mesh, repeats, warmup
 ) -> dict:
-    """Compile prefill and decode ahead of time, then time ``warmup + repeats`` runs of each
-    and keep the last ``repeats``: the timing and memory columns of a latency record."""
+    """Compile prefill and decode ahead of time (concurrently), then time ``warmup + repeats``
+    runs of each and keep the last ``repeats``: the timing and memory columns of a latency
+    record."""
     batch, prompt_tokens = prompt_BxP.shape
-    t0 = time.perf_counter()
-    prefill_exe = prefill.lower(
-        run_params, cfg, prompt_BxP, gen_tokens, pol, form=form, mesh=mesh
-    ).compile()
-    t1 = time.perf_counter()
-    token_B, cache = prefill_exe(run_params, prompt_BxP)
-    decode_exe = decode.lower(
-        run_params, cache, token_B, cfg=cfg, gen_tokens=gen_tokens, policy=pol, form=form, mesh=mesh
-    ).compile()
-    t2 = time.perf_counter()
+    # the decode program is lowered against the prefill's output shapes, so both compile at
+    # once, one per thread (XLA compiles without the GIL): compile times overlap
+    if mesh is None:
+        token_shape, cache_shape = jax.eval_shape(
+            lambda p, x: prefill(p, cfg, x, gen_tokens, pol, form=form), run_params, prompt_BxP
+        )
+    else:  # the decode program must see the cache's sharding: take it from a real prefill
+        token_shape, cache_shape = prefill(
+            run_params, cfg, prompt_BxP, gen_tokens, pol, form=form, mesh=mesh
+        )
+
+    def timed(lower):
+        t0 = time.perf_counter()
+        exe = lower().compile()
+        return exe, time.perf_counter() - t0
+
+    with ThreadPoolExecutor(2) as pool:
+        pre = pool.submit(
+            timed,
+            lambda: prefill.lower(
+                run_params, cfg, prompt_BxP, gen_tokens, pol, form=form, mesh=mesh
+            ),
+        )
+        dec = pool.submit(
+            timed,
+            lambda: decode.lower(
+                run_params,
+                cache_shape,
+                token_shape,
+                cfg=cfg,
+                gen_tokens=gen_tokens,
+                policy=pol,
+                form=form,
+                mesh=mesh,
+            ),
+        )
+        (prefill_exe, prefill_compile_s), (decode_exe, decode_compile_s) = (
+            pre.result(),
+            dec.result(),
+        )
 
     prefill_s, decode_s = [], []
     for run in range(warmup + repeats):
@@ -299,8 +260,8 @@ def _time_prefill_and_decode(
             decode_s.append((decoded - prefilled) / gen_tokens)
     prefill_ms, decode_ms = 1e3 * np.array(prefill_s), 1e3 * np.array(decode_s)
     return {
-        "compile_prefill_s": t1 - t0,
-        "compile_decode_s": t2 - t1,
+        "compile_prefill_s": prefill_compile_s,
+        "compile_decode_s": decode_compile_s,
         **_stats("prefill_ms", prefill_ms),
         **_stats("decode_ms_per_token", decode_ms),
         "prefill_tokens_per_s": batch * prompt_tokens / (np.median(prefill_ms) / 1e3),

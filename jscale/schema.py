@@ -488,8 +488,7 @@ COLUMNS: tuple[Column, ...] = (
         "-",
         "str",
         "the shape class the formulation was chosen for (`formulation.shape_class`): `small` "
-        "(d_model x d_ff < 2^16), `resident` (block weights in the format fit the measured "
-        "cache) or `streaming`",
+        "(d_model x d_ff < 2^16) or `large` (timed with weights streamed from memory)",
     ),
     _c(
         "latency",

@@ -45,10 +45,10 @@ from tqdm.auto import tqdm
 
 from jscale import (
     __version__,
+    autotune,
     checkpoint,
     data,
     evaluate,
-    formulation,
     ladder,
     latency,
     model,
@@ -689,7 +689,7 @@ def _latency(run: _Run, point: TrainPoint, params, prec: str) -> dict:
     key = (point.model, prec)
     if key not in run.timed:
         lat_cfg = run.sweep.latency
-        form, how = formulation.choice(
+        form, how = autotune.choice(
             prec,
             point.model,
             kernel_layout=lat_cfg.kernel_layout,
@@ -731,7 +731,7 @@ def _measure_ladder(run: _Run, bar) -> None:
         for prec in precisions:
             pid = ladder_id(target, prec)
             bar.set_postfix_str(pid, refresh=True)
-            form, how = formulation.choice(
+            form, how = autotune.choice(
                 prec,
                 cfg,
                 kernel_layout=lat_cfg.kernel_layout,

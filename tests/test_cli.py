@@ -144,10 +144,10 @@ def test_info_and_bench_latency_show_the_read_bandwidth_and_layouts(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "read bandwidth" in out and "read+write" in out
-    from jscale import formulation
+    from jscale import autotune
     from jscale.config import config_for_params
 
-    auto = {p: formulation.choose(p, config_for_params(1e4)) for p in ("fp32", "bf16")}
+    auto = {p: autotune.choose(p, config_for_params(1e4)) for p in ("fp32", "bf16")}
     for flag, want in (
         (
             ["--kernel-layout", "in_out", "--min-rows", "2"],

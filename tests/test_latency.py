@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jscale import formulation, latency, model, precision, schema
+from jscale import autotune, formulation, latency, model, precision, schema
 from jscale.config import ModelConfig, count_params
 
 CFG = ModelConfig(d_model=64, n_layers=2, n_heads=2, max_seq_len=48)
@@ -83,8 +83,8 @@ def test_measure_latency_statistics_and_bounds(params):
         params, CFG, "fp32", batch=2, prompt_tokens=16, gen_tokens=8, repeats=5, warmup=1, roof=roof
     )
     assert r["latency_repeats"] == 5 and r["latency_batch"] == 2
-    # every latency column (the sweep adds latency_from_point_id)
-    assert set(r) == set(schema.columns("latency")) - {"latency_from_point_id"}
+    # every latency column (the sweep adds latency_from_point_id and latency_weights)
+    assert set(r) == set(schema.columns("latency")) - {"latency_from_point_id", "latency_weights"}
     for name in ("prefill_ms", "decode_ms_per_token"):
         assert (
             0
@@ -130,7 +130,7 @@ def test_cache_written_in_place_without_copies(params, policy, form):
     import re
 
     pol = precision.get_policy(policy)
-    form = form or formulation.choose(pol)
+    form = form or autotune.choose(pol)
     q = formulation.arrange(precision.convert_params(params, pol), form)
     tok, cache = latency.prefill(q, CFG, jnp.zeros((1, 16), jnp.int32), 8, pol, form=form)
     hlo = (
@@ -144,27 +144,40 @@ def test_cache_written_in_place_without_copies(params, policy, form):
     assert not re.search(rf"= {dt}\[{shape}\]\S* copy\(", hlo)  # ...and never copied
 
 
-def test_inference_formulation_choice():
+def _rank(names):
+    """Candidate timings in which ``names`` come first, in that order (ms 1, 2, ...)."""
+    order = list(names) + [f.name for f in formulation.CANDIDATES if f.name not in names]
+    return {n: {"ms": 1.0 + i} for i, n in enumerate(order)}
+
+
+def test_inference_formulation_choice(tmp_path, monkeypatch):
+    """The choice is the fastest timed candidate for (format, shape class), agreeing with
+    what a config pins; nothing is a per-CPU table."""
+    monkeypatch.setenv("JSCALE_CACHE_DIR", str(tmp_path))
     F = formulation.Formulation
-    best = formulation.FASTEST["cpu"]["w8a8"]
-    assert formulation.choose("w8a8", platform="cpu") == best
-    assert formulation.choose("fp32", platform="tpu") == formulation.TRAINED  # not measured there
-    assert formulation.choose(
-        "bf16", kernel_layout="in_out", min_rows=np.int64(3), platform="cpu"
-    ) == F("in_out", 3)
-    # an explicit layout gets the rows measured best for that layout
-    p = formulation.choose("bf16", kernel_layout="in_out", platform="cpu")
-    assert p.min_rows == formulation.FASTEST_ROWS["cpu"]["bf16"]["in_out"]
-    # models too small for padding to pay run unpadded
     small = ModelConfig(d_model=64, n_layers=2, n_heads=2, max_seq_len=48)  # 64 x 256 weights
     big = ModelConfig(d_model=128, n_layers=1, n_heads=2, max_seq_len=48)  # 128 x 512 = 2^16
-    assert formulation.choose("w8a8", small, platform="cpu").min_rows == 1
-    assert formulation.choose("w8a8", big, platform="cpu").min_rows == best.min_rows == 4
-    assert formulation.choose("w8a8", small, min_rows=4, platform="cpu").min_rows == 4
+    assert formulation.shape_class(small) == "small"
+    assert formulation.shape_class(big) == formulation.shape_class(None) == "large"
+    autotune.store("w8a8", "large", _rank(["out_in:4", "in_out:1"]))
+    autotune.store("w8a8", "small", _rank(["in_out:1"]))
+    form, info = autotune.choice("w8a8", big)
+    assert form == F("out_in", 4)
+    assert info == {"formulation_source": "autotune", "formulation_class": "large"}
+    assert autotune.choose("w8a8", small) == formulation.TRAINED
+    # a pinned layout: the fastest candidate with that layout
+    assert autotune.choose("w8a8", big, kernel_layout="in_out") == F("in_out", 1)
+    # a pin no candidate has: the fastest, with the pinned field replaced
+    form, info = autotune.choice("w8a8", big, min_rows=np.int64(3))
+    assert form == F("out_in", 3) and info["formulation_source"] == "autotune + pinned"
+    # both pinned: no timing is consulted
+    form, info = autotune.choice("bf16", big, kernel_layout="in_out", min_rows=2)
+    assert form == F("in_out", 2) and info["formulation_source"] == "pinned"
+    assert F.parse("out_in:4") == F("out_in", 4) and F("out_in", 4).name == "out_in:4"
     with pytest.raises(ValueError, match="kernel_layout"):
-        formulation.choose("fp32", kernel_layout="columns")
+        autotune.choose("fp32", kernel_layout="columns")
     with pytest.raises(ValueError, match="min_rows"):
-        formulation.choose("fp32", min_rows=0)
+        autotune.choose("fp32", min_rows=0)
     with pytest.raises(ValueError, match="kernel_layout must be one of in_out, out_in"):
         F("columns", 1)
     with pytest.raises(ValueError, match="min_rows"):
@@ -190,3 +203,41 @@ def test_measured_formulation_is_recorded(params):
             form=formulation.Formulation(layout, rows),
         )
         assert (r["kernel_layout"], r["matmul_min_rows"]) == (layout, rows)
+
+
+def test_autotune_times_every_candidate_once_and_caches_the_fastest(tmp_path, monkeypatch):
+    """A first use times every candidate on the real decode step and keeps the fastest (the
+    argmin of what it measured); the second use reads the cache, keyed by this device; another
+    device key measures again."""
+    monkeypatch.setenv("JSCALE_CACHE_DIR", str(tmp_path))
+    ms = autotune.timings("fp32", "small")
+    assert set(ms) == {f.name for f in formulation.CANDIDATES}
+    assert all(np.isfinite(v) and v > 0 for v in ms.values())
+    entry = autotune.cached()["fp32|small"]
+    assert entry["choice"] == min(ms, key=ms.get)
+    assert (entry["d_model"], entry["layers"]) == autotune.REPRESENTATIVE["small"]
+    assert autotune.choose("fp32", SMALL) == F_(entry["choice"])
+
+    def never(*a, **k):
+        raise AssertionError("timed again")
+
+    monkeypatch.setattr(autotune, "time_candidates", never)
+    assert autotune.timings("fp32", "small") == ms  # from the cache
+    monkeypatch.setattr(autotune, "device_key", lambda: "another|device")
+    with pytest.raises(AssertionError, match="timed again"):
+        autotune.timings("fp32", "small")
+    table = autotune.markdown({"fp32|small": entry})
+    assert f"**{ms[entry['choice']]:.3g}" in table and "| fp32 | small |" in table
+
+
+SMALL = ModelConfig(d_model=64, n_layers=2, n_heads=2, max_seq_len=48)
+F_ = formulation.Formulation.parse
+
+
+def test_autotune_large_model_streams_from_memory():
+    """The large class is timed on weights of at least 1.5x the cache in every format."""
+    cache = 64 * 2**20
+    for fmt, b in (("fp32", 4), ("bf16", 2), ("int8", 1), ("w8a8", 1)):
+        d, layers = autotune.representative("large", fmt, cache)
+        assert 12 * d * d * layers * b >= 1.5 * cache
+        assert (d, layers) == (864, max(8, -(-int(1.5 * cache) // (12 * 864 * 864 * b))))
