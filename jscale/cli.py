@@ -481,6 +481,7 @@ def cmd_fit(args) -> int:
         seed=args.seed,
         k=args.holdout,
         documents=_documents_beside(args.results),
+        ladder=_ladder_beside(args.results),
     )
     if not fits.fits:
         raise ResultsError(f"{args.results}: no law could be fitted: {'; '.join(fits.notes)}")
@@ -509,6 +510,18 @@ def _documents_beside(results_path):
     return load_document_losses(p if p.is_dir() else p.with_name("document_losses.csv"))
 
 
+def _ladder_beside(results_path):
+    """The latency ladder of a sweep directory (``ladder/``), or the ``latency_ladder.csv``
+    exported next to a ``results.csv``; None when there is none."""
+    from jscale.results import load_ladder
+
+    p = Path(results_path)
+    if p.is_dir():
+        return load_ladder(p)
+    beside = p.with_name("latency_ladder.csv")
+    return load_ladder(beside) if beside.is_file() else None
+
+
 def cmd_figures(args) -> int:
     import matplotlib
 
@@ -528,6 +541,7 @@ def cmd_figures(args) -> int:
         k=args.holdout,
         curves=_curves_beside(args.results),
         documents=_documents_beside(args.results),
+        ladder=_ladder_beside(args.results),
     )
     if len(r.skipped) == len(figures.FIGURES):
         raise ResultsError(

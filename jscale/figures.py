@@ -636,7 +636,11 @@ def fit_all(
         ckw = {"cluster": cl} if qname == "loss" and cl is not None else {}
         dkw = {"d": out.loss_d} if qname == "loss" and out.loss_d else {}
         if qname != "loss":
-            rows = _above_cache(rows, qname, out)
+            rows = (
+                _ladder_region(rows, qname, out)
+                if lad is not None
+                else _above_cache(rows, qname, out)
+            )
         on_ref = rows[(rows[PRECISION] == ref) & rows[N].notna() & rows[q.column].notna()]
         q = _choose_form(on_ref, q, out, dkw)
         out.forms[qname] = q
@@ -714,6 +718,33 @@ def fit_all(
 
 
 LATENCY_MIN_ABOVE_CACHE = 4  # sizes above the cache a latency law needs to leave the rest out
+LADDER_MIN_SIZES = 5  # large-class ladder sizes a latency law needs to leave the small ones out
+
+
+def _ladder_region(rows: pd.DataFrame, qname: str, out: Fits) -> pd.DataFrame:
+    """The ladder rows a latency law is fitted on: those of the ``large`` formulation class
+    (``formulation_class``; one formulation along the whole fitted range, chosen where weights
+    stream from memory) when every precision has ``LADDER_MIN_SIZES`` sizes there, else all;
+    ``out.latency_regime[qname]`` and a note say which."""
+    if "formulation_class" not in rows or rows["formulation_class"].isna().all():
+        out.latency_regime[qname] = "every ladder size"
+        return rows
+    large = rows[rows["formulation_class"] == "large"]
+    n = large.groupby(PRECISION)[N].nunique().reindex(rows[PRECISION].unique()).fillna(0)
+    if n.min() < LADDER_MIN_SIZES:
+        out.latency_regime[qname] = "every ladder size"
+        out.notes.append(
+            f"{qname}: fewer than {LADDER_MIN_SIZES} large-class ladder sizes per precision: "
+            "the law is fitted on every size, across the change of formulation"
+        )
+        return rows
+    out.latency_regime[qname] = "large class"
+    out.notes.append(
+        f"{qname}: fitted on the {large[N].nunique()} ladder sizes of the large formulation class "
+        f"(N >= {_fmt_n(large[N].min())}: one autotuned formulation per precision, weights "
+        f"streamed); the {rows[N].nunique() - large[N].nunique()} small ones are drawn, not fitted"
+    )
+    return large
 
 
 def _above_cache(rows: pd.DataFrame, qname: str, out: Fits) -> pd.DataFrame:
@@ -955,15 +986,36 @@ def _delta_panel(ax, df: pd.DataFrame, delta: str, style: dict) -> None:
     _log_axis(ax, "x", _n_fmt)
 
 
+def _fitted_mask(d: pd.DataFrame, regime: str | None) -> pd.Series:
+    """Which latency rows the law of ``regime`` (``Fits.latency_regime``) was fitted on."""
+    if regime == "large class" and "formulation_class" in d:
+        return d["formulation_class"] == "large"
+    if regime == "above the cache":
+        cr = analysis.cache_resident(d)
+        if cr is not None:
+            return ~cr
+    return pd.Series(True, index=d.index)
+
+
 def latency_vs_params(
-    df: pd.DataFrame, *, fits: Fits | None = None, n_bootstrap: int = 1000, seed: int = 0
+    df: pd.DataFrame,
+    *,
+    fits: Fits | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    ladder: pd.DataFrame | None = None,
 ) -> Figure:
     """(b) Per-token decode latency (ms/token) and prefill latency (ms/prompt) vs N per
     precision, log-log: medians with q1..q3 bars, the fitted law (the form chosen per quantity,
     ``Fits.forms``; drawn over the sizes it was fitted on), and the roofline lower bound
     (``decode_bound_ms_per_token``, ``prefill_bound_ms``) dashed in the same colour.
-    Cache-resident models (``analysis.cache_resident``) are drawn hollow, and the measured
-    cache is marked. Draws the panels whose columns exist; needs at least one."""
+
+    With ``ladder`` (``jscale.load_ladder``): the points are the latency ladder's
+    random-weight models (hollow where the law was not fitted: the small formulation class),
+    the trained models' own measurements are crosses, and a third panel shows the decode
+    efficiency (roofline bound / measured) vs N.  Without: the trained models, hollow where
+    cache-resident (``analysis.cache_resident``).  Draws the panels whose columns exist."""
+    src = _prepare(ladder) if ladder is not None and len(ladder) else None
     panels = [
         (q, b, lo, hi)
         for q, b, lo, hi in (
@@ -975,37 +1027,64 @@ def latency_vs_params(
             ),
             ("prefill", "prefill_bound_ms", "prefill_ms_q1", "prefill_ms_q3"),
         )
-        if _Q[q].column in df and df[_Q[q].column].notna().any()
+        if _Q[q].column in (src if src is not None else df)
+        and (src if src is not None else df)[_Q[q].column].notna().any()
     ]
     if not panels:
         _require(df, "latency_vs_params", [DECODE, PREFILL])
     _require(df, "latency_vs_params", [N])
     df = _prepare(df)
-    fits = _fits_for(df, fits, tuple(p[0] for p in panels), n_bootstrap, seed)
-    df = _latency_rows(_select(df)[0])  # each measurement once
-    style = precision_style(df[PRECISION])
+    if fits is None:
+        fits = fit_all(
+            df,
+            n_bootstrap=n_bootstrap,
+            seed=seed,
+            quantities=tuple(p[0] for p in panels),
+            log=print,
+            ladder=src,
+        )
+    trained = _latency_rows(_select(df)[0])  # each measurement once
+    points = src if src is not None else trained
+    eff = src is not None and "decode_efficiency" in src and src["decode_efficiency"].notna().any()
+    style = precision_style(pd.concat([points[PRECISION], trained[PRECISION]]))
     with theme():
-        fig, axes = _new_figure(df, len(panels))
-        handles, any_cache = [], False
+        fig, axes = _new_figure(points, len(panels) + eff)
+        handles, any_hollow = [], False
         for ax, (qn, bound, q1, q3) in zip(axes, panels):
             q = _Q[qn]
-            dq = df.dropna(subset=[N, q.column])
+            dq = points.dropna(subset=[N, q.column])
             shown = [dq[q.column]] + [dq[c] for c in (bound, q1, q3) if c in dq]
             for prec in _groups(dq):
                 d, st, f = dq[dq[PRECISION] == prec], style[prec], fits.get(qn, prec)
                 yerr = None
                 if q1 in d and q3 in d and d[[q1, q3]].notna().all().all():
                     yerr = np.clip(np.vstack([d[q.column] - d[q1], d[q3] - d[q.column]]), 0, None)
-                cr = analysis.cache_resident(d)
-                cr = pd.Series(False, index=d.index) if cr is None else cr
-                for part, hollow in ((~cr, False), (cr, True)):
+                fitted = _fitted_mask(d, fits.latency_regime.get(qn))
+                if src is None:  # trained models only: hollow = cache-resident
+                    cr = analysis.cache_resident(d)
+                    fitted = ~cr if cr is not None else pd.Series(True, index=d.index)
+                for part, hollow in ((fitted, False), (~fitted, True)):
                     if part.any():
                         e = None if yerr is None else yerr[:, part.to_numpy()]
                         _points(ax, d[part], N, q.column, st, yerr=e, hollow=hollow)
-                any_cache |= bool(cr.any())
+                any_hollow |= bool((~fitted).any())
+                if src is not None:
+                    t = trained[(trained[PRECISION] == prec)].dropna(subset=[N, q.column])
+                    if len(t):
+                        ax.plot(
+                            t[N],
+                            t[q.column],
+                            linestyle="none",
+                            marker="x",
+                            markersize=4.5,
+                            color=st["color"],
+                            alpha=0.8,
+                            zorder=3,
+                        )
+                        shown.append(t[q.column])
                 if f is not None:
-                    fitted = d if fits.latency_regime.get(qn) != "above the cache" else d[~cr]
-                    shown.append(_draw_fit(ax, f, fitted[N].to_numpy(float), st, fits.level))
+                    fx = d[_fitted_mask(d, fits.latency_regime.get(qn))][N].to_numpy(float)
+                    shown.append(_draw_fit(ax, f, fx, st, fits.level))
                 if bound in d and d[bound].notna().any():
                     b = d.groupby(N)[bound].mean().sort_index()
                     ax.plot(
@@ -1035,13 +1114,47 @@ def latency_vs_params(
             _ylim_to(ax, np.concatenate([np.asarray(v, float) for v in shown]))
             _log_axis(ax, "x", _n_fmt)
             _log_axis(ax, "y")
+        if eff:
+            ax = axes[-1]
+            for prec in _groups(src):
+                d = src[src[PRECISION] == prec].dropna(subset=[N, "decode_efficiency"])
+                d = d.sort_values(N)
+                ax.plot(
+                    d[N],
+                    d["decode_efficiency"],
+                    color=style[prec]["color"],
+                    marker=style[prec]["marker"],
+                    markersize=4.5,
+                    linewidth=1.0,
+                )
+            ax.axhline(1.0, color="0.5", linewidth=0.8, linestyle=":")
+            ax.set_xlabel(N_LABEL)
+            ax.set_ylabel("decode efficiency (bound / measured)")
+            ax.set_title("Decode vs the read-bandwidth bound")
+            _log_axis(ax, "x", _n_fmt)
+            ax.set_ylim(0, max(1.1, float(np.nanmax(src["decode_efficiency"])) * 1.05))
         handles += [
             Line2D([], [], color="0.3", linestyle="-", label=f"fit {_law_tex(fits)}"),
             Line2D([], [], color="0.3", linestyle="--", label="roofline bound (DRAM)"),
             Line2D([], [], color="0.3", marker="o", linestyle="none", label="median, q1..q3"),
         ]
-        if any_cache:
-            mib = df["roofline_cache_bytes"].max() / 2**20
+        if src is not None:
+            handles.append(
+                Line2D(
+                    [],
+                    [],
+                    color="0.3",
+                    marker="x",
+                    linestyle="none",
+                    label="trained models\n(their own timing)",
+                )
+            )
+        if any_hollow:
+            if src is not None:
+                label = "not fitted (small\nformulation class)"
+            else:
+                mib = df["roofline_cache_bytes"].max() / 2**20
+                label = f"cache-resident (weights + KV\n<= measured cache, {mib:.0f} MiB)"
             handles.append(
                 Line2D(
                     [],
@@ -1050,7 +1163,7 @@ def latency_vs_params(
                     marker="o",
                     markerfacecolor="none",
                     linestyle="none",
-                    label=f"cache-resident (weights + KV\n<= measured cache, {mib:.0f} MiB)",
+                    label=label,
                 )
             )
         _legend(fig, handles, title="precision")
@@ -2198,6 +2311,7 @@ def render_all(
     fits: Fits | None = None,
     curves: pd.DataFrame | None = None,
     documents: pd.DataFrame | None = None,
+    ladder: pd.DataFrame | None = None,
 ) -> Rendered:
     """Write every figure (``FIGURES``) as ``out_dir/<name>.<fmt>`` (PNG at 300 dpi, vector
     PDF) and the fit table as ``fits.md`` and ``fits.tex``.  A figure whose columns are
@@ -2206,7 +2320,8 @@ def render_all(
     fitted by ``fit_all`` on this table (default: fitted here).  ``curves``: the sweep's loss
     curves (``jscale.load_curves``), for ``loss_curves`` (skipped without them).
     ``documents``: the held-out loss per document (``jscale.load_document_losses``), for the
-    table of paired differences between sizes (``Fits.size_differences``)."""
+    table of paired differences between sizes (``Fits.size_differences``).  ``ladder``: the
+    sweep's latency ladder (``jscale.load_ladder``), which the latency laws are fitted on."""
     formats = tuple(f.strip().lower() for f in formats if f.strip())
     bad = [f for f in formats if f not in ("png", "pdf", "svg")]
     if bad or not formats:
@@ -2216,13 +2331,15 @@ def render_all(
     out.mkdir(parents=True, exist_ok=True)
     res = Rendered()
     if fits is None:
-        fits = fit_all(df, n_bootstrap=n_bootstrap, seed=seed, k=k, documents=documents)
+        fits = fit_all(
+            df, n_bootstrap=n_bootstrap, seed=seed, k=k, documents=documents, ladder=ladder
+        )
     res.notes = list(fits.notes)
     for n in fits.notes:
         log(f"note: {n}")
     makers = {
         "loss_vs_params": lambda: loss_vs_params(df, fits=fits),
-        "latency_vs_params": lambda: latency_vs_params(df, fits=fits),
+        "latency_vs_params": lambda: latency_vs_params(df, fits=fits, ladder=ladder),
         "loss_vs_latency": lambda: loss_vs_latency(df),
         "memory_vs_params": lambda: memory_vs_params(df),
         "fit_diagnostics": lambda: fit_diagnostics(df, fits=fits),

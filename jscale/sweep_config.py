@@ -134,7 +134,7 @@ _LATENCY = {
     "min_rows",
     "ladder",
 }
-_LADDER_LATENCY = {"lo", "hi", "per_decade", "aspect_ratio", "head_dim"}
+_LADDER_LATENCY = {"lo", "hi", "per_decade", "sizes", "aspect_ratio", "head_dim"}
 _KERNEL_LAYOUTS = ("auto", *KERNEL_LAYOUTS)
 _CORPUS = {"path", "val_percent"}
 _MESH = ("data", "fsdp")
@@ -562,6 +562,15 @@ def _latency_ladder(raw, latency: Latency, size_kw: dict) -> list:
         "tie_embeddings": size_kw.get("tie_embeddings", True),
     }
     memory = ladder.device_memory_bytes()
+    if "sizes" in lad:
+        if any(k in lad for k in ("lo", "hi", "per_decade")):
+            raise _err("latency.ladder", "give sizes, or lo / hi / per_decade, not both")
+        targets = _number_list(lad["sizes"], "latency.ladder.sizes", lo=1e3, hi=1e13)
+        out = []
+        for t in targets:
+            out += [s for s in ladder.shapes(t, t, 1, **kw) if not out or s[1] != out[-1][1]]
+        ladder.check_memory([cfg for _, cfg in out], memory, "latency.ladder.sizes")
+        return out
     lo = _number(lad.get("lo", 1e4), "latency.ladder.lo", lo=1e3, hi=1e13)
     hi = lad.get("hi", "auto")
     if hi == "auto":
