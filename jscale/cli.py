@@ -323,6 +323,19 @@ def cmd_ladder(args) -> int:
     return 0
 
 
+def cmd_autotune(args) -> int:
+    from jscale import autotune, formulation, precision, roofline
+
+    fmts = [precision.get_policy(p.strip()).fmt for p in args.precisions.split(",") if p.strip()]
+    cache = roofline.roofline().get("cache_bytes")
+    for fmt in fmts:
+        for klass in formulation.SHAPE_CLASSES:
+            autotune.timings(fmt, klass, cache, refresh=args.refresh)
+    keys = {f"{f}|{k}" for f in fmts for k in formulation.SHAPE_CLASSES}
+    print(autotune.markdown({k: v for k, v in autotune.cached().items() if k in keys}), end="")
+    return 0
+
+
 def cmd_info(args) -> int:
     import flax
     import jax
@@ -575,7 +588,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", action="version", version=f"jscale {__import__('jscale').__version__}"
     )
     sub = p.add_subparsers(
-        dest="command", metavar="{sweep,fit,figures,train,ladder,bench,info}", required=True
+        dest="command",
+        metavar="{sweep,fit,figures,train,ladder,bench,autotune,info}",
+        required=True,
     )
 
     sw = sub.add_parser(
@@ -760,6 +775,15 @@ def build_parser() -> argparse.ArgumentParser:
             help="read a table whose columns are not jscale's schema (e.g. published data)",
         )
         f.set_defaults(fn=cmd_fit if name == "fit" else cmd_figures)
+
+    a = sub.add_parser(
+        "autotune",
+        help="time the candidate formulations on this device (once; cached) and print them",
+        formatter_class=fmt,
+    )
+    a.add_argument("--precisions", default="fp32,bf16,int8,w8a8", help="comma-separated")
+    a.add_argument("--refresh", action="store_true", help="measure again, ignoring the cache")
+    a.set_defaults(fn=cmd_autotune)
 
     i = sub.add_parser("info", help="device, versions, measured roofline, default corpus")
     i.add_argument("--refresh", action="store_true", help="re-measure the roofline")

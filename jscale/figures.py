@@ -804,6 +804,19 @@ def _choose_form(d: pd.DataFrame, q: Quantity, out: Fits, dkw: dict) -> Quantity
     ok = t[(t["error"] == "") & np.isfinite(t["aicc"])]
     if not len(ok):
         return q
+    if q.name in ("decode", "prefill") and ok["extrap_error"].notna().all():
+        # a latency law is for predicting beyond the ladder: the form whose leave-largest-out
+        # error on the reference precision is lowest (within 2 points: the fewest parameters);
+        # the other precisions' errors are then out-of-sample checks of that choice
+        err = ok["extrap_error"].abs()
+        close = ok[err <= err.min() + 0.02]
+        best = close.sort_values(["n_params", "aicc"], kind="stable").iloc[0]
+        why = (
+            f"lowest leave-{out.k}-largest-out error on {out.precision_ref} "
+            f"({abs(best.extrap_error):.0%}; a latency law is for extrapolation)"
+        )
+        out.form_reasons[q.name] = f"{best.form} ({LAWS[best.form]}): {why}"
+        return replace(q, form=best.form, law=LAWS[best.form])
     close = ok[ok["delta_aicc"] <= PARSIMONY_AICC]
     best = close.sort_values(["n_params", "aicc"], kind="stable").iloc[0]
     if best.form == ok.iloc[0].form:
