@@ -1081,7 +1081,7 @@ def latency_vs_params(
                         e = None if yerr is None else yerr[:, part.to_numpy()]
                         _points(ax, d[part], N, q.column, st, yerr=e, hollow=hollow)
                 any_hollow |= bool((~fitted).any())
-                if src is not None:
+                if src is not None and q.column in trained:
                     t = trained[(trained[PRECISION] == prec)].dropna(subset=[N, q.column])
                     if len(t):
                         ax.plot(

@@ -33,14 +33,15 @@ warmup = 1
 
 def test_shapes_grow_smoothly_and_land_near_their_targets():
     """Depth never decreases with N (round((N / 12 a^2)^(1/3))), every model is new, and the
-    analytic count lands within 35% of its target (the width steps by one 32-wide head)."""
+    analytic count lands within 35% of its target from 1e5 up (the width steps by one 32-wide
+    head; below, one head is a large step: within a factor 1.6)."""
     out = ladder.shapes(1e4, 1e9, 4, aspect_ratio=64.0, head_dim=32)
     depths = [cfg.n_layers for _, cfg in out]
     assert depths == sorted(depths) and depths[0] == 1
     for t, cfg in out:
         assert cfg.n_layers == max(1, round((t / (12 * 64**2)) ** (1 / 3)))
         n = count_params(cfg)["non_embedding"]
-        assert abs(math.log(n / t)) < math.log(1.35), (t, n)
+        assert abs(math.log(n / t)) < math.log(1.35 if t >= 1e5 else 1.6), (t, n)
     ns = [count_params(c)["non_embedding"] for _, c in out]
     assert ns == sorted(ns) and len(set(ns)) == len(ns)
 
@@ -173,7 +174,8 @@ def test_latency_laws_are_fitted_on_the_ladders_large_class():
     assert f.latency_regime["decode"] == "large class"
     assert "latency ladder" in f.latency_basis
     fit = f.get("decode", "fp32")
-    assert fit.n_points == (lad[schema.PRECISION] == "fp32").sum() - 4  # 4 small left out
+    large = (lad[schema.PRECISION] == "fp32") & (lad["formulation_class"] == "large")
+    assert fit.n_points == large.sum() == 8  # the 5 small sizes left out
     if f.forms["decode"].form == "affine":
         assert fit.params["k"] == pytest.approx(2e-7, rel=0.1)
     pred = fit.predict(np.array([1e9]))["y"].iloc[0]
