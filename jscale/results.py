@@ -138,6 +138,17 @@ def finished_points(out_dir: str | os.PathLike) -> set[str]:
     return {p.stem for p in d.glob("*.json")} if d.is_dir() else set()
 
 
+def _read_records(files) -> pd.DataFrame:
+    """The JSON records ``files`` as one table; ``ResultsError`` naming an unreadable one."""
+    rows = []
+    for f in files:
+        try:
+            rows.append(json.loads(f.read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ResultsError(f"{f}: unreadable record ({e})") from None
+    return pd.DataFrame(rows)
+
+
 def load_ladder(out_dir: str | os.PathLike) -> pd.DataFrame | None:
     """The latency ladder of a sweep (``OUT/ladder/*.json``, or a ``latency_ladder.csv``
     table), one row per (size, precision), sorted by size and precision; None when the sweep
@@ -151,13 +162,7 @@ def load_ladder(out_dir: str | os.PathLike) -> pd.DataFrame | None:
         files = sorted((p / LADDER).glob("*.json")) if (p / LADDER).is_dir() else []
         if not files:
             return None
-        rows = []
-        for f in files:
-            try:
-                rows.append(json.loads(f.read_text()))
-            except (OSError, json.JSONDecodeError) as e:
-                raise ResultsError(f"{f}: unreadable ladder record ({e})") from None
-        df = pd.DataFrame(rows)
+        df = _read_records(files)
     if df.empty:
         return None
     try:
@@ -193,13 +198,7 @@ def load_results(out_dir: str | os.PathLike, *, check: bool = True) -> pd.DataFr
             raise ResultsError(
                 f"{p}: no results (expected {RECORDS}/*.json written by `jscale sweep`)"
             )
-        rows = []
-        for f in files:
-            try:
-                rows.append(json.loads(f.read_text()))
-            except (OSError, json.JSONDecodeError) as e:
-                raise ResultsError(f"{f}: unreadable record ({e})") from None
-        df = pd.DataFrame(rows)
+        df = _read_records(files)
     if df.empty:
         raise ResultsError(f"{p}: the results table is empty")
     if check:

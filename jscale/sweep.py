@@ -688,34 +688,41 @@ def _latency(run: _Run, point: TrainPoint, params, prec: str) -> dict:
     depends on the shapes and the precision, not on what the weights learned."""
     key = (point.model, prec)
     if key not in run.timed:
-        lat_cfg = run.sweep.latency
-        form, how = autotune.choice(
-            prec,
-            point.model,
-            kernel_layout=lat_cfg.kernel_layout,
-            min_rows=lat_cfg.min_rows,
-            cache_bytes=run.roof.get("cache_bytes"),
-        )
-        lat = latency.measure_latency(
-            params,
-            point.model,
-            prec,
-            batch=lat_cfg.batch,
-            prompt_tokens=lat_cfg.prompt_tokens,
-            gen_tokens=lat_cfg.gen_tokens,
-            repeats=lat_cfg.repeats,
-            warmup=lat_cfg.warmup,
-            roof=run.roof,
-            mesh=run.mesh,
-            form=form,
-        )
+        lat = _time_latency(run, params, point.model, prec)
         run.timed[key] = {
             **lat,
-            **how,
             "latency_weights": "trained",
             "latency_from_point_id": point_id(point, prec),
         }
     return run.timed[key]
+
+
+def _time_latency(run: _Run, params, cfg, prec: str) -> dict:
+    """``measure_latency`` of float32 ``params`` of ``cfg`` in ``prec`` with the sweep's
+    ``[latency]`` settings, in the formulation the autotune picks (keeping what the config
+    pins); the dict holds the latency columns and the formulation's provenance."""
+    lat_cfg = run.sweep.latency
+    form, how = autotune.choice(
+        prec,
+        cfg,
+        kernel_layout=lat_cfg.kernel_layout,
+        min_rows=lat_cfg.min_rows,
+        cache_bytes=run.roof.get("cache_bytes"),
+    )
+    lat = latency.measure_latency(
+        params,
+        cfg,
+        prec,
+        batch=lat_cfg.batch,
+        prompt_tokens=lat_cfg.prompt_tokens,
+        gen_tokens=lat_cfg.gen_tokens,
+        repeats=lat_cfg.repeats,
+        warmup=lat_cfg.warmup,
+        roof=run.roof,
+        mesh=run.mesh,
+        form=form,
+    )
+    return {**lat, **how}
 
 
 def _measure_ladder(run: _Run, bar) -> None:
@@ -723,7 +730,7 @@ def _measure_ladder(run: _Run, bar) -> None:
     (``OUT/ladder/``), smallest first."""
     if not run.plan.ladder:
         return
-    sweep, lat_cfg = run.sweep, run.sweep.latency
+    sweep = run.sweep
     t0 = time.perf_counter()
     for target, cfg, precisions in run.plan.ladder:
         params = jax.block_until_ready(ladder.random_params(cfg, jax.random.key(0)))
@@ -731,26 +738,7 @@ def _measure_ladder(run: _Run, bar) -> None:
         for prec in precisions:
             pid = ladder_id(target, prec)
             bar.set_postfix_str(pid, refresh=True)
-            form, how = autotune.choice(
-                prec,
-                cfg,
-                kernel_layout=lat_cfg.kernel_layout,
-                min_rows=lat_cfg.min_rows,
-                cache_bytes=run.roof.get("cache_bytes"),
-            )
-            lat = latency.measure_latency(
-                params,
-                cfg,
-                prec,
-                batch=lat_cfg.batch,
-                prompt_tokens=lat_cfg.prompt_tokens,
-                gen_tokens=lat_cfg.gen_tokens,
-                repeats=lat_cfg.repeats,
-                warmup=lat_cfg.warmup,
-                roof=run.roof,
-                mesh=run.mesh,
-                form=form,
-            )
+            lat = _time_latency(run, params, cfg, prec)
             rec = {
                 "point_id": pid,
                 "sweep_name": sweep.name,
@@ -764,7 +752,6 @@ def _measure_ladder(run: _Run, bar) -> None:
                 "params_non_embedding": counts["non_embedding"],
                 "params_embedding": counts["embedding"],
                 **lat,
-                **how,
                 "latency_weights": "random",
                 **run.provenance,
             }
@@ -775,9 +762,10 @@ def _measure_ladder(run: _Run, bar) -> None:
             bar.update(1)
             run.log(
                 f"ladder N={counts['non_embedding']:.3g} (d_model {cfg.d_model} x "
-                f"{cfg.n_layers} layers, random weights) -> {prec} [{form.name}, "
-                f"{how['formulation_class']}]: decode {lat['decode_ms_per_token_median']:.3f} "
-                f"ms/token ({lat['decode_efficiency']:.2f} of the roofline), prefill "
+                f"{cfg.n_layers} layers, random weights) -> {prec} [{lat['kernel_layout']}:"
+                f"{lat['matmul_min_rows']}, {lat['formulation_class']}]: decode "
+                f"{lat['decode_ms_per_token_median']:.3f} ms/token "
+                f"({lat['decode_efficiency']:.2f} of the roofline), prefill "
                 f"{lat['prefill_ms_median']:.2f} ms"
             )
         del params
