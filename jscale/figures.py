@@ -696,6 +696,13 @@ def fit_all(
                     err = e
                     continue
                 out.extrapolation.setdefault(qname, {})[prec] = ex.assign(k=kk)
+                worst = float(np.max(np.abs(ex["y_pred"] / ex["y"] - 1)))
+                if qname != "loss" and worst > PREDICTS_WITHIN:
+                    out.notes.append(
+                        f"{qname} {prec}: the law fitted without the {kk} largest size(s) misses "
+                        f"them by {worst:.0%} (more than {PREDICTS_WITHIN:.0%}): it describes "
+                        "the ladder, it does not predict beyond it (efficiency changes with N)"
+                    )
                 if kk < k:
                     out.notes.append(
                         f"{qname} {prec}: extrapolation check holds out the {kk} largest "
@@ -717,6 +724,7 @@ def fit_all(
     return out
 
 
+PREDICTS_WITHIN = 0.15  # a latency law whose held-out error is larger is flagged as not predictive
 LATENCY_MIN_ABOVE_CACHE = 4  # sizes above the cache a latency law needs to leave the rest out
 LADDER_MIN_SIZES = 5  # large-class ladder sizes a latency law needs to leave the small ones out
 
@@ -2026,6 +2034,8 @@ def fit_table_markdown(obj, *, n_bootstrap: int = 1000, seed: int = 0) -> str:
         for r in rows:
             cells = [_fmt_ci(e, lo, hi) for _, e, lo, hi in r["params"]]
             ext = "–" if not np.isfinite(r["extrap"]) else f"{_pct(r['extrap'])}%{r['k_note']}"
+            if q.name != "loss" and abs(r["extrap"]) > PREDICTS_WITHIN:
+                ext += " (not predictive)"
             parts.append(
                 f"| {r['precision']} | "
                 + " | ".join(cells)
