@@ -199,6 +199,32 @@ def _distinct_best(theta, f, k, tol=1e-3):
     return chosen
 
 
+def _check_args(df, form, columns: dict, ints: dict, reals: dict) -> None:
+    """``AnalysisError`` naming the first argument of ``fit`` of the wrong kind: ``df`` not a
+    DataFrame (or None), ``form`` not a name or ``Form``, a column that is neither a name nor
+    numbers, a count that is not an integer (bools and 2.5 are not), a number that is not real."""
+    if df is not None and not isinstance(df, pd.DataFrame):
+        raise AnalysisError(f"df must be a pandas DataFrame or None, got {type(df).__name__}")
+    if not isinstance(form, (str, Form)):
+        raise AnalysisError(f"form must be a form name or an analysis.Form, got {form!r}")
+    for name, v in columns.items():
+        if v is None and name != "d":
+            raise AnalysisError(f"{name} is None; give a column name or one number per row")
+        if v is not None and not isinstance(v, str):
+            try:
+                np.asarray(v, dtype=float)
+            except (TypeError, ValueError):
+                raise AnalysisError(
+                    f"{name} must be a column name or numbers, got non-numeric {str(v)[:60]!r}"
+                ) from None
+    for name, v in ints.items():
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise AnalysisError(f"{name} must be an integer, got {v!r}")
+    for name, v in reals.items():
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float, np.number))):
+            raise AnalysisError(f"{name} must be a number, got {v!r}")
+
+
 _LSQ_DELTA = 1e3  # "Huber" kink of the least-squares objective: beyond any log residual
 _LSQ_NORM = 1e-3  # its scale divisor: gtol / ftol mean what they mean for Huber delta 1e-3
 
@@ -261,6 +287,14 @@ def fit(
     clusters, each row weighted by its cluster's count, so all rows of a cluster move together
     (same static shapes, same compiled solver). Use it when rows are not independent, e.g.
     ``cluster=[N, SEED]``: the token-budget branches of one trained model share a trunk."""
+    _check_args(
+        df,
+        form,
+        {"x": x, "y": y, "d": d},
+        {"n_bootstrap": n_bootstrap, "bootstrap_starts": bootstrap_starts}
+        | {"max_iter": max_iter, "grid_iter": grid_iter},
+        {"huber_delta": huber_delta, "level": level, "gtol": gtol, "ftol": ftol},
+    )
     fm = _get_form(form)
     xs, ys, ds = _inputs(df, fm, x, y, d)
     gid = _cluster_ids(df, cluster, len(xs))

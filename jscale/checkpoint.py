@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import jax
@@ -23,7 +24,8 @@ from jscale.config import ModelConfig
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that does not match the model it is loaded for."""
+    """A checkpoint that is unreadable (truncated, garbled, empty) or does not match the model
+    it is loaded for; the message names the file."""
 
 
 def save(path: str | os.PathLike, params, meta: dict) -> Path:
@@ -55,9 +57,13 @@ def load(path: str | os.PathLike, template):
     try:
         with np.load(path) as z:
             stored = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable checkpoint ({e})") from None
-    meta = json.loads(stored.pop("__meta__").tobytes().decode()) if "__meta__" in stored else {}
+        meta = json.loads(stored.pop("__meta__").tobytes().decode()) if "__meta__" in stored else {}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # truncated, garbled, empty
+        why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise CheckpointError(
+            f"{path}: unreadable checkpoint ({why}); delete it and rerun to retrain that model "
+            "(or rerun the sweep with --force --retrain)"
+        ) from None
     leaves = []
     for k, spec in paths:
         name = jax.tree_util.keystr(k)

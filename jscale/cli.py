@@ -1,19 +1,22 @@
 """The ``jscale`` command line: ``sweep``, ``fit``, ``figures``, ``train``, ``ladder``,
 ``bench latency``, ``info``.
 
-Errors in user input (configs, corpora) print one line naming the field or path and exit
-with status 2, before any compute starts.
+Errors in user input (configs, corpora, unreadable tables and checkpoints) print one line,
+``jscale: error: ...``, naming the field or path, and exit with status 2.  A full disk prints one
+line saying so and exits with status 1 (what was written is whole: rerun to resume), as does a
+sweep in which a model failed (``jscale: failed: ...``, one line per model).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import sys
 from pathlib import Path
 
 from jscale.config import LATENCY_REPEATS, LATENCY_WARMUP, ConfigError, is_positive_int
-from jscale.results import ResultsError
+from jscale.results import RECORDS, ResultsError
 
 
 def _auto_or_positive_int(s: str) -> int | str:
@@ -183,10 +186,12 @@ def cmd_sweep(args) -> int:
     r = sw.run_sweep(
         s, force=args.force, retrain=args.retrain, worker=args.worker, progress=not args.quiet
     )
-    if r.written or not (s.out_dir / "results.csv").exists():
+    path = s.out_dir / "results.csv"
+    if r.written or (not path.exists() and any((s.out_dir / RECORDS).glob("*.json"))):
         path = sw.export_csv(s.out_dir)
+    if path.exists():
         print(f"results: {path} ({r.written} new record(s), {r.skipped} already there)")
-    for f in r.failed:
+    for f in r.failed:  # e.g. a model that diverged: the others ran; the rerun retries it
         print(f"jscale: failed: {f}", file=sys.stderr)
     return 1 if r.failed else 0
 
@@ -802,7 +807,11 @@ _USER_ERRORS = {
     "jscale.checkpoint": "CheckpointError",
     "jscale.analysis": "AnalysisError",
     "jscale.figures": "FigureError",
+    "jscale.runtime": "CacheError",
 }
+
+
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}  # no space, or over quota
 
 
 def _loaded(names: dict[str, str]) -> tuple[type, ...]:
@@ -817,14 +826,25 @@ def main(argv: list[str] | None = None) -> int:
         maybe_initialize_distributed()
     from jscale.runtime import enable_compilation_cache
 
-    enable_compilation_cache()
     try:
+        enable_compilation_cache()
         return args.fn(args)
     except _loaded(_USER_ERRORS) as e:
         print(f"jscale: error: {e}", file=sys.stderr)
         return 2
     except _loaded({"jscale.train": "TrainingDiverged"}) as e:
         print(f"jscale: training diverged: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if e.errno not in _DISK_FULL:
+            raise
+        print(
+            f"jscale: error: the disk is full ({e.strerror or 'no space left on device'}"
+            f"{f': {e.filename}' if e.filename else ''}); what was written before is whole "
+            "(records, checkpoints and caches are written atomically): free some space and rerun "
+            "the same command to resume",
+            file=sys.stderr,
+        )
         return 1
     except Exception as e:  # the device ran out of memory: say so in one line, not a traceback
         if "RESOURCE_EXHAUSTED" not in str(e):

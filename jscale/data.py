@@ -8,12 +8,16 @@ through ``sysconfig``), ~30 MB on CPython 3.11: real text on every machine, no d
 Files are split into train and validation by a hash of their relative path, so the split
 is deterministic and independent of file order.  Tokens are cached on disk (one ``.npy``
 per split, memory-mapped on load) under ``$JSCALE_CACHE_DIR`` (default
-``~/.cache/jscale``), keyed by a fingerprint of the files' paths, sizes and mtimes.
+``~/.cache/jscale``), keyed by a fingerprint of the files' paths, sizes and mtimes.  The cache's
+``meta.json`` holds a digest of each ``.npy``, checked on every load: a garbled, truncated or
+missing cache file is rebuilt from the corpus.  Cache files are no more readable than the
+corpus files they come from.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import hashlib
 import json
@@ -80,6 +84,11 @@ def default_corpus_path() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
+def _unreadable(path, e: OSError) -> CorpusError:
+    why = "permission denied" if isinstance(e, PermissionError) else e.strerror or str(e)
+    return CorpusError(f"cannot read corpus {path} ({why}); check its permissions")
+
+
 def _list_files(root: Path, default: bool) -> list[Path]:
     if not root.exists():
         raise CorpusError(f"corpus path does not exist: {root}")
@@ -87,14 +96,24 @@ def _list_files(root: Path, default: bool) -> list[Path]:
         return [root]
     if not root.is_dir():
         raise CorpusError(f"corpus path is neither a file nor a directory: {root}")
-    if default:
-        files = [p for p in root.rglob("*.py") if "site-packages" not in p.relative_to(root).parts]
-    else:
-        files = [
-            p
-            for p in root.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-        ]
+
+    def fail(e: OSError):  # an unreadable directory is an error, not an empty one
+        where = Path(e.filename or root)
+        if not default or where == root:  # the default corpus skips what it cannot read
+            raise _unreadable(f"directory {where}", e)
+
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=fail):
+        if default:
+            dirnames[:] = [d for d in dirnames if d != "site-packages"]
+            files += [Path(dirpath, f) for f in filenames if f.endswith(".py")]
+        else:
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            files += [
+                p
+                for p in (Path(dirpath, f) for f in filenames if not f.startswith("."))
+                if p.is_file()
+            ]
     return sorted(files)
 
 
@@ -125,11 +144,13 @@ def load_corpus(
     if not files:
         raise CorpusError(f"corpus {root} contains no {'.py ' if default else ''}files")
     h = hashlib.sha256(f"{_FORMAT}|{float(val_percent)}|{root}".encode())
+    mode = 0o666  # cache files are no more readable than the least readable corpus file
     for f in files:
         try:
             st = f.stat()
         except OSError as e:
-            raise CorpusError(f"cannot read corpus file {f}: {e}") from e
+            raise _unreadable(f"file {f}", e) from e
+        mode &= st.st_mode
         h.update(
             (
                 f"|{f.relative_to(root) if f != root else f.name}|{st.st_size}|{st.st_mtime_ns}"
@@ -137,12 +158,14 @@ def load_corpus(
         )
     fp = h.hexdigest()[:16]
     where = (cache or cache_dir()) / "corpora" / fp
-    meta_path = where / "meta.json"
-    if not meta_path.exists():
-        _build_cache(root, files, val_percent, where)
-    meta = json.loads(meta_path.read_text())
-    train = np.load(where / "train.npy", mmap_mode="r")
-    val = np.load(where / "val.npy", mmap_mode="r")
+    cached = _load_cache(where)
+    if cached is None:  # absent, or garbled / truncated / from an older jscale: (re)build it
+        _build_cache(root, files, val_percent, where, mode)
+        cached = _load_cache(where)
+        if cached is None:
+            raise CorpusError(f"token cache {where} does not read back after building it")
+    _restrict(where, mode)
+    meta, train, val = cached
     return Corpus(
         train=train,
         val=val,
@@ -153,15 +176,63 @@ def load_corpus(
     )
 
 
+def _digest(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "blake2b").hexdigest()[:32]
+
+
+def _load_cache(where: Path):
+    """(meta, train, val) of the token cache in ``where``, or None when it is absent or does
+    not match the digests in its ``meta.json`` (garbled, truncated, empty, or written by an older
+    jscale): then it is rebuilt."""
+    try:
+        meta = json.loads((where / "meta.json").read_text())
+        arrays = []
+        for split in ("train", "val"):
+            path = where / f"{split}.npy"
+            if _digest(path) != meta["digest"][split]:
+                return None
+            arrays.append(np.load(path, mmap_mode="r"))
+        meta["n_files_train"], meta["n_files_val"] = (
+            int(meta["n_files_train"]),
+            int(meta["n_files_val"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError, EOFError):
+        return None
+    return meta, *arrays
+
+
+def _restrict(where: Path, mode: int) -> None:
+    """Make the cache in ``where`` at most as readable as the corpus files (``mode``: their
+    common permission bits): files keep only the group / other read bits the corpus has (the
+    owner always reads and writes), the directory only the matching read and search bits."""
+    file_mode = (mode & 0o644) | 0o600
+    _tighten(where, 0o700 | (file_mode & 0o044) | ((file_mode & 0o044) >> 2))
+    for p in where.iterdir():
+        _tighten(p, file_mode)
+
+
+def _tighten(path: Path, allowed: int) -> None:
+    """Clear the permission bits of ``path`` that ``allowed`` lacks (never adds any)."""
+    try:
+        m = path.stat().st_mode & 0o777
+        if m & ~allowed:
+            os.chmod(path, m & allowed)
+    except OSError:  # gone (another builder's temporary file) or not ours to change
+        pass
+
+
 def _read(f: Path) -> bytes | None:
     try:
         data = f.read_bytes()
     except OSError as e:
-        raise CorpusError(f"cannot read corpus file {f}: {e}") from e
+        raise _unreadable(f"file {f}", e) from e
     return None if b"\x00" in data else data
 
 
-def _build_cache(root: Path, files: list[Path], val_percent: float, where: Path) -> None:
+def _build_cache(
+    root: Path, files: list[Path], val_percent: float, where: Path, mode: int = 0o644
+) -> None:
     parts: dict[str, list[bytes]] = {"train": [], "val": []}
     if root.is_file():
         data = _read(root)
@@ -191,14 +262,6 @@ def _build_cache(root: Path, files: list[Path], val_percent: float, where: Path)
             f"corpus {root} is too small: its validation split has {n_bytes['val']} "
             f"bytes (need >= 1024); add text or raise val_percent (--val-percent)"
         )
-    where.mkdir(parents=True, exist_ok=True)
-    for split, docs in parts.items():
-        tokens = np.frombuffer(bytes([SEPARATOR]).join(docs), dtype=np.uint8)
-        tmp = (
-            where / f"{split}.{os.getpid()}.tmp.npy"
-        )  # per-process: concurrent builders never share
-        np.save(tmp, tokens)
-        os.replace(tmp, where / f"{split}.npy")
     meta = {
         "root": str(root),
         "n_files_train": len(parts["train"]),
@@ -206,10 +269,29 @@ def _build_cache(root: Path, files: list[Path], val_percent: float, where: Path)
         "n_tokens_train": n_bytes["train"],
         "n_tokens_val": n_bytes["val"],
         "val_percent": val_percent,
+        "digest": {},
     }
-    tmp = where / f"meta.{os.getpid()}.tmp.json"
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, where / "meta.json")  # written last: its presence means the cache is complete
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        _restrict(where, mode)
+        for split, docs in parts.items():
+            tokens = np.frombuffer(bytes([SEPARATOR]).join(docs), dtype=np.uint8)
+            tmp = where / f"{split}.{os.getpid()}.tmp.npy"  # per process: builders never share
+            np.save(tmp, tokens)
+            meta["digest"][split] = _digest(tmp)
+            _tighten(tmp, (mode & 0o644) | 0o600)
+            os.replace(tmp, where / f"{split}.npy")
+        tmp = where / f"meta.{os.getpid()}.tmp.json"
+        tmp.write_text(json.dumps(meta, indent=1))
+        _tighten(tmp, (mode & 0o644) | 0o600)
+        os.replace(tmp, where / "meta.json")  # written last: its presence means it is complete
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            raise  # the disk is full: the command line says so
+        raise CorpusError(
+            f"cannot write the token cache in {where} ({e.strerror or e}); "
+            "set JSCALE_CACHE_DIR to a writable directory"
+        ) from e
 
 
 def train_batch(

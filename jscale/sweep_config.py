@@ -394,7 +394,13 @@ def load_sweep(path: str | Path, *, out_dir: str | None = None) -> Sweep:
             f"{p}: {'is a directory, not a' if p.is_dir() else 'no such'} "
             "sweep config file (a .toml)"
         )
-    return parse_sweep(p.read_text(), where=str(p), out_dir=out_dir)
+    try:
+        text = p.read_bytes().decode("utf-8")  # TOML is UTF-8
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(
+            f"{p}: cannot read the sweep config ({e}); it must be a readable UTF-8 TOML file"
+        ) from None
+    return parse_sweep(text, where=str(p), out_dir=out_dir)
 
 
 def _build(raw: dict, text: str, out_dir_override: str | None) -> Sweep:
