@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from jscale.config import LATENCY_REPEATS, LATENCY_WARMUP, ConfigError, is_positive_int
-from jscale.results import RECORDS, ResultsError
+from jscale.results import ResultsError
 
 
 def _auto_or_positive_int(s: str) -> int | str:
@@ -91,12 +91,23 @@ def _make_mesh(spec: dict[str, int] | None):
     return sharding.make_mesh(**spec)
 
 
+def _peak_gib(cfg, tc) -> float:
+    """The largest of the training, evaluation and timing memory estimates, GiB."""
+    from jscale import memory
+
+    return (
+        max(memory.train_bytes(cfg, tc), memory.eval_bytes(cfg, tc), memory.latency_bytes(cfg))
+        / 2**30
+    )
+
+
 def _print_plan(s, args) -> None:
     """``jscale sweep --plan``: the grid, its FLOPs and epochs, what is done and what is left,
     and what the design cannot identify."""
-    from jscale import data
+    from jscale import data, memory
     from jscale import sweep as sw
     from jscale.config import count_params, flops_per_token
+    from jscale.sweep_config import check_memory
 
     corpus = data.load_corpus(s.corpus_path, val_percent=s.val_percent)
     epochs = {id(p): e for p, e in sw.check_epochs(s, corpus)}  # refuses too many epochs
@@ -110,9 +121,9 @@ def _print_plan(s, args) -> None:
     )
     print(
         "| target N | N non-emb | d_model x layers | seed | lr | tokens | tokens/N | C (FLOPs) | "
-        "epochs | schedule | train TFLOP | precisions to run |"
+        "epochs | schedule | train TFLOP | peak GiB | precisions to run |"
     )
-    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---|")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|")
     total = separate = 0.0
     for group in s.groups():
         steps_done = 0  # a WSD trunk is trained once: each budget adds its cooldown
@@ -134,7 +145,7 @@ def _print_plan(s, args) -> None:
                 f"{point.model.d_model} x {point.model.n_layers} | "
                 f"{point.seed} | {tc.lr:.3g} | {tok:,} | {tok / n:.3g} | {c} | "
                 f"{epochs[id(point)]:.3g} | {tc.schedule} | {fl / 1e12:.3g} | "
-                f"{', '.join(todo.get(id(point), [])) or '-'} |"
+                f"{_peak_gib(point.model, tc):.2g} | {', '.join(todo.get(id(point), [])) or '-'} |"
             )
     print(
         f"training: {total / 1e12:.4g} TFLOP (analytic, 3 x forward matmuls)"
@@ -152,9 +163,11 @@ def _print_plan(s, args) -> None:
         )
     for note in s.notes:
         print(f"design: {note}")
+    try:
+        check_memory(s)
+    except ConfigError as e:  # planned here, maybe run on a bigger machine
+        print(f"warning: on this device the sweep would stop: {e}")
     if s.ladder:
-        from jscale import ladder
-
         lad = {(t, c): p for t, c, p in plan.ladder}
         print(
             f"\nlatency ladder: {len(s.ladder)} random-weight models x {len(s.precisions)} "
@@ -168,7 +181,7 @@ def _print_plan(s, args) -> None:
             print(
                 f"| {target:.3g} | {count_params(cfg)['non_embedding']:,} | "
                 f"{cfg.d_model} x {cfg.n_layers} | {cfg.n_heads} | "
-                f"{ladder.peak_bytes(cfg) / 2**30:.2f} | {', '.join(todo_l) or '-'} |"
+                f"{memory.latency_bytes(cfg) / 2**30:.2f} | {', '.join(todo_l) or '-'} |"
             )
 
 
@@ -186,9 +199,7 @@ def cmd_sweep(args) -> int:
     r = sw.run_sweep(
         s, force=args.force, retrain=args.retrain, worker=args.worker, progress=not args.quiet
     )
-    path = s.out_dir / "results.csv"
-    if r.written or (not path.exists() and any((s.out_dir / RECORDS).glob("*.json"))):
-        path = sw.export_csv(s.out_dir)
+    path = s.out_dir / "results.csv"  # rebuilt from the records by every run (run_sweep)
     if path.exists():
         print(f"results: {path} ({r.written} new record(s), {r.skipped} already there)")
     for f in r.failed:  # e.g. a model that diverged: the others ran; the rerun retries it
@@ -490,16 +501,15 @@ def _formats(s: str) -> tuple[str, ...]:
 
 def cmd_fit(args) -> int:
     from jscale import figures
-    from jscale.results import load_results
 
-    df = load_results(args.results, check=args.check)
+    df = _load(args)
     fits = figures.fit_all(
         df,
         n_bootstrap=args.bootstrap,
         seed=args.seed,
         k=args.holdout,
         documents=_documents_beside(args.results),
-        ladder=_ladder_beside(args.results),
+        ladder=_ladder_beside(args.results, args.all_configs),
     )
     if not fits.fits:
         raise ResultsError(f"{args.results}: no law could be fitted: {'; '.join(fits.notes)}")
@@ -528,14 +538,32 @@ def _documents_beside(results_path):
     return load_document_losses(p if p.is_dir() else p.with_name("document_losses.csv"))
 
 
-def _ladder_beside(results_path):
+def _load(args):
+    """The results ``jscale fit`` / ``figures`` work on, with a line to stderr saying what was
+    loaded and what was left out (records of other configs)."""
+    from jscale.results import load_results
+
+    notes = []
+    df = load_results(
+        args.results, check=args.check, all_configs=args.all_configs, log=notes.append
+    )
+    what = f"sweep {df['sweep_name'].iloc[0]!r}" if df.get("sweep_name") is not None else "table"
+    if args.all_configs and "sweep_name" in df and df["sweep_name"].nunique() > 1:
+        what = f"{df['sweep_name'].nunique()} sweeps (--all-configs)"
+    print(f"loaded {len(df)} record(s) of {what} from {args.results}", file=sys.stderr)
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
+    return df
+
+
+def _ladder_beside(results_path, all_configs: bool = False):
     """The latency ladder of a sweep directory (``ladder/``), or the ``latency_ladder.csv``
     exported next to a ``results.csv``; None when there is none."""
     from jscale.results import load_ladder
 
     p = Path(results_path)
     if p.is_dir():
-        return load_ladder(p)
+        return load_ladder(p, all_configs=all_configs)
     beside = p.with_name("latency_ladder.csv")
     return load_ladder(beside) if beside.is_file() else None
 
@@ -546,10 +574,8 @@ def cmd_figures(args) -> int:
     matplotlib.use("Agg")  # files only; no display needed
 
     from jscale import figures
-    from jscale.results import load_results
 
-    df = load_results(args.results, check=args.check)
-    print(f"{len(df)} results from {args.results}")
+    df = _load(args)
     r = figures.render_all(
         df,
         args.out,
@@ -559,7 +585,7 @@ def cmd_figures(args) -> int:
         k=args.holdout,
         curves=_curves_beside(args.results),
         documents=_documents_beside(args.results),
-        ladder=_ladder_beside(args.results),
+        ladder=_ladder_beside(args.results, args.all_configs),
     )
     if len(r.skipped) == len(figures.FIGURES):
         raise ResultsError(
@@ -778,6 +804,12 @@ def build_parser() -> argparse.ArgumentParser:
             dest="check",
             action="store_false",
             help="read a table whose columns are not jscale's schema (e.g. published data)",
+        )
+        f.add_argument(
+            "--all-configs",
+            action="store_true",
+            help="fit every record of the directory, not only those of the config that last ran "
+            "there (manifest.json), nor only one sweep of a table",
         )
         f.set_defaults(fn=cmd_fit if name == "fit" else cmd_figures)
 

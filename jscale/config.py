@@ -208,8 +208,8 @@ class TrainConfig:
             f"got {self.cooldown_shape!r}",
         )
         _require(
-            isinstance(self.seed, int) and self.seed >= 0,
-            f"TrainConfig.seed must be an integer >= 0, got {self.seed!r}",
+            isinstance(self.seed, int) and 0 <= self.seed < 2**31,
+            f"TrainConfig.seed must be an integer in [0, 2^31 - 1], got {self.seed!r}",
         )
 
     @property
@@ -286,8 +286,8 @@ def config_for_params(
     How far the achieved count lands from the target is tabulated by ``jscale ladder``.
     """
     _require(
-        isinstance(target, (int, float)) and math.isfinite(target) and target >= 1_000,
-        f"target non-embedding parameter count must be a number >= 1e3, got {target!r}",
+        isinstance(target, (int, float)) and math.isfinite(target) and 1_000 <= target <= 1e13,
+        f"target non-embedding parameter count must be a number in [1e3, 1e13], got {target!r}",
     )
     _require(aspect_ratio > 0, f"aspect_ratio must be > 0, got {aspect_ratio!r}")
     l_ideal = (target / (12 * aspect_ratio**2)) ** (1 / 3)

@@ -12,26 +12,19 @@ CPU) in minutes, while the trained models stay small.  Latency laws are fitted o
   non-embedding count closest to N at that depth: latency follows N, not depth jumps.
 * ``random_params(cfg, key)``: float32 params of ``cfg``'s shapes, drawn per leaf (kernels and
   embedding ``N(0, 1 / fan_in)``, norm scales 1), without tracing the model's initialiser.
-* ``peak_bytes(cfg, ...)``: what timing one model holds at once, for the memory check.
+* ``check_memory``, ``largest_fitting``: the ladder against the device's memory
+  (``jscale.memory``).
 """
 
 from __future__ import annotations
 
 import math
-import os
 
 import jax
 import jax.numpy as jnp
 
-from jscale import model
-from jscale.config import ConfigError, ModelConfig, config_for_params, count_params, ladder_targets
-
-# Timing a model holds its float32 params, one converted copy (at most as large) laid out for
-# inference, the KV cache and the activations; this factor on the float32 bytes covers them
-# with room to spare (XLA's temporaries, the allocator).
-PEAK_FACTOR = 2.5
-# The ladder may use at most this fraction of the device's memory.
-MEMORY_FRACTION = 0.6
+from jscale import memory, model
+from jscale.config import ModelConfig, config_for_params, count_params, ladder_targets
 
 
 def depth(target: float, aspect_ratio: float) -> int:
@@ -68,57 +61,35 @@ def shapes(
     return out
 
 
-def peak_bytes(cfg: ModelConfig) -> float:
-    """Bytes one latency measurement of ``cfg`` may hold at once (``PEAK_FACTOR`` x the float32
-    params)."""
-    return PEAK_FACTOR * 4 * count_params(cfg)["total"]
-
-
-def device_memory_bytes() -> float:
-    """The default device's memory: the allocator's limit on an accelerator, physical memory
-    on a CPU (NaN when neither is known)."""
-    dev = jax.devices()[0]
-    stats = None
-    try:
-        stats = dev.memory_stats()
-    except Exception:  # noqa: BLE001 - backends without memory stats
-        stats = None
-    if stats and stats.get("bytes_limit"):
-        return float(stats["bytes_limit"])
-    try:
-        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return float("nan")
-
-
 def largest_fitting(memory_bytes: float, **shape_kw) -> float:
     """The largest target (non-embedding params, on a grid of 10^(1/8) steps from 1e4) whose
-    ladder model (``shapes``'s keywords ``shape_kw``) has ``peak_bytes`` within
-    ``MEMORY_FRACTION`` of ``memory_bytes``."""
+    ladder model (``shapes``'s keywords ``shape_kw``) has ``memory.latency_bytes`` within
+    ``memory.FRACTION`` of ``memory_bytes``."""
     t = 1e4
     while t < 1e13:
         nxt = t * 10 ** (1 / 8)
-        if peak_bytes(shapes(nxt, nxt, 1, **shape_kw)[0][1]) > MEMORY_FRACTION * memory_bytes:
+        if (
+            memory.latency_bytes(shapes(nxt, nxt, 1, **shape_kw)[0][1])
+            > memory.FRACTION * memory_bytes
+        ):
             break
         t = nxt
     return t
 
 
 def check_memory(configs: list[ModelConfig], memory_bytes: float, where: str) -> None:
-    """``ConfigError`` naming the first config whose ``peak_bytes`` exceeds
-    ``MEMORY_FRACTION`` of ``memory_bytes`` (with the numbers); NaN memory: no check."""
-    if not math.isfinite(memory_bytes):
-        return
+    """``ConfigError`` naming the first config whose ``memory.latency_bytes`` exceeds
+    ``memory.FRACTION`` of ``memory_bytes`` (with the numbers); NaN memory: no check."""
     for cfg in configs:
-        need = peak_bytes(cfg)
-        if need > MEMORY_FRACTION * memory_bytes:
-            n = count_params(cfg)["non_embedding"]
-            raise ConfigError(
-                f"{where}: the model of {n:.3g} non-embedding params (d_model {cfg.d_model} x "
-                f"{cfg.n_layers} layers) needs about {need / 2**30:.1f} GiB to time, more than "
-                f"{MEMORY_FRACTION:.0%} of this device's {memory_bytes / 2**30:.1f} GiB; lower "
-                f'hi, or set hi = "auto" (the largest that fits)'
-            )
+        n = count_params(cfg)["non_embedding"]
+        memory.check(
+            memory.latency_bytes(cfg),
+            memory_bytes,
+            where,
+            f"timing the model of {n:.3g} non-embedding params (d_model {cfg.d_model} x "
+            f"{cfg.n_layers} layers)",
+            'lower hi, or set hi = "auto" (the largest that fits)',
+        )
 
 
 def random_params(cfg: ModelConfig, key: jax.Array):

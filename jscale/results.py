@@ -139,30 +139,97 @@ def finished_points(out_dir: str | os.PathLike) -> set[str]:
 
 
 def _read_records(files) -> pd.DataFrame:
-    """The JSON records ``files`` as one table; ``ResultsError`` naming an unreadable one."""
+    """The JSON records ``files`` as one table; ``ResultsError`` naming an unreadable or corrupt
+    one (not a JSON object with a point id)."""
     rows = []
     for f in files:
         try:
-            rows.append(json.loads(f.read_text()))
-        except (OSError, json.JSONDecodeError) as e:
-            raise ResultsError(f"{f}: unreadable record ({e})") from None
+            rec = json.loads(f.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ResultsError(
+                f"{f}: corrupt record ({e}); delete it and rerun the sweep to redo that point"
+            ) from None
+        if not isinstance(rec, dict) or "point_id" not in rec:
+            raise ResultsError(
+                f"{f}: corrupt record (holds {type(rec).__name__} {str(rec)[:40]!r}, not a "
+                "record); delete it and rerun the sweep to redo that point"
+            )
+        rows.append(rec)
     return pd.DataFrame(rows)
 
 
-def load_ladder(out_dir: str | os.PathLike) -> pd.DataFrame | None:
+MANIFEST = "manifest.json"
+
+
+def _manifest(out_dir: Path) -> dict | None:
+    """``OUT/manifest.json`` (written by every sweep run: the config's record ids and hashes),
+    or None when absent or unreadable (then every record is loaded)."""
+    try:
+        m = json.loads((out_dir / MANIFEST).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return m if isinstance(m, dict) else None
+
+
+def _this_config(df: pd.DataFrame, out_dir: Path, kind: str, all_configs: bool):
+    """The rows of ``df`` (records of ``OUT/kind``) of the config in ``OUT/manifest.json`` (id
+    listed, hash equal), and a note saying what was left out; all of ``df`` (and "") with
+    ``all_configs`` or without a manifest."""
+    m = _manifest(out_dir)
+    if all_configs or m is None or not isinstance(m.get(kind), dict) or df.empty:
+        return df, ""
+    want = pd.Series(m[kind], dtype=object)
+    have = df["config_hash"] if "config_hash" in df else pd.Series(None, index=df.index)
+    ok = df["point_id"].map(want).eq(have).to_numpy()
+    note = ""
+    if not ok.all():
+        other = df.loc[~ok, "point_id"]
+        note = (
+            f"{len(other)} record(s) in {out_dir / kind} are not of the sweep "
+            f"{m.get('sweep_name')!r} that last ran there ({out_dir / MANIFEST}; another config "
+            f"or an older one, e.g. {other.iloc[0]}): left out; load them with "
+            "all_configs=True (--all-configs)"
+        )
+    return df[ok].reset_index(drop=True), note
+
+
+def _read_table(p: Path) -> pd.DataFrame:
+    """A results table file (.csv or .jsonl); ``ResultsError`` naming it when it cannot be
+    read (empty, truncated, garbled, not UTF-8)."""
+    try:
+        if p.suffix == ".csv":
+            return pd.read_csv(p)
+        if p.suffix in (".jsonl", ".json"):
+            return pd.read_json(p, lines=p.suffix == ".jsonl")
+    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as e:
+        what = "empty" if isinstance(e, pd.errors.EmptyDataError) else "unreadable"
+        raise ResultsError(
+            f"{p}: {what} results table ({str(e).splitlines()[0][:120]}); rerun "
+            "`jscale sweep` to rebuild it from the records, or point at the sweep's directory"
+        ) from None
+    raise ResultsError(f"{p}: a results file must be .csv or .jsonl")
+
+
+def load_ladder(
+    out_dir: str | os.PathLike, *, all_configs: bool = False, log=None
+) -> pd.DataFrame | None:
     """The latency ladder of a sweep (``OUT/ladder/*.json``, or a ``latency_ladder.csv``
     table), one row per (size, precision), sorted by size and precision; None when the sweep
-    has none.  The columns are checked against ``jscale.schema`` (``table="ladder"``)."""
+    has none.  The columns are checked against ``jscale.schema`` (``table="ladder"``).  From a
+    directory, only the records of the config in ``OUT/manifest.json`` unless ``all_configs``
+    (``log`` gets a line saying what was left out)."""
     p = Path(out_dir)
     if p.is_file():
-        df = pd.read_csv(p)
+        df = _read_table(p)
     else:
         if (p / "latency_ladder.csv").is_file() and not (p / LADDER).is_dir():
             return load_ladder(p / "latency_ladder.csv")
         files = sorted((p / LADDER).glob("*.json")) if (p / LADDER).is_dir() else []
         if not files:
             return None
-        df = _read_records(files)
+        df, note = _this_config(_read_records(files), p, LADDER, all_configs)
+        if note and log is not None:
+            log(note)
     if df.empty:
         return None
     try:
@@ -172,7 +239,9 @@ def load_ladder(out_dir: str | os.PathLike) -> pd.DataFrame | None:
     return df.sort_values([schema.N, schema.PRECISION], kind="stable").reset_index(drop=True)
 
 
-def load_results(out_dir: str | os.PathLike, *, check: bool = True) -> pd.DataFrame:
+def load_results(
+    out_dir: str | os.PathLike, *, check: bool = True, all_configs: bool = False, log=None
+) -> pd.DataFrame:
     """All records under ``out_dir`` as a DataFrame, one row per point.
 
     ``out_dir`` is a sweep's output directory (with ``records/``), or a ``.csv``/``.jsonl``
@@ -181,15 +250,18 @@ def load_results(out_dir: str | os.PathLike, *, check: bool = True) -> pd.DataFr
     every core column, the latency columns all or none); ``check=False`` loads any table (e.g.
     published data, for ``jscale.analysis``).  Raises ``ResultsError`` naming the path (and
     the columns) if there is nothing to load or the check fails.
+
+    Config identity: from a directory, only the records of the config that last ran there
+    (``OUT/manifest.json``: each record's id and config hash); records of other configs are
+    left out and ``log`` (a callable) gets a line saying so.  From a table with ``check``, one
+    sweep only (one ``sweep_name`` and corpus, no point twice), else ``ResultsError``.
+    ``all_configs=True`` loads everything.
     """
     p = Path(out_dir)
     if p.is_file():
-        if p.suffix == ".csv":
-            df = pd.read_csv(p)
-        elif p.suffix in (".jsonl", ".json"):
-            df = pd.read_json(p, lines=p.suffix == ".jsonl")
-        else:
-            raise ResultsError(f"{p}: a results file must be .csv or .jsonl")
+        df = _read_table(p)
+        if check and not all_configs:
+            _one_sweep(df, p)
     else:
         if not p.is_dir():
             raise ResultsError(f"{p}: no such results directory or .csv/.jsonl file")
@@ -198,7 +270,11 @@ def load_results(out_dir: str | os.PathLike, *, check: bool = True) -> pd.DataFr
             raise ResultsError(
                 f"{p}: no results (expected {RECORDS}/*.json written by `jscale sweep`)"
             )
-        df = _read_records(files)
+        df, note = _this_config(_read_records(files), p, RECORDS, all_configs)
+        if note and log is not None:
+            log(note)
+        if df.empty:
+            raise ResultsError(f"{p}: no record of the sweep that last ran there ({note})")
     if df.empty:
         raise ResultsError(f"{p}: the results table is empty")
     if check:
@@ -213,6 +289,25 @@ def load_results(out_dir: str | os.PathLike, *, check: bool = True) -> pd.DataFr
     df = df[first + [c for c in df.columns if c not in first]]
     keys = [k for k in (schema.N, "seed", "train_precision", schema.PRECISION) if k in df]
     return df.sort_values(keys, kind="stable").reset_index(drop=True) if keys else df
+
+
+def _one_sweep(df: pd.DataFrame, p: Path) -> None:
+    """``ResultsError`` when the table mixes sweeps: several ``sweep_name`` or ``corpus_digest``
+    values, or a point id twice (fitting them together would mix designs)."""
+    for col in ("sweep_name", "corpus_digest"):
+        if col in df and df[col].nunique() > 1:
+            vals = ", ".join(map(str, df[col].dropna().unique()[:4]))
+            raise ResultsError(
+                f"{p}: rows of {df[col].nunique()} sweeps ({col}: {vals}); fit one at a time "
+                "(filter the rows), or load with all_configs=True (--all-configs) to fit them "
+                "together"
+            )
+    if "point_id" in df and df["point_id"].duplicated().any():
+        dup = df.loc[df["point_id"].duplicated(), "point_id"].iloc[0]
+        raise ResultsError(
+            f"{p}: point {dup} appears twice (rows of two configs?); keep one, or load with "
+            "all_configs=True (--all-configs)"
+        )
 
 
 _FIRST = (

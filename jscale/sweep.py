@@ -25,6 +25,7 @@ log-spaced steps) goes to ``OUT/curves/<train key>.csv`` (``jscale.results.load_
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -51,6 +52,7 @@ from jscale import (
     evaluate,
     ladder,
     latency,
+    lock,
     model,
     results,
     roofline,
@@ -59,7 +61,7 @@ from jscale import (
     train,
 )
 from jscale.config import ConfigError, count_params, flops_per_token
-from jscale.sweep_config import Sweep, TrainPoint
+from jscale.sweep_config import Sweep, TrainPoint, check_memory
 
 FORMAT = 2  # bump when the meaning of a record or checkpoint changes
 
@@ -130,6 +132,7 @@ class Plan:
     hashes: dict[int, str]  # id(train point) -> train hash
     corpus_id: str
     ladder: list = dataclasses.field(default_factory=list)  # (target, cfg, precisions to time)
+    corrupt: list = dataclasses.field(default_factory=list)  # point ids of unreadable records
 
 
 def _config_hash(sweep: Sweep, thash: str, precision: str) -> str:
@@ -154,53 +157,104 @@ def _ladder_hash(sweep: Sweep, cfg, precision: str) -> str:
     )
 
 
+CORRUPT = "corrupt"  # what ``_existing_hash`` says of a record that is not a readable JSON object
+
+
 def _existing_hash(path: Path) -> str | None:
+    """The ``config_hash`` of the record at ``path``; ``CORRUPT`` when the file is not a JSON
+    object with a point id (truncated, garbled, ``[]``)."""
     try:
-        return json.loads(path.read_text()).get("config_hash")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return None
+        rec = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return CORRUPT
+    if not isinstance(rec, dict) or "point_id" not in rec:
+        return CORRUPT
+    return rec.get("config_hash")
+
+
+def _status(path: Path, expected: str, force: bool) -> str:
+    """A record's state for the plan: "todo" (missing, or redone under ``force``), "done" (its
+    hash matches), "corrupt" (redone: it holds nothing to keep) or "stale" (another config's)."""
+    if force or not path.exists():
+        return "todo"
+    h = _existing_hash(path)
+    if h == CORRUPT:
+        return "corrupt"
+    return "done" if h == expected else "stale"
 
 
 def make_plan(
     sweep: Sweep, corpus: data.Corpus, *, force: bool = False, worker: tuple[int, int] = (0, 1)
 ) -> Plan:
-    """Which records of ``sweep`` (this worker's share) exist, are stale, or are still to do;
-    the latency ladder's sizes are shared among workers by index too."""
+    """Which records of ``sweep`` (this worker's share) exist, are stale or corrupt, or are still
+    to do; the latency ladder's sizes are shared among workers by index too."""
     corpus_id = corpus_digest(corpus)
     i, n = worker
-    todo, done, stale, hashes = [], 0, [], {}
+    todo, done, stale, corrupt, hashes = [], 0, [], [], {}
     mine = [p for k, group in enumerate(sweep.groups()) if k % n == i for p in group]
+
+    def need_of(ids_hashes, kind):
+        nonlocal done
+        need = []
+        for prec, pid, expected in ids_hashes:
+            st = _status(results.record_path(sweep.out_dir, pid, kind), expected, force)
+            if st == "done":
+                done += 1
+                continue
+            {"stale": stale, "corrupt": corrupt}.get(st, []).append(pid)
+            need.append(prec)
+        return need
+
     for point in mine:  # a worker's share is whole trunks: branches need their trunk
         thash = hashes[id(point)] = train_hash(point, corpus_id)
-        need = []
-        for prec in sweep.precisions:
-            path = results.record_path(sweep.out_dir, point_id(point, prec))
-            if path.exists() and not force:
-                if _existing_hash(path) == _config_hash(sweep, thash, prec):
-                    done += 1
-                    continue
-                stale.append(path.stem)
-            need.append(prec)
+        need = need_of(
+            [(p, point_id(point, p), _config_hash(sweep, thash, p)) for p in sweep.precisions],
+            results.RECORDS,
+        )
         if need:
             todo.append((point, need))
     ladder_todo = []
     for k, (target, cfg) in enumerate(sweep.ladder):
         if k % n != i:
             continue
-        need = []
-        for prec in sweep.precisions:
-            path = results.record_path(sweep.out_dir, ladder_id(target, prec), results.LADDER)
-            if path.exists() and not force:
-                if _existing_hash(path) == _ladder_hash(sweep, cfg, prec):
-                    done += 1
-                    continue
-                stale.append(path.stem)
-            need.append(prec)
+        need = need_of(
+            [(p, ladder_id(target, p), _ladder_hash(sweep, cfg, p)) for p in sweep.precisions],
+            results.LADDER,
+        )
         if need:
             ladder_todo.append((target, cfg, need))
     return Plan(
-        todo=todo, done=done, stale=stale, hashes=hashes, corpus_id=corpus_id, ladder=ladder_todo
+        todo=todo,
+        done=done,
+        stale=stale,
+        hashes=hashes,
+        corpus_id=corpus_id,
+        ladder=ladder_todo,
+        corrupt=corrupt,
     )
+
+
+def manifest(sweep: Sweep, corpus_id: str) -> dict:
+    """What ``OUT/manifest.json`` says: the sweep's name, a digest of its config file, and the
+    config hash of every record it makes (all workers' shares, the ladder too).  ``jscale.results``
+    loads the records it lists (with these hashes) as the sweep's results."""
+    recs = {
+        point_id(p, prec): _config_hash(sweep, train_hash(p, corpus_id), prec)
+        for p in sweep.train_points
+        for prec in sweep.precisions
+    }
+    lad = {
+        ladder_id(t, prec): _ladder_hash(sweep, cfg, prec)
+        for t, cfg in sweep.ladder
+        for prec in sweep.precisions
+    }
+    return {
+        "sweep_name": sweep.name,
+        "config_sha256": _sha(sweep.source),
+        "corpus_digest": corpus_id,
+        results.RECORDS: recs,
+        results.LADDER: lad,
+    }
 
 
 def _provenance() -> dict:
@@ -287,6 +341,7 @@ class _Run:
     provenance: dict | None = None
     timed: dict = dataclasses.field(default_factory=dict)
     compiled: dict = dataclasses.field(default_factory=dict)  # chunk programs per trunk
+    started: float = 0.0  # time.time() before the plan: records newer than this are this run's
 
     def programs(self, point: TrainPoint) -> dict:
         """The compiled training chunks shared by every trainer of ``point``'s model and
@@ -326,39 +381,104 @@ def run_sweep(
     the corpus.
     """
     t_start = time.perf_counter()
-    run = _start(sweep, force=force, worker=worker, echo=echo)
-    if run.plan.todo or run.plan.ladder:
-        run.roof = roofline.roofline() if sweep.latency.enabled else None
-        run.provenance = _provenance()
-        todo = {id(point): precisions for point, precisions in run.plan.todo}
-        n_todo = sum(len(p) for p in todo.values()) + sum(len(p) for *_, p in run.plan.ladder)
-        with tqdm(
-            total=n_todo,
-            unit="rec",
-            desc="sweep",
-            position=0,
-            disable=None if progress else True,
-            dynamic_ncols=True,
-        ) as bar:
-            for group in sweep.groups():
-                needed = [p for p in group if id(p) in todo]
-                if not needed:
+    i, n = worker
+    if not (isinstance(i, int) and isinstance(n, int) and 0 <= i < n):
+        raise ConfigError(f"worker must be I/N with 0 <= I < N, got {i}/{n}")
+    out = sweep.out_dir
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out_dir: {out} is a file, not a directory; name another out_dir")
+    held = (
+        lock.hold_dir(out, shared=n > 1, identity=_sha(sweep.source))
+        if _writer()
+        else contextlib.nullcontext()
+    )
+    with held:
+        run = _start(sweep, force=force, worker=worker, echo=echo)
+        try:
+            _run_plan(run, t_start, retrain=retrain, progress=progress)
+        finally:
+            if _writer():  # results.csv and the other tables are views of the records
+                try:
+                    export_csv(out)
+                except results.ResultsError as e:
+                    run.log(f"results.csv not rebuilt: {e}")
+    return run.summary
+
+
+def _run_plan(run: _Run, t_start: float, *, retrain: bool, progress: bool) -> None:
+    """Train and measure every group of the plan this process can lock (``jscale.lock``), then
+    the latency ladder; the summary is updated in place."""
+    sweep, out = run.sweep, run.sweep.out_dir
+    if not (run.plan.todo or run.plan.ladder):
+        run.summary.seconds = time.perf_counter() - t_start
+        return
+    run.roof = roofline.roofline() if sweep.latency.enabled else None
+    run.provenance = _provenance()
+    todo = {id(point): precisions for point, precisions in run.plan.todo}
+    n_todo = sum(len(p) for p in todo.values()) + sum(len(p) for *_, p in run.plan.ladder)
+    with tqdm(
+        total=n_todo,
+        unit="rec",
+        desc="sweep",
+        position=0,
+        disable=None if progress else True,
+        dynamic_ncols=True,
+    ) as bar:
+        for group in sweep.groups():
+            needed = [p for p in group if id(p) in todo]
+            if not needed:
+                continue
+            with lock.try_group(out, f"group-{_name(group[0])}") as mine:
+                left = _still_to_do(run, needed, todo) if mine else []
+                if not mine:
+                    run.log(f"{_describe(group[0])}: held by another process, skipped")
+                bar.update(sum(len(todo[id(p)]) for p in needed) - sum(len(p) for _, p in left))
+                if not left:
                     continue
-                for point, trained in _train_group(run, needed, retrain=retrain, progress=progress):
+                for point, trained in _train_group(
+                    run, [p for p, _ in left], retrain=retrain, progress=progress
+                ):
+                    precs = dict((id(p), pr) for p, pr in left)[id(point)]
                     if trained is not None:
-                        _measure_point(run, point, *trained, todo[id(point)], bar)
+                        _measure_point(run, point, *trained, precs, bar)
                     else:
-                        bar.update(len(todo[id(point)]))
-            _measure_ladder(run, bar)
+                        bar.update(len(precs))
+        _measure_ladder(run, bar)
     s = run.summary
     s.seconds = time.perf_counter() - t_start
-    if run.plan.todo or run.plan.ladder:
-        run.log(
-            f"done: {s.written} record(s) written, {s.skipped} already done, "
-            f"{s.trained} model(s) trained, "
-            f"{s.loaded} loaded from checkpoints, {len(s.failed)} failed, {s.seconds:.0f} s"
-        )
-    return s
+    run.log(
+        f"done: {s.written} record(s) written, {s.skipped} already done, "
+        f"{s.trained} model(s) trained, "
+        f"{s.loaded} loaded from checkpoints, {len(s.failed)} failed, {s.seconds:.0f} s"
+    )
+
+
+def _still_to_do(run: _Run, points: list, todo: dict) -> list:
+    """``[(point, precisions)]`` of ``points`` whose records are still missing now that this
+    process holds their group: another process may have written some since the plan was made
+    (under ``force``: since this run started)."""
+    left = []
+    for point in points:
+        need = []
+        for prec in todo[id(point)]:
+            path = results.record_path(run.sweep.out_dir, point_id(point, prec))
+            if _written_meanwhile(
+                run, path, _config_hash(run.sweep, run.plan.hashes[id(point)], prec)
+            ):
+                run.summary.skipped += 1
+                continue
+            need.append(prec)
+        if need:
+            left.append((point, need))
+    return left
+
+
+def _written_meanwhile(run: _Run, path: Path, expected: str) -> bool:
+    try:
+        fresh = path.stat().st_mtime >= run.started
+    except OSError:
+        return False
+    return fresh and _existing_hash(path) == expected
 
 
 def check_epochs(sweep: Sweep, corpus: data.Corpus) -> list[tuple[TrainPoint, float]]:
@@ -386,8 +506,8 @@ def _start(sweep: Sweep, *, force: bool, worker: tuple[int, int], echo: bool) ->
     """Check everything a run could fail on before any compute (worker share, mesh, corpus,
     held-out sets, epochs, stale records), make the plan, and log what it will do."""
     i, n = worker
-    if not (isinstance(i, int) and isinstance(n, int) and 0 <= i < n):
-        raise ConfigError(f"worker must be I/N with 0 <= I < N, got {i}/{n}")
+    started = time.time()
+    check_memory(sweep)  # seconds, before the corpus loads
     mesh = None
     if sweep.mesh is not None:  # the device count must fit before anything runs
         mesh = sharding.make_mesh(**sweep.mesh)
@@ -411,8 +531,18 @@ def _start(sweep: Sweep, *, force: bool, worker: tuple[int, int], echo: bool) ->
 
     out = sweep.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.toml").write_text(sweep.source)
     log = _Log(out, echo)
+    if _writer():
+        removed = lock.clean_stale_temps(out)
+        if removed:
+            log(f"removed {len(removed)} temporary file(s) left by a killed run")
+        _write_json(out / "manifest.json", manifest(sweep, plan.corpus_id))
+        _write_text(out / "sweep.toml", sweep.source)
+    if plan.corrupt:
+        log(
+            f"{len(plan.corrupt)} corrupt record(s) (not a readable JSON record, e.g. "
+            f"{plan.corrupt[0]}): redone"
+        )
     n_todo = sum(len(p) for _, p in plan.todo)
     share = f" (worker {i + 1} of {n})" if n > 1 else ""
     n_models, n_precisions = len(sweep.train_points), len(sweep.precisions)
@@ -429,7 +559,9 @@ def _start(sweep: Sweep, *, force: bool, worker: tuple[int, int], echo: bool) ->
         log(
             f"note: {len(foreign)} record(s) in {out} are not points of this config "
             f"(e.g. {foreign[0]}); "
-            "they are kept, and load_results returns them too"
+            "they are kept, and left out of results.csv and of `jscale fit` / `figures` "
+            "(manifest.json lists this config's records; load_results(..., all_configs=True) "
+            "returns every record)"
         )
     return _Run(
         sweep=sweep,
@@ -438,7 +570,18 @@ def _start(sweep: Sweep, *, force: bool, worker: tuple[int, int], echo: bool) ->
         mesh=mesh,
         log=log,
         summary=SweepSummary(0, plan.done, 0, 0, [], 0.0, out),
+        started=started,
     )
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj) -> None:
+    _write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
 def _describe(point: TrainPoint) -> str:
@@ -733,43 +876,65 @@ def _measure_ladder(run: _Run, bar) -> None:
     sweep = run.sweep
     t0 = time.perf_counter()
     for target, cfg, precisions in run.plan.ladder:
-        params = jax.block_until_ready(ladder.random_params(cfg, jax.random.key(0)))
-        counts = count_params(cfg)
-        for prec in precisions:
-            pid = ladder_id(target, prec)
-            bar.set_postfix_str(pid, refresh=True)
-            lat = _time_latency(run, params, cfg, prec)
-            rec = {
-                "point_id": pid,
-                "sweep_name": sweep.name,
-                "config_hash": _ladder_hash(sweep, cfg, prec),
-                "size_target_params_non_embedding": target,
-                "inference_precision": prec,
-                "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                **{k: getattr(cfg, k) for k in ("d_model", "n_layers", "n_heads", "d_ff")},
-                **{k: getattr(cfg, k) for k in ("vocab_size", "max_seq_len", "tie_embeddings")},
-                "params_total": counts["total"],
-                "params_non_embedding": counts["non_embedding"],
-                "params_embedding": counts["embedding"],
-                **lat,
-                "latency_weights": "random",
-                **run.provenance,
-            }
-            schema.check_columns(rec, where=pid, table="ladder")
-            if _writer():
-                results.write_record(sweep.out_dir, pid, rec, results.LADDER)
-            run.summary.written += 1
-            bar.update(1)
-            run.log(
-                f"ladder N={counts['non_embedding']:.3g} (d_model {cfg.d_model} x "
-                f"{cfg.n_layers} layers, random weights) -> {prec} [{lat['kernel_layout']}:"
-                f"{lat['matmul_min_rows']}, {lat['formulation_class']}]: decode "
-                f"{lat['decode_ms_per_token_median']:.3f} ms/token "
-                f"({lat['decode_efficiency']:.2f} of the roofline), prefill "
-                f"{lat['prefill_ms_median']:.2f} ms"
-            )
-        del params
+        with lock.try_group(sweep.out_dir, f"ladder-N{round(target)}") as mine:
+            left = [
+                p
+                for p in precisions
+                if mine
+                and not _written_meanwhile(
+                    run,
+                    results.record_path(sweep.out_dir, ladder_id(target, p), results.LADDER),
+                    _ladder_hash(sweep, cfg, p),
+                )
+            ]
+            if not mine:
+                run.log(f"ladder N={target:.3g}: held by another process, skipped")
+            if mine:
+                run.summary.skipped += len(precisions) - len(left)
+            bar.update(len(precisions) - len(left))
+            if left:
+                _time_ladder_size(run, target, cfg, left, bar)
     run.log(f"latency ladder: {time.perf_counter() - t0:.0f} s")
+
+
+def _time_ladder_size(run: _Run, target: float, cfg, precisions: list[str], bar) -> None:
+    """Time one ladder size in ``precisions`` on random weights, one record each."""
+    sweep = run.sweep
+    params = jax.block_until_ready(ladder.random_params(cfg, jax.random.key(0)))
+    counts = count_params(cfg)
+    for prec in precisions:
+        pid = ladder_id(target, prec)
+        bar.set_postfix_str(pid, refresh=True)
+        lat = _time_latency(run, params, cfg, prec)
+        rec = {
+            "point_id": pid,
+            "sweep_name": sweep.name,
+            "config_hash": _ladder_hash(sweep, cfg, prec),
+            "size_target_params_non_embedding": target,
+            "inference_precision": prec,
+            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            **{k: getattr(cfg, k) for k in ("d_model", "n_layers", "n_heads", "d_ff")},
+            **{k: getattr(cfg, k) for k in ("vocab_size", "max_seq_len", "tie_embeddings")},
+            "params_total": counts["total"],
+            "params_non_embedding": counts["non_embedding"],
+            "params_embedding": counts["embedding"],
+            **lat,
+            "latency_weights": "random",
+            **run.provenance,
+        }
+        schema.check_columns(rec, where=pid, table="ladder")
+        if _writer():
+            results.write_record(sweep.out_dir, pid, rec, results.LADDER)
+        run.summary.written += 1
+        bar.update(1)
+        run.log(
+            f"ladder N={counts['non_embedding']:.3g} (d_model {cfg.d_model} x "
+            f"{cfg.n_layers} layers, random weights) -> {prec} [{lat['kernel_layout']}:"
+            f"{lat['matmul_min_rows']}, {lat['formulation_class']}]: decode "
+            f"{lat['decode_ms_per_token_median']:.3f} ms/token "
+            f"({lat['decode_efficiency']:.2f} of the roofline), prefill "
+            f"{lat['prefill_ms_median']:.2f} ms"
+        )
 
 
 def _writer() -> bool:
@@ -842,10 +1007,14 @@ def _record(run: _Run, point: TrainPoint, prec: str, meta: dict, ev: dict, lat: 
 
 
 def export_csv(out_dir: str | os.PathLike) -> Path:
-    """Write ``OUT/results.csv`` (all records) and, when the sweep kept loss curves,
-    ``OUT/curves.csv`` (all curves, ``results.load_curves``), each atomically; returns the path
-    of ``results.csv``."""
-    tables = {"results.csv": results.load_results(out_dir)}
+    """Rebuild the views of ``out_dir``'s records, each atomically: ``results.csv`` (the records
+    of the config in ``manifest.json``), ``curves.csv`` (loss curves), ``document_losses.csv``
+    and ``latency_ladder.csv`` when the sweep has them.  A sweep run calls it at its end, also
+    when it fails or has nothing to do, so the views never lag the records.  Returns the path of
+    ``results.csv`` (not written while there is no record)."""
+    tables = {}
+    if any((Path(out_dir) / results.RECORDS).glob("*.json")):
+        tables["results.csv"] = results.load_results(out_dir)
     if (Path(out_dir) / results.CURVES).is_dir():
         tables["curves.csv"] = results.load_curves(out_dir)
     docs = results.load_document_losses(out_dir)

@@ -72,10 +72,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
+from jscale import memory
 from jscale.config import (
     LATENCY_REPEATS,
     LATENCY_WARMUP,
@@ -87,7 +89,10 @@ from jscale.config import (
     ladder_targets,
 )
 from jscale.formulation import KERNEL_LAYOUTS
+from jscale.memory import MAX_PARAMS
 from jscale.precision import POLICIES
+
+MAX_SEED = 2**31 - 1  # seeds are int32 everywhere (jax.random.key, numpy)
 
 PRECISIONS = tuple(POLICIES)  # fp32, bf16, int8, w8a8
 TRAIN_PRECISIONS = ("fp32", "bf16")
@@ -258,6 +263,16 @@ def _count(v: Any, key: str, lo: int = 1) -> int:
     return int(x)
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _seed(v: Any, key: str) -> int:
+    x = _count(v, key, lo=0)
+    if x > MAX_SEED:
+        raise _err(key, f"must be at most {MAX_SEED} (2^31 - 1), got {v!r}")
+    return x
+
+
 def _names(v: Any, key: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
     if isinstance(v, str):
         v = [v]
@@ -286,15 +301,15 @@ def _sizes(d: dict) -> tuple[list[float], dict]:
                 "sizes.params_non_embedding",
                 "must be a non-empty list of numbers (e.g. [1e4, 1e5])",
             )
-        targets = [_number(x, "sizes.params_non_embedding", lo=1e3) for x in v]
+        targets = [_number(x, "sizes.params_non_embedding", lo=1e3, hi=MAX_PARAMS) for x in v]
     else:
         lad = _table(d["ladder"], "sizes.ladder")
         _check_keys(lad, _LADDER, "sizes.ladder.")
         for k in ("lo", "hi"):
             if k not in lad:
                 raise _err(f"sizes.ladder.{k}", "missing")
-        lo = _number(lad["lo"], "sizes.ladder.lo", lo=1e3)
-        hi = _number(lad["hi"], "sizes.ladder.hi", lo=lo)
+        lo = _number(lad["lo"], "sizes.ladder.lo", lo=1e3, hi=MAX_PARAMS)
+        hi = _number(lad["hi"], "sizes.ladder.hi", lo=lo, hi=MAX_PARAMS)
         targets = ladder_targets(
             lo, hi, _count(lad.get("per_decade", 2), "sizes.ladder.per_decade")
         )
@@ -409,15 +424,21 @@ def _build(raw: dict, text: str, out_dir_override: str | None) -> Sweep:
         if k not in raw:
             raise _err(f"[{k}]", "missing table")
     name = raw.get("name", "sweep")
-    if not isinstance(name, str) or not name:
-        raise _err("name", f"must be a non-empty string, got {name!r}")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise _err(
+            "name",
+            "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit "
+            f"(it names records and the default out_dir runs/NAME), got {name!r}",
+        )
     out_dir = out_dir_override or raw.get("out_dir", f"runs/{name}")
     if not isinstance(out_dir, str) or not out_dir:
         raise _err("out_dir", f"must be a non-empty path string, got {out_dir!r}")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise _err("out_dir", f"{out_dir} is a file, not a directory; name another out_dir")
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds:
         raise _err("seeds", "must be a non-empty list of integers >= 0")
-    seeds = [_count(s, "seeds", lo=0) for s in seeds]
+    seeds = [_seed(s, "seeds") for s in seeds]
     if len(set(seeds)) != len(seeds):
         raise _err("seeds", f"lists a seed twice: {seeds}")
     precisions = _names(raw.get("precisions", list(PRECISIONS)), "precisions", PRECISIONS)
@@ -548,6 +569,21 @@ def _build(raw: dict, text: str, out_dir_override: str | None) -> Sweep:
     )
 
 
+def check_memory(sweep: Sweep, memory_bytes: float | None = None) -> None:
+    """``ConfigError`` (with the GiB numbers) when training, evaluating or timing a point of
+    ``sweep`` would need more than ``memory.FRACTION`` of the device's memory (``memory_bytes``,
+    default: the default device's).  ``jscale.sweep`` calls it before any compute; ``--plan``
+    prints it as a warning (a sweep may be planned on a smaller machine than it runs on)."""
+    if memory_bytes is None:
+        memory_bytes = memory.device_bytes()
+    seen = set()
+    for p in sweep.train_points:
+        key = (p.model, p.train.batch_size, p.train.seq_len, p.train.eval_batch_size)
+        if key not in seen:
+            seen.add(key)
+            memory.check_training(p.model, p.train, memory_bytes, f"sizes ({p.size_target:.3g})")
+
+
 def _latency_ladder(raw, latency: Latency, size_kw: dict) -> list:
     """``[latency.ladder]`` resolved to ``(target, config)`` pairs (``jscale.ladder.shapes``),
     after checking that the largest fits the device's memory (``hi = "auto"``: the largest
@@ -567,27 +603,27 @@ def _latency_ladder(raw, latency: Latency, size_kw: dict) -> list:
         "max_seq_len": latency.prompt_tokens + latency.gen_tokens,
         "tie_embeddings": size_kw.get("tie_embeddings", True),
     }
-    memory = ladder.device_memory_bytes()
+    mem = memory.device_bytes()
     if "sizes" in lad:
         if any(k in lad for k in ("lo", "hi", "per_decade")):
             raise _err("latency.ladder", "give sizes, or lo / hi / per_decade, not both")
-        targets = _number_list(lad["sizes"], "latency.ladder.sizes", lo=1e3, hi=1e13)
+        targets = _number_list(lad["sizes"], "latency.ladder.sizes", lo=1e3, hi=MAX_PARAMS)
         out = []
         for t in targets:
             out += [s for s in ladder.shapes(t, t, 1, **kw) if not out or s[1] != out[-1][1]]
-        ladder.check_memory([cfg for _, cfg in out], memory, "latency.ladder.sizes")
+        ladder.check_memory([cfg for _, cfg in out], mem, "latency.ladder.sizes")
         return out
-    lo = _number(lad.get("lo", 1e4), "latency.ladder.lo", lo=1e3, hi=1e13)
+    lo = _number(lad.get("lo", 1e4), "latency.ladder.lo", lo=1e3, hi=MAX_PARAMS)
     hi = lad.get("hi", "auto")
     if hi == "auto":
-        hi = ladder.largest_fitting(memory, **kw) if math.isfinite(memory) else 1e9
+        hi = ladder.largest_fitting(mem, **kw) if math.isfinite(mem) else 1e9
     else:
-        hi = _number(hi, "latency.ladder.hi", lo=lo, hi=1e13)
+        hi = _number(hi, "latency.ladder.hi", lo=lo, hi=MAX_PARAMS)
     per_decade = _count(lad.get("per_decade", 3), "latency.ladder.per_decade", lo=1)
     if per_decade > 24:
         raise _err("latency.ladder.per_decade", f"must be at most 24, got {per_decade}")
     out = ladder.shapes(lo, max(lo, hi), per_decade, **kw)
-    ladder.check_memory([cfg for _, cfg in out], memory, "latency.ladder.hi")
+    ladder.check_memory([cfg for _, cfg in out], mem, "latency.ladder.hi")
     return out
 
 
@@ -624,7 +660,7 @@ def _replicates(d, targets: list[float], seeds: list[int]) -> dict[float, list[i
     extra = d["seeds"]
     if not isinstance(extra, list) or not extra:
         raise _err("replicates.seeds", "must be a non-empty list of integers >= 0")
-    extra = [_count(x, "replicates.seeds", lo=0) for x in extra]
+    extra = [_seed(x, "replicates.seeds") for x in extra]
     if len(set(extra)) != len(extra) or set(extra) & set(seeds):
         raise _err("replicates.seeds", f"lists a seed twice or one of seeds = {seeds}: {extra}")
     sizes = d["sizes"]

@@ -198,7 +198,8 @@ def test_sweep_plan_lists_every_training_point_with_its_analytic_size(tmp_path, 
         n = layers * (12 * d * d + 2 * d) + d
         assert int(r[1].replace(",", "")) == n  # the analytic N
         assert int(r[5].replace(",", "")) == 8192 and float(r[6]) == pytest.approx(8192 / n, 1e-2)
-        assert r[9].strip() == "cosine" and r[11].strip() == "fp32, int8"
+        assert r[9].strip() == "cosine" and r[12].strip() == "fp32, int8"
+        assert 0 < float(r[11]) < 0.01  # peak GiB (jscale.memory's estimate) of a tiny model
     assert "design: one token budget for every size" in out
     assert not (tmp_path / "out").exists()  # a plan writes nothing
     # WSD budgets: a branch adds its trunk segment and its cooldown, not a whole run

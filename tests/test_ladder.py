@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jscale import figures, ladder, model, results, schema
+from jscale import figures, ladder, memory, model, results, schema
 from jscale.config import ConfigError, ModelConfig, count_params
 from jscale.sweep_config import parse_sweep
 
@@ -61,17 +61,17 @@ def test_random_params_have_the_models_tree_and_fan_in_scale():
 
 def test_memory_check_refuses_with_the_numbers():
     cfg = ladder.shapes(1e9, 1e9, 1)[0][1]
-    need = ladder.peak_bytes(cfg)
-    assert need == ladder.PEAK_FACTOR * 4 * count_params(cfg)["total"]
-    ladder.check_memory([cfg], need / ladder.MEMORY_FRACTION * 1.01, "x")  # fits
-    with pytest.raises(ConfigError, match=r"x: the model of .* needs about .* GiB"):
+    need = memory.latency_bytes(cfg)
+    assert need == memory.LATENCY_FACTOR * 4 * count_params(cfg)["total"]
+    ladder.check_memory([cfg], need / memory.FRACTION * 1.01, "x")  # fits
+    with pytest.raises(ConfigError, match=r"x: timing the model of .* needs about .* GiB"):
         ladder.check_memory([cfg], need, "x")
     ladder.check_memory([cfg], float("nan"), "x")  # unknown memory: no check
     top = ladder.largest_fitting(8 * 2**30)
     big = ladder.shapes(top, top, 1)[0][1]
-    assert ladder.peak_bytes(big) <= ladder.MEMORY_FRACTION * 8 * 2**30
+    assert memory.latency_bytes(big) <= memory.FRACTION * 8 * 2**30
     bigger = ladder.shapes(top * 10 ** (1 / 8), top * 10 ** (1 / 8), 1)[0][1]
-    assert ladder.peak_bytes(bigger) > ladder.MEMORY_FRACTION * 8 * 2**30
+    assert memory.latency_bytes(bigger) > memory.FRACTION * 8 * 2**30
 
 
 @pytest.mark.parametrize(
@@ -82,7 +82,7 @@ def test_memory_check_refuses_with_the_numbers():
         ("lo = 1e4\nhi = 1e5\nper_decade = 30", "latency.ladder.per_decade"),
         ("lo = 1e4\nhi = 1e3", "latency.ladder.hi"),
         ("hi = 1e14", "latency.ladder.hi"),
-        ("lo = 1e4\nhi = 1e13", "latency.ladder.hi: the model of"),
+        ("lo = 1e4\nhi = 1e13", "latency.ladder.hi: timing the model of"),
         ("step = 2", "latency.ladder.step"),
     ],
 )

@@ -112,6 +112,8 @@ def test_imports_run_one_way_without_cycles():
         "schema": 0,
         "runtime": 0,
         "config": 0,
+        "memory": 1,
+        "lock": 1,
         "results": 1,
         "laws": 0,
         "intervals": 1,

@@ -355,10 +355,12 @@ def test_changed_config_is_stale_until_forced(done, tmp_path):
     assert len(results.load_results(out)) == 4  # nothing touched
     r = sweep.run_sweep(decayed, force=True, progress=False, echo=False)
     assert (r.written, r.trained) == (4, 2)  # the training config changed: checkpoints do not apply
-    # another lr is another point of the lr axis, not a stale one: both are kept
+    # another lr is another point of the lr axis, not a stale one: both are kept, and the
+    # directory's results are the config that ran last (manifest.json); all_configs: both
     r = sweep.run_sweep(tiny(out, lr=1e-3), progress=False, echo=False)
     assert (r.written, r.trained) == (4, 2)
-    df = results.load_results(out)
+    assert sorted(results.load_results(out).lr_peak.unique()) == [1e-3]
+    df = results.load_results(out, all_configs=True)
     assert len(df) == 8 and sorted(df.lr_peak.unique()) == [1e-3, 3e-3]
 
 
@@ -446,13 +448,15 @@ def test_two_workers_share_a_sweep_with_exactly_one_record_per_point(tmp_path, c
             stderr=subprocess.PIPE,
             text=True,
         )
-        for w in ("1/2", "2/2")
+        for w in ("1/2", "2/2", "1/2")  # the third is given the first's share by mistake
     ]
     outs = [p.communicate(timeout=600) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], [o[1][-1500:] for o in outs]
-    assert all(
-        "worker" in o[1] and "2 to run" in o[1] for o in outs
-    )  # each ran its own model's 2 points
+    assert [p.returncode for p in procs] == [0, 0, 0], [o[1][-1500:] for o in outs]
+    assert all("worker" in o[1] for o in outs)
+    # each model trained exactly once: the duplicate found its group locked (or its records
+    # written by the time it got the lock) and trained nothing
+    log = (tmp_path / "out" / "sweep.log").read_text()
+    assert log.count("trained in") == 2, log
     df = results.load_results(tmp_path / "out")
     assert sorted(df.point_id) == sorted(
         f"N{n}-D8192-seed0-lr0.003-fp32-{i}" for n in (2000, 8000) for i in ("fp32", "int8")
