@@ -208,7 +208,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from jscale import data, evaluate, sharding, train
+    from jscale import data, evaluate, memory, sharding, train
     from jscale.config import ModelConfig, TrainConfig, config_for_params, count_params
 
     if args.d_model is not None:
@@ -249,6 +249,7 @@ def cmd_train(args) -> int:
     policies = _precisions(args.precisions)
     mesh = _make_mesh(args.mesh)
     sharding.check_batch(mesh, tc.batch_size, "--batch-size")
+    memory.check_training(cfg, tc, memory.device_bytes(), "--size / --batch-size / --seq-len")
     corpus = data.load_corpus(args.corpus, val_percent=args.val_percent)
     n = count_params(cfg)
     print(
