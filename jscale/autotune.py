@@ -202,7 +202,20 @@ def choice(
     ranked = sorted(formulation.CANDIDATES, key=lambda f: ms[f.name])
     agree = [f for f in ranked if formulation.apply_pins(f, pinned) == f]
     best = agree[0] if agree else formulation.apply_pins(ranked[0], pinned)
+    if jax.process_count() > 1:  # each process timed its own device; they must run one program
+        best = _process_0s(best)
     return best, {**info, "formulation_source": "autotune + pinned" if pinned else "autotune"}
+
+
+def _process_0s(form: formulation.Formulation) -> formulation.Formulation:
+    """Process 0's ``form``, on every process of a multi-host job (a collective: every process
+    calls it in the same order).  Their own timings may rank the candidates differently, and a
+    sharded program compiled in two formulations exchanges mismatched collectives."""
+    from jax.experimental import multihost_utils
+
+    mine = np.array([formulation.KERNEL_LAYOUTS.index(form.kernel_layout), form.min_rows], np.int32)
+    layout, rows = (int(x) for x in multihost_utils.broadcast_one_to_all(mine))
+    return formulation.Formulation(formulation.KERNEL_LAYOUTS[layout], rows)
 
 
 def choose(policy, cfg: ModelConfig | None = None, **kw) -> formulation.Formulation:

@@ -223,6 +223,7 @@ def multihost_env() -> str | None:
     """Why this process looks like one of several hosts of one job, or None.
 
     * ``JSCALE_DISTRIBUTED=1``: explicitly (``=0`` turns detection off);
+    * ``JAX_NUM_PROCESSES`` > 1: a job started by hand (see ``maybe_initialize_distributed``);
     * SLURM: a job step of several tasks (``SLURM_STEP_NUM_TASKS`` or ``SLURM_NTASKS`` > 1,
       i.e. ``srun -n N``; an array job's tasks are independent single-task jobs and stay out);
     * a multi-host TPU slice: ``TPU_WORKER_HOSTNAMES`` lists more than one host.
@@ -232,8 +233,8 @@ def multihost_env() -> str | None:
         return None
     if flag in ("1", "true", "yes", "on"):
         return "JSCALE_DISTRIBUTED=1"
-    for var in ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"):
-        v = os.environ.get(var, "")
+    for var in ("JAX_NUM_PROCESSES", "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"):
+        v = os.environ.get(var, "").strip()
         if v.isdigit() and int(v) > 1:
             return f"{var}={v}"
     hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]
@@ -242,19 +243,47 @@ def multihost_env() -> str | None:
     return None
 
 
+def _env_int(var: str) -> int | None:
+    """``$var`` as a non-negative integer (None when unset or empty); ``ConfigError`` naming the
+    variable otherwise."""
+    v = os.environ.get(var, "").strip()
+    if not v:
+        return None
+    if not v.isdigit():
+        raise ConfigError(f"{var}: must be a non-negative integer, got {v!r}")
+    return int(v)
+
+
 _initialized = False
 
 
 def maybe_initialize_distributed() -> bool:
-    """``jax.distributed.initialize()`` (cluster auto-detection: SLURM, TPU pods, Open MPI, or
-    ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``) when
-    ``multihost_env()`` says this is a multi-host job; a no-op on a plain single machine.
-    Must run before anything touches a device.  Returns whether it initialised."""
+    """``jax.distributed.initialize`` when ``multihost_env()`` says this is one process of a
+    multi-host job; a no-op on a plain single machine.  Must run before anything touches a
+    device.  Returns whether it initialised.
+
+    Where the job's shape comes from:
+
+    * ``JAX_COORDINATOR_ADDRESS`` (``host:port`` of process 0, which listens there),
+      ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` (0 .. N-1): a job started by hand, e.g. two
+      processes on one machine (``JAX_COORDINATOR_ADDRESS=127.0.0.1:12345 JAX_NUM_PROCESSES=2
+      JAX_PROCESS_ID=0 jscale train --mesh data=-1 ...``, and the same with ``JAX_PROCESS_ID=1``).
+      JAX itself reads only the address, so jscale passes the other two;
+    * otherwise JAX's cluster auto-detection (SLURM, TPU pods, Open MPI) fills in what is unset.
+
+    On CPU, cross-process collectives use JAX's default ``jax_cpu_collectives_implementation``
+    (gloo over TCP in JAX 0.10)."""
     global _initialized
     if _initialized:
         return True
     if multihost_env() is None:
         return False
-    jax.distributed.initialize()
+    num_processes, process_id = _env_int("JAX_NUM_PROCESSES"), _env_int("JAX_PROCESS_ID")
+    if num_processes is not None and process_id is not None and process_id >= num_processes:
+        raise ConfigError(
+            f"JAX_PROCESS_ID: {process_id} is not below JAX_NUM_PROCESSES = {num_processes} "
+            "(process ids are 0 .. N-1)"
+        )
+    jax.distributed.initialize(num_processes=num_processes, process_id=process_id)
     _initialized = True
     return True
