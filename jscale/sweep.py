@@ -308,8 +308,9 @@ class _Log:
 
     def __call__(self, msg: str) -> None:
         now = _dt.datetime.now()
-        with open(self.path, "a") as f:
-            f.write(f"{now.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+        if _writer():  # one log per job, not one copy of every line per host
+            with open(self.path, "a") as f:
+                f.write(f"{now.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
         if self.echo:
             tqdm.write(f"{now.strftime('%H:%M:%S')} {msg}", file=sys.stderr)
 
@@ -428,7 +429,7 @@ def _run_plan(run: _Run, t_start: float, *, retrain: bool, progress: bool) -> No
             needed = [p for p in group if id(p) in todo]
             if not needed:
                 continue
-            with lock.try_group(out, f"group-{_name(group[0])}") as mine:
+            with _try_group(out, f"group-{_name(group[0])}") as mine:
                 left = _still_to_do(run, needed, todo) if mine else []
                 if not mine:
                     run.log(f"{_describe(group[0])}: held by another process, skipped")
@@ -474,11 +475,17 @@ def _still_to_do(run: _Run, points: list, todo: dict) -> list:
 
 
 def _written_meanwhile(run: _Run, path: Path, expected: str) -> bool:
+    """Whether another process wrote the record at ``path`` (with hash ``expected``) since this
+    run started; in a multi-host job process 0 answers for every process."""
     try:
-        fresh = path.stat().st_mtime >= run.started
+        fresh = path.stat().st_mtime >= run.started and _existing_hash(path) == expected
     except OSError:
-        return False
-    return fresh and _existing_hash(path) == expected
+        fresh = False
+    if jax.process_count() == 1:
+        return fresh
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(fresh)))
 
 
 def check_epochs(sweep: Sweep, corpus: data.Corpus) -> list[tuple[TrainPoint, float]]:
@@ -787,7 +794,7 @@ def _measure_point(
     )
     eval_wall_s = time.perf_counter() - t0
     by_precision = {row.pop("inference_precision"): row for row in table.to_dict("records")}
-    if "curve" in meta:
+    if "curve" in meta and _writer():
         n = count_params(point.model)["non_embedding"]
         results.write_curve(
             run.sweep.out_dir,
@@ -876,7 +883,7 @@ def _measure_ladder(run: _Run, bar) -> None:
     sweep = run.sweep
     t0 = time.perf_counter()
     for target, cfg, precisions in run.plan.ladder:
-        with lock.try_group(sweep.out_dir, f"ladder-N{round(target)}") as mine:
+        with _try_group(sweep.out_dir, f"ladder-N{round(target)}") as mine:
             left = [
                 p
                 for p in precisions
@@ -935,6 +942,20 @@ def _time_ladder_size(run: _Run, target: float, cfg, precisions: list[str], bar)
             f"({lat['decode_efficiency']:.2f} of the roofline), prefill "
             f"{lat['prefill_ms_median']:.2f} ms"
         )
+
+
+@contextlib.contextmanager
+def _try_group(out_dir, key: str):
+    """``lock.try_group``; in a multi-host job only process 0 takes the lock and every process
+    follows its answer (the processes of one job train each model together)."""
+    if jax.process_count() == 1:
+        with lock.try_group(out_dir, key) as mine:
+            yield mine
+        return
+    from jax.experimental import multihost_utils
+
+    with lock.try_group(out_dir, key) if _writer() else contextlib.nullcontext(True) as mine:
+        yield bool(multihost_utils.broadcast_one_to_all(np.int32(mine)))
 
 
 def _writer() -> bool:
