@@ -695,7 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--precisions",
         default="fp32,bf16,int8,w8a8",
         help="comma-separated post-training precisions to evaluate the trained params in "
-        "(fp32, bf16, int8, w8a8; empty for none)",
+        "(fp32, bf16, int8, w8a8, int4, int4-g32, int4-g128, fp8, fp8a8; empty for none)",
     )
     g.add_argument(
         "--mesh",
@@ -853,13 +853,13 @@ def _loaded(names: dict[str, str]) -> tuple[type, ...]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("train", "sweep"):  # a no-op unless this is one host of a multi-host job
-        from jscale.sharding import maybe_initialize_distributed
-
-        maybe_initialize_distributed()
     from jscale.runtime import enable_compilation_cache
 
     try:
+        if args.command in ("train", "sweep"):  # a no-op unless one host of a multi-host job
+            from jscale.sharding import maybe_initialize_distributed
+
+            maybe_initialize_distributed()
         enable_compilation_cache()
         return args.fn(args)
     except _loaded(_USER_ERRORS) as e:
