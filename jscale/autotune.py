@@ -40,6 +40,7 @@ STEPS = 4
 REPEATS = 3
 # shape class -> (d_model, layers); large gets more layers when 1.5x the cache needs them
 REPRESENTATIVE = {"small": (64, 2), "large": (864, 8)}
+MAX_LAYERS = 48  # 1.7 GB of float32 weights to convert: narrow formats on a huge cache stop here
 _VERSION = "v3"
 
 
@@ -61,8 +62,8 @@ def representative(shape_class: str, fmt: str, cache_bytes: float | None) -> tup
     d, layers = REPRESENTATIVE[shape_class]
     if shape_class == "large":
         cache = cache_bytes if cache_bytes is not None and math.isfinite(cache_bytes) else 0.0
-        per_layer = 12 * d * d * {"fp32": 4, "bf16": 2}.get(fmt, 1)
-        layers = max(layers, math.ceil(1.5 * cache / per_layer))
+        per_layer = 12 * d * d * precision.get_policy(fmt).bits / 8
+        layers = min(MAX_LAYERS, max(layers, math.ceil(1.5 * cache / per_layer)))
     return d, layers
 
 

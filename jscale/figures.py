@@ -56,7 +56,7 @@ from jscale.schema import (
     N,
 )
 
-PRECISION_ORDER = ("fp32", "bf16", "int8", "w8a8")
+PRECISION_ORDER = ("fp32", "bf16", "int8", "w8a8", "int4", "fp8", "fp8a8", "int4-g32", "int4-g128")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 LEVEL = 0.95
 DPI = 300
@@ -121,7 +121,7 @@ LOSS_ND = Quantity(
 
 
 def precision_style(precisions) -> dict[str, dict]:
-    """Precision -> ``{"color", "marker"}``: fp32, bf16, int8, w8a8 fixed first, others after
+    """Precision -> ``{"color", "marker"}``: ``PRECISION_ORDER`` fixed first, others after
     them in sorted order (deterministic for a given set), from seaborn's colorblind palette."""
     extra = sorted(set(map(str, precisions)) - set(PRECISION_ORDER))
     names = list(PRECISION_ORDER) + extra

@@ -49,23 +49,31 @@ def rope(x_XxTxK: jax.Array, pos_XxT: jax.Array, base: float) -> jax.Array:
     return out.astype(x_XxTxK.dtype)
 
 
-def _quant_scale(module: nn.Module, w, fmt: str, n: int):
-    """The ``scale [n]`` param of an int8 / w8a8 layer (None otherwise), after checking that
-    its weights really were converted."""
-    if fmt not in ("int8", "w8a8"):
-        return None
-    if w.dtype != jnp.int8 and not module.is_initializing():
+def _check_converted(module: nn.Module, w, fmt: str) -> None:
+    """A ``PrecisionError`` when a layer that runs in an integer or fp8 format holds weights
+    that were not converted to it (``precision.STORED``)."""
+    want = precision.STORED.get(precision.base_format(fmt))
+    if want is not None and w.dtype != jnp.dtype(want) and not module.is_initializing():
         raise precision.PrecisionError(
-            f"layer {module.name} runs in {fmt} but its weights are {w.dtype}: convert trained "
-            f"params first with jscale.precision.convert_params(params, policy)"
+            f"layer {module.name} runs in {fmt} but its weights are {w.dtype}, not {want}: "
+            f"convert trained params first with jscale.precision.convert_params(params, policy)"
         )
+
+
+def _quant_scale(module: nn.Module, w, fmt: str, n: int):
+    """The ``scale [n]`` param of an int8 / w8a8 / fp8 / fp8a8 layer (None for float formats),
+    after checking that its weights really were converted."""
+    if precision.base_format(fmt) not in precision.STORED:
+        return None
+    _check_converted(module, w, fmt)
     return module.param("scale", nn.initializers.ones, (n,))
 
 
 class Dense(nn.Module):
     """Bias-free projection ``[..., in] -> [..., features]`` in format ``fmt``; its kernel is
     stored as ``form`` says (``[in, features]`` as trained), plus ``scale [features]`` when the
-    layer runs in int8 / w8a8."""
+    layer runs in int8 / w8a8 / fp8 / fp8a8; in ``int4-gG`` the kernel is packed (``[in / 2,
+    features]``, two weights per uint8) and ``scale`` is ``[in / G, features]``."""
 
     features: int
     fmt: str = "fp32"
@@ -74,11 +82,25 @@ class Dense(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        kernel = self.param(
-            "kernel", self.kernel_init, self.form.kernel_shape(x.shape[-1], self.features)
-        )
+        n_in = x.shape[-1]
+        if precision.base_format(self.fmt) == "int4":
+            kernel = self.param(
+                "kernel", _zeros(jnp.uint8), self.form.kernel_shape(n_in // 2, self.features)
+            )
+            _check_converted(self, kernel, self.fmt)
+            g = precision.group_size(self.fmt, n_in)
+            scale = self.param("scale", nn.initializers.ones, (n_in // g, self.features))
+            return project(x, kernel, scale, self.fmt, self.form)
+        kernel = self.param("kernel", self.kernel_init, self.form.kernel_shape(n_in, self.features))
         scale = _quant_scale(self, kernel, self.fmt, self.features)
         return project(x, kernel, scale, self.fmt, self.form)
+
+
+def _zeros(dtype):
+    def init(key, shape, dtype_=None):
+        return jnp.zeros(shape, dtype)
+
+    return init
 
 
 class Embed(nn.Module):

@@ -90,11 +90,12 @@ from jscale.config import (
 )
 from jscale.formulation import KERNEL_LAYOUTS
 from jscale.memory import MAX_PARAMS
-from jscale.precision import POLICIES
+from jscale.precision import names
 
 MAX_SEED = 2**31 - 1  # seeds are int32 everywhere (jax.random.key, numpy)
 
-PRECISIONS = tuple(POLICIES)  # fp32, bf16, int8, w8a8
+PRECISIONS = names()  # fp32, bf16, int8, w8a8, int4 (int4-g32, int4-g128), fp8, fp8a8
+DEFAULT_PRECISIONS = ("fp32", "bf16", "int8", "w8a8")
 TRAIN_PRECISIONS = ("fp32", "bf16")
 _TOP = {
     "name",
@@ -441,7 +442,7 @@ def _build(raw: dict, text: str, out_dir_override: str | None) -> Sweep:
     seeds = [_seed(s, "seeds") for s in seeds]
     if len(set(seeds)) != len(seeds):
         raise _err("seeds", f"lists a seed twice: {seeds}")
-    precisions = _names(raw.get("precisions", list(PRECISIONS)), "precisions", PRECISIONS)
+    precisions = _names(raw.get("precisions", list(DEFAULT_PRECISIONS)), "precisions", PRECISIONS)
     train_precisions = _names(
         raw.get("train_precisions", ["fp32"]), "train_precisions", TRAIN_PRECISIONS
     )

@@ -46,10 +46,10 @@ enable_compilation_cache()
 if _OWNER:  # no test spends time autotuning: every format runs as trained unless a test says so
     from jscale import autotune, formulation, precision  # noqa: E402
 
-    for _fmt in precision.POLICIES:
+    for _name in precision.names():
         for _klass in formulation.SHAPE_CLASSES:
             autotune.store(
-                _fmt,
+                precision.get_policy(_name).fmt,
                 _klass,
                 {f.name: {"ms": 1.0 + i} for i, f in enumerate(formulation.CANDIDATES)},
             )

@@ -25,10 +25,16 @@ def params():
 # logits by about one activation step, ~0.5% of their scale here; fp32 checks the mechanism.
 @pytest.mark.parametrize(
     "policy,tol",
-    [("fp32", 1e-4)]
+    [("fp32", 1e-4), ("int4", 1e-4)]
     + [
         pytest.param(p, t, marks=pytest.mark.slow)
-        for p, t in (("bf16", 3e-2), ("int8", 1e-4), ("w8a8", 1e-2))
+        for p, t in (
+            ("bf16", 3e-2),
+            ("int8", 1e-4),
+            ("w8a8", 1e-2),
+            ("fp8", 1e-4),
+            ("fp8a8", 2e-2),  # fp8 activations per token: as w8a8, one rounding may flip
+        )
     ],
 )
 def test_prefill_plus_decode_matches_full_forward(params, policy, tol, layout, rows):

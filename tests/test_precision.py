@@ -15,8 +15,8 @@ APPLY = jax.jit(model.apply, static_argnames=("cfg", "policy", "form"))
 
 
 def test_unknown_policy_lists_valid_ones():
-    with pytest.raises(precision.PrecisionError, match="fp32, bf16, int8, w8a8"):
-        precision.get_policy("int4")
+    with pytest.raises(precision.PrecisionError, match="fp32, bf16, int8, w8a8, int4, fp8"):
+        precision.get_policy("int2")
     with pytest.raises(precision.PrecisionError, match="unknown layer name.*valid layers are"):
         precision.get_policy("int8", layers=["qkv", "attn"])
     assert precision.get_policy("int8", layers=["qkv", "embed"]).layers == {"qkv", "embed"}
@@ -219,3 +219,104 @@ def test_custom_layer_policies_are_measured_and_labelled(trained):
     )
     assert list(df.index) == ["fp32", "int8", "int8[down,embed,head,out,qkv,up]"]
     assert df.loc["int8[down,embed,head,out,qkv,up]", "param_bytes"] < df.loc["int8", "param_bytes"]
+
+
+# ----------------------------------------------------------------------------- int4 and fp8
+
+
+def test_int4_packing_round_trips_in_both_layouts():
+    rng = np.random.default_rng(0)
+    q = jnp.asarray(rng.integers(-8, 8, size=(64, 24)), jnp.int8)
+    packed = precision.pack_int4(q)
+    assert packed.dtype == jnp.uint8 and packed.shape == (32, 24)  # half a byte per weight
+    np.testing.assert_array_equal(np.asarray(precision.unpack_int4(packed)), np.asarray(q))
+    # laid out out_in (rows are output channels): unpacked along the input axis, axis 1
+    np.testing.assert_array_equal(
+        np.asarray(precision.unpack_int4(packed.T, axis=1)), np.asarray(q).T
+    )
+    # nibble order: input 2i low, 2i + 1 high (two's complement)
+    two = precision.pack_int4(jnp.asarray([[3], [-2]], jnp.int8))
+    assert int(two[0, 0]) == 3 | (14 << 4)
+
+
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_int4_group_quantization_error_at_most_half_a_step(group):
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((256, 40)) * rng.uniform(0.1, 3, size=(256, 1))  # rows of other scale
+    packed, scale = precision.quantize_int4(jnp.asarray(w, jnp.float32), group)
+    assert scale.shape == (256 // group, 40)
+    q = np.asarray(precision.unpack_int4(packed), np.float64)
+    assert np.abs(q).max() <= 7
+    s = np.repeat(np.asarray(scale, np.float64), group, axis=0)
+    err = np.abs(w - q * s)
+    assert np.all(err <= s / 2 * (1 + 1e-6) + 1e-7)
+    # the scale is each group's absmax / 7 (float64 reference)
+    ref = np.abs(w.reshape(256 // group, group, 40)).max(axis=1) / 7
+    np.testing.assert_allclose(np.asarray(scale), ref, rtol=1e-6)
+
+
+def test_fp8_quantization_keeps_three_mantissa_bits():
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((128, 16))
+    q, scale = precision.quantize_fp8(jnp.asarray(w, jnp.float32), axis=0)
+    assert q.dtype == jnp.float8_e4m3fn and scale.shape == (16,)
+    np.testing.assert_allclose(np.asarray(scale), np.abs(w).max(axis=0) / 448, rtol=1e-6)
+    back = np.asarray(q, np.float64) * np.asarray(scale, np.float64)
+    normal = np.abs(w / np.asarray(scale)) >= 2**-6  # e4m3's smallest normal
+    # round to nearest with 3 mantissa bits: relative error at most 2^-4
+    assert np.all(np.abs(back - w)[normal] <= 2**-4 * np.abs(w)[normal] * (1 + 1e-6))
+
+
+@pytest.mark.parametrize("fmt", ["int4-g32", "fp8", "fp8a8"])
+def test_new_format_matmuls_match_float64_references(fmt):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 64))
+    w = rng.standard_normal((64, 48))
+    if fmt.startswith("int4"):
+        packed, scale = precision.quantize_int4(jnp.asarray(w, jnp.float32), 32)
+        wq = np.asarray(precision.unpack_int4(packed), np.float64) * np.repeat(
+            np.asarray(scale, np.float64), 32, axis=0
+        )
+        ref, stored = x @ wq, packed
+    else:
+        stored, scale = precision.quantize_fp8(jnp.asarray(w, jnp.float32), axis=0)
+        wq = np.asarray(stored, np.float64) * np.asarray(scale, np.float64)
+        if fmt == "fp8":
+            ref = x @ wq
+        else:  # activations to fp8 per token too
+            xq, xs = precision.quantize_fp8(jnp.asarray(x, jnp.float32), axis=-1)
+            ref = (np.asarray(xq, np.float64) * np.asarray(xs, np.float64)[:, None]) @ wq
+    got = np.asarray(precision.matmul(jnp.asarray(x, jnp.float32), stored, scale, fmt))
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    # the quantization is real: the result differs from the float64 product of w
+    assert np.abs(got - x @ w).max() > 1e-3
+
+
+def test_int4_and_fp8_bytes_are_exact():
+    p = model.init_params(CFG, jax.random.key(0))
+    d, f, L, V = CFG.d_model, CFG.d_ff, CFG.n_layers, CFG.vocab_size
+    block = L * (4 * d * d + 2 * d * f)  # block projection weights
+    fixed = 4 * (V * d + (2 * L + 1) * d)  # fp32 embedding and norm scales
+    # int4-g64: half a byte per weight, a 4-byte scale per 64 inputs per output channel
+    scales = L * (d // 64 * (3 * d + d + f) + f // 64 * d)
+    assert precision.param_bytes(precision.convert_params(p, "int4")) == (
+        block // 2 + 4 * scales + fixed
+    )
+    # fp8: one byte per weight, a 4-byte scale per output channel
+    out_channels = L * (3 * d + d + f + d)
+    for name in ("fp8", "fp8a8"):
+        assert precision.param_bytes(precision.convert_params(p, name)) == (
+            block + 4 * out_channels + fixed
+        )
+
+
+@pytest.mark.parametrize("name", ["int4", "fp8", "fp8a8"])
+def test_new_formats_refuse_unconverted_weights_and_non_block_layers(name):
+    p = model.init_params(CFG, jax.random.key(0))
+    with pytest.raises(precision.PrecisionError, match="convert_params"):
+        APPLY(p, CFG, jnp.zeros((1, 8), jnp.int32), policy=name)
+    with pytest.raises(precision.PrecisionError, match="block projections only"):
+        precision.get_policy(name, layers=["qkv", "embed"])
+    assert precision.get_policy("int4-g32").bits == 4 and precision.get_policy(name).bits in (4, 8)
+    with pytest.raises(precision.PrecisionError, match="int4-g32"):
+        precision.get_policy("int4-g48")
