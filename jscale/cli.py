@@ -170,8 +170,9 @@ def _print_plan(s, args) -> None:
     if s.ladder:
         lad = {(t, c): p for t, c, p in plan.ladder}
         print(
-            f"\nlatency ladder: {len(s.ladder)} random-weight models x {len(s.precisions)} "
-            f"precisions, timed (batch {s.latency.batch}, prompt {s.latency.prompt_tokens}, "
+            f"\nlatency ladder: {len(s.ladder)} random-weight models x "
+            f"{len(s.ladder_precisions)} precisions ({', '.join(s.ladder_precisions)}), "
+            f"timed (batch {s.latency.batch}, prompt {s.latency.prompt_tokens}, "
             f"{s.latency.gen_tokens} generated), not trained"
         )
         print("| target N | N non-emb | d_model x layers | heads | peak GiB | precisions to run |")

@@ -182,6 +182,7 @@ def compare_precisions(
                 "delta_loss_vs_fp32_pct": 100 * delta / ref["losses_N"].mean(),
                 "param_bytes": nbytes,
                 "param_bytes_vs_fp32": nbytes / ref["bytes"],
+                "weight_bits": policy.bits if policy.layers else 32,
                 "logit_rel_err_mean": rel_err.mean(),
                 "logit_rel_err_max": rel_err.max(),
             }

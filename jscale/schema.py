@@ -409,6 +409,16 @@ COLUMNS: tuple[Column, ...] = (
     ),
     _c(
         "evaluate",
+        "optional",
+        "weight_bits",
+        "bits",
+        "int",
+        "bits per weight of the converted layers' format (32 fp32, 16 bf16, 8 int8 / w8a8 / "
+        "fp8 / fp8a8, 4 int4; scales not counted): the precision law's P (records since "
+        "2026-12-03)",
+    ),
+    _c(
+        "evaluate",
         "core",
         "eval_wall_s",
         "s",
@@ -780,6 +790,11 @@ CURVE_COLUMNS = {
 
 # What changed in the columns, newest first: (date, change).  Rendered into docs/schema.md.
 HISTORY = (
+    (
+        "2026-12-03",
+        "precisions `int4` (`int4-g32`, `int4-g128`), `fp8` and `fp8a8`; records gain the "
+        "optional `weight_bits`",
+    ),
     (
         "2026-12-02",
         "latency records gain the optional `latency_weights` (`trained` or `random`), "

@@ -218,7 +218,10 @@ def make_plan(
         if k % n != i:
             continue
         need = need_of(
-            [(p, ladder_id(target, p), _ladder_hash(sweep, cfg, p)) for p in sweep.precisions],
+            [
+                (p, ladder_id(target, p), _ladder_hash(sweep, cfg, p))
+                for p in sweep.ladder_precisions
+            ],
             results.LADDER,
         )
         if need:
@@ -246,7 +249,7 @@ def manifest(sweep: Sweep, corpus_id: str) -> dict:
     lad = {
         ladder_id(t, prec): _ladder_hash(sweep, cfg, prec)
         for t, cfg in sweep.ladder
-        for prec in sweep.precisions
+        for prec in sweep.ladder_precisions
     }
     return {
         "sweep_name": sweep.name,

@@ -140,7 +140,7 @@ _LATENCY = {
     "min_rows",
     "ladder",
 }
-_LADDER_LATENCY = {"lo", "hi", "per_decade", "sizes", "aspect_ratio", "head_dim"}
+_LADDER_LATENCY = {"lo", "hi", "per_decade", "sizes", "aspect_ratio", "head_dim", "precisions"}
 _KERNEL_LAYOUTS = ("auto", *KERNEL_LAYOUTS)
 _CORPUS = {"path", "val_percent"}
 _MESH = ("data", "fsdp")
@@ -210,6 +210,7 @@ class Sweep:
     notes: tuple[str, ...] = ()  # what the design cannot identify, said before training
     # [latency.ladder]: (target, config) of each random-weight model timed in every precision
     ladder: tuple = ()
+    ladder_precisions: tuple = ()  # the ladder's precisions (default: ``precisions``)
 
     @property
     def n_records(self) -> int:
@@ -489,6 +490,11 @@ def _build(raw: dict, text: str, out_dir_override: str | None) -> Sweep:
         },
     )
     ladder_shapes = _latency_ladder(lat.get("ladder"), latency, size_kw) if enabled else ()
+    ladder_precisions = precisions
+    if ladder_shapes and "precisions" in lat["ladder"]:
+        ladder_precisions = _names(
+            lat["ladder"]["precisions"], "latency.ladder.precisions", PRECISIONS
+        )
 
     corpus = _table(raw.get("corpus", {}), "[corpus]")
     _check_keys(corpus, _CORPUS, "corpus.")
@@ -567,6 +573,7 @@ def _build(raw: dict, text: str, out_dir_override: str | None) -> Sweep:
         max_epochs=max_epochs,
         notes=tuple(_design_notes(points)),
         ladder=tuple(ladder_shapes),
+        ladder_precisions=tuple(ladder_precisions),
     )
 
 

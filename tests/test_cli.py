@@ -26,8 +26,8 @@ from jscale.cli import main
         (["train", "--steps", "3", "--tokens", "1e9"], "--steps or --tokens"),
         (["train", "--corpus", "/nonexistent/corpus"], "/nonexistent/corpus"),
         (
-            ["train", "--precisions", "fp32,int4"],
-            "--precisions: unknown precision 'int4'; valid precisions are: fp32, bf16, int8, w8a8",
+            ["train", "--precisions", "fp32,int2"],
+            "--precisions: unknown precision 'int2'; valid precisions are: fp32, bf16, int8, w8a8",
         ),
         (["bench", "latency", "--precisions", "fp16"], "--precisions: unknown precision 'fp16'"),
         (["train", "--lr", "0"], "TrainConfig.lr"),
