@@ -42,6 +42,7 @@ _EXPORTS = {
     "jscale.runtime": ["enable_compilation_cache"],
     "jscale.results": [
         "load_results",
+        "load_ladder",
         "load_curves",
         "load_document_losses",
         "ResultsError",
@@ -56,6 +57,7 @@ _EXPORTS = {
         "compute_optimal",
         "select_form",
         "paired_differences",
+        "fit_precision_law",
     ],
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}

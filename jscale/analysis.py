@@ -34,6 +34,7 @@ from jscale.axes import (  # noqa: F401  (re-exported)
     paired_differences,
     select_lr,
 )
+from jscale.degradation import PrecisionLaw, fit_precision_law  # noqa: F401  (re-exported)
 from jscale.intervals import (  # noqa: F401  (_t_quantile re-exported for tests)
     _at_bound,
     _cluster_adjusted,

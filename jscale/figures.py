@@ -37,7 +37,7 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from jscale import analysis
+from jscale import analysis, degradation
 from jscale.schema import (
     COMPUTE,
     DECODE,
@@ -65,6 +65,8 @@ FIGURES = (
     "loss_vs_params",
     "latency_vs_params",
     "loss_vs_latency",
+    "loss_vs_memory",
+    "precision_cost",
     "memory_vs_params",
     "fit_diagnostics",
     "isoflop_curves",
@@ -467,6 +469,8 @@ class Fits:
     their bootstraps resampled.  ``selection[quantity]``: ``analysis.select_form`` of the
     candidate forms (``CANDIDATES``) on the reference precision's rows: AICc and leave-largest-
     out error, so the table says whether the form drawn is the one the data support.
+    ``precision_law``: the loss cost of the formats, ``degradation.fit_precision_law`` of the
+    paired deltas against fp32 (None when the table has fewer than two bit widths).
     """
 
     fits: dict = field(default_factory=dict)
@@ -485,6 +489,7 @@ class Fits:
     latency_regime: dict = field(default_factory=dict)
     form_reasons: dict = field(default_factory=dict)
     size_differences: object = None
+    precision_law: object = None  # jscale.degradation.PrecisionLaw, when the formats identify it
     precision_ref: str | None = None
     loss_form: str = "saturating"
     loss_d: str | None = None
@@ -578,7 +583,7 @@ def fit_all(
     seed: int = 0,
     level: float = LEVEL,
     k: int = 2,
-    quantities=("loss", "decode", "prefill", "isoflop", "chinchilla"),
+    quantities=("loss", "decode", "prefill", "isoflop", "chinchilla", "precision_law"),
     log=None,
     documents: pd.DataFrame | None = None,
     ladder: pd.DataFrame | None = None,
@@ -712,6 +717,8 @@ def fit_all(
             else:
                 out.notes.append(f"{qname} {prec}: no extrapolation check ({err})")
     _fit_axes(df, out, n_bootstrap, seed, level, quantities)
+    if "precision_law" in quantities:
+        _fit_precision_law(loss_df, out, n_bootstrap, seed, level)
     if documents is not None and len(documents) and out.precision_ref is not None:
         ref = loss_df[loss_df[PRECISION] == out.precision_ref]
         try:
@@ -722,6 +729,24 @@ def fit_all(
         for n in out.notes:
             log(n)
     return out
+
+
+def _fit_precision_law(df: pd.DataFrame, out: Fits, n_bootstrap: int, seed: int, level) -> None:
+    """``out.precision_law`` from the table's paired deltas, when it has two bit widths of the
+    law's formats; a note saying why not otherwise."""
+    if DELTA not in df or PRECISION not in df:
+        return
+    fams = {str(p).split("-")[0] for p in df[PRECISION].unique()}
+    if len(fams & {"bf16", "int8", "int4"}) < 2:
+        return
+    try:
+        out.precision_law = degradation.fit_precision_law(
+            df, n_bootstrap=min(n_bootstrap, 500), seed=seed, level=level
+        )
+    except analysis.AnalysisError as e:
+        out.notes.append(f"precision law: no fit ({e})")
+        return
+    out.notes += [f"precision law: {w}" for w in out.precision_law.warnings]
 
 
 PREDICTS_WITHIN = 0.15  # a latency law whose held-out error is larger is flagged as not predictive
@@ -1267,6 +1292,99 @@ def loss_vs_latency(df: pd.DataFrame) -> Figure:
         handles.append(
             Line2D([], [], color="0.15", linewidth=1.2, label="Pareto frontier\n(labels: N)")
         )
+        _legend(fig, handles, title="precision")
+    return fig
+
+
+def loss_vs_memory(df: pd.DataFrame) -> Figure:
+    """Held-out loss (nats/token) vs the weights' real bytes (MB = 10^6 bytes), every size and
+    precision, log-log, with the Pareto frontier (the lowest loss at or below each size in
+    memory) across all formats: the best loss under a memory budget reads off the step line."""
+    col = next(
+        (c for c in ("param_bytes", "weight_bytes") if c in df and df[c].notna().any()), None
+    )
+    _require(df, "loss_vs_memory", [LOSS, col or "param_bytes"])
+    df = _prepare(df).dropna(subset=[LOSS, col])
+    note = ""
+    if N in df:
+        df, note = _loss_table(df)
+    df = df.reset_index(drop=True).assign(_mb=lambda t: t[col] / 1e6)
+    style = precision_style(df[PRECISION])
+    with theme():
+        fig, (ax,) = _new_figure(df, 1, width=4.8, height=3.6, note=note)
+        handles = []
+        for prec in _groups(df):
+            _points(ax, df[df[PRECISION] == prec], "_mb", LOSS, style[prec])
+            handles.append(_handle(style[prec], prec, line=False))
+        front = df[pareto_frontier(df["_mb"], df[LOSS])].sort_values("_mb")
+        xs = np.append(front["_mb"].to_numpy(), df["_mb"].max())
+        ys = np.append(front[LOSS].to_numpy(), front[LOSS].iloc[-1])
+        ax.step(xs, ys, where="post", color="0.15", linewidth=1.2, zorder=2.5)
+        ax.set_xlabel(f"{'params' if col == 'param_bytes' else 'weights'} as stored (MB)")
+        ax.set_ylabel("held-out loss (nats/token)")
+        ax.set_title("Loss vs memory")
+        _log_axis(ax, "x")
+        _log_axis(ax, "y")
+        handles.append(Line2D([], [], color="0.15", linewidth=1.2, label="Pareto frontier"))
+        _legend(fig, handles, title="precision")
+    return fig
+
+
+def precision_cost(df: pd.DataFrame, *, fits: Fits | None = None) -> Figure:
+    """What each format costs: the paired loss delta against fp32 (nats/token, ± its paired SE:
+    held-out sampling noise, clustered by file when the records have it) vs N (left) and vs
+    training tokens per parameter (right), on a symmetric-log axis (deltas near 0 may be
+    negative), with the precision law (``Fits.precision_law``) through each fitted format:
+    at the data's median tokens per parameter (left) and at its reference size N0 (right)."""
+    _require(df, "precision_cost", [N, DELTA, TOKENS])
+    df = _prepare(df)
+    d = df[(df[PRECISION] != "fp32")].dropna(subset=[DELTA, N, TOKENS])
+    if d.empty:
+        raise FigureError("precision_cost: no precision other than fp32")
+    if fits is None:
+        fits = fit_all(df, n_bootstrap=200, quantities=("precision_law",))
+    law = fits.precision_law
+    se, what = _se_column(d, "delta_loss_vs_fp32_se_docs_nats", DELTA_SE)
+    d = d.assign(_tpp=d[TOKENS] / d[N])
+    style = precision_style(d[PRECISION])
+    note = what + "; "
+    note += (
+        f"lines: the precision law ({law.form}), fitted on {', '.join(law.formats)}"
+        if law is not None
+        else "no precision law (the table needs two bit widths of bf16, int8, int4)"
+    )
+    with theme():
+        fig, axes = _new_figure(df, 2, note=note)
+        handles = []
+        tpp = float(np.median(d["_tpp"]))
+        for prec in _groups(d):
+            g, st = d[d[PRECISION] == prec], style[prec]
+            yerr = g[se] if se in g and g[se].notna().all() else None
+            _points(axes[0], g, N, DELTA, st, yerr=yerr)
+            _points(axes[1], g, "_tpp", DELTA, st, yerr=yerr)
+            fitted = law is not None and prec in law.formats
+            handles.append(
+                _handle(st, prec + ("" if fitted or law is None else " (not fitted)"), line=fitted)
+            )
+            if fitted:
+                bits = g["weight_bits"].iloc[0] if "weight_bits" in g else None
+                bits = float(degradation.bits_of(prec) if pd.isna(bits) else bits)
+                n = np.geomspace(g[N].min(), g[N].max(), 50)
+                axes[0].plot(n, law.predict(n, tpp * n, bits), color=st["color"], linewidth=1.2)
+                x = np.geomspace(d["_tpp"].min(), d["_tpp"].max(), 50)
+                n0 = law.reference["N0"]
+                axes[1].plot(x, law.predict(n0, x * n0, bits), color=st["color"], linewidth=1.2)
+        for ax in axes:
+            ax.set_yscale("symlog", linthresh=1e-4, linscale=0.5)
+            ax.axhline(0, color="0.3", linewidth=0.8, zorder=1)
+            ax.set_ylabel("loss − fp32 loss (nats/token)")
+        axes[0].set_xlabel(N_LABEL)
+        axes[0].set_title(f"Cost vs N (law at D/N = {tpp:.3g})")
+        _log_axis(axes[0], "x", _n_fmt)
+        axes[1].set_xlabel("training tokens per parameter D/N")
+        n0 = _fmt_n(law.reference["N0"]) if law is not None else "-"
+        axes[1].set_title(f"Cost vs tokens per parameter (law at N = {n0})")
+        _log_axis(axes[1], "x")
         _legend(fig, handles, title="precision")
     return fig
 
@@ -2047,8 +2165,65 @@ def fit_table_markdown(obj, *, n_bootstrap: int = 1000, seed: int = 0) -> str:
     parts += _axes_markdown(fits)
     parts += _selection_markdown(fits)
     parts += _differences_markdown(fits)
+    parts += _precision_law_markdown(fits)
     parts += [f"- {n}" for n in fits.notes]
     return "\n".join(parts).rstrip() + "\n"
+
+
+def _precision_law_markdown(fits: Fits) -> list[str]:
+    law = fits.precision_law
+    if law is None:
+        return []
+    r, p, iv = law.reference, law.params, law.intervals
+
+    def ci(k, fmt="{:.3g}"):
+        lo, hi = iv[k]
+        if not np.isfinite(lo):
+            return (
+                fmt.format(p[k]) + " (fixed)"
+                if k in ("gD", "gN") and p[k] == 0
+                else fmt.format(p[k])
+            )
+        return f"{fmt.format(p[k])} [{fmt.format(lo)}, {fmt.format(hi)}]"
+
+    parts = [
+        f"**precision law** (the loss cost of post-training quantization, paired deltas vs fp32 "
+        f"with weights 1/SE² of `{law.rows['se_column'].iloc[0]}`): {law.law} ({law.form}); "
+        f"fitted on {', '.join(law.formats)} ({len(law.rows)} rows); reference N0 = "
+        f"{_fmt_n(r['N0'])}, D0 = {_fmt_n(r['D0'])} tokens, P0 = {r['P0']:g} bits; "
+        f"[{law.level:.0%} percentile interval over {law.n_bootstrap} resamples of "
+        f"{law.unit}]",
+        "",
+        "| C (nats at N0, D0, P0) | gD | gN | g (bits) |",
+        "|---:|---:|---:|---:|",
+        f"| {ci('C')} | {ci('gD')} | {ci('gN')} | {ci('g')} |",
+        "",
+        "| form | parameters | weighted RSS | AICc | delta AICc |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in law.selection.itertuples():
+        star = " *" if row.form == law.form else ""
+        parts.append(
+            f"| {row.form}{star} | {row.n_params} | {row.wrss:.4g} | {row.aicc:.1f} | "
+            f"{row.delta_aicc:.1f} |"
+        )
+    parts += [
+        "",
+        "| check | precision | mean delta (nats) | predicted | error |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for name, t in (
+        ("leave this format out", law.loo_format),
+        (f"leave the largest size out ({_fmt_n(law.rows[N].max())})", law.largest_out),
+        ("not fitted (out of family: predicted from its bits)", law.out_of_family),
+    ):
+        for row in t.itertuples() if len(t) else ():
+            parts.append(
+                f"| {name} | {getattr(row, PRECISION)} | {row.delta:+.3g} | {row.predicted:+.3g} | "
+                f"{_pct(row.rel_error)}% |"
+            )
+    parts.append("")
+    return parts
 
 
 def _differences_markdown(fits: Fits) -> list[str]:
@@ -2364,6 +2539,8 @@ def render_all(
         "loss_vs_params": lambda: loss_vs_params(df, fits=fits),
         "latency_vs_params": lambda: latency_vs_params(df, fits=fits, ladder=ladder),
         "loss_vs_latency": lambda: loss_vs_latency(df),
+        "loss_vs_memory": lambda: loss_vs_memory(df),
+        "precision_cost": lambda: precision_cost(df, fits=fits),
         "memory_vs_params": lambda: memory_vs_params(df),
         "fit_diagnostics": lambda: fit_diagnostics(df, fits=fits),
         "isoflop_curves": lambda: isoflop_curves(df, fits=fits),

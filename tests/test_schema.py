@@ -118,6 +118,7 @@ def test_imports_run_one_way_without_cycles():
         "laws": 0,
         "intervals": 1,
         "axes": 1,
+        "degradation": 1,
         "analysis": 2,
         "figures": 3,
         "precision": 1,
@@ -147,7 +148,16 @@ def test_imports_run_one_way_without_cycles():
             assert layer[dep] < layer[name], (
                 f"jscale.{name} (layer {layer[name]}) imports jscale.{dep} (layer {layer[dep]})"
             )
-    for light in ("schema", "results", "laws", "intervals", "axes", "analysis", "figures"):
+    for light in (
+        "schema",
+        "results",
+        "laws",
+        "intervals",
+        "axes",
+        "degradation",
+        "analysis",
+        "figures",
+    ):
         deps = {d.removeprefix("jscale.") for d in _imports(files[light])}
         assert not deps & {
             "model",
