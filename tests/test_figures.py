@@ -3,6 +3,7 @@ law plus small noise): several precisions, one, latency columns missing, too few
 a fit; every file is a valid non-empty PNG / PDF; the Pareto frontier matches brute force;
 the tables carry the right groups and recover the known exponent; the CLI writes them."""
 
+import os
 import re
 import subprocess
 import sys
@@ -209,14 +210,16 @@ def test_several_precisions_every_figure_and_table(four):
     out, r, logged = four
     assert r.notes == []
     skipped = dict(r.skipped)  # one token budget, no compute budget: the axes figures are skipped
-    assert set(skipped) == set(AXES_FIGS)
+    assert set(skipped) == set(AXES_FIGS) | {"precision_cost"}  # no paired deltas either
+    assert "delta_loss_vs_fp32_nats" in skipped["precision_cost"]
     assert skipped["isoflop_curves"] == "the results table lacks column compute_budget_flops"
     assert "more than one token budget" in skipped["loss_vs_tokens"]
     assert "neither an IsoFLOP fit" in skipped["compute_optimal"]
     assert "no loss curves" in skipped["loss_curves"]
     names = sorted(p.name for p in r.written)
     assert names == sorted(
-        [f"{f}.{x}" for f in BASIC_FIGS for x in ("png", "pdf")] + ["fits.md", "fits.tex"]
+        [f"{f}.{x}" for f in BASIC_FIGS if f != "precision_cost" for x in ("png", "pdf")]
+        + ["fits.md", "fits.tex"]
     )
     for p in r.written:
         assert p.exists() and (p.suffix not in (".png", ".pdf") or assert_valid(p) is None)
@@ -662,3 +665,38 @@ def test_latency_laws_are_fitted_above_the_measured_cache():
     rows = figures._above_cache(df.assign(roofline_cache_bytes=float(moved.max())), "decode", g)
     assert g.latency_regime["decode"] == "cache-resident" and len(rows) == len(df)
     assert any("does not extrapolate past the cache" in n for n in g.notes)
+
+
+def test_precision_cost_draws_the_law_through_the_fitted_formats(tmp_path):
+    """Deltas from a known precision law (tests/test_degradation.py): the figure renders, the
+    law it draws is the fitted one, and the loss-memory frontier holds the lowest loss at each
+    memory budget."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_degradation import _table
+
+    t = _table()
+    base = 2.0 + 10 * t["params_non_embedding"] ** -0.3
+    t = t.assign(
+        eval_loss_nats=base + t["delta_loss_vs_fp32_nats"],
+        weight_bits=t["inference_precision"].map({"bf16": 16, "int8": 8, "int4": 4, "fp8": 8}),
+    )
+    fp32 = t[t.inference_precision == "int8"].assign(
+        inference_precision="fp32", delta_loss_vs_fp32_nats=0.0, weight_bits=32
+    )
+    df = pd.concat([fp32, t], ignore_index=True)
+    df["param_bytes"] = df["params_non_embedding"] * df["weight_bits"] / 8
+    fits = figures.fit_all(df, n_bootstrap=50, quantities=("precision_law",))
+    law = fits.precision_law
+    assert law is not None and law.form == "full"
+    assert law.params["g"] == pytest.approx(1.5, rel=0.05)
+    fig = figures.precision_cost(df, fits=fits)
+    ax = fig.axes[0]
+    lines = [ln for ln in ax.get_lines() if len(ln.get_xdata()) == 50]
+    assert len(lines) == 3  # bf16, int8, int4: fp8 is not fitted
+    fig.savefig(tmp_path / "c.png")
+    assert_valid(tmp_path / "c.png")
+    fig = figures.loss_vs_memory(df)
+    fig.savefig(tmp_path / "m.png")
+    assert_valid(tmp_path / "m.png")
+    md = figures.fit_table_markdown(fits)
+    assert "**precision law**" in md and "leave this format out" in md and "| fp8 |" in md
