@@ -42,12 +42,23 @@ FORMS = {
     "full": ("lnC", "gD", "gN", "inv_g"),
     "no_D": ("lnC", "gN", "inv_g"),
     "no_N": ("lnC", "gD", "inv_g"),
+    # one resolved bit width: its N and D dependence only (g is not identified)
+    "one_P": ("lnC", "gD", "gN"),
+    "one_P_no_D": ("lnC", "gN"),
+    "one_P_no_N": ("lnC", "gD"),
 }
 LAWS = {
     "full": "delta = C (D/D0)^gD (N/N0)^-gN exp(-(P - P0)/g)",
     "no_D": "delta = C (N/N0)^-gN exp(-(P - P0)/g)",
     "no_N": "delta = C (D/D0)^gD exp(-(P - P0)/g)",
+    "one_P": "delta = C (D/D0)^gD (N/N0)^-gN (one bit width)",
+    "one_P_no_D": "delta = C (N/N0)^-gN (one bit width)",
+    "one_P_no_N": "delta = C (D/D0)^gD (one bit width)",
 }
+P_FORMS = ("full", "no_D", "no_N")
+ONE_P_FORMS = ("one_P", "one_P_no_D", "one_P_no_N")
+# A format enters the law when its typical row is resolved: median delta / SE at least this.
+RESOLVED_Z = 3.0
 _BOUNDS = {"gD": (-3.0, 3.0), "gN": (-3.0, 3.0), "inv_g": (0.0, 5.0), "lnC": (-50.0, 20.0)}
 PARSIMONY_AICC = 2.0
 
@@ -69,7 +80,9 @@ class PrecisionLaw:
     (per held-out format: mean measured and predicted delta, relative error); ``largest_out``
     (the same for the largest size); ``out_of_family`` (formats not fitted, predicted from their
     bits); ``warnings``; ``rows`` (the deltas fitted, with the law's prediction);
-    ``n_bootstrap``, ``level``, ``unit`` (what the bootstrap resampled)."""
+    ``n_bootstrap``, ``level``, ``unit`` (what the bootstrap resampled); ``unresolved`` (the
+    formats left out because their cost is at the noise level: mean delta, typical SE, median
+    delta / SE)."""
 
     form: str
     law: str
@@ -86,19 +99,21 @@ class PrecisionLaw:
     n_bootstrap: int
     level: float
     unit: str
+    unresolved: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
 
     def predict(self, n, d, bits) -> np.ndarray:
         """The law's delta (nats/token) at ``n`` params, ``d`` tokens and ``bits``."""
         return _predict(self.form, self._theta(), self.reference, n, d, bits)
 
     def _theta(self) -> np.ndarray:
-        p = dict(self.params, lnC=math.log(self.params["C"]), inv_g=1 / self.params["g"])
+        g = self.params["g"]
+        p = dict(self.params, lnC=math.log(self.params["C"]), inv_g=1 / g if g else 0.0)
         return np.array([p[k] for k in FORMS[self.form]])
 
 
 def _predict(form: str, theta, ref: dict, n, d, bits) -> np.ndarray:
     t = dict(zip(FORMS[form], theta))
-    z = t["lnC"] - t["inv_g"] * (np.asarray(bits, float) - ref["P0"])
+    z = t["lnC"] - t.get("inv_g", 0.0) * (np.asarray(bits, float) - ref["P0"])
     if "gD" in t:
         z = z + t["gD"] * np.log(np.asarray(d, float) / ref["D0"])
     if "gN" in t:
@@ -116,7 +131,7 @@ def _fit_once(form: str, X: dict, w: np.ndarray, ref: dict, theta0=None):
     if theta0 is None:
         pos = y > 0
         mean = np.average(y[pos], weights=w[pos]) if pos.any() else 1e-3
-        theta0 = np.array([math.log(max(mean, 1e-12)), *([0.1] * (len(names) - 2)), 0.5])
+        theta0 = [math.log(max(mean, 1e-12))] + [0.5 if k == "inv_g" else 0.1 for k in names[1:]]
     th = np.clip(np.asarray(theta0, float), lo, hi)
 
     def resid_jac(th):
@@ -227,6 +242,35 @@ def fit_precision_law(
             f"precision law: needs >= 2 bit widths and >= 2 sizes among {', '.join(formats)} "
             f"(got bits {sorted(t['bits'].unique())}, {t[N].nunique()} sizes, {len(t)} rows)"
         )
+    z = (t[DELTA] / t["se"]).groupby(t[PRECISION]).median()
+    resolved = z[z >= RESOLVED_Z].index
+    unresolved = t[~t[PRECISION].isin(resolved)]
+    noise = (
+        unresolved.groupby(PRECISION)
+        .agg(delta=(DELTA, "mean"), se=("se", lambda v: float(np.sqrt((v**2).mean()))))
+        .assign(median_z=lambda f: z.reindex(f.index))
+        .reset_index()
+    )
+    t = t[t[PRECISION].isin(resolved)].reset_index(drop=True)
+    notes = [
+        f"{getattr(r, PRECISION)}: not fitted, its cost is at the noise level (median delta / SE "
+        f"{r.median_z:.2g} < {RESOLVED_Z:g}; mean delta {r.delta:+.2g} nats, typical SE "
+        f"{r.se:.2g})"
+        for r in noise.itertuples()
+    ]
+    if t.empty or t[N].nunique() < 2:
+        raise AnalysisError(
+            "precision law: no format's cost is resolved above the noise (median delta / SE "
+            f">= {RESOLVED_Z:g}): {'; '.join(notes)}"
+        )
+    if t["bits"].nunique() < 2:
+        forms = ONE_P_FORMS
+        notes.append(
+            f"g (the bits dependence) is not identified: only {', '.join(sorted(resolved))} "
+            f"({int(t['bits'].iloc[0])} bits) is resolved; its N and D dependence is fitted alone"
+        )
+    else:
+        forms = tuple(f for f in forms if f in P_FORMS)
     ref = {
         "N0": float(np.exp(np.log(t[N]).mean())),
         "D0": float(np.exp(np.log(t[TOKENS]).mean())),
@@ -266,7 +310,7 @@ def fit_precision_law(
             "C": math.exp(p["lnC"]),
             "gD": p.get("gD", 0.0),
             "gN": p.get("gN", 0.0),
-            "g": 1 / p["inv_g"] if p["inv_g"] > 0 else math.inf,
+            "g": (1 / p["inv_g"] if p["inv_g"] > 0 else math.inf) if "inv_g" in p else math.nan,
         }
 
     params = named(th)
@@ -277,12 +321,13 @@ def fit_precision_law(
             len(boots) >= 20
             and (k != "gD" or "gD" in FORMS[form])
             and (k != "gN" or "gN" in FORMS[form])
+            and (k != "g" or "inv_g" in FORMS[form])
         ):
             vals = np.array([named(b)[k] for b in boots])
             intervals[k] = tuple(float(x) for x in np.quantile(vals, [a, 1 - a]))
         else:
             intervals[k] = (math.nan, math.nan)
-    warnings = []
+    warnings = list(notes)
     for k, (lo, hi) in intervals.items():
         if k in ("gD", "gN") and k in FORMS[form] and lo <= 0 <= hi:
             warnings.append(f"{k}: the {level:.0%} interval [{lo:.3g}, {hi:.3g}] includes 0")
@@ -292,20 +337,21 @@ def fit_precision_law(
             warnings.append(f"{k} = {v:.3g} is at its bound {_BOUNDS[k]}")
 
     fam = t["family"]
+    p_law = form in P_FORMS
     loo = [
         _errors(t, t[fam != f], t[fam == f], form, ref, PRECISION)
         for f in sorted(fam.unique())
-        if t.loc[fam != f, "bits"].nunique() >= 2
+        if p_law and t.loc[fam != f, "bits"].nunique() >= 2
     ]
     loo = pd.concat(loo, ignore_index=True) if loo else pd.DataFrame()
-    for f in sorted(fam.unique()):
+    for f in sorted(fam.unique()) if p_law else ():
         if t.loc[fam != f, "bits"].nunique() < 2:
             warnings.append(f"leave-one-format-out: without {f} one bit width is left (no check)")
     big = t[N].max()
     largest = _errors(t, t[t[N] < big], t[t[N] == big], form, ref, PRECISION)
     others = every[~every["family"].isin(formats)]
     oof = pd.DataFrame()
-    if len(others):
+    if len(others) and p_law:
         pr = others.assign(pred=_predict(form, th, ref, *(_data(others)[k] for k in "ndp")))
         oof = pr.groupby(PRECISION).agg(
             bits=("bits", "first"), delta=(DELTA, "mean"), predicted=("pred", "mean")
@@ -328,4 +374,5 @@ def fit_precision_law(
         n_bootstrap=len(boots),
         level=level,
         unit="models (" + ", ".join(keys) + ")",
+        unresolved=noise,
     )

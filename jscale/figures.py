@@ -1379,11 +1379,11 @@ def precision_cost(df: pd.DataFrame, *, fits: Fits | None = None) -> Figure:
             ax.axhline(0, color="0.3", linewidth=0.8, zorder=1)
             ax.set_ylabel("loss − fp32 loss (nats/token)")
         axes[0].set_xlabel(N_LABEL)
-        axes[0].set_title(f"Cost vs N (law at D/N = {tpp:.3g})")
+        axes[0].set_title(f"Cost vs N (law at D/N = {tpp:.2g})")
         _log_axis(axes[0], "x", _n_fmt)
         axes[1].set_xlabel("training tokens per parameter D/N")
         n0 = _fmt_n(law.reference["N0"]) if law is not None else "-"
-        axes[1].set_title(f"Cost vs tokens per parameter (law at N = {n0})")
+        axes[1].set_title(f"Cost vs D/N (law at N = {n0})")
         _log_axis(axes[1], "x")
         _legend(fig, handles, title="precision")
     return fig
@@ -2176,23 +2176,21 @@ def _precision_law_markdown(fits: Fits) -> list[str]:
         return []
     r, p, iv = law.reference, law.params, law.intervals
 
-    def ci(k, fmt="{:.3g}"):
-        lo, hi = iv[k]
-        if not np.isfinite(lo):
-            return (
-                fmt.format(p[k]) + " (fixed)"
-                if k in ("gD", "gN") and p[k] == 0
-                else fmt.format(p[k])
-            )
-        return f"{fmt.format(p[k])} [{fmt.format(lo)}, {fmt.format(hi)}]"
+    def ci(k):
+        v, (lo, hi) = p[k], iv[k]
+        if k == "g" and not np.isfinite(v):
+            return "not identified"
+        if k in ("gD", "gN") and v == 0 and not np.isfinite(lo):
+            return "0 (fixed)"
+        return f"{v:.3g}" + (f" [{lo:.3g}, {hi:.3g}]" if np.isfinite(lo) else "")
 
     parts = [
-        f"**precision law** (the loss cost of post-training quantization, paired deltas vs fp32 "
-        f"with weights 1/SE² of `{law.rows['se_column'].iloc[0]}`): {law.law} ({law.form}); "
-        f"fitted on {', '.join(law.formats)} ({len(law.rows)} rows); reference N0 = "
-        f"{_fmt_n(r['N0'])}, D0 = {_fmt_n(r['D0'])} tokens, P0 = {r['P0']:g} bits; "
-        f"[{law.level:.0%} percentile interval over {law.n_bootstrap} resamples of "
-        f"{law.unit}]",
+        f"**precision law** (the loss cost of post-training quantization: paired deltas vs fp32, "
+        f"weights 1/SE² of `{law.rows['se_column'].iloc[0]}`): {law.law} ({law.form}); fitted "
+        f"on the formats whose cost is resolved above the noise ({', '.join(law.formats)}; "
+        f"{len(law.rows)} rows); reference N0 = {_fmt_n(r['N0'])}, D0 = {_fmt_n(r['D0'])} "
+        f"tokens, P0 = {r['P0']:g} bits; [{law.level:.0%} percentile interval over "
+        f"{law.n_bootstrap} resamples of {law.unit}]",
         "",
         "| C (nats at N0, D0, P0) | gD | gN | g (bits) |",
         "|---:|---:|---:|---:|",
@@ -2219,9 +2217,14 @@ def _precision_law_markdown(fits: Fits) -> list[str]:
     ):
         for row in t.itertuples() if len(t) else ():
             parts.append(
-                f"| {name} | {getattr(row, PRECISION)} | {row.delta:+.3g} | {row.predicted:+.3g} | "
-                f"{_pct(row.rel_error)}% |"
+                f"| {name} | {getattr(row, PRECISION)} | {row.delta:+.3g} | "
+                f"{row.predicted:+.3g} | {_pct(row.rel_error)}% |"
             )
+    for row in law.unresolved.itertuples() if len(law.unresolved) else ():
+        parts.append(
+            f"| not fitted (at the noise level: median delta/SE {row.median_z:.2g}) | "
+            f"{getattr(row, PRECISION)} | {row.delta:+.3g} (SE {row.se:.2g}) | – | – |"
+        )
     parts.append("")
     return parts
 
