@@ -56,7 +56,7 @@ from jscale.schema import (
     N,
 )
 
-PRECISION_ORDER = ("fp32", "bf16", "int8", "w8a8", "int4", "fp8", "fp8a8", "int4-g32", "int4-g128")
+PRECISION_ORDER = ("fp32", "bf16", "int8", "w8a8", "int4", "fp8", "fp8a8")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 LEVEL = 0.95
 DPI = 300

@@ -168,7 +168,9 @@ def _curves_of(df):
     return pd.DataFrame(rows)
 
 
-BASIC_FIGS = tuple(f for f in figures.FIGURES if f not in AXES_FIGS)
+# precision_cost needs paired deltas, which the synthetic tables do not have
+NO_DELTAS = (*AXES_FIGS, "precision_cost")
+BASIC_FIGS = tuple(f for f in figures.FIGURES if f not in NO_DELTAS)
 
 PNG_SIG = b"\x89PNG\r\n\x1a\n"
 
@@ -210,7 +212,7 @@ def test_several_precisions_every_figure_and_table(four):
     out, r, logged = four
     assert r.notes == []
     skipped = dict(r.skipped)  # one token budget, no compute budget: the axes figures are skipped
-    assert set(skipped) == set(AXES_FIGS) | {"precision_cost"}  # no paired deltas either
+    assert set(skipped) == set(NO_DELTAS)
     assert "delta_loss_vs_fp32_nats" in skipped["precision_cost"]
     assert skipped["isoflop_curves"] == "the results table lacks column compute_budget_flops"
     assert "more than one token budget" in skipped["loss_vs_tokens"]
@@ -218,8 +220,7 @@ def test_several_precisions_every_figure_and_table(four):
     assert "no loss curves" in skipped["loss_curves"]
     names = sorted(p.name for p in r.written)
     assert names == sorted(
-        [f"{f}.{x}" for f in BASIC_FIGS if f != "precision_cost" for x in ("png", "pdf")]
-        + ["fits.md", "fits.tex"]
+        [f"{f}.{x}" for f in BASIC_FIGS for x in ("png", "pdf")] + ["fits.md", "fits.tex"]
     )
     for p in r.written:
         assert p.exists() and (p.suffix not in (".png", ".pdf") or assert_valid(p) is None)
@@ -261,7 +262,7 @@ def test_one_precision(tmp_path):
     r = figures.render_all(
         synthetic_results(precisions=("bf16",), rng=1), tmp_path, n_bootstrap=100, log=None
     )
-    assert {n for n, _ in r.skipped} == set(AXES_FIGS) and len(r.written) == 2 * 5 + 2
+    assert {n for n, _ in r.skipped} == set(NO_DELTAS) and len(r.written) == 2 * 6 + 2
     for p in r.written:
         if p.suffix in (".png", ".pdf"):
             assert_valid(p)
@@ -275,7 +276,7 @@ def test_latency_columns_missing_skips_only_latency_figures(tmp_path, capsys):
         synthetic_results(precisions=("fp32", "int8"), latency=False), tmp_path, n_bootstrap=100
     )
     skipped = dict(r.skipped)
-    assert set(skipped) == {"latency_vs_params", "loss_vs_latency", *AXES_FIGS}
+    assert set(skipped) == {"latency_vs_params", "loss_vs_latency", *NO_DELTAS}
     assert "decode_ms_per_token_median" in skipped["loss_vs_latency"]
     out = capsys.readouterr().out
     assert (
@@ -293,7 +294,7 @@ def test_latency_columns_missing_skips_only_latency_figures(tmp_path, capsys):
 def test_too_few_sizes_draws_points_without_the_law(tmp_path):
     df = synthetic_results(precisions=("fp32", "w8a8"), sizes=(1e4, 1e5), seeds=(0,))
     r = figures.render_all(df, tmp_path, n_bootstrap=100, log=None)
-    assert {n for n, _ in r.skipped} == set(AXES_FIGS)
+    assert {n for n, _ in r.skipped} == set(NO_DELTAS)
     assert any(n.startswith("loss fp32: no saturating fit") for n in r.notes), r.notes
     for p in r.written:
         if p.suffix in (".png", ".pdf"):
@@ -321,7 +322,8 @@ def test_figure_functions_return_figures_and_name_missing_columns():
 
 def test_style_is_fixed_and_does_not_leak():
     s = figures.precision_style(["w8a8", "zz4", "fp32", "aa2"])
-    assert list(s)[:6] == ["fp32", "bf16", "int8", "w8a8", "aa2", "zz4"]
+    fixed = ["fp32", "bf16", "int8", "w8a8", "int4", "fp8", "fp8a8"]
+    assert list(s) == [*fixed, "aa2", "zz4"]
     assert s == figures.precision_style(["aa2", "zz4"])  # the same for any order and subset
     assert len({tuple(v["color"]) for v in s.values()}) == len(s) and len(
         {v["marker"] for v in s.values()}
