@@ -87,6 +87,7 @@ def corpus(cache_dir):
 _LONGEST_FIRST = (
     "test_sweep",
     "test_sweep_wsd",
+    "test_multihost",
     "test_sharding",
     "test_analysis",
     "test_figures",
@@ -95,6 +96,7 @@ _LONGEST_FIRST = (
     "test_precision",
     "test_latency",
     "test_train",
+    "test_faults_sweep",
 )
 
 

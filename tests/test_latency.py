@@ -19,24 +19,27 @@ def params():
     return model.init_params(CFG, jax.random.key(0))
 
 
-@pytest.mark.parametrize("layout,rows", [("in_out", 1), ("out_in", 1), ("out_in", 4)])
+LAYOUTS = [("in_out", 1), ("out_in", 1), ("out_in", 4)]
 # w8a8 quantizes each token's activations: a last-bit difference in a sum (the cached path adds
 # the cache and the new tokens' attention separately) can flip one rounding and move the
 # logits by about one activation step, ~0.5% of their scale here; fp32 checks the mechanism.
-@pytest.mark.parametrize(
-    "policy,tol",
-    [("fp32", 1e-4), ("int4", 1e-4)]
+# fp8 and fp8a8 cast like int8 and w8a8 in every layout: two layouts cover them.
+DECODE_CASES = (
+    [(p, t, *lr) for p, t in (("fp32", 1e-4), ("int4", 1e-4)) for lr in LAYOUTS]
     + [
-        pytest.param(p, t, marks=pytest.mark.slow)
-        for p, t in (
-            ("bf16", 3e-2),
-            ("int8", 1e-4),
-            ("w8a8", 1e-2),
-            ("fp8", 1e-4),
-            ("fp8a8", 2e-2),  # fp8 activations per token: as w8a8, one rounding may flip
-        )
-    ],
+        pytest.param(p, t, *lr, marks=pytest.mark.slow)
+        for p, t in (("bf16", 3e-2), ("int8", 1e-4), ("w8a8", 1e-2))
+        for lr in LAYOUTS
+    ]
+    + [
+        pytest.param(p, t, *lr, marks=pytest.mark.slow)
+        for p, t in (("fp8", 1e-4), ("fp8a8", 2e-2))
+        for lr in (LAYOUTS[0], LAYOUTS[2])
+    ]
 )
+
+
+@pytest.mark.parametrize("policy,tol,layout,rows", DECODE_CASES)
 def test_prefill_plus_decode_matches_full_forward(params, policy, tol, layout, rows):
     """Prompt of 16, a chunk of 3 against the filled cache, then one token at a time, in either
     kernel layout and with the decode tokens padded to 4 rows (batch 2 < 4), against the full
