@@ -110,7 +110,8 @@ def test_converted_bytes_shrink_as_they_must():
     )
 
 
-@pytest.mark.parametrize("name", list(precision.POLICIES))
+# fp8a8 stores and transposes exactly as fp8 (its activations are quantized at run time)
+@pytest.mark.parametrize("name", [p for p in precision.POLICIES if p != "fp8a8"])
 def test_out_in_layout_stores_each_kernel_transposed_and_computes_the_same(name):
     p = model.init_params(CFG, jax.random.key(0))
     a = precision.convert_params(p, name)
