@@ -7,7 +7,6 @@ embeddings, fp32 softmax), AdamW + global-norm clipping; not a dependency of jsc
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
@@ -51,9 +50,8 @@ class Block(torch.nn.Module):
         h, k = self.c.n_heads, self.c.head_dim
         q, kk, v = self.qkv(self.attn_norm(x)).view(b, t, 3, h, k).permute(2, 0, 3, 1, 4)
         q, kk = rope(q, self.c.rope_base), rope(kk, self.c.rope_base)
-        att = (q @ kk.transpose(-1, -2)) / math.sqrt(k)
-        att = att.masked_fill(~torch.ones(t, t, dtype=torch.bool).tril(), float("-inf")).softmax(-1)
-        x = x + self.out((att @ v).transpose(1, 2).reshape(b, t, d))
+        o = F.scaled_dot_product_attention(q, kk, v, is_causal=True)  # fp32, PyTorch's fused
+        x = x + self.out(o.transpose(1, 2).reshape(b, t, d))
         return x + self.down(F.gelu(self.up(self.mlp_norm(x)), approximate="tanh"))
 
 
