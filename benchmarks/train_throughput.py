@@ -55,18 +55,6 @@ def bench_jax(cfg, tc, corpus, calls):
     return np.array(times), compile_s
 
 
-def _cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown CPU"
-
-
 def bench_torch(cfg, tc, corpus, calls):
     """The same model in PyTorch eager on CPU (reference point; needs torch installed)."""
     sys.path.insert(0, __file__.rsplit("/", 1)[0])
@@ -98,11 +86,14 @@ def main(argv=None):
     )
     a = ap.parse_args(argv)
 
+    sys.path.insert(0, __file__.rsplit("/", 1)[0])
+    from hf_latency import cpu_model  # the benchmarks' one reading of /proc/cpuinfo
+
     roof = roofline.roofline()
     peak = roof["matmul_flops_per_s"]
     corpus = data.load_corpus()
     print(
-        f"device: {roof['device_kind']} ({roof['host_cpus']} host CPUs: {_cpu_model()}), "
+        f"device: {roof['device_kind']} ({roof['host_cpus']} host CPUs: {cpu_model()}), "
         f"jax {jax.__version__}"
     )
     print(

@@ -65,10 +65,11 @@ PARSIMONY_AICC = 2.0
 
 def bits_of(precision: str) -> int | None:
     """Bits per weight of a precision name (``int4-g32`` -> 4); None when unknown."""
-    return BITS.get(str(precision).split("-")[0])
+    return BITS.get(family(precision))
 
 
-def _family(precision: str) -> str:
+def family(precision: str) -> str:
+    """``int4-g32`` -> ``int4``: the format family of a precision name."""
     return str(precision).split("-")[0]
 
 
@@ -187,7 +188,7 @@ def _table(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     )
     t["se"] = t[se].astype(float)
     t = t[t["bits"].notna() & t[DELTA].notna() & (t["se"] > 0) & (t[N] > 0) & (t[TOKENS] > 0)]
-    t["family"] = t[PRECISION].map(_family)
+    t["family"] = t[PRECISION].map(family)
     return t.reset_index(drop=True), se
 
 

@@ -732,14 +732,15 @@ def fit_all(
 
 
 def _fit_precision_law(df: pd.DataFrame, out: Fits, n_bootstrap: int, seed: int, level) -> None:
-    """``out.precision_law`` from the table's paired deltas, when it has two bit widths of the
-    law's formats; a note saying why not otherwise."""
+    """``out.precision_law`` from the table's paired deltas when it has two of the law's formats
+    (``degradation.DEFAULT_FORMATS``; else nothing to fit, silently); a note when the fit is
+    refused."""
     if DELTA not in df or PRECISION not in df:
         return
-    fams = {str(p).split("-")[0] for p in df[PRECISION].unique()}
-    if len(fams & {"bf16", "int8", "int4"}) < 2:
+    fams = {degradation.family(p) for p in df[PRECISION].unique()}
+    if len(fams & set(degradation.DEFAULT_FORMATS)) < 2:
         return
-    try:
+    try:  # at most 500 resamples: percentile intervals of a 2-4 parameter fit need no more
         out.precision_law = degradation.fit_precision_law(
             df, n_bootstrap=min(n_bootstrap, 500), seed=seed, level=level
         )
@@ -1351,7 +1352,7 @@ def precision_cost(df: pd.DataFrame, *, fits: Fits | None = None) -> Figure:
     note += (
         f"lines: the precision law ({law.form}), fitted on {', '.join(law.formats)}"
         if law is not None
-        else "no precision law (the table needs two bit widths of bf16, int8, int4)"
+        else f"no precision law (it needs two of {', '.join(degradation.DEFAULT_FORMATS)})"
     )
     with theme():
         fig, axes = _new_figure(df, 2, note=note)

@@ -439,10 +439,11 @@ def _run_plan(run: _Run, t_start: float, *, retrain: bool, progress: bool) -> No
                 bar.update(sum(len(todo[id(p)]) for p in needed) - sum(len(p) for _, p in left))
                 if not left:
                     continue
+                precisions = {id(p): pr for p, pr in left}
                 for point, trained in _train_group(
                     run, [p for p, _ in left], retrain=retrain, progress=progress
                 ):
-                    precs = dict((id(p), pr) for p, pr in left)[id(point)]
+                    precs = precisions[id(point)]
                     if trained is not None:
                         _measure_point(run, point, *trained, precs, bar)
                     else:
