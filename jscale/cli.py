@@ -212,6 +212,9 @@ def cmd_train(args) -> int:
     from jscale import data, evaluate, memory, sharding, train
     from jscale.config import ModelConfig, TrainConfig, config_for_params, count_params
 
+    vocab = 256  # a token corpus brings its own vocabulary (tokens.json)
+    if args.corpus and data.is_token_source(Path(args.corpus).expanduser()):
+        vocab = data.read_token_meta(Path(args.corpus).expanduser())["vocab_size"]
     if args.d_model is not None:
         if args.size is not None:
             raise ConfigError(
@@ -223,6 +226,7 @@ def cmd_train(args) -> int:
             n_heads=1 if args.n_heads is None else args.n_heads,
             max_seq_len=args.seq_len,
             tie_embeddings=not args.untied,
+            vocab_size=vocab,
         )
     else:
         if args.n_layers is not None or args.n_heads is not None:
@@ -231,7 +235,10 @@ def cmd_train(args) -> int:
                 "a ladder model (--size) chooses its own"
             )
         cfg = config_for_params(
-            args.size or 1e5, max_seq_len=args.seq_len, tie_embeddings=not args.untied
+            args.size or 1e5,
+            max_seq_len=args.seq_len,
+            tie_embeddings=not args.untied,
+            vocab_size=vocab,
         )
     if args.steps is not None and args.tokens is not None:
         raise ConfigError("give --steps or --tokens (a token budget), not both")
@@ -253,9 +260,11 @@ def cmd_train(args) -> int:
     memory.check_training(cfg, tc, memory.device_bytes(), "--size / --batch-size / --seq-len")
     corpus = data.load_corpus(args.corpus, val_percent=args.val_percent)
     n = count_params(cfg)
+    unit = "bytes" if corpus.tokenizer == "bytes" else f"tokens ({corpus.tokenizer})"
+    files = f" ({corpus.n_files_train} / {corpus.n_files_val} files)" * (corpus.n_files_val >= 0)
     print(
-        f"corpus   {corpus.name}: {len(corpus.train):,} train / {len(corpus.val):,} held-out bytes "
-        f"({corpus.n_files_train} / {corpus.n_files_val} files)"
+        f"corpus   {corpus.name}: {len(corpus.train):,} train / {len(corpus.val):,} held-out "
+        f"{unit}{files}"
     )
     print(
         f"model    d_model={cfg.d_model} n_layers={cfg.n_layers} n_heads={cfg.n_heads} "
@@ -286,18 +295,21 @@ def cmd_train(args) -> int:
         f"held-out loss {e['eval_loss_nats']:.4f} ± {e['eval_loss_se_nats']:.4f} nats/token = "
         f"{e['eval_bits_per_byte']:.4f} ± {e['eval_bits_per_byte_se']:.4f} bits/byte "
         f"on {e['eval_tokens']:,} tokens "
-        f"(unigram entropy {corpus.unigram_entropy_bits():.3f} bits/byte)"
+        f"(unigram entropy {corpus.unigram_entropy_bits() / corpus.bytes_per_token():.3f} "
+        "bits/byte)"
     )
     if policies:
         import jax
 
         params = sharding.to_host(r.params) if jax.process_count() > 1 else r.params
+        eval_set = data.eval_batches(corpus.val, tc.seq_len, tc.eval_tokens)
         df = evaluate.compare_precisions(
             params,
             cfg,
-            data.eval_batches(corpus.val, tc.seq_len, tc.eval_tokens),
+            eval_set,
             policies,
             tc.eval_batch_size,
+            bytes_N=data.window_bytes(eval_set, corpus.token_bytes),
         )
         print(
             f"\npost-training precision of the {tc.compute}-trained params (same held-out tokens; "

@@ -12,6 +12,12 @@ per split, memory-mapped on load) under ``$JSCALE_CACHE_DIR`` (default
 ``meta.json`` holds a digest of each ``.npy``, checked on every load: a garbled, truncated or
 missing cache file is rebuilt from the corpus.  Cache files are no more readable than the
 corpus files they come from.
+
+A corpus may instead be pre-tokenized (``load_token_files``; ``jscale tokenize`` writes one): a
+directory with ``train`` and ``val`` token files (``.bin``: flat little-endian ids, the nanoGPT
+convention; or ``.npy``) and a ``tokens.json`` giving the vocabulary size, dtype, tokenizer name,
+document separator and the bytes of text each id stands for (``token_bytes``, for bits per byte).
+Token files are memory-mapped and never copied.
 """
 
 from __future__ import annotations
@@ -31,8 +37,18 @@ import numpy as np
 from jscale.runtime import cache_dir
 
 VOCAB_SIZE = 256
-SEPARATOR = 0  # the document-separator token
+SEPARATOR = 0  # the document-separator token of byte corpora
 _FORMAT = 1  # bump when the cache layout changes
+TOKENS_META = "tokens.json"  # the metadata file of a token directory
+TOKEN_DTYPES = ("uint8", "uint16", "uint32")
+_SUFFIXES = (".bin", ".npy")
+
+
+def byte_token_bytes() -> np.ndarray:
+    """Bytes of text per token of a byte corpus: ``[256]`` int64, 1 except the separator (0)."""
+    tb = np.ones(VOCAB_SIZE, np.int64)
+    tb[SEPARATOR] = 0
+    return tb
 
 
 class CorpusError(ValueError):
@@ -41,11 +57,18 @@ class CorpusError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Corpus:
-    """Token arrays (uint8, memory-mapped) of one corpus and where they came from.
+    """Token arrays (memory-mapped) of one corpus and where they came from.
 
-    train, val: 1-D uint8 token arrays (``val`` is the held-out part: its halves are ``select``
-    and ``test``).  name: the source path.  fingerprint: hash of the
-    file list (paths, sizes, mtimes) and split.  n_files_train, n_files_val: files per split.
+    train, val: 1-D token arrays (uint8 for bytes; uint8/16/32 for token files); ``val`` is the
+    held-out part: its halves are ``select`` and ``test``.  name: the source path.
+    fingerprint: hash of the file list (paths, sizes, mtimes) and split.  n_files_train,
+    n_files_val: documents (files) per split, -1 when unknown.  vocab_size: ids are in
+    ``[0, vocab_size)``.  tokenizer: ``"bytes"`` or the token files' tokenizer name.  separator:
+    the document-separator id (None: the corpus marks no documents).  token_bytes: ``[vocab_size]``
+    int64, bytes of text each id stands for (separator and special tokens 0), or None when the
+    token files do not say (then bits per byte cannot be computed).  files: the token file of
+    each split (``{}`` for text corpora), for error messages.  digest: content hash of token
+    files (None for text corpora: ``sweep.corpus_digest`` hashes the arrays).
     """
 
     train: np.ndarray
@@ -54,11 +77,19 @@ class Corpus:
     fingerprint: str
     n_files_train: int
     n_files_val: int
+    vocab_size: int = VOCAB_SIZE
+    tokenizer: str = "bytes"
+    separator: int | None = SEPARATOR
+    token_bytes: np.ndarray | None = dataclasses.field(default_factory=byte_token_bytes)
+    files: dict = dataclasses.field(default_factory=dict)
+    digest: str | None = None
 
     @functools.cached_property
     def _heldout_cut(self) -> int:
-        seps = np.flatnonzero(np.asarray(self.val) == SEPARATOR)
         mid = len(self.val) // 2
+        if self.separator is None:
+            return mid
+        seps = np.flatnonzero(np.asarray(self.val) == self.separator)
         return int(seps[np.argmin(np.abs(seps - mid))]) if seps.size else mid
 
     @property
@@ -73,11 +104,22 @@ class Corpus:
         """The test split: the held-out documents after the cut (``eval_loss_nats``)."""
         return self.val[self._heldout_cut :]
 
+    def where(self, split: str) -> str:
+        """The file (token corpora) or corpus and split that ``split`` comes from, for errors."""
+        return str(self.files[split]) if split in self.files else f"{self.name} ({split} split)"
+
     def unigram_entropy_bits(self) -> float:
-        """Entropy of the byte distribution of the validation split, in bits/byte."""
-        counts = np.bincount(np.asarray(self.val), minlength=VOCAB_SIZE).astype(np.float64)
+        """Entropy of the token distribution of the validation split, in bits/token (bits/byte
+        for a byte corpus)."""
+        counts = np.bincount(np.asarray(self.val), minlength=self.vocab_size).astype(np.float64)
         p = counts[counts > 0] / counts.sum()
         return float(-(p * np.log2(p)).sum())
+
+    def bytes_per_token(self) -> float:
+        """Bytes of text per token of the validation split (nan without ``token_bytes``)."""
+        if self.token_bytes is None:
+            return float("nan")
+        return float(self.token_bytes[np.asarray(self.val)].sum() / max(len(self.val), 1))
 
 
 def default_corpus_path() -> Path:
@@ -127,7 +169,8 @@ def load_corpus(
     """Load (building the token cache on first use) a byte-level corpus.
 
     path: a text file or a directory of text files (all regular, non-hidden files; binary
-    files are skipped); None means the default corpus (the standard library's ``.py`` files).
+    files are skipped); None means the default corpus (the standard library's ``.py`` files);
+    a token directory or token file (``is_token_source``) is read by ``load_token_files``.
     val_percent: share of files (by path hash) held out for validation; a single-file corpus,
     or a directory whose hashed split would hold out under 1 KiB, holds out the last
     ``val_percent`` % of its bytes instead.
@@ -140,6 +183,8 @@ def load_corpus(
         raise CorpusError(f"val_percent must be in (0, 100), got {val_percent!r}")
     default = path is None
     root = (default_corpus_path() if default else Path(path)).expanduser().resolve()
+    if not default and is_token_source(root):
+        return load_token_files(root, val_percent=val_percent, cache=cache)
     files = _list_files(root, default)
     if not files:
         raise CorpusError(f"corpus {root} contains no {'.py ' if default else ''}files")
@@ -294,6 +339,205 @@ def _build_cache(
         ) from e
 
 
+# --------------------------------------------------------------------------- token files
+
+
+def is_token_source(path: Path) -> bool:
+    """Whether ``path`` is pre-tokenized: a directory holding ``tokens.json`` or a ``train.bin``
+    / ``train.npy``, or a ``.bin`` / ``.npy`` file."""
+    if path.is_dir():
+        return (path / TOKENS_META).exists() or any(
+            (path / f"train{s}").exists() for s in _SUFFIXES
+        )
+    return path.suffix in _SUFFIXES
+
+
+def _meta_error(meta_path: Path, field: str, what: str) -> CorpusError:
+    return CorpusError(f"{meta_path}: {field} {what}")
+
+
+def read_token_meta(root: Path) -> dict:
+    """The validated ``tokens.json`` of the token directory ``root`` (or of a token file's
+    directory): ``vocab_size`` (int >= 2), ``tokenizer`` (str), ``dtype`` (``uint8`` / ``uint16``
+    / ``uint32``; required for ``.bin`` files), ``separator`` (id or null) and ``token_bytes``
+    (file name in the directory, or null).  ``CorpusError`` naming the file and field."""
+    directory = root if root.is_dir() else root.parent
+    meta_path = directory / TOKENS_META
+    if not meta_path.is_file():
+        raise CorpusError(
+            f"token corpus {root} has no {TOKENS_META} next to its token files: write one with "
+            '{"vocab_size": V, "dtype": "uint16", "tokenizer": "NAME"} (docs/data.md), '
+            "or make the directory with `jscale tokenize`"
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CorpusError(f"{meta_path} is not readable JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise CorpusError(f"{meta_path} must hold a JSON object, got {type(meta).__name__}")
+    if meta.get("format", "jscale-tokens") != "jscale-tokens" or meta.get("version", 1) != 1:
+        raise _meta_error(meta_path, "format/version", 'must be "jscale-tokens" / 1')
+    v = meta.get("vocab_size")
+    if isinstance(v, bool) or not isinstance(v, int) or not 2 <= v <= 2**32:
+        raise _meta_error(meta_path, "vocab_size", f"must be an integer in [2, 2^32], got {v!r}")
+    if not isinstance(meta.get("tokenizer"), str) or not meta["tokenizer"].strip():
+        raise _meta_error(
+            meta_path, "tokenizer", f"must be a non-empty name, got {meta.get('tokenizer')!r}"
+        )
+    dt = meta.get("dtype")
+    if dt is not None and dt not in TOKEN_DTYPES:
+        raise _meta_error(
+            meta_path, "dtype", f"must be one of {', '.join(TOKEN_DTYPES)}, got {dt!r}"
+        )
+    if dt is not None and v > np.iinfo(dt).max + 1:
+        raise _meta_error(meta_path, "dtype", f"{dt} cannot hold ids of a {v}-token vocabulary")
+    sep = meta.get("separator")
+    if sep is not None and (isinstance(sep, bool) or not isinstance(sep, int) or not 0 <= sep < v):
+        raise _meta_error(meta_path, "separator", f"must be null or an id in [0, {v}), got {sep!r}")
+    tb = meta.get("token_bytes")
+    if tb is not None and (not isinstance(tb, str) or not (directory / tb).is_file()):
+        raise _meta_error(
+            meta_path, "token_bytes", f"must be null or a file in {directory}, got {tb!r}"
+        )
+    return {**meta, "_path": meta_path, "_dir": directory}
+
+
+def _open_tokens(path: Path, dtype: str | None) -> np.ndarray:
+    """Memory-map one token file; ``CorpusError`` naming it for a wrong dtype or size."""
+    try:
+        if path.suffix == ".npy":
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            if arr.ndim != 1 or arr.dtype.name not in TOKEN_DTYPES:
+                raise CorpusError(
+                    f"token file {path} holds {arr.dtype.name} {list(arr.shape)}; token files "
+                    f"must be 1-D {', '.join(TOKEN_DTYPES)}"
+                )
+            if dtype is not None and arr.dtype.name != dtype:
+                raise CorpusError(
+                    f"token file {path} holds {arr.dtype.name} but {TOKENS_META} says {dtype}"
+                )
+            return arr
+        if dtype is None:
+            raise CorpusError(f"{TOKENS_META} for {path} must give dtype (.bin files do not)")
+        size, item = path.stat().st_size, np.dtype(dtype).itemsize
+        if size % item:
+            raise CorpusError(
+                f"token file {path} has {size} bytes, not a multiple of {item} ({dtype}): "
+                "wrong dtype in tokens.json, or a truncated file"
+            )
+        if size == 0:
+            return np.zeros(0, dtype)
+        return np.memmap(path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r")
+    except OSError as e:
+        raise _unreadable(f"token file {path}", e) from e
+    except ValueError as e:  # np.load on a file that is not .npy
+        raise CorpusError(f"token file {path} is not a valid .npy file ({e})") from e
+
+
+def _scan(path: Path, arr: np.ndarray, cache: Path) -> dict:
+    """``{"max_id", "sha1"}`` of a token file, read once in 64 Mi-token chunks and cached by its
+    path, size and mtime (an 8e9-token file costs one pass, not one per run)."""
+    st = path.stat()
+    key = hashlib.sha256(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24]
+    memo = cache / "token-scans" / f"{key}.json"
+    try:
+        return json.loads(memo.read_text())
+    except (OSError, ValueError):
+        pass
+    h, top, chunk = hashlib.sha1(), -1, 1 << 26
+    for start in range(0, len(arr), chunk):
+        part = np.ascontiguousarray(arr[start : start + chunk])
+        top = max(top, int(part.max()))
+        h.update(part.data)
+    out = {"max_id": top, "sha1": h.hexdigest()}
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f"{key}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(out))
+        os.replace(tmp, memo)
+    except OSError:  # an unwritable cache only costs the next run another pass
+        pass
+    return out
+
+
+def load_token_files(
+    path: str | os.PathLike, *, val_percent: float = 2.0, cache: Path | None = None
+) -> Corpus:
+    """A pre-tokenized corpus: a directory with ``train.{bin,npy}``, ``val.{bin,npy}`` and
+    ``tokens.json``, or one token file (``.bin`` / ``.npy``, with ``tokens.json`` beside it)
+    whose last ``val_percent`` % of tokens are held out.
+
+    Files are memory-mapped, never loaded whole.  Each is checked once (cached by path, size and
+    mtime): ids must be below ``vocab_size``.  ``CorpusError`` (one line, naming the file) for a
+    missing ``tokens.json`` or split, a dtype that does not match, a size that is not a whole
+    number of ids, or an id beyond the vocabulary.
+    """
+    root = Path(path).expanduser().resolve()
+    if not root.exists():
+        raise CorpusError(f"corpus path does not exist: {root}")
+    meta = read_token_meta(root)
+    cache = (cache or cache_dir()) / "corpora"
+    if root.is_dir():
+        files = {}
+        for split in ("train", "val"):
+            found = [root / f"{split}{s}" for s in _SUFFIXES if (root / f"{split}{s}").is_file()]
+            if len(found) != 1:
+                raise CorpusError(
+                    f"token directory {root} must hold exactly one of {split}.bin, {split}.npy; "
+                    f"found {len(found)}"
+                )
+            files[split] = found[0]
+        arrays = {k: _open_tokens(f, meta.get("dtype")) for k, f in files.items()}
+    else:
+        whole = _open_tokens(root, meta.get("dtype"))
+        cut = len(whole) - int(len(whole) * val_percent / 100)
+        files = {"train": root, "val": root}
+        arrays = {"train": whole[:cut], "val": whole[cut:]}
+    v = meta["vocab_size"]
+    sha = hashlib.sha1(json.dumps({k: meta.get(k) for k in ("vocab_size", "tokenizer")}).encode())
+    for split, f in files.items():
+        if len(arrays[split]) == 0:
+            raise CorpusError(f"token file {f} holds no tokens ({split} split)")
+    for f in dict.fromkeys(files.values()):
+        scan = _scan(f, _open_tokens(f, meta.get("dtype")), cache)
+        if scan["max_id"] >= v:
+            raise CorpusError(
+                f"token file {f} holds id {scan['max_id']}, beyond the vocabulary "
+                f"(vocab_size {v} in {meta['_path']})"
+            )
+        sha.update(scan["sha1"].encode())
+    if not root.is_dir():
+        sha.update(f"|{float(val_percent)}".encode())
+    token_bytes = None
+    if meta.get("token_bytes"):
+        tb_path = meta["_dir"] / meta["token_bytes"]
+        try:
+            token_bytes = np.load(tb_path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise CorpusError(f"{tb_path} is not a readable .npy file ({e})") from e
+        if token_bytes.shape != (v,) or token_bytes.dtype.kind not in "iu" or token_bytes.min() < 0:
+            raise CorpusError(
+                f"{tb_path} must be [{v}] non-negative integers (bytes per id), got "
+                f"{token_bytes.dtype.name} {list(token_bytes.shape)}"
+            )
+        token_bytes = token_bytes.astype(np.int64)
+    docs = meta.get("documents") if isinstance(meta.get("documents"), dict) else {}
+    return Corpus(
+        train=arrays["train"],
+        val=arrays["val"],
+        name=str(root),
+        fingerprint=sha.hexdigest()[:16],
+        n_files_train=int(docs.get("train", -1)),
+        n_files_val=int(docs.get("val", -1)),
+        vocab_size=v,
+        tokenizer=meta["tokenizer"],
+        separator=meta.get("separator"),
+        token_bytes=token_bytes,
+        files=files,
+        digest=sha.hexdigest()[:16],
+    )
+
+
 def train_batch(
     tokens: np.ndarray, seed: int, step: int, batch_size: int, seq_len: int
 ) -> np.ndarray:
@@ -323,13 +567,28 @@ def eval_batches(tokens: np.ndarray, seq_len: int, n_tokens: int) -> np.ndarray:
     return np.asarray(tokens[idx], dtype=np.int32)
 
 
-def eval_documents(tokens: np.ndarray, seq_len: int, n_tokens: int) -> np.ndarray:
+def eval_documents(
+    tokens: np.ndarray, seq_len: int, n_tokens: int, separator: int | None = SEPARATOR
+) -> np.ndarray:
     """The document (file) of each window of ``eval_batches(tokens, seq_len, n_tokens)``:
     ``[n_seq]`` ints, the number of separators before the window's first token.  Windows of one
     file share its style and vocabulary, so their losses are correlated: standard errors over
-    windows should be clustered by these ids (``evaluate.clustered_se``)."""
-    seps = np.flatnonzero(np.asarray(tokens) == SEPARATOR)
-    return np.searchsorted(seps, _eval_starts(tokens, seq_len, n_tokens), side="right")
+    windows should be clustered by these ids (``evaluate.clustered_se``).  ``separator``: the
+    corpus's separator id (``Corpus.separator``); None (no documents marked): each window is
+    its own document."""
+    starts = _eval_starts(tokens, seq_len, n_tokens)
+    if separator is None:
+        return np.arange(len(starts))
+    seps = np.flatnonzero(np.asarray(tokens) == separator)
+    return np.searchsorted(seps, starts, side="right")
+
+
+def window_bytes(batches_NxT1: np.ndarray, token_bytes: np.ndarray | None) -> np.ndarray | None:
+    """Bytes of text predicted in each window ``[N, T+1]`` (its last T tokens): ``[N]`` int64,
+    or None without ``token_bytes`` (``Corpus.token_bytes``)."""
+    if token_bytes is None:
+        return None
+    return np.asarray(token_bytes)[np.asarray(batches_NxT1)[:, 1:]].sum(axis=1)
 
 
 def _eval_starts(tokens: np.ndarray, seq_len: int, n_tokens: int) -> np.ndarray:

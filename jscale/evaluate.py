@@ -104,6 +104,32 @@ def document_sums(losses_N: np.ndarray, documents: np.ndarray) -> pd.DataFrame:
     )
 
 
+def bits_per_byte(losses_N: np.ndarray, tokens_per_window: int, bytes_N=None) -> dict:
+    """Bits per byte of text from per-window mean losses ``[N]`` (nats/token) and the bytes of
+    text each window predicts ``bytes_N`` ``[N]`` (``data.window_bytes``; None: one token is one
+    byte): ``eval_bits_per_byte = sum of nats / ln 2 / sum of bytes``, the one axis on which
+    models with different tokenizers compare.  ``eval_bits_per_byte_se`` is the standard error of
+    that ratio over windows (delta method: the SE of the mean of ``T l_i - r b_i``, divided by
+    the mean bytes); ``eval_text_bytes`` is the sum of bytes (None without ``bytes_N``)."""
+    losses_N = np.asarray(losses_N, np.float64)
+    if bytes_N is None:
+        mean, se = mean_and_se(losses_N)
+        return {"eval_bits_per_byte": mean / LN2, "eval_bits_per_byte_se": se / LN2}
+    nats_N = losses_N * tokens_per_window
+    b_N = np.asarray(bytes_N, np.float64)
+    total = b_N.sum()
+    if total <= 0:
+        nan = float("nan")
+        return {"eval_bits_per_byte": nan, "eval_bits_per_byte_se": nan, "eval_text_bytes": 0}
+    r = nats_N.sum() / total
+    _, se = mean_and_se(nats_N - r * b_N)
+    return {
+        "eval_bits_per_byte": r / LN2,
+        "eval_bits_per_byte_se": se / b_N.mean() / LN2,
+        "eval_text_bytes": int(total),
+    }
+
+
 def evaluate(
     params,
     cfg: ModelConfig,
@@ -111,20 +137,22 @@ def evaluate(
     batch_size: int = 32,
     policy="fp32",
     mesh=None,
+    bytes_N: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Held-out loss on fixed sequences ``[N, T+1]`` in precision ``policy``.
 
     Returns ``eval_loss_nats`` (mean next-token loss, nats/token), ``eval_loss_se_nats``
-    (standard error over the N per-sequence means), ``eval_bits_per_byte`` and its SE
-    (nats / ln 2: one token is one byte) and ``eval_tokens`` (predicted tokens).  The mean is
-    accumulated in float64 on the host.  ``mesh``: see ``sequence_losses``.
+    (standard error over the N per-sequence means), ``eval_tokens`` (predicted tokens) and
+    ``bits_per_byte``'s columns (``bytes_N``: bytes of text each window predicts,
+    ``data.window_bytes``; None: one token is one byte).  The mean is accumulated in float64 on
+    the host.  ``mesh``: see ``sequence_losses``.
     """
-    mean, se = mean_and_se(sequence_losses(params, cfg, batches_NxT1, batch_size, policy, mesh))
+    losses_N = sequence_losses(params, cfg, batches_NxT1, batch_size, policy, mesh)
+    mean, se = mean_and_se(losses_N)
     return {
         "eval_loss_nats": mean,
         "eval_loss_se_nats": se,
-        "eval_bits_per_byte": mean / LN2,
-        "eval_bits_per_byte_se": se / LN2,
+        **bits_per_byte(losses_N, batches_NxT1.shape[1] - 1, bytes_N),
         "eval_tokens": int(batches_NxT1.shape[0] * (batches_NxT1.shape[1] - 1)),
     }
 
@@ -137,12 +165,14 @@ def compare_precisions(
     batch_size: int = 32,
     logit_sequences: int = 8,
     documents: np.ndarray | None = None,
+    bytes_N: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """One row per policy (names or ``Policy`` objects; the first row is fp32, the reference,
     always included), with the ``evaluate`` columns of ``jscale.schema`` (their units and
     meaning are there): ``inference_precision`` (a policy with non-default layers is labelled
     e.g. ``int8[down,embed,out,qkv,up]``), ``eval_tokens``, ``eval_loss_nats``,
-    ``eval_loss_se_nats``, ``eval_bits_per_byte(_se)``, ``delta_loss_vs_fp32_nats`` with its
+    ``eval_loss_se_nats``, ``eval_bits_per_byte(_se)`` and ``eval_text_bytes`` (``bytes_N``:
+    see ``bits_per_byte``), ``delta_loss_vs_fp32_nats`` with its
     paired ``_se_nats`` and ``_pct``, ``param_bytes``, ``param_bytes_vs_fp32`` and
     ``logit_rel_err_mean`` / ``_max`` over the positions of the first ``logit_sequences``
     held-out sequences.  ``eval_wall_s`` is not filled (the caller times the whole call).
@@ -175,8 +205,7 @@ def compare_precisions(
                 "eval_tokens": n_predicted,
                 "eval_loss_nats": loss,
                 "eval_loss_se_nats": loss_se,
-                "eval_bits_per_byte": loss / LN2,
-                "eval_bits_per_byte_se": loss_se / LN2,
+                **bits_per_byte(losses_N, eval_set_NxT1.shape[1] - 1, bytes_N),
                 "delta_loss_vs_fp32_nats": delta,
                 "delta_loss_vs_fp32_se_nats": delta_se,
                 "delta_loss_vs_fp32_pct": 100 * delta / ref["losses_N"].mean(),

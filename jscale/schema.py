@@ -145,6 +145,14 @@ COLUMNS: tuple[Column, ...] = (
     _c("sweep", "core", "corpus", "-", "str", "the corpus path"),
     _c(
         "sweep",
+        "optional",
+        "tokenizer",
+        "-",
+        "str",
+        "`bytes`, or the token files' tokenizer name (`tokens.json`; records since 2026-12-03)",
+    ),
+    _c(
+        "sweep",
         "core",
         "corpus_digest",
         "-",
@@ -165,7 +173,14 @@ COLUMNS: tuple[Column, ...] = (
         "attention heads (head width = d_model / n_heads)",
     ),
     _c("config", "core", "d_ff", "channels", "int", "MLP hidden width"),
-    _c("config", "core", "vocab_size", "tokens", "int", "vocabulary (256: bytes)"),
+    _c(
+        "config",
+        "core",
+        "vocab_size",
+        "tokens",
+        "int",
+        "vocabulary (256: bytes; a token corpus's `vocab_size`)",
+    ),
     _c("config", "core", "max_seq_len", "tokens", "int", "longest sequence the model accepts"),
     _c(
         "config",
@@ -354,7 +369,9 @@ COLUMNS: tuple[Column, ...] = (
         "eval_bits_per_byte",
         "bits/byte",
         "float",
-        "`eval_loss_nats / ln 2` (one token = one byte)",
+        "held-out nats summed over the test windows / ln 2 / `eval_text_bytes`: comparable "
+        "across tokenizers (for bytes, `eval_loss_nats / ln 2` up to the separators, which "
+        "predict no text byte)",
     ),
     _c(
         "evaluate",
@@ -362,7 +379,17 @@ COLUMNS: tuple[Column, ...] = (
         "eval_bits_per_byte_se",
         "bits/byte",
         "float",
-        "`eval_loss_se_nats / ln 2`",
+        "standard error of `eval_bits_per_byte` over held-out sequences (delta method for the "
+        "ratio of nats to bytes)",
+    ),
+    _c(
+        "evaluate",
+        "optional",
+        "eval_text_bytes",
+        "bytes",
+        "int",
+        "UTF-8 bytes of text that the test windows predict (separators and special tokens "
+        "count 0; records since 2026-12-03)",
     ),
     _c(
         "evaluate",
@@ -790,6 +817,12 @@ CURVE_COLUMNS = {
 
 # What changed in the columns, newest first: (date, change).  Rendered into docs/schema.md.
 HISTORY = (
+    (
+        "2026-12-03",
+        "token corpora: records gain the optional `tokenizer` and `eval_text_bytes`; "
+        "`eval_bits_per_byte` divides by the bytes of text the test windows predict "
+        "(separators count 0 bytes, so byte-corpus values are a little higher than before)",
+    ),
     (
         "2026-12-03",
         "precisions `int4` (`int4-g32`, `int4-g128`), `fp8` and `fp8a8`; records gain the "

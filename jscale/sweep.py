@@ -71,7 +71,10 @@ def _sha(obj) -> str:
 
 
 def corpus_digest(corpus: data.Corpus) -> str:
-    """Content hash of the tokens (train and held-out), the same on every machine."""
+    """Content hash of the tokens (train and held-out), the same on every machine (token files
+    carry theirs: ``Corpus.digest``)."""
+    if corpus.digest is not None:
+        return corpus.digest
     h = hashlib.sha1()
     h.update(np.ascontiguousarray(corpus.train).data)
     h.update(b"|")
@@ -779,7 +782,8 @@ def _measure_point(
     budgets, seeds and lrs of the size carry that measurement), and write one record per
     precision as soon as it is measured."""
     tc = point.train
-    eval_set = data.eval_batches(run.corpus.test, tc.seq_len, tc.eval_tokens)
+    corpus = run.corpus
+    eval_set = data.eval_batches(corpus.test, tc.seq_len, tc.eval_tokens)
     t0 = time.perf_counter()
     table = evaluate.compare_precisions(
         params,
@@ -787,7 +791,8 @@ def _measure_point(
         eval_set,
         precisions,
         tc.eval_batch_size,
-        documents=data.eval_documents(run.corpus.test, tc.seq_len, tc.eval_tokens),
+        documents=data.eval_documents(corpus.test, tc.seq_len, tc.eval_tokens, corpus.separator),
+        bytes_N=data.window_bytes(eval_set, corpus.token_bytes),
     )
     select = evaluate.evaluate(
         params,
@@ -988,6 +993,7 @@ def _record(run: _Run, point: TrainPoint, prec: str, meta: dict, ev: dict, lat: 
             "train_precision": point.train_precision,
             "inference_precision": prec,
             "corpus": run.corpus.name,
+            "tokenizer": run.corpus.tokenizer,
             "corpus_digest": run.plan.corpus_id,
             "val_percent": sweep.val_percent,
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -77,7 +77,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from jscale import memory
+from jscale import data, memory
 from jscale.config import (
     LATENCY_REPEATS,
     LATENCY_WARMUP,
@@ -449,6 +449,19 @@ def _build(raw: dict, text: str, out_dir_override: str | None) -> Sweep:
     )
 
     targets, size_kw = _sizes(_table(raw["sizes"], "[sizes]"))
+    corpus = _table(raw.get("corpus", {}), "[corpus]")
+    _check_keys(corpus, _CORPUS, "corpus.")
+    cpath = corpus.get("path", "")
+    if not isinstance(cpath, str):
+        raise _err(
+            "corpus.path", f'must be a path string ("" for the default corpus), got {cpath!r}'
+        )
+    val_percent = _number(
+        corpus.get("val_percent", 2.0), "corpus.val_percent", lo=0, strict_lo=True, hi=99
+    )
+    if cpath and data.is_token_source(Path(cpath).expanduser()):
+        # the model's vocabulary is the token files' (tokens.json: read in microseconds)
+        size_kw["vocab_size"] = data.read_token_meta(Path(cpath).expanduser())["vocab_size"]
     budgets_for, max_epochs = _token_rule(_table(raw["tokens"], "[tokens]"))
     extra_seeds = _replicates(raw.get("replicates"), targets, seeds)
 
@@ -496,19 +509,6 @@ def _build(raw: dict, text: str, out_dir_override: str | None) -> Sweep:
             lat["ladder"]["precisions"], "latency.ladder.precisions", PRECISIONS
         )
 
-    corpus = _table(raw.get("corpus", {}), "[corpus]")
-    _check_keys(corpus, _CORPUS, "corpus.")
-    cpath = corpus.get("path", "")
-    if not isinstance(cpath, str):
-        raise _err(
-            "corpus.path", f'must be a path string ("" for the default corpus), got {cpath!r}'
-        )
-    if cpath and not Path(cpath).expanduser().exists():
-        raise _err("corpus.path", f"{cpath} does not exist")
-    val_percent = _number(
-        corpus.get("val_percent", 2.0), "corpus.val_percent", lo=0, strict_lo=True, hi=99
-    )
-
     mesh = None
     if "mesh" in raw:
         m = _table(raw["mesh"], "[mesh]")
@@ -554,6 +554,15 @@ def _build(raw: dict, text: str, out_dir_override: str | None) -> Sweep:
                     points += _points_of_trunk(
                         t, cfg, tr, budgets, lr * (n / lr_ref) ** -lr_exp, seed, train_precision
                     )
+    if cpath and not Path(cpath).expanduser().exists():
+        need = max(p.train.total_steps * p.train.tokens_per_step for p in points) if points else 0
+        raise _err(
+            "corpus.path",
+            f"{cpath} does not exist; this sweep's largest run trains {need:.3g} tokens, so it "
+            f"needs a training split of at least {need / max_epochs:.3g} tokens "
+            f"(tokens.max_epochs = {max_epochs:g}): make one with `jscale tokenize TEXT --out "
+            f"{cpath}` (docs/data.md)",
+        )
     if not points:
         raise _err(
             "tokens",
@@ -607,7 +616,7 @@ def _latency_ladder(raw, latency: Latency, size_kw: dict) -> list:
             lad.get("aspect_ratio", 64.0), "latency.ladder.aspect_ratio", lo=0, strict_lo=True
         ),
         "head_dim": _count(lad.get("head_dim", 32), "latency.ladder.head_dim", lo=1),
-        "vocab_size": 256,
+        "vocab_size": size_kw.get("vocab_size", 256),
         "max_seq_len": latency.prompt_tokens + latency.gen_tokens,
         "tie_embeddings": size_kw.get("tie_embeddings", True),
     }

@@ -167,6 +167,17 @@ def check_train_inputs(
             f"ModelConfig.max_seq_len ({cfg.max_seq_len})"
         )
     sharding.check_batch(mesh, tc.batch_size, "TrainConfig.batch_size")
+    if cfg.vocab_size < corpus.vocab_size:
+        raise ConfigError(
+            f"ModelConfig.vocab_size ({cfg.vocab_size}) is smaller than the corpus's vocabulary "
+            f"({corpus.vocab_size}, {corpus.tokenizer}: {corpus.name})"
+        )
+    for split, tokens in (("train", corpus.train), ("val", corpus.val)):
+        if len(tokens) < tc.seq_len + 1:
+            raise data.CorpusError(
+                f"{corpus.where(split)} holds {len(tokens):,} tokens of the {split} split, too "
+                f"few for one sequence of seq_len + 1 = {tc.seq_len + 1}"
+            )
     data.train_batch(corpus.train, tc.seed, 0, 1, tc.seq_len)
     data.eval_batches(corpus.select, tc.seq_len, tc.seq_len)
     return data.eval_batches(corpus.test, tc.seq_len, tc.eval_tokens)
@@ -414,7 +425,13 @@ def train(
     ev = {}
     if evaluate_heldout:
         ev = evaluate.evaluate(
-            run.params, cfg, eval_set, tc.eval_batch_size, policy=tc.compute, mesh=mesh
+            run.params,
+            cfg,
+            eval_set,
+            tc.eval_batch_size,
+            policy=tc.compute,
+            mesh=mesh,
+            bytes_N=data.window_bytes(eval_set, corpus.token_bytes),
         )
     tokens = total * tc.tokens_per_step
     return TrainResult(

@@ -1,0 +1,296 @@
+"""Pre-tokenized corpora (issue 20): token files are read memory-mapped with their vocabulary,
+bad files get a one-line error naming them, bits per byte divides by the bytes of text the
+windows predict, and a sweep trains, evaluates and records on a token corpus."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from jscale import data, evaluate, sweep, train
+from jscale.config import ConfigError, TrainConfig, config_for_params
+from jscale.sweep_config import parse_sweep
+
+SEP = 0
+
+
+def _documents(n_bytes=400_000):
+    """Real text: standard-library modules, whole files, about ``n_bytes`` in all."""
+    root = data.default_corpus_path()
+    docs, total = [], 0
+    for name in (
+        "textwrap.py",
+        "string.py",
+        "shlex.py",
+        "fnmatch.py",
+        "glob.py",
+        "bisect.py",
+        "heapq.py",
+        "calendar.py",
+        "difflib.py",
+        "argparse.py",
+        "pprint.py",
+    ):
+        text = (root / name).read_bytes()
+        docs.append(text)
+        total += len(text)
+        if total > n_bytes:
+            break
+    return docs
+
+
+class PairTokenizer:
+    """A tiny byte-pair tokenizer (one merge round of the most frequent byte pairs): id 0 is
+    the separator (0 bytes), ids 1..255 the bytes themselves, ids 256.. the pairs.  Written
+    independently of jscale: its ``decode`` is the hand count's reference."""
+
+    def __init__(self, docs, n_pairs=200):
+        counts = {}
+        for d in docs:
+            for a, b in zip(d, d[1:]):
+                counts[(a, b)] = counts.get((a, b), 0) + 1
+        top = sorted(counts, key=counts.get, reverse=True)[:n_pairs]
+        self.pairs = {p: 256 + i for i, p in enumerate(top)}
+        self.table = {i: bytes([i]) for i in range(1, 256)} | {
+            i: bytes(p) for p, i in self.pairs.items()
+        }
+        self.table[SEP] = b""
+        self.vocab_size = 256 + len(top)
+
+    def encode(self, doc: bytes) -> list[int]:
+        out, i = [], 0
+        while i < len(doc):
+            pid = self.pairs.get(tuple(doc[i : i + 2])) if i + 1 < len(doc) else None
+            out.append(pid if pid is not None else doc[i])
+            i += 2 if pid is not None else 1
+        return out
+
+    def decode(self, ids) -> bytes:
+        return b"".join(self.table[int(i)] for i in ids)
+
+
+def _write_tokens(d, tok, train_docs, val_docs, *, dtype="uint16", suffix=".bin", meta=None):
+    d.mkdir(parents=True, exist_ok=True)
+    for split, docs in (("train", train_docs), ("val", val_docs)):
+        ids = []
+        for k, doc in enumerate(docs):
+            ids += ([SEP] if k else []) + tok.encode(doc)
+        arr = np.asarray(ids, dtype=dtype)
+        if suffix == ".bin":
+            arr.tofile(d / f"{split}.bin")
+        else:
+            np.save(d / f"{split}.npy", arr)
+    tb = np.array([len(tok.table.get(i, b"")) for i in range(tok.vocab_size)], np.int32)
+    np.save(d / "token_bytes.npy", tb)
+    m = {
+        "format": "jscale-tokens",
+        "version": 1,
+        "vocab_size": tok.vocab_size,
+        "dtype": dtype,
+        "tokenizer": "pairs-test",
+        "separator": SEP,
+        "token_bytes": "token_bytes.npy",
+        "documents": {"train": len(train_docs), "val": len(val_docs)},
+    }
+    (d / "tokens.json").write_text(json.dumps({**m, **(meta or {})}))
+    return d
+
+
+@pytest.fixture(scope="module")
+def texts():
+    docs = _documents()
+    return docs[:-3], docs[-3:]  # held out: the last three files
+
+
+@pytest.fixture(scope="module")
+def tok(texts):
+    return PairTokenizer(texts[0])
+
+
+@pytest.fixture(scope="module")
+def token_dir(tmp_path_factory, texts, tok):
+    return _write_tokens(tmp_path_factory.mktemp("tok") / "pairs", tok, *texts)
+
+
+def test_token_directory_is_memory_mapped_with_its_vocabulary(token_dir, texts, tok):
+    c = data.load_corpus(token_dir)
+    assert isinstance(c.train, np.memmap) and c.train.dtype == np.uint16
+    assert (c.vocab_size, c.tokenizer, c.separator) == (tok.vocab_size, "pairs-test", SEP)
+    # the ids decode back to the documents, joined by the separator
+    assert tok.decode(c.val) == b"".join(texts[1])
+    assert int((np.asarray(c.val) == SEP).sum()) == len(texts[1]) - 1
+    assert (c.n_files_train, c.n_files_val) == (len(texts[0]), len(texts[1]))
+    # the digest is the same on a reload and changes with the content
+    assert data.load_corpus(token_dir).digest == c.digest
+    assert sweep.corpus_digest(c) == c.digest
+    # the held-out halves cut at a separator, so no document is split between them
+    assert c.select[-1] != SEP and c.test[0] == SEP
+
+
+def test_single_npy_token_file_holds_out_its_tail(tmp_path, tok, texts):
+    d = _write_tokens(tmp_path / "one", tok, texts[0], texts[1], suffix=".npy", dtype="uint32")
+    whole = np.load(d / "train.npy")
+    c = data.load_corpus(d / "train.npy", val_percent=10)
+    cut = len(whole) - int(len(whole) * 0.10)
+    np.testing.assert_array_equal(c.train, whole[:cut])
+    np.testing.assert_array_equal(c.val, whole[cut:])
+    assert c.train.dtype == np.uint32
+
+
+def test_window_bytes_match_a_hand_count_for_bytes_and_pairs(corpus, token_dir, tok):
+    """Bytes of text each window predicts: for a byte corpus the non-separator targets, for the
+    pair tokenizer the length of the decoded targets (its own table, not token_bytes)."""
+    seq = 64
+    b = data.eval_batches(corpus.test, seq, 50 * seq)
+    np.testing.assert_array_equal(
+        data.window_bytes(b, corpus.token_bytes), np.count_nonzero(b[:, 1:], axis=1)
+    )
+    c = data.load_corpus(token_dir)
+    w = data.eval_batches(c.test, seq, 50 * seq)
+    hand = [len(tok.decode(row[1:])) for row in w]
+    np.testing.assert_array_equal(data.window_bytes(w, c.token_bytes), hand)
+
+
+def test_bits_per_byte_against_float64_and_a_jackknife():
+    rng = np.random.default_rng(3)
+    n, T = 4000, 16
+    bytes_N = rng.integers(T, 4 * T, size=n)  # 1-4 bytes per token
+    losses_N = 0.02 * bytes_N + rng.normal(0, 0.3, size=n)  # nats/token, correlated with bytes
+    out = evaluate.bits_per_byte(losses_N, T, bytes_N)
+    nats = losses_N.astype(np.float64) * T
+    assert out["eval_bits_per_byte"] == pytest.approx(nats.sum() / bytes_N.sum() / math.log(2))
+    assert out["eval_text_bytes"] == bytes_N.sum()
+    # the delta-method SE agrees with the jackknife SE of the ratio (independent estimator)
+    loo = (nats.sum() - nats) / (bytes_N.sum() - bytes_N) / math.log(2)
+    jack = math.sqrt((n - 1) / n * ((loo - loo.mean()) ** 2).sum())
+    assert out["eval_bits_per_byte_se"] == pytest.approx(jack, rel=0.03)
+    # one byte per token: bits per byte is nats / ln 2 with the loss's SE / ln 2
+    one = evaluate.bits_per_byte(losses_N, T, np.full(n, T))
+    mean, se = evaluate.mean_and_se(losses_N)
+    assert one["eval_bits_per_byte"] == pytest.approx(mean / math.log(2))
+    assert one["eval_bits_per_byte_se"] == pytest.approx(se / math.log(2))
+
+
+def _bad(tmp_path, tok, texts, **meta):
+    return _write_tokens(tmp_path / "bad", tok, texts[0][:2], texts[1], meta=meta)
+
+
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        (lambda d: (d / "tokens.json").unlink(), r"no tokens\.json"),
+        (lambda d: (d / "val.bin").unlink(), r"val\.bin, val\.npy; found 0"),
+        (lambda d: np.save(d / "val.npy", np.zeros(8, np.float32)), r"found 2"),
+        (
+            lambda d: ((d / "val.bin").unlink(), np.save(d / "val.npy", np.zeros(9, np.float32))),
+            r"val\.npy holds float32 \[9\]; token files must be 1-D uint8, uint16, uint32",
+        ),
+        (
+            lambda d: (d / "train.bin").write_bytes((d / "train.bin").read_bytes()[:-1]),
+            r"train\.bin has \d+ bytes, not a multiple of 2 \(uint16\)",
+        ),
+        (
+            lambda d: np.full(10, 60_000, np.uint16).tofile(d / "val.bin"),
+            r"val\.bin holds id 60000, beyond the vocabulary \(vocab_size \d+",
+        ),
+        (
+            lambda d: np.save(d / "token_bytes.npy", np.ones(3, np.int32)),
+            r"token_bytes\.npy must be \[\d+\] non-negative integers",
+        ),
+        (lambda d: (d / "tokens.json").write_text("{"), r"tokens\.json is not readable JSON"),
+    ],
+)
+def test_bad_token_files_get_one_line_errors_naming_the_file(
+    tmp_path, tok, texts, breakage, message
+):
+    d = _bad(tmp_path, tok, texts)
+    breakage(d)
+    with pytest.raises(data.CorpusError, match=message) as e:
+        data.load_corpus(d)
+    assert "\n" not in str(e.value) and str(d) in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "meta, message",
+    [
+        ({"vocab_size": 1}, r"vocab_size must be an integer in \[2, 2\^32\]"),
+        ({"vocab_size": 70_000}, r"dtype uint16 cannot hold ids of a 70000-token vocabulary"),
+        ({"dtype": "int64"}, r"dtype must be one of uint8, uint16, uint32"),
+        ({"tokenizer": ""}, r"tokenizer must be a non-empty name"),
+        ({"separator": 10**6}, r"separator must be null or an id"),
+        ({"token_bytes": "nope.npy"}, r"token_bytes must be null or a file"),
+    ],
+)
+def test_bad_token_metadata_names_the_field(tmp_path, tok, texts, meta, message):
+    d = _bad(tmp_path, tok, texts, **meta)
+    with pytest.raises(data.CorpusError, match=message) as e:
+        data.load_corpus(d)
+    assert "tokens.json" in str(e.value)
+
+
+def test_too_short_for_one_sequence_names_the_file(tmp_path, tok):
+    d = _write_tokens(tmp_path / "short", tok, [b"ab"], [b"cd" * 10])
+    c = data.load_corpus(d)
+    cfg = config_for_params(2e3, max_seq_len=64, vocab_size=c.vocab_size)
+    with pytest.raises(data.CorpusError, match=r"train\.bin holds 2 tokens of the train split"):
+        train.check_train_inputs(cfg, TrainConfig(steps=1, seq_len=64), c)
+    small = config_for_params(2e3, max_seq_len=64)  # a byte model on a larger vocabulary
+    with pytest.raises(ConfigError, match=r"vocab_size \(256\) is smaller than the corpus's"):
+        train.check_train_inputs(small, TrainConfig(steps=1, seq_len=64), c)
+
+
+SWEEP = """
+name = "tokens"
+seeds = [0]
+precisions = ["fp32", "int8"]
+[sizes]
+params_non_embedding = [3e3, 1.2e4]
+[tokens]
+fixed = 16384
+max_epochs = {epochs}
+[train]
+batch_size = 8
+seq_len = 64
+eval_tokens = 4096
+steps_per_call = 8
+[latency]
+enabled = false
+[corpus]
+path = "{path}"
+"""
+
+
+@pytest.mark.slow
+def test_sweep_on_token_files_records_tokenizer_and_bits_per_byte(tmp_path, token_dir, tok):
+    s = parse_sweep(SWEEP.format(path=token_dir, epochs=4.0), out_dir=str(tmp_path / "out"))
+    assert {p.model.vocab_size for p in s.train_points} == {tok.vocab_size}
+    r = sweep.run_sweep(s, progress=False, echo=False)
+    assert r.written == 4 and not r.failed
+    df = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert set(df.tokenizer) == {"pairs-test"} and set(df.vocab_size) == {tok.vocab_size}
+    c = data.load_corpus(token_dir)
+    w = data.eval_batches(c.test, 64, 4096)
+    hand_bytes = sum(len(tok.decode(row[1:])) for row in w)
+    assert set(df.eval_text_bytes) == {hand_bytes}
+    # bits per byte = nats per token x tokens / bytes / ln 2, on one eval set for all models
+    np.testing.assert_allclose(
+        df.eval_bits_per_byte,
+        df.eval_loss_nats * df.eval_tokens / hand_bytes / math.log(2),
+        rtol=1e-9,
+    )
+    assert (df.eval_bits_per_byte < df.eval_loss_nats / math.log(2)).all()  # > 1 byte/token
+
+
+def test_plan_refuses_a_token_corpus_that_would_repeat(tmp_path, token_dir):
+    c = data.load_corpus(token_dir)
+    s = parse_sweep(SWEEP.format(path=token_dir, epochs=0.01), out_dir=str(tmp_path / "o"))
+    with pytest.raises(ConfigError, match=r"tokens\.max_epochs: .* training tokens"):
+        sweep.check_epochs(s, c)
+
+
+def test_missing_corpus_says_how_many_tokens_the_sweep_needs(tmp_path):
+    text = SWEEP.format(path=tmp_path / "absent", epochs=0.5)
+    with pytest.raises(ConfigError, match=r"needs a training split of at least 3.28e\+04 tokens"):
+        parse_sweep(text, out_dir=str(tmp_path / "o"))
