@@ -155,6 +155,12 @@ def _print_plan(s, args) -> None:
             else ""
         )
     )
+    need = max(p.train.total_steps * p.train.tokens_per_step for p in s.train_points)
+    unit = "bytes" if corpus.tokenizer == "bytes" else f"tokens of {corpus.tokenizer}"
+    print(
+        f"corpus: {corpus.name}: {len(corpus.train):,} training {unit}; the largest run trains "
+        f"{need:,} ({need / len(corpus.train):.3g} epochs; max_epochs = {s.max_epochs:g})"
+    )
     worst = max(epochs.values())
     if worst > 1:
         print(
@@ -413,6 +419,28 @@ def cmd_info(args) -> int:
     print(
         f"default corpus {c.name}: {len(c.train):,} train / {len(c.val):,} held-out bytes, "
         f"unigram entropy {c.unigram_entropy_bits():.3f} bits/byte"
+    )
+    return 0
+
+
+def cmd_tokenize(args) -> int:
+    from jscale import tokenize
+
+    meta = tokenize.tokenize(
+        args.source,
+        args.out,
+        vocab_size=args.vocab_size,
+        tokenizer=args.tokenizer,
+        val_percent=args.val_percent,
+        text_column=args.text_column,
+        log=lambda msg: print(msg, file=sys.stderr),
+    )
+    tokens, text = meta["tokens"], meta["text_bytes"]
+    print(
+        f"{args.out}: {meta['tokenizer']} (vocab {meta['vocab_size']:,}, {meta['dtype']}): "
+        f"{tokens['train']:,} train / {tokens['val']:,} held-out tokens, "
+        f"{text['train'] / max(tokens['train'], 1):.2f} bytes/token; "
+        f'train on it with --corpus {args.out} or [corpus] path = "{args.out}"'
     )
     return 0
 
@@ -720,6 +748,32 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(fn=cmd_train)
 
+    tk = sub.add_parser(
+        "tokenize",
+        help="train or load a byte-level BPE and write token files (pip install 'jscale[tokenize]')",
+        formatter_class=fmt,
+    )
+    tk.add_argument(
+        "source",
+        nargs="?",
+        help="text file or directory, .parquet file or directory, or a `datasets.save_to_disk` "
+        "directory (default: Python's standard library source)",
+    )
+    tk.add_argument("--out", required=True, help="directory for the token files (created)")
+    tk.add_argument(
+        "--vocab-size", type=_count, default=8192, help="BPE vocabulary to train (with specials)"
+    )
+    tk.add_argument(
+        "--tokenizer", help="an existing tokenizer.json to load instead of training one"
+    )
+    tk.add_argument(
+        "--val-percent", type=float, default=2.0, help="share of documents held out, in %%"
+    )
+    tk.add_argument(
+        "--text-column", default="text", help="the text column of Parquet / datasets sources"
+    )
+    tk.set_defaults(fn=cmd_tokenize)
+
     lad = sub.add_parser(
         "ladder",
         help="print the size ladder: target vs achieved non-embedding params",
@@ -854,6 +908,7 @@ _USER_ERRORS = {
     "jscale.analysis": "AnalysisError",
     "jscale.figures": "FigureError",
     "jscale.runtime": "CacheError",
+    "jscale.tokenize": "TokenizeError",
 }
 
 
