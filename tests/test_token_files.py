@@ -17,7 +17,7 @@ SEP = 0
 
 
 def _documents(n_bytes=400_000):
-    """Real text: standard-library modules, whole files, about ``n_bytes`` in all."""
+    """Real ASCII text: standard-library modules, whole files, about ``n_bytes`` in all."""
     root = data.default_corpus_path()
     docs, total = [], 0
     for name in (
@@ -34,6 +34,8 @@ def _documents(n_bytes=400_000):
         "pprint.py",
     ):
         text = (root / name).read_bytes()
+        if not text.isascii():
+            continue
         docs.append(text)
         total += len(text)
         if total > n_bytes:
@@ -112,6 +114,31 @@ def tok(texts):
 @pytest.fixture(scope="module")
 def token_dir(tmp_path_factory, texts, tok):
     return _write_tokens(tmp_path_factory.mktemp("tok") / "pairs", tok, *texts)
+
+
+@pytest.fixture(scope="module")
+def bpe_dir(tmp_path_factory, texts):
+    """The same documents as text files, tokenized by a real byte-level BPE (jscale tokenize)."""
+    from jscale import tokenize
+
+    root = tmp_path_factory.mktemp("bpe")
+    src = root / "text"
+    src.mkdir()
+    for i, doc in enumerate(texts[0] + texts[1]):
+        (src / f"doc{i:02d}.py").write_bytes(doc)
+    tokenize.tokenize(src, root / "tokens", vocab_size=600, val_percent=10)
+    return root / "tokens"
+
+
+def _hand_decoder(kind, corpus_dir, tok):
+    """A decoder independent of ``token_bytes``: the test tokenizer's own table, or Hugging
+    Face's ``Tokenizer.decode`` (the documents are ASCII, so every window decodes whole)."""
+    if kind == "pairs":
+        return tok.decode
+    from tokenizers import Tokenizer
+
+    hf = Tokenizer.from_file(str(corpus_dir / "tokenizer.json"))
+    return lambda ids: hf.decode([int(i) for i in ids], skip_special_tokens=True).encode()
 
 
 def test_token_directory_is_memory_mapped_with_its_vocabulary(token_dir, texts, tok):
@@ -263,16 +290,21 @@ path = "{path}"
 
 
 @pytest.mark.slow
-def test_sweep_on_token_files_records_tokenizer_and_bits_per_byte(tmp_path, token_dir, tok):
-    s = parse_sweep(SWEEP.format(path=token_dir, epochs=4.0), out_dir=str(tmp_path / "out"))
-    assert {p.model.vocab_size for p in s.train_points} == {tok.vocab_size}
+@pytest.mark.parametrize("kind", ["pairs", "bpe"])
+def test_sweep_on_token_files_records_tokenizer_and_bits_per_byte(
+    tmp_path, kind, token_dir, bpe_dir, tok
+):
+    where = token_dir if kind == "pairs" else bpe_dir
+    c = data.load_corpus(where)
+    s = parse_sweep(SWEEP.format(path=where, epochs=4.0), out_dir=str(tmp_path / "out"))
+    assert {p.model.vocab_size for p in s.train_points} == {c.vocab_size}
     r = sweep.run_sweep(s, progress=False, echo=False)
     assert r.written == 4 and not r.failed
     df = pd.read_csv(tmp_path / "out" / "results.csv")
-    assert set(df.tokenizer) == {"pairs-test"} and set(df.vocab_size) == {tok.vocab_size}
-    c = data.load_corpus(token_dir)
+    assert set(df.tokenizer) == {c.tokenizer} and set(df.vocab_size) == {c.vocab_size}
+    decode = _hand_decoder(kind, where, tok)
     w = data.eval_batches(c.test, 64, 4096)
-    hand_bytes = sum(len(tok.decode(row[1:])) for row in w)
+    hand_bytes = sum(len(decode(row[1:])) for row in w)
     assert set(df.eval_text_bytes) == {hand_bytes}
     # bits per byte = nats per token x tokens / bytes / ln 2, on one eval set for all models
     np.testing.assert_allclose(
