@@ -750,7 +750,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tk = sub.add_parser(
         "tokenize",
-        help="train or load a byte-level BPE and write token files (pip install 'jscale[tokenize]')",
+        help="train or load a byte-level BPE and write token files (extra: jscale[tokenize])",
         formatter_class=fmt,
     )
     tk.add_argument(

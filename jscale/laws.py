@@ -433,7 +433,21 @@ def _column(df, spec, role):
 
 
 def _inputs(df, form: Form, x, y, d):
-    """Validated float64 arrays ``x, y, d`` (``d`` ones for one-input forms)."""
+    """Validated float64 arrays ``x, y, d`` (``d`` ones for one-input forms).  A loss per token
+    of rows with several tokenizers is refused: their tokens differ, bits per byte do not."""
+    if (
+        isinstance(y, str)
+        and df is not None
+        and "tokenizer" in df
+        and df["tokenizer"].nunique() > 1
+        and y in ("eval_loss_nats", "select_loss_nats", "train_loss_final_nats")
+    ):
+        names = ", ".join(map(str, df["tokenizer"].dropna().unique()[:4]))
+        raise AnalysisError(
+            f"y = {y!r} is per token, and the rows have {df['tokenizer'].nunique()} tokenizers "
+            f"({names}): fit y='eval_bits_per_byte', the loss per byte of text, or one tokenizer "
+            "at a time"
+        )
     xs, ys = _column(df, x, "x"), _column(df, y, "y")
     ds = _column(df, d, "d") if form.needs_d else None
     if form.needs_d and ds is None:

@@ -831,7 +831,7 @@ def _measure_point(
         bar.update(1)
         msg = (
             f"{_describe(point)} -> {prec}: test loss {ev['eval_loss_nats']:.4f} nats/token "
-            f"(SE {ev['eval_loss_se_nats']:.4f})"
+            f"(SE {ev['eval_loss_se_nats']:.4f}), {ev['eval_bits_per_byte']:.4f} bits/byte"
         )
         if lat:
             msg += (

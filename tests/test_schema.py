@@ -127,6 +127,7 @@ def test_imports_run_one_way_without_cycles():
         "generate": 4,
         "autotune": 5,
         "data": 1,
+        "tokenize": 2,
         "roofline": 1,
         "sharding": 1,
         "model": 3,

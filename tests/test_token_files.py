@@ -326,3 +326,31 @@ def test_missing_corpus_says_how_many_tokens_the_sweep_needs(tmp_path):
     text = SWEEP.format(path=tmp_path / "absent", epochs=0.5)
     with pytest.raises(ConfigError, match=r"needs a training split of at least 3.28e\+04 tokens"):
         parse_sweep(text, out_dir=str(tmp_path / "o"))
+
+
+def test_fits_refuse_per_token_loss_across_tokenizers_and_fit_bits_per_byte():
+    """Two tokenizers on one law in bits per byte (known truth): the per-token loss differs by
+    each tokenizer's bytes per token, so fitting it together is refused; bits per byte recovers
+    the law."""
+    from jscale import analysis
+
+    n = np.logspace(4, 7, 7)
+    bpb = 0.9 + 40.0 * n**-0.35  # E, A, alpha
+    rows = []
+    for name, bytes_per_token in (("bytes", 1.0), ("bpe-8192-x", 3.6)):
+        for i, size in enumerate(n):
+            noise = 1 + 0.002 * ((-1) ** i)
+            rows.append(
+                {
+                    "params_non_embedding": size,
+                    "tokenizer": name,
+                    "eval_bits_per_byte": bpb[i] * noise,
+                    "eval_loss_nats": bpb[i] * noise * math.log(2) * bytes_per_token,
+                }
+            )
+    df = pd.DataFrame(rows)
+    with pytest.raises(analysis.AnalysisError, match=r"2 tokenizers \(bytes, bpe-8192-x\)"):
+        analysis.fit(df, "saturating", n_bootstrap=0, interval="none")
+    f = analysis.fit(df, "saturating", y="eval_bits_per_byte", n_bootstrap=0, interval="none")
+    assert f.params["alpha"] == pytest.approx(0.35, rel=0.05)
+    assert f.params["E"] == pytest.approx(0.9, rel=0.05)
