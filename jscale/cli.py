@@ -268,6 +268,8 @@ def cmd_train(args) -> int:
     n = count_params(cfg)
     unit = "bytes" if corpus.tokenizer == "bytes" else f"tokens ({corpus.tokenizer})"
     files = f" ({corpus.n_files_train} / {corpus.n_files_val} files)" * (corpus.n_files_val >= 0)
+    if corpus.token_bytes is None:
+        files += "; no token_bytes in tokens.json, so bits per byte are NaN"
     print(
         f"corpus   {corpus.name}: {len(corpus.train):,} train / {len(corpus.val):,} held-out "
         f"{unit}{files}"

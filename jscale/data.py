@@ -583,11 +583,12 @@ def eval_documents(
     return np.searchsorted(seps, starts, side="right")
 
 
-def window_bytes(batches_NxT1: np.ndarray, token_bytes: np.ndarray | None) -> np.ndarray | None:
-    """Bytes of text predicted in each window ``[N, T+1]`` (its last T tokens): ``[N]`` int64,
-    or None without ``token_bytes`` (``Corpus.token_bytes``)."""
+def window_bytes(batches_NxT1: np.ndarray, token_bytes: np.ndarray | None) -> np.ndarray:
+    """Bytes of text predicted in each window ``[N, T+1]`` (its last T tokens): ``[N]`` int64.
+    ``token_bytes`` None (token files whose ``tokens.json`` does not say): ``[N]`` NaN, so bits
+    per byte come out NaN rather than a number that assumes one byte per token."""
     if token_bytes is None:
-        return None
+        return np.full(len(batches_NxT1), np.nan)
     return np.asarray(token_bytes)[np.asarray(batches_NxT1)[:, 1:]].sum(axis=1)
 
 

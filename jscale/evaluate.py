@@ -110,7 +110,8 @@ def bits_per_byte(losses_N: np.ndarray, tokens_per_window: int, bytes_N=None) ->
     byte): ``eval_bits_per_byte = sum of nats / ln 2 / sum of bytes``, the one axis on which
     models with different tokenizers compare.  ``eval_bits_per_byte_se`` is the standard error of
     that ratio over windows (delta method: the SE of the mean of ``T l_i - r b_i``, divided by
-    the mean bytes); ``eval_text_bytes`` is the sum of bytes (None without ``bytes_N``)."""
+    the mean bytes); ``eval_text_bytes`` is the sum of bytes (absent without ``bytes_N`` or when
+    it holds NaN: bytes unknown, and then bits per byte are NaN)."""
     losses_N = np.asarray(losses_N, np.float64)
     if bytes_N is None:
         mean, se = mean_and_se(losses_N)
@@ -118,9 +119,10 @@ def bits_per_byte(losses_N: np.ndarray, tokens_per_window: int, bytes_N=None) ->
     nats_N = losses_N * tokens_per_window
     b_N = np.asarray(bytes_N, np.float64)
     total = b_N.sum()
-    if total <= 0:
+    if not total > 0:  # no text, or bytes unknown (NaN): no bits per byte to report
         nan = float("nan")
-        return {"eval_bits_per_byte": nan, "eval_bits_per_byte_se": nan, "eval_text_bytes": 0}
+        out = {"eval_bits_per_byte": nan, "eval_bits_per_byte_se": nan}
+        return out | ({"eval_text_bytes": 0} if total == 0 else {})
     r = nats_N.sum() / total
     _, se = mean_and_se(nats_N - r * b_N)
     return {

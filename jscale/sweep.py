@@ -567,6 +567,11 @@ def _start(sweep: Sweep, *, force: bool, worker: tuple[int, int], echo: bool) ->
     )
     for note in sweep.notes:
         log(f"design: {note}")
+    if corpus.token_bytes is None:
+        log(
+            f"note: {corpus.name} gives no token_bytes in tokens.json: eval_bits_per_byte is "
+            "NaN (bits per byte need the bytes of text each id stands for; docs/data.md)"
+        )
     ours = {point_id(point, p) for point in sweep.train_points for p in sweep.precisions}
     foreign = sorted(results.finished_points(out) - ours)
     if foreign:

@@ -353,3 +353,12 @@ def test_fits_refuse_per_token_loss_across_tokenizers_and_fit_bits_per_byte():
     f = analysis.fit(df, "saturating", y="eval_bits_per_byte", n_bootstrap=0, interval="none")
     assert f.params["alpha"] == pytest.approx(0.35, rel=0.05)
     assert f.params["E"] == pytest.approx(0.9, rel=0.05)
+
+
+def test_without_token_bytes_bits_per_byte_are_nan_not_one_byte_per_token(tmp_path, tok, texts):
+    d = _write_tokens(tmp_path / "nobytes", tok, texts[0][:3], texts[1], meta={"token_bytes": None})
+    c = data.load_corpus(d)
+    assert c.token_bytes is None and math.isnan(c.bytes_per_token())
+    w = data.eval_batches(c.test, 32, 32 * 20)
+    out = evaluate.bits_per_byte(np.full(len(w), 2.0), 32, data.window_bytes(w, c.token_bytes))
+    assert math.isnan(out["eval_bits_per_byte"]) and "eval_text_bytes" not in out
