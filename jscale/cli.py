@@ -310,7 +310,7 @@ def cmd_train(args) -> int:
         import jax
 
         params = sharding.to_host(r.params) if jax.process_count() > 1 else r.params
-        eval_set = data.eval_batches(corpus.val, tc.seq_len, tc.eval_tokens)
+        eval_set = data.eval_batches(corpus.test, tc.seq_len, tc.eval_tokens)  # the headline's
         df = evaluate.compare_precisions(
             params,
             cfg,
@@ -324,13 +324,14 @@ def cmd_train(args) -> int:
             "delta vs fp32 with its paired SE):"
         )
         print(
-            "| precision | loss nats/token | delta nats (SE) | delta % | param bytes | vs fp32 | "
-            "logit rel err mean / max |"
+            "| precision | loss nats/token | bits/byte | delta nats (SE) | delta % | param bytes "
+            "| vs fp32 | logit rel err mean / max |"
         )
-        print("|---|---:|---:|---:|---:|---:|---:|")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for x in df.itertuples():
             print(
                 f"| {x.inference_precision} | {x.eval_loss_nats:.4f} | "
+                f"{x.eval_bits_per_byte:.4f} | "
                 f"{x.delta_loss_vs_fp32_nats:+.5f} "
                 f"({x.delta_loss_vs_fp32_se_nats:.5f}) | {x.delta_loss_vs_fp32_pct:+.2f}% | "
                 f"{x.param_bytes:,} | {x.param_bytes_vs_fp32:.3f} | "
@@ -716,17 +717,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--tokens", type=_count, help="token budget, rounded up to whole steps (default 2e6)"
     )
     g.add_argument("--batch-size", type=int, default=16, help="sequences per optimizer step")
-    g.add_argument("--seq-len", type=int, default=256, help="tokens (bytes) per training sequence")
+    g.add_argument(
+        "--seq-len",
+        type=int,
+        default=256,
+        help="tokens per training sequence (bytes, for a text corpus)",
+    )
     g.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     g.add_argument("--seed", type=int, default=0, help="the one seed of init and batches")
     g.add_argument(
         "--eval-tokens", type=_count, default=262_144, help="held-out tokens to evaluate on"
     )
     g.add_argument(
-        "--corpus", help="text file or directory (default: Python's standard library source)"
+        "--corpus",
+        help="text file or directory, or token files (a directory with tokens.json: jscale "
+        "tokenize); default: Python's standard library source",
     )
     g.add_argument(
-        "--val-percent", type=float, default=2.0, help="share of the corpus held out, in %%"
+        "--val-percent",
+        type=float,
+        default=2.0,
+        help="share of the corpus held out, in %% (a token directory has its own val split)",
     )
     g.add_argument(
         "--compute",

@@ -86,11 +86,16 @@ class Corpus:
 
     @functools.cached_property
     def _heldout_cut(self) -> int:
+        """The separator nearest the middle of ``val`` measured as the byte corpus of the same
+        text measures it (each token its bytes of text, each separator one byte), so a token
+        corpus made from a text directory cuts between the same documents as its byte corpus."""
         mid = len(self.val) // 2
         if self.separator is None:
             return mid
-        seps = np.flatnonzero(np.asarray(self.val) == self.separator)
-        return int(seps[np.argmin(np.abs(seps - mid))]) if seps.size else mid
+        seps, offsets, total = _separator_offsets(self.val, self.separator, self.token_bytes)
+        if not seps.size:
+            return mid
+        return int(seps[np.argmin(np.abs(offsets - total // 2))])
 
     @property
     def select(self) -> np.ndarray:
@@ -120,6 +125,29 @@ class Corpus:
         if self.token_bytes is None:
             return float("nan")
         return float(self.token_bytes[np.asarray(self.val)].sum() / max(len(self.val), 1))
+
+
+def _separator_offsets(tokens, separator: int, token_bytes, chunk: int = 1 << 24):
+    """``(positions, offsets, total)``: the separators' token positions in ``tokens``, their
+    offsets in the byte corpus of the same text (text bytes before them, each separator one
+    byte; without ``token_bytes`` one per token) and that corpus's length.  Read in chunks, so a
+    large held-out split needs no array of its size."""
+    pos, off, carry = [], [], 0
+    for start in range(0, len(tokens), chunk):
+        part = np.asarray(tokens[start : start + chunk])
+        here = np.flatnonzero(part == separator)
+        if token_bytes is None:
+            w = np.ones(len(part), np.int64)
+        else:
+            w = np.asarray(token_bytes, np.int64)[part]
+            w[here] = 1
+        before = np.cumsum(w) - w
+        pos.append(here + start)
+        off.append(before[here] + carry)
+        carry += int(w.sum())
+    if not pos:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), 0
+    return np.concatenate(pos), np.concatenate(off), carry
 
 
 def default_corpus_path() -> Path:
@@ -344,12 +372,13 @@ def _build_cache(
 
 def is_token_source(path: Path) -> bool:
     """Whether ``path`` is pre-tokenized: a directory holding ``tokens.json`` or a ``train.bin``
-    / ``train.npy``, or a ``.bin`` / ``.npy`` file."""
+    / ``train.npy`` (so a text directory must not hold those names), or a ``.bin`` / ``.npy``
+    file."""
     if path.is_dir():
         return (path / TOKENS_META).exists() or any(
             (path / f"train{s}").exists() for s in _SUFFIXES
         )
-    return path.suffix in _SUFFIXES
+    return path.is_file() and path.suffix in _SUFFIXES
 
 
 def _meta_error(meta_path: Path, field: str, what: str) -> CorpusError:
@@ -378,8 +407,8 @@ def read_token_meta(root: Path) -> dict:
     if meta.get("format", "jscale-tokens") != "jscale-tokens" or meta.get("version", 1) != 1:
         raise _meta_error(meta_path, "format/version", 'must be "jscale-tokens" / 1')
     v = meta.get("vocab_size")
-    if isinstance(v, bool) or not isinstance(v, int) or not 2 <= v <= 2**32:
-        raise _meta_error(meta_path, "vocab_size", f"must be an integer in [2, 2^32], got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, int) or not 2 <= v <= 2**31:
+        raise _meta_error(meta_path, "vocab_size", f"must be an integer in [2, 2^31], got {v!r}")
     if not isinstance(meta.get("tokenizer"), str) or not meta["tokenizer"].strip():
         raise _meta_error(
             meta_path, "tokenizer", f"must be a non-empty name, got {meta.get('tokenizer')!r}"
@@ -428,6 +457,8 @@ def _open_tokens(path: Path, dtype: str | None) -> np.ndarray:
         if size == 0:
             return np.zeros(0, dtype)
         return np.memmap(path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r")
+    except CorpusError:
+        raise
     except OSError as e:
         raise _unreadable(f"token file {path}", e) from e
     except ValueError as e:  # np.load on a file that is not .npy
@@ -436,9 +467,11 @@ def _open_tokens(path: Path, dtype: str | None) -> np.ndarray:
 
 def _scan(path: Path, arr: np.ndarray, cache: Path) -> dict:
     """``{"max_id", "sha1"}`` of a token file, read once in 64 Mi-token chunks and cached by its
-    path, size and mtime (an 8e9-token file costs one pass, not one per run)."""
+    path, size, mtime and dtype (an 8e9-token file costs one pass, not one per run)."""
     st = path.stat()
-    key = hashlib.sha256(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24]
+    key = hashlib.sha256(
+        f"{path}|{st.st_size}|{st.st_mtime_ns}|{arr.dtype.str}".encode()
+    ).hexdigest()[:24]
     memo = cache / "token-scans" / f"{key}.json"
     try:
         return json.loads(memo.read_text())
@@ -494,7 +527,9 @@ def load_token_files(
         files = {"train": root, "val": root}
         arrays = {"train": whole[:cut], "val": whole[cut:]}
     v = meta["vocab_size"]
-    sha = hashlib.sha1(json.dumps({k: meta.get(k) for k in ("vocab_size", "tokenizer")}).encode())
+    identity = {k: meta.get(k) for k in ("vocab_size", "tokenizer", "separator")}
+    identity["dtype"] = {k: a.dtype.str for k, a in arrays.items()}
+    sha = hashlib.sha1(json.dumps(identity, sort_keys=True).encode())
     for split, f in files.items():
         if len(arrays[split]) == 0:
             raise CorpusError(f"token file {f} holds no tokens ({split} split)")
@@ -521,6 +556,7 @@ def load_token_files(
                 f"{token_bytes.dtype.name} {list(token_bytes.shape)}"
             )
         token_bytes = token_bytes.astype(np.int64)
+        sha.update(b"|token_bytes|" + np.ascontiguousarray(token_bytes).data)
     docs = meta.get("documents") if isinstance(meta.get("documents"), dict) else {}
     return Corpus(
         train=arrays["train"],

@@ -104,14 +104,18 @@ def document_sums(losses_N: np.ndarray, documents: np.ndarray) -> pd.DataFrame:
     )
 
 
-def bits_per_byte(losses_N: np.ndarray, tokens_per_window: int, bytes_N=None) -> dict:
+def bits_per_byte(
+    losses_N: np.ndarray, tokens_per_window: int, bytes_N=None, documents=None
+) -> dict:
     """Bits per byte of text from per-window mean losses ``[N]`` (nats/token) and the bytes of
     text each window predicts ``bytes_N`` ``[N]`` (``data.window_bytes``; None: one token is one
     byte): ``eval_bits_per_byte = sum of nats / ln 2 / sum of bytes``, the one axis on which
     models with different tokenizers compare.  ``eval_bits_per_byte_se`` is the standard error of
     that ratio over windows (delta method: the SE of the mean of ``T l_i - r b_i``, divided by
     the mean bytes); ``eval_text_bytes`` is the sum of bytes (absent without ``bytes_N`` or when
-    it holds NaN: bytes unknown, and then bits per byte are NaN)."""
+    it holds NaN: bytes unknown, and then bits per byte are NaN).  ``documents`` (each window's
+    held-out document, ``data.eval_documents``): also ``eval_bits_per_byte_se_docs``, the same
+    residuals' SE clustered by document (``clustered_se``)."""
     losses_N = np.asarray(losses_N, np.float64)
     if bytes_N is None:
         mean, se = mean_and_se(losses_N)
@@ -124,12 +128,16 @@ def bits_per_byte(losses_N: np.ndarray, tokens_per_window: int, bytes_N=None) ->
         out = {"eval_bits_per_byte": nan, "eval_bits_per_byte_se": nan}
         return out | ({"eval_text_bytes": 0} if total == 0 else {})
     r = nats_N.sum() / total
-    _, se = mean_and_se(nats_N - r * b_N)
-    return {
+    z_N = nats_N - r * b_N  # the ratio's linearised residuals
+    _, se = mean_and_se(z_N)
+    out = {
         "eval_bits_per_byte": r / LN2,
         "eval_bits_per_byte_se": se / b_N.mean() / LN2,
         "eval_text_bytes": int(total),
     }
+    if documents is not None:
+        out["eval_bits_per_byte_se_docs"] = clustered_se(z_N, documents) / b_N.mean() / LN2
+    return out
 
 
 def evaluate(
@@ -207,7 +215,7 @@ def compare_precisions(
                 "eval_tokens": n_predicted,
                 "eval_loss_nats": loss,
                 "eval_loss_se_nats": loss_se,
-                **bits_per_byte(losses_N, eval_set_NxT1.shape[1] - 1, bytes_N),
+                **bits_per_byte(losses_N, eval_set_NxT1.shape[1] - 1, bytes_N, documents),
                 "delta_loss_vs_fp32_nats": delta,
                 "delta_loss_vs_fp32_se_nats": delta_se,
                 "delta_loss_vs_fp32_pct": 100 * delta / ref["losses_N"].mean(),

@@ -439,12 +439,13 @@ def _inputs(df, form: Form, x, y, d):
         isinstance(y, str)
         and df is not None
         and "tokenizer" in df
-        and df["tokenizer"].nunique() > 1
+        and df["tokenizer"].fillna("bytes").nunique() > 1  # records before 2026-12-03: bytes
         and y in ("eval_loss_nats", "select_loss_nats", "train_loss_final_nats")
     ):
-        names = ", ".join(map(str, df["tokenizer"].dropna().unique()[:4]))
+        tokenizers = df["tokenizer"].fillna("bytes")
+        names = ", ".join(map(str, tokenizers.unique()[:4]))
         raise AnalysisError(
-            f"y = {y!r} is per token, and the rows have {df['tokenizer'].nunique()} tokenizers "
+            f"y = {y!r} is per token, and the rows have {tokenizers.nunique()} tokenizers "
             f"({names}): fit y='eval_bits_per_byte', the loss per byte of text, or one tokenizer "
             "at a time"
         )

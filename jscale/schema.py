@@ -385,6 +385,15 @@ COLUMNS: tuple[Column, ...] = (
     _c(
         "evaluate",
         "optional",
+        "eval_bits_per_byte_se_docs",
+        "bits/byte",
+        "float",
+        "standard error of `eval_bits_per_byte` clustered by held-out document, like "
+        "`eval_loss_se_docs_nats` (records since 2026-12-03)",
+    ),
+    _c(
+        "evaluate",
+        "optional",
         "eval_text_bytes",
         "bytes",
         "int",
@@ -819,9 +828,10 @@ CURVE_COLUMNS = {
 HISTORY = (
     (
         "2026-12-03",
-        "token corpora: records gain the optional `tokenizer` and `eval_text_bytes`; "
-        "`eval_bits_per_byte` divides by the bytes of text the test windows predict "
-        "(separators count 0 bytes, so byte-corpus values are a little higher than before)",
+        "token corpora: records gain the optional `tokenizer`, `eval_text_bytes` and "
+        "`eval_bits_per_byte_se_docs`; `eval_bits_per_byte` divides by the bytes of text the "
+        "test windows predict (separators count 0 bytes, so byte-corpus values are higher than "
+        "before by about 1 part in 20,000; a record without `eval_text_bytes` has the old value)",
     ),
     (
         "2026-12-03",

@@ -283,6 +283,12 @@ def _load_tokenizer(path):
             f"tokenizer {path} adds a space before each text (ByteLevel add_prefix_space): its "
             "tokens would not add up to the text's bytes"
         )
+    if spec.get("normalizer") is not None:
+        kind = (spec["normalizer"] or {}).get("type", "a normalizer")
+        raise TokenizeError(
+            f"tokenizer {path} has a normalizer ({kind}): it changes the text before encoding, "
+            "so bits per byte would be measured on other text than the corpus's"
+        )
     if tok.token_to_id(SEPARATOR_TOKEN) is None:
         raise TokenizeError(f"tokenizer {path} has no {SEPARATOR_TOKEN} token (the separator)")
     tok.no_truncation()  # documents are encoded whole
@@ -391,7 +397,7 @@ def tokenize(
     out under 1 KiB, holds out its last ``val_percent`` % of bytes, like the byte corpus (cut
     at the start of a character).  The held-out split needs >= 1,024 bytes.
     vocab_size: the most ids the BPE trained on the training split may have (a small corpus
-    gives fewer), in [257, 2^32].  tokenizer: a ``tokenizer.json`` to load instead (a
+    gives fewer), in [257, 2^31].  tokenizer: a ``tokenizer.json`` to load instead (a
     byte-level BPE with ``<|endoftext|>``; vocab_size is then unused).  val_percent: share
     held out, in (0, 100).  log: called with progress lines (documents, tokens, MB/s).
 
@@ -405,10 +411,10 @@ def tokenize(
     if tokenizer is None and (
         isinstance(vocab_size, bool)
         or not isinstance(vocab_size, int)
-        or not 257 <= vocab_size <= 2**32
+        or not 257 <= vocab_size <= 2**31
     ):
         raise TokenizeError(
-            f"vocab_size must be an integer in [257, 2^32] (256 bytes and {SEPARATOR_TOKEN}), "
+            f"vocab_size must be an integer in [257, 2^31] (256 bytes and {SEPARATOR_TOKEN}), "
             f"got {vocab_size!r}"
         )
     out = Path(out_dir).expanduser()

@@ -179,8 +179,11 @@ def check_train_inputs(
                 f"few for one sequence of seq_len + 1 = {tc.seq_len + 1}"
             )
     data.train_batch(corpus.train, tc.seed, 0, 1, tc.seq_len)
-    data.eval_batches(corpus.select, tc.seq_len, tc.seq_len)
-    return data.eval_batches(corpus.test, tc.seq_len, tc.eval_tokens)
+    try:
+        data.eval_batches(corpus.select, tc.seq_len, tc.seq_len)
+        return data.eval_batches(corpus.test, tc.seq_len, tc.eval_tokens)
+    except data.CorpusError as e:  # say which file is too short
+        raise data.CorpusError(f"{corpus.where('val')}: {e}") from None
 
 
 CURVE_TOKENS = 8_192  # held-out tokens behind each point of a loss curve (model-selection split)

@@ -126,7 +126,7 @@ def bpe_dir(tmp_path_factory, texts):
     src.mkdir()
     for i, doc in enumerate(texts[0] + texts[1]):
         (src / f"doc{i:02d}.py").write_bytes(doc)
-    tokenize.tokenize(src, root / "tokens", vocab_size=600, val_percent=10)
+    tokenize.tokenize(src, root / "tokens", vocab_size=600, val_percent=40)  # 4 held-out files
     return root / "tokens"
 
 
@@ -242,7 +242,7 @@ def test_bad_token_files_get_one_line_errors_naming_the_file(
 @pytest.mark.parametrize(
     "meta, message",
     [
-        ({"vocab_size": 1}, r"vocab_size must be an integer in \[2, 2\^32\]"),
+        ({"vocab_size": 1}, r"vocab_size must be an integer in \[2, 2\^31\]"),
         ({"vocab_size": 70_000}, r"dtype uint16 cannot hold ids of a 70000-token vocabulary"),
         ({"dtype": "int64"}, r"dtype must be one of uint8, uint16, uint32"),
         ({"tokenizer": ""}, r"tokenizer must be a non-empty name"),
@@ -350,6 +350,9 @@ def test_fits_refuse_per_token_loss_across_tokenizers_and_fit_bits_per_byte():
     df = pd.DataFrame(rows)
     with pytest.raises(analysis.AnalysisError, match=r"2 tokenizers \(bytes, bpe-8192-x\)"):
         analysis.fit(df, "saturating", n_bootstrap=0, interval="none")
+    old = df.assign(tokenizer=df.tokenizer.where(df.tokenizer != "bytes"))  # records before it
+    with pytest.raises(analysis.AnalysisError, match=r"2 tokenizers"):
+        analysis.fit(old, "saturating", n_bootstrap=0, interval="none")
     f = analysis.fit(df, "saturating", y="eval_bits_per_byte", n_bootstrap=0, interval="none")
     assert f.params["alpha"] == pytest.approx(0.35, rel=0.05)
     assert f.params["E"] == pytest.approx(0.9, rel=0.05)
@@ -362,3 +365,61 @@ def test_without_token_bytes_bits_per_byte_are_nan_not_one_byte_per_token(tmp_pa
     w = data.eval_batches(c.test, 32, 32 * 20)
     out = evaluate.bits_per_byte(np.full(len(w), 2.0), 32, data.window_bytes(w, c.token_bytes))
     assert math.isnan(out["eval_bits_per_byte"]) and "eval_text_bytes" not in out
+
+
+def test_scan_cache_and_digest_follow_dtype_separator_and_token_bytes(tmp_path, tok, texts):
+    """A file once read as one dtype is checked again as another (the id check is cached per
+    dtype), and the corpus identity (config hashes) changes with separator and token_bytes."""
+    d = _write_tokens(tmp_path / "id", tok, texts[0][:3], texts[1])
+    base = data.load_corpus(d).digest
+    meta = json.loads((d / "tokens.json").read_text())
+    # read once as uint8 (every id < 256 passes), then as uint16 with a 300-id vocabulary: the
+    # uint8 scan must not be reused, ids up to tok.vocab_size - 1 are beyond 300
+    as_bytes = {**meta, "dtype": "uint8", "vocab_size": 256, "token_bytes": None}
+    (d / "tokens.json").write_text(json.dumps(as_bytes))
+    data.load_corpus(d)
+    (d / "tokens.json").write_text(json.dumps({**as_bytes, "dtype": "uint16", "vocab_size": 300}))
+    with pytest.raises(data.CorpusError, match=r"holds id \d+, beyond the vocabulary"):
+        data.load_corpus(d)
+    (d / "tokens.json").write_text(json.dumps({**meta, "separator": 10}))
+    assert data.load_corpus(d).digest != base
+    (d / "tokens.json").write_text(json.dumps(meta))
+    np.save(d / "token_bytes.npy", np.ones(tok.vocab_size, np.int32))
+    assert data.load_corpus(d).digest != base
+
+
+def test_size_error_is_not_relabelled_and_a_missing_file_does_not_exist(tmp_path, tok, texts):
+    d = _bad(tmp_path, tok, texts)
+    (d / "train.bin").write_bytes((d / "train.bin").read_bytes()[:-1])
+    with pytest.raises(data.CorpusError) as e:
+        data.load_corpus(d)
+    assert str(e.value).startswith(f"token file {d / 'train.bin'} has ")
+    with pytest.raises(data.CorpusError, match="does not exist"):
+        data.load_corpus(tmp_path / "absent.bin")
+
+
+def test_too_short_held_out_file_is_named(tmp_path, tok, texts):
+    d = _write_tokens(tmp_path / "shortval", tok, texts[0][:3], [b"x" * 100])
+    c = data.load_corpus(d)
+    cfg = config_for_params(2e3, max_seq_len=64, vocab_size=c.vocab_size)
+    with pytest.raises(data.CorpusError, match=r"val\.bin: held-out set would be empty"):
+        train.check_train_inputs(cfg, TrainConfig(steps=1, seq_len=64), c)
+
+
+def test_bpe_test_split_is_the_byte_corpus_test_split(tmp_path_factory, bpe_dir):
+    """The model-selection / test cut of a BPE corpus falls between the same documents as the
+    byte corpus of the same text: its test documents decode to the byte corpus's, byte for
+    byte."""
+    from tokenizers import Tokenizer
+
+    text_dir = bpe_dir.parent / "text"
+    byte = data.load_corpus(text_dir, val_percent=40)
+    bpe = data.load_corpus(bpe_dir)
+    hf = Tokenizer.from_file(str(bpe_dir / "tokenizer.json"))
+    test_ids = np.asarray(bpe.test)
+    cuts = np.flatnonzero(test_ids == bpe.separator)
+    docs = [hf.decode(list(map(int, p))).encode() for p in np.split(test_ids, cuts) if len(p)]
+    docs = [doc for doc in docs if doc]
+    want = [doc for doc in bytes(np.asarray(byte.test)).split(b"\0") if doc]
+    assert docs == want and len(want) >= 1
+    assert len(np.asarray(byte.select)) > 0 and len(np.asarray(bpe.select)) > 0

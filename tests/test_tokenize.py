@@ -160,6 +160,19 @@ def test_loaded_tokenizer_reproduces_ids(corpus, tmp_path):
         ).read_bytes()
 
 
+def test_a_loaded_tokenizer_with_a_normalizer_is_refused(corpus, tmp_path):
+    """Lower-casing keeps the length, so the byte totals would agree: refused up front."""
+    from tokenizers import normalizers
+
+    root, out, _, _, _ = corpus
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.save(str(tmp_path / "lower.json"))
+    with pytest.raises(tokenize.TokenizeError, match=r"has a normalizer \(Lowercase\)"):
+        tokenize.tokenize(root, tmp_path / "t", tokenizer=tmp_path / "lower.json")
+    assert not (tmp_path / "t" / "tokens.json").exists()
+
+
 def test_training_is_deterministic(corpus, tmp_path):
     root, _, meta, _, _ = corpus
     again = tokenize.tokenize(root, tmp_path / "again", vocab_size=300, val_percent=VAL_PERCENT)
@@ -336,8 +349,8 @@ def _wordpiece(path):
         ("binary", "has no text"),
         ("small", "too small"),
         ("column", "no column 'body'; its columns: id, text"),
-        ("vocab_low", "vocab_size must be an integer in [257, 2^32]"),
-        ("vocab_high", "vocab_size must be an integer in [257, 2^32]"),
+        ("vocab_low", "vocab_size must be an integer in [257, 2^31]"),
+        ("vocab_high", "vocab_size must be an integer in [257, 2^31]"),
         ("val_percent", "val_percent must be in (0, 100)"),
         ("out_file", "is a file, not a directory"),
         ("no_tokenizer_file", "is not a file; give a tokenizer.json path"),
@@ -366,7 +379,7 @@ def test_bad_input_is_one_line_naming_it(case, expect, tmp_path, monkeypatch):
         pq.write_table(pa.table({"id": [1], "text": ["x"]}), src)
         kw["text_column"] = "body"
     elif case.startswith("vocab"):
-        kw["vocab_size"] = 256 if case == "vocab_low" else 2**32 + 1
+        kw["vocab_size"] = 256 if case == "vocab_low" else 2**31 + 1
         name = kw["vocab_size"]
     elif case == "val_percent":
         kw["val_percent"] = name = 100.0
