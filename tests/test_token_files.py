@@ -423,3 +423,38 @@ def test_bpe_test_split_is_the_byte_corpus_test_split(tmp_path_factory, bpe_dir)
     want = [doc for doc in bytes(np.asarray(byte.test)).split(b"\0") if doc]
     assert docs == want and len(want) >= 1
     assert len(np.asarray(byte.select)) > 0 and len(np.asarray(bpe.select)) > 0
+
+
+def test_a_byte_model_and_a_bpe_model_score_the_same_bytes(bpe_dir):
+    """One document, scored whole by a byte model and by a BPE model (each window starts at the
+    separator, so every token of the text is predicted): both divide by the text's hand-counted
+    bytes, and bits per byte equal a float64 log-softmax of the logits."""
+    import jax
+    from tokenizers import Tokenizer
+
+    from jscale import model
+    from jscale.config import ModelConfig
+
+    text = b"def add(a, b):\n    return a + b\n\n\nprint(add(2, 3))  # five\n" * 3
+    n = len(text)  # the hand count: every byte is ASCII text
+    bpe = data.load_corpus(bpe_dir)
+    hf = Tokenizer.from_file(str(bpe_dir / "tokenizer.json"))
+    hf.encode_special_tokens = True
+    cases = {
+        "bytes": ([data.SEPARATOR, *text], data.byte_token_bytes(), 256),
+        "bpe": ([bpe.separator, *hf.encode(text.decode()).ids], bpe.token_bytes, bpe.vocab_size),
+    }
+    assert len(cases["bpe"][0]) < 0.8 * len(cases["bytes"][0])  # really other tokens
+    for name, (ids, token_bytes, vocab) in cases.items():
+        batch = np.asarray([ids], np.int32)
+        bytes_N = data.window_bytes(batch, token_bytes)
+        assert bytes_N.tolist() == [n], name
+        cfg = ModelConfig(d_model=32, n_layers=1, n_heads=1, max_seq_len=len(ids), vocab_size=vocab)
+        params = model.init_params(cfg, jax.random.key(0))
+        ev = evaluate.evaluate(params, cfg, batch, batch_size=1, bytes_N=bytes_N)
+        logits = np.asarray(model.apply(params, cfg, batch[:, :-1]), np.float64)[0]
+        top = logits.max(axis=-1, keepdims=True)
+        logp = logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
+        nats = -logp[np.arange(len(ids) - 1), batch[0, 1:]].sum()
+        assert ev["eval_text_bytes"] == n, name
+        assert ev["eval_bits_per_byte"] == pytest.approx(nats / math.log(2) / n, rel=1e-5), name
