@@ -35,6 +35,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib import ticker
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from matplotlib.lines import Line2D
 
 from jscale import analysis, degradation
@@ -262,8 +263,10 @@ def _new_figure(
 
 
 def _legend(fig: Figure, handles, title: str | None = None) -> None:
-    """One legend for the whole figure, outside the axes on the right: it covers no data."""
-    fig.legend(
+    """One legend for the whole figure, outside the axes on the right: it covers no data.  A
+    legend taller than the figure (many precisions, each with its exponents) makes the figure
+    taller, so no entry is cut off and none runs into the footnote."""
+    leg = fig.legend(
         handles=handles,
         loc="outside right upper",
         title=title,
@@ -271,6 +274,17 @@ def _legend(fig: Figure, handles, title: str | None = None) -> None:
         title_fontsize="small",
         alignment="left",
     )
+    points = FontProperties(size="small").get_size_in_points()
+    lines = sum(1 + h.get_label().count("\n") for h in handles) + (title or "").count("\n") + 1
+    guess = (1.3 * lines + 0.6 * len(handles) + 2) * points / 72 + 0.6  # inches, generous
+    if guess < fig.get_size_inches()[1]:
+        return  # fits: skip the measuring draw (a whole draw of the figure)
+    fig.draw_without_rendering()
+    note = fig._supxlabel.get_window_extent().height if fig._supxlabel is not None else 0.0
+    need = (leg.get_window_extent().height + note) / fig.dpi + 0.25  # inches, with margins
+    width, height = fig.get_size_inches()
+    if need > height:
+        fig.set_size_inches(width, need)
 
 
 def _handle(style: dict, label: str, line: bool = True) -> Line2D:
