@@ -218,9 +218,7 @@ def cmd_train(args) -> int:
     from jscale import data, evaluate, memory, sharding, train
     from jscale.config import ModelConfig, TrainConfig, config_for_params, count_params
 
-    vocab = 256  # a token corpus brings its own vocabulary (tokens.json)
-    if args.corpus and data.is_token_source(Path(args.corpus).expanduser()):
-        vocab = data.read_token_meta(Path(args.corpus).expanduser())["vocab_size"]
+    vocab = data.corpus_vocab_size(args.corpus)  # a token corpus brings its own vocabulary
     if args.d_model is not None:
         if args.size is not None:
             raise ConfigError(

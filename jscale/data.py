@@ -42,6 +42,7 @@ _FORMAT = 1  # bump when the cache layout changes
 TOKENS_META = "tokens.json"  # the metadata file of a token directory
 TOKEN_DTYPES = ("uint8", "uint16", "uint32")
 _SUFFIXES = (".bin", ".npy")
+MIN_HELDOUT_BYTES = 1024  # the smallest held-out split, in bytes of text (jscale tokenize too)
 
 
 def byte_token_bytes() -> np.ndarray:
@@ -321,7 +322,8 @@ def _build_cache(
                     data
                 )
     n_bytes = {k: sum(map(len, v)) for k, v in parts.items()}
-    if not root.is_file() and n_bytes["val"] < 1024 and n_bytes["train"] + n_bytes["val"] > 0:
+    small = n_bytes["val"] < MIN_HELDOUT_BYTES
+    if not root.is_file() and small and n_bytes["train"] + n_bytes["val"] > 0:
         # too few files for a split by file (e.g. one big file in a directory): hold out the
         # last val_percent % of the bytes of the whole corpus instead, like a single file
         data = bytes([SEPARATOR]).join(parts["train"] + parts["val"])
@@ -330,10 +332,10 @@ def _build_cache(
         n_bytes = {k: sum(map(len, v)) for k, v in parts.items()}
     if n_bytes["train"] == 0:
         raise CorpusError(f"corpus {root} has no text: every file is empty or binary")
-    if n_bytes["val"] < 1024:
+    if n_bytes["val"] < MIN_HELDOUT_BYTES:
         raise CorpusError(
             f"corpus {root} is too small: its validation split has {n_bytes['val']} "
-            f"bytes (need >= 1024); add text or raise val_percent (--val-percent)"
+            f"bytes (need >= {MIN_HELDOUT_BYTES}); add text or raise val_percent (--val-percent)"
         )
     meta = {
         "root": str(root),
@@ -379,6 +381,14 @@ def is_token_source(path: Path) -> bool:
             (path / f"train{s}").exists() for s in _SUFFIXES
         )
     return path.is_file() and path.suffix in _SUFFIXES
+
+
+def corpus_vocab_size(path: str | os.PathLike | None) -> int:
+    """The vocabulary a corpus path brings: a token corpus's ``vocab_size`` (from its
+    ``tokens.json`` alone, without opening the token files), else 256 (bytes)."""
+    if not path or not is_token_source(Path(path).expanduser()):
+        return VOCAB_SIZE
+    return read_token_meta(Path(path).expanduser())["vocab_size"]
 
 
 def _meta_error(meta_path: Path, field: str, what: str) -> CorpusError:
@@ -500,8 +510,8 @@ def load_token_files(
     ``tokens.json``, or one token file (``.bin`` / ``.npy``, with ``tokens.json`` beside it)
     whose last ``val_percent`` % of tokens are held out.
 
-    Files are memory-mapped, never loaded whole.  Each is checked once (cached by path, size and
-    mtime): ids must be below ``vocab_size``.  ``CorpusError`` (one line, naming the file) for a
+    Files are memory-mapped, never loaded whole.  Each is checked once (cached by path, size,
+    mtime and dtype: ``_scan``): ids must be below ``vocab_size``.  ``CorpusError`` (one line, naming the file) for a
     missing ``tokens.json`` or split, a dtype that does not match, a size that is not a whole
     number of ids, or an id beyond the vocabulary.
     """
@@ -520,11 +530,12 @@ def load_token_files(
                     f"found {len(found)}"
                 )
             files[split] = found[0]
-        arrays = {k: _open_tokens(f, meta.get("dtype")) for k, f in files.items()}
+        opened = {f: _open_tokens(f, meta.get("dtype")) for f in files.values()}
+        arrays = {k: opened[f] for k, f in files.items()}
     else:
         whole = _open_tokens(root, meta.get("dtype"))
         cut = len(whole) - int(len(whole) * val_percent / 100)
-        files = {"train": root, "val": root}
+        files, opened = {"train": root, "val": root}, {root: whole}
         arrays = {"train": whole[:cut], "val": whole[cut:]}
     v = meta["vocab_size"]
     identity = {k: meta.get(k) for k in ("vocab_size", "tokenizer", "separator")}
@@ -533,8 +544,8 @@ def load_token_files(
     for split, f in files.items():
         if len(arrays[split]) == 0:
             raise CorpusError(f"token file {f} holds no tokens ({split} split)")
-    for f in dict.fromkeys(files.values()):
-        scan = _scan(f, _open_tokens(f, meta.get("dtype")), cache)
+    for f, whole in opened.items():
+        scan = _scan(f, whole, cache)
         if scan["max_id"] >= v:
             raise CorpusError(
                 f"token file {f} holds id {scan['max_id']}, beyond the vocabulary "

@@ -435,20 +435,16 @@ def _column(df, spec, role):
 def _inputs(df, form: Form, x, y, d):
     """Validated float64 arrays ``x, y, d`` (``d`` ones for one-input forms).  A loss per token
     of rows with several tokenizers is refused: their tokens differ, bits per byte do not."""
-    if (
-        isinstance(y, str)
-        and df is not None
-        and "tokenizer" in df
-        and df["tokenizer"].fillna("bytes").nunique() > 1  # records before 2026-12-03: bytes
-        and y in ("eval_loss_nats", "select_loss_nats", "train_loss_final_nats")
-    ):
-        tokenizers = df["tokenizer"].fillna("bytes")
-        names = ", ".join(map(str, tokenizers.unique()[:4]))
-        raise AnalysisError(
-            f"y = {y!r} is per token, and the rows have {tokenizers.nunique()} tokenizers "
-            f"({names}): fit y='eval_bits_per_byte', the loss per byte of text, or one tokenizer "
-            "at a time"
-        )
+    per_token = ("eval_loss_nats", "select_loss_nats", "train_loss_final_nats")
+    if isinstance(y, str) and y in per_token and df is not None and "tokenizer" in df:
+        tokenizers = df["tokenizer"].fillna("bytes")  # records before 2026-12-03: bytes
+        if tokenizers.nunique() > 1:
+            names = ", ".join(map(str, tokenizers.unique()[:4]))
+            raise AnalysisError(
+                f"y = {y!r} is per token, and the rows have {tokenizers.nunique()} tokenizers "
+                f"({names}): fit y='eval_bits_per_byte', the loss per byte of text, or one "
+                "tokenizer at a time"
+            )
     xs, ys = _column(df, x, "x"), _column(df, y, "y")
     ds = _column(df, d, "d") if form.needs_d else None
     if form.needs_d and ds is None:

@@ -459,9 +459,7 @@ def _build(raw: dict, text: str, out_dir_override: str | None) -> Sweep:
     val_percent = _number(
         corpus.get("val_percent", 2.0), "corpus.val_percent", lo=0, strict_lo=True, hi=99
     )
-    if cpath and data.is_token_source(Path(cpath).expanduser()):
-        # the model's vocabulary is the token files' (tokens.json: read in microseconds)
-        size_kw["vocab_size"] = data.read_token_meta(Path(cpath).expanduser())["vocab_size"]
+    size_kw["vocab_size"] = data.corpus_vocab_size(cpath)  # a token corpus's, else bytes
     budgets_for, max_epochs = _token_rule(_table(raw["tokens"], "[tokens]"))
     extra_seeds = _replicates(raw.get("replicates"), targets, seeds)
 
@@ -616,7 +614,7 @@ def _latency_ladder(raw, latency: Latency, size_kw: dict) -> list:
             lad.get("aspect_ratio", 64.0), "latency.ladder.aspect_ratio", lo=0, strict_lo=True
         ),
         "head_dim": _count(lad.get("head_dim", 32), "latency.ladder.head_dim", lo=1),
-        "vocab_size": size_kw.get("vocab_size", 256),
+        "vocab_size": size_kw["vocab_size"],
         "max_seq_len": latency.prompt_tokens + latency.gen_tokens,
         "tie_embeddings": size_kw.get("tie_embeddings", True),
     }

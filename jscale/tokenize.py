@@ -178,16 +178,16 @@ def _plan(root: Path, docs: Docs, val_percent: float, positional: bool) -> int |
         held += size if data._is_val(key, val_percent) else 0
     if total == 0:
         raise TokenizeError(f"source {root} has no text: every document is empty or binary")
-    if not positional and held >= 1024:
+    if not positional and held >= data.MIN_HELDOUT_BYTES:
         if held == total:
             raise TokenizeError(f"source {root}: every document is held out; lower val_percent")
         return None
     joined = total + n - 1
     cut = joined - int(joined * val_percent / 100)
-    if joined - cut < 1024:
+    if joined - cut < data.MIN_HELDOUT_BYTES:
         raise TokenizeError(
             f"source {root} is too small: its validation split has {joined - cut} bytes "
-            "(need >= 1024); add text or raise val_percent (--val-percent)"
+            f"(need >= {data.MIN_HELDOUT_BYTES}); add text or raise val_percent (--val-percent)"
         )
     return cut
 
