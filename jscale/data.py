@@ -511,9 +511,9 @@ def load_token_files(
     whose last ``val_percent`` % of tokens are held out.
 
     Files are memory-mapped, never loaded whole.  Each is checked once (cached by path, size,
-    mtime and dtype: ``_scan``): ids must be below ``vocab_size``.  ``CorpusError`` (one line, naming the file) for a
-    missing ``tokens.json`` or split, a dtype that does not match, a size that is not a whole
-    number of ids, or an id beyond the vocabulary.
+    mtime and dtype: ``_scan``): ids must be below ``vocab_size``.  ``CorpusError`` (one line,
+    naming the file) for a missing ``tokens.json`` or split, a dtype that does not match, a
+    size that is not a whole number of ids, or an id beyond the vocabulary.
     """
     root = Path(path).expanduser().resolve()
     if not root.exists():
