@@ -273,10 +273,13 @@ def config_for_params(
     max_seq_len: int = 1024,
     tie_embeddings: bool = True,
     n_layers: int | None = None,
+    n_heads: int | None = None,
 ) -> ModelConfig:
     """The ladder config whose non-embedding parameter count is closest to ``target``.
     ``n_layers``: fix the depth (the ladder then varies the width only, and ``aspect_ratio``
-    is ignored).
+    is ignored).  ``n_heads``: fix the number of heads instead of their width (``head_dim`` is
+    then ignored): d_model is a multiple of 8 and of ``2 n_heads``, and the heads are
+    ``d_model / n_heads`` wide, so they widen with the model.
 
     Non-embedding parameters of this architecture are ``n_layers * (12 d^2 + 2 d) + d``
     (``count_params``).  We search n_layers and d_model (a multiple of
@@ -294,20 +297,25 @@ def config_for_params(
     best = None
     if n_layers is not None:
         check_positive_int(n_layers, "n_layers")
+    if n_heads is not None:
+        check_positive_int(n_heads, "n_heads")
     depths = [n_layers] if n_layers else range(1, max(2, math.ceil(3 * l_ideal)) + 1)
     for n_layers in depths:  # noqa: B020 - the loop variable replaces the fixed depth
         d_ideal = math.sqrt(target / (12 * n_layers))
-        quantum = head_dim if d_ideal >= head_dim else 8
+        if n_heads is None:
+            quantum = head_dim if d_ideal >= head_dim else 8
+        else:
+            quantum = math.lcm(8, 2 * n_heads)
         for d in {
-            max(8, quantum * math.floor(d_ideal / quantum)),
+            max(quantum if n_heads else 8, quantum * math.floor(d_ideal / quantum)),
             quantum * math.ceil(d_ideal / quantum),
         }:
-            if d >= head_dim and d % head_dim:
+            if n_heads is None and d >= head_dim and d % head_dim:
                 continue
             cfg = ModelConfig(
                 d_model=d,
                 n_layers=n_layers,
-                n_heads=max(1, d // head_dim),
+                n_heads=n_heads or max(1, d // head_dim),
                 vocab_size=vocab_size,
                 max_seq_len=max_seq_len,
                 tie_embeddings=tie_embeddings,

@@ -766,20 +766,43 @@ def _fit_precision_law(df: pd.DataFrame, out: Fits, n_bootstrap: int, seed: int,
 
 PREDICTS_WITHIN = 0.15  # a latency law whose held-out error is larger is flagged as not predictive
 LATENCY_MIN_ABOVE_CACHE = 4  # sizes above the cache a latency law needs to leave the rest out
-LADDER_MIN_SIZES = 5  # large-class ladder sizes a latency law needs to leave the small ones out
+LADDER_MIN_SIZES = 5  # ladder sizes a latency law needs to leave the others out
+# A latency law is fitted on the top of the ladder: the large-class sizes within this factor of
+# the largest (1.2 decades).  Below it latency is set by other things than streaming the weights
+# (per-call dispatch, caches, kernels still ramping up: the efficiency panel shows where), and
+# a law bent by them does not extrapolate upward, which is what a latency law is for.
+LADDER_FIT_SPAN = 16.0
 
 
 def _ladder_region(rows: pd.DataFrame, qname: str, out: Fits) -> pd.DataFrame:
-    """The ladder rows a latency law is fitted on: those of the ``large`` formulation class
-    (``formulation_class``; one formulation along the whole fitted range, chosen where weights
-    stream from memory) when every precision has ``LADDER_MIN_SIZES`` sizes there, else all;
-    ``out.latency_regime[qname]`` and a note say which."""
+    """The ladder rows a latency law is fitted on: the top of the ladder (the ``large``
+    formulation class, ``formulation_class``, with N within ``LADDER_FIT_SPAN`` of the
+    largest) when every precision has ``LADDER_MIN_SIZES`` sizes there; else the whole large
+    class when it has that many; else all rows.  ``out.latency_regime[qname]`` and a note say
+    which."""
     if "formulation_class" not in rows or rows["formulation_class"].isna().all():
         out.latency_regime[qname] = "every ladder size"
         return rows
+    precs = rows[PRECISION].unique()
+
+    def enough(part):
+        return part.groupby(PRECISION)[N].nunique().reindex(precs).fillna(0).min() >= (
+            LADDER_MIN_SIZES
+        )
+
     large = rows[rows["formulation_class"] == "large"]
-    n = large.groupby(PRECISION)[N].nunique().reindex(rows[PRECISION].unique()).fillna(0)
-    if n.min() < LADDER_MIN_SIZES:
+    top = large[large[N] >= large[N].max() / LADDER_FIT_SPAN]
+    drawn = rows[N].nunique()
+    if len(top) and enough(top):
+        out.latency_regime[qname] = "top of the ladder"
+        out.notes.append(
+            f"{qname}: fitted on the top of the ladder, the {top[N].nunique()} sizes from "
+            f"{_fmt_n(top[N].min())} (within {LADDER_FIT_SPAN:g}x of the largest; large "
+            f"formulation class); the {drawn - top[N].nunique()} smaller ones are drawn, not "
+            "fitted: below, dispatch, caches and kernel ramp-up set the latency"
+        )
+        return top
+    if not enough(large):
         out.latency_regime[qname] = "every ladder size"
         out.notes.append(
             f"{qname}: fewer than {LADDER_MIN_SIZES} large-class ladder sizes per precision: "
@@ -790,7 +813,8 @@ def _ladder_region(rows: pd.DataFrame, qname: str, out: Fits) -> pd.DataFrame:
     out.notes.append(
         f"{qname}: fitted on the {large[N].nunique()} ladder sizes of the large formulation class "
         f"(N >= {_fmt_n(large[N].min())}: one autotuned formulation per precision, weights "
-        f"streamed); the {rows[N].nunique() - large[N].nunique()} small ones are drawn, not fitted"
+        f"streamed); the {drawn - large[N].nunique()} small ones are drawn, not fitted (fewer "
+        f"than {LADDER_MIN_SIZES} sizes within {LADDER_FIT_SPAN:g}x of the largest)"
     )
     return large
 
@@ -1049,8 +1073,11 @@ def _delta_panel(ax, df: pd.DataFrame, delta: str, style: dict) -> None:
 
 def _fitted_mask(d: pd.DataFrame, regime: str | None) -> pd.Series:
     """Which latency rows the law of ``regime`` (``Fits.latency_regime``) was fitted on."""
-    if regime == "large class" and "formulation_class" in d:
-        return d["formulation_class"] == "large"
+    if regime in ("large class", "top of the ladder") and "formulation_class" in d:
+        large = d["formulation_class"] == "large"
+        if regime == "large class" or not large.any():
+            return large
+        return large & (d[N] >= d.loc[large, N].max() / LADDER_FIT_SPAN)
     if regime == "above the cache":
         cr = analysis.cache_resident(d)
         if cr is not None:

@@ -22,6 +22,7 @@ File layout (every key optional except ``[sizes]`` and ``[tokens]``)::
     aspect_ratio = 64              # d_model / n_layers the ladder aims for
     head_dim = 64
     # n_layers = 2                 # or fix the depth: the ladder varies the width only
+    # n_heads = 2                  # or fix the head count (instead of head_dim): heads widen
     tie_embeddings = true
 
     [replicates]                   # optional: more seeds on some sizes (seed-to-seed noise)
@@ -116,6 +117,7 @@ _SIZES = {
     "ladder",
     "aspect_ratio",
     "head_dim",
+    "n_heads",
     "n_layers",
     "tie_embeddings",
 }
@@ -325,6 +327,14 @@ def _sizes(d: dict) -> tuple[list[float], dict]:
     }
     if "n_layers" in d:
         kw["n_layers"] = _count(d["n_layers"], "sizes.n_layers")
+    if "n_heads" in d:
+        if "head_dim" in d:
+            raise _err(
+                "sizes.n_heads",
+                "give head_dim (the heads' width; their number grows with d_model) or n_heads "
+                "(their number; their width grows with d_model), not both",
+            )
+        kw["n_heads"] = _count(d["n_heads"], "sizes.n_heads")
     tie = d.get("tie_embeddings", True)
     if not isinstance(tie, bool):
         raise _err("sizes.tie_embeddings", f"must be true or false, got {tie!r}")

@@ -184,6 +184,20 @@ def test_config_for_params_passes_options_through():
     )
 
 
+def test_config_for_params_with_a_fixed_head_count():
+    """n_heads fixes the head count: the heads widen with d_model (a multiple of 8 and of
+    2 n_heads), and the count nearest the target is found as with head_dim (N = L (12 d^2 +
+    2 d) + d)."""
+    for target, d in ((6e3, 16), (1.4e4, 24), (2.5e4, 32), (5.5e4, 48), (2.2e5, 96)):
+        cfg = config.config_for_params(target, n_layers=2, n_heads=2, head_dim=8)
+        assert (cfg.d_model, cfg.n_heads, cfg.head_dim) == (d, 2, d // 2)
+        assert _non_embedding(cfg) == 2 * (12 * d * d + 2 * d) + d
+    cfg = config.config_for_params(1e5, n_layers=2, n_heads=3)
+    assert cfg.d_model % 24 == 0 and cfg.n_heads == 3  # lcm(8, 2 x 3)
+    with pytest.raises(ConfigError, match="n_heads"):
+        config.config_for_params(1e5, n_heads=0)
+
+
 def test_config_for_params_aspect_ratio_shapes_the_model():
     # deeper-and-narrower vs shallower-and-wider at the same target
     deep = config.config_for_params(1e8, aspect_ratio=16)

@@ -184,6 +184,40 @@ def test_latency_laws_are_fitted_on_the_ladders_large_class():
     assert len(fig.axes) == 3  # decode, prefill, efficiency
 
 
+def test_latency_laws_are_fitted_on_the_top_of_the_ladder():
+    """With 5 large-class sizes within LADDER_FIT_SPAN of the largest, only those are fitted:
+    below them a kernel ramp-up (latency growing as N^0.6, not N) bends the large class, and a
+    law through it would under-predict 1e9; the top's affine truth is recovered."""
+    rows = []
+    for n in [1e4, 1e5, 1e6, 3e6, 1e7, 1.25e7, 2.5e7, 5e7, 1e8, 2e8]:
+        top = n >= 2e8 / figures.LADDER_FIT_SPAN
+        t = 0.05 + 1e-7 * n if top else (0.05 + 1e-7 * 1.25e7) * (n / 1.25e7) ** 0.6
+        for prec, scale in (("fp32", 1.0), ("w8a8", 0.5)):
+            rows.append(
+                {
+                    schema.N: n,
+                    schema.PRECISION: prec,
+                    schema.DECODE: t * scale,
+                    schema.PREFILL: 20 * t * scale,
+                    "formulation_class": "small" if n < 1e5 else "large",
+                    "decode_efficiency": 0.5,
+                }
+            )
+    lad = pd.DataFrame(rows)
+    trained = pd.DataFrame(
+        {schema.N: [1e4, 2e4, 4e4], schema.PRECISION: "fp32", schema.LOSS: [3.0, 2.8, 2.6]}
+    )
+    f = figures.fit_all(trained, n_bootstrap=0, quantities=("decode",), ladder=lad)
+    assert f.latency_regime["decode"] == "top of the ladder"
+    assert any("top of the ladder, the 5 sizes from 12.5M" in n for n in f.notes), f.notes
+    fit = f.get("decode", "fp32")
+    assert fit.n_points == 5
+    pred = fit.predict(np.array([1e9]))["y"].iloc[0]
+    assert pred == pytest.approx(0.05 + 1e-7 * 1e9, rel=0.02)
+    fitted = figures._fitted_mask(lad[lad[schema.PRECISION] == "fp32"], "top of the ladder")
+    assert sorted(lad.loc[fitted[fitted].index, schema.N]) == [1.25e7, 2.5e7, 5e7, 1e8, 2e8]
+
+
 def test_shipped_ladders_span_four_decades_to_1e8():
     from pathlib import Path
 
@@ -196,3 +230,6 @@ def test_shipped_ladders_span_four_decades_to_1e8():
         assert ns == sorted(ns) and math.log10(ns[-1] / ns[0]) >= 4 and ns[-1] >= top, name
         large = [c for _, c in s.ladder if c.d_model * c.d_ff >= 2**16]
         assert len(large) >= figures.LADDER_MIN_SIZES, name  # the laws leave the small out
+    top = [n for n in ns if n >= ns[-1] / figures.LADDER_FIT_SPAN]
+    if name == "quick":  # the quick ladder's laws are fitted on its top 1.2 decades
+        assert len(top) >= figures.LADDER_MIN_SIZES

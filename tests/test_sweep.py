@@ -140,6 +140,11 @@ def copy_of(done, tmp_path):
         (lambda t: t + "\n[replicates]\nseeds = [1]\nsizes = [3e3]\n", "replicates.sizes"),
         (lambda t: t + "\n[replicates]\nseeds = [1]\nsizes = [2e3]\nn = 2\n", "replicates.n"),
         (lambda t: t.replace("[2e3, 8e3]", "[2e3, 8e3]\nn_layers = 0"), "sizes.n_layers"),
+        (lambda t: t.replace("[2e3, 8e3]", "[2e3, 8e3]\nn_heads = 0"), "sizes.n_heads"),
+        (
+            lambda t: t.replace("[2e3, 8e3]", "[2e3, 8e3]\nn_heads = 2\nhead_dim = 16"),
+            "sizes.n_heads",
+        ),
     ],
 )
 def test_invalid_configs_name_the_key(edit, key):
