@@ -768,10 +768,10 @@ PREDICTS_WITHIN = 0.15  # a latency law whose held-out error is larger is flagge
 LATENCY_MIN_ABOVE_CACHE = 4  # sizes above the cache a latency law needs to leave the rest out
 LADDER_MIN_SIZES = 5  # ladder sizes a latency law needs to leave the others out
 # A latency law is fitted on the top of the ladder: the large-class sizes within this factor of
-# the largest (1.2 decades).  Below it latency is set by other things than streaming the weights
+# the largest (1.3 decades).  Below it latency is set by other things than streaming the weights
 # (per-call dispatch, caches, kernels still ramping up: the efficiency panel shows where), and
 # a law bent by them does not extrapolate upward, which is what a latency law is for.
-LADDER_FIT_SPAN = 16.0
+LADDER_FIT_SPAN = 20.0
 
 
 def _ladder_region(rows: pd.DataFrame, qname: str, out: Fits) -> pd.DataFrame:
