@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import errno
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -192,20 +193,67 @@ def _print_plan(s, args) -> None:
             )
 
 
+def _train_jobs(args) -> None:
+    """Run ``args.train_jobs`` ``jscale sweep --train-only`` processes side by side and wait for
+    them.  Each takes the training groups the others do not hold (``jscale.lock``), pinned to
+    its share of this process's CPUs where the OS allows (``JSCALE_CPU_SHARE``).  A job that
+    fails is reported; the measuring run that follows trains whatever is still missing."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "jscale", "sweep", str(args.config), "--train-only", "--quiet"]
+    cmd += ["--out", str(args.out)] if args.out else []
+    cmd += ["--force"] if args.force else []
+    cmd += ["--retrain"] if args.retrain else []
+    jobs = [
+        subprocess.Popen(cmd, env={**os.environ, CPU_SHARE_ENV: f"{j}/{args.train_jobs}"})
+        for j in range(args.train_jobs)
+    ]
+    try:
+        codes = [p.wait() for p in jobs]
+    except BaseException:  # interrupted: stop the jobs too (their checkpoints are whole)
+        for p in jobs:
+            p.terminate()
+        raise
+    for j, rc in enumerate(codes):
+        if rc:
+            print(
+                f"jscale: training job {j + 1} of {len(jobs)} exited with status {rc}; "
+                "this run trains what it left",
+                file=sys.stderr,
+            )
+
+
 def cmd_sweep(args) -> int:
     from jscale import sweep as sw
     from jscale.sweep_config import load_sweep
 
     if args.retrain and not args.force:
         raise ConfigError("--retrain only applies with --force (redo points that are already done)")
+    if args.train_jobs > 1 and (args.worker or args.train_only):
+        raise ConfigError(
+            "--train-jobs runs its own training processes: not with --worker or --train-only"
+        )
     args.worker = args.worker or (0, 1)
     s = load_sweep(args.config, out_dir=args.out)  # validates the whole file before any compute
     if args.plan:
         _print_plan(s, args)
         return 0
+    retrain = args.retrain
+    if args.train_jobs > 1:
+        _train_jobs(args)
+        retrain = False  # the jobs retrained what --retrain asked for; measure their checkpoints
     r = sw.run_sweep(
-        s, force=args.force, retrain=args.retrain, worker=args.worker, progress=not args.quiet
+        s,
+        force=args.force,
+        retrain=retrain,
+        worker=args.worker,
+        progress=not args.quiet,
+        train_only=args.train_only,
     )
+    if args.train_only:
+        for f in r.failed:
+            print(f"jscale: failed: {f}", file=sys.stderr)
+        return 1 if r.failed else 0
     path = s.out_dir / "results.csv"  # rebuilt from the records by every run (run_sweep)
     if path.exists():
         print(f"results: {path} ({r.written} new record(s), {r.skipped} already there)")
@@ -689,6 +737,21 @@ def build_parser() -> argparse.ArgumentParser:
         "e.g. $SLURM_ARRAY_TASK_ID/N",
     )
     sw.add_argument(
+        "--train-jobs",
+        type=_positive_int,
+        default=1,
+        metavar="J",
+        help="train the models in J processes side by side first, each on its share of the CPUs "
+        "(small models leave cores idle), then evaluate and time every model in this process "
+        "alone; 1: train and measure each model in turn",
+    )
+    sw.add_argument(
+        "--train-only",
+        action="store_true",
+        help="train and checkpoint the models still to do, write no records (what each "
+        "--train-jobs process runs; a later plain run evaluates and times them)",
+    )
+    sw.add_argument(
         "--plan",
         action="store_true",
         help="print the points, their cost and what is left; run nothing",
@@ -930,11 +993,30 @@ def _loaded(names: dict[str, str]) -> tuple[type, ...]:
     return tuple(getattr(sys.modules[m], n) for m, n in names.items() if m in sys.modules)
 
 
+CPU_SHARE_ENV = "JSCALE_CPU_SHARE"  # "J/N": run on the J-th of N slices of the allowed CPUs
+
+
+def _pin_cpus() -> None:
+    """Restrict this process to its share of the CPUs when ``JSCALE_CPU_SHARE`` is ``J/N``
+    (set by ``--train-jobs``), before JAX sizes its thread pools.  CPUs ``J, J + N, ...`` of
+    the allowed set; nothing where the OS has no affinity call or there are fewer CPUs than N."""
+    share = os.environ.get(CPU_SHARE_ENV)
+    if not share or not hasattr(os, "sched_setaffinity"):
+        return
+    j, _, n = share.partition("/")
+    if not (j.isdigit() and n.isdigit() and 0 <= int(j) < int(n)):
+        raise ConfigError(f"{CPU_SHARE_ENV} must be J/N with 0 <= J < N, got {share!r}")
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= int(n):
+        os.sched_setaffinity(0, cpus[int(j) :: int(n)])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from jscale.runtime import enable_compilation_cache
 
     try:
+        _pin_cpus()
         if args.command in ("train", "sweep"):  # a no-op unless one host of a multi-host job
             from jscale.sharding import maybe_initialize_distributed
 

@@ -284,6 +284,16 @@ COLUMNS: tuple[Column, ...] = (
         "float",
         "ahead-of-time compile time of the train step",
     ),
+    _c(
+        "train",
+        "optional",
+        "train_cpus",
+        "CPUs",
+        "int",
+        "host CPUs the training process could run on (`jscale sweep --train-jobs` pins each job "
+        "to its share; XLA:CPU's float results depend on it, by about 1e-3 nats in the final "
+        "loss; a WSD branch reports its cooldown's)",
+    ),
     _c("train", "core", "train_tokens_per_s", "tokens/s", "float", "`train_tokens / train_wall_s`"),
     _c(
         "train",
@@ -826,6 +836,11 @@ CURVE_COLUMNS = {
 
 # What changed in the columns, newest first: (date, change).  Rendered into docs/schema.md.
 HISTORY = (
+    (
+        "2026-12-03",
+        "records gain the optional `train_cpus` (CPUs the training process could use: `jscale "
+        "sweep --train-jobs` trains in processes pinned to shares of the CPUs)",
+    ),
     (
         "2026-12-03",
         "token corpora: records gain the optional `tokenizer`, `eval_text_bytes` and "

@@ -375,6 +375,7 @@ def run_sweep(
     worker: tuple[int, int] = (0, 1),
     progress: bool = True,
     echo: bool = True,
+    train_only: bool = False,
 ) -> SweepSummary:
     """Run (or resume) ``sweep``; returns what was written, skipped, trained and failed.
 
@@ -386,6 +387,11 @@ def run_sweep(
     stale records and ``force`` is off, the mesh does not divide the batch, a run would repeat
     the training split more than ``[tokens] max_epochs`` times, or the held-out sets do not fit
     the corpus.
+
+    ``train_only``: train and checkpoint the models still to do, and stop there: no records,
+    no latency, no ladder, no roofline (``jscale sweep --train-jobs``: several such processes
+    share the directory, each taking the groups the others do not hold, before one plain run
+    evaluates and times every model alone).
     """
     t_start = time.perf_counter()
     i, n = worker
@@ -395,12 +401,15 @@ def run_sweep(
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out_dir: {out} is a file, not a directory; name another out_dir")
     held = (
-        lock.hold_dir(out, shared=n > 1, identity=_sha(sweep.source))
+        lock.hold_dir(out, shared=n > 1 or train_only, identity=_sha(sweep.source))
         if _writer()
         else contextlib.nullcontext()
     )
     with held:
         run = _start(sweep, force=force, worker=worker, echo=echo)
+        if train_only:
+            _train_plan(run, t_start, retrain=retrain, progress=progress)
+            return run.summary
         try:
             _run_plan(run, t_start, retrain=retrain, progress=progress)
         finally:
@@ -459,6 +468,37 @@ def _run_plan(run: _Run, t_start: float, *, retrain: bool, progress: bool) -> No
         f"{s.trained} model(s) trained, "
         f"{s.loaded} loaded from checkpoints, {len(s.failed)} failed, {s.seconds:.0f} s"
     )
+
+
+def _train_plan(run: _Run, t_start: float, *, retrain: bool, progress: bool) -> None:
+    """Train and checkpoint every group of the plan this process can lock whose models are not
+    checkpointed yet (under ``retrain``: since this run started); measure nothing."""
+    todo = {id(point) for point, _ in run.plan.todo}
+    for group in run.sweep.groups():
+        needed = [p for p in group if id(p) in todo]
+        with _try_group(run.sweep.out_dir, f"group-{_name(group[0])}") as mine:
+            left = [p for p in needed if not _trained_meanwhile(run, p, retrain)] if mine else []
+            if needed and not mine:
+                run.log(f"{_describe(group[0])}: held by another process, skipped")
+            if left:
+                for _ in _train_group(run, left, retrain=retrain, progress=progress):
+                    pass
+    s = run.summary
+    s.seconds = time.perf_counter() - t_start
+    run.log(
+        f"training done: {s.trained} model(s) trained, {s.loaded} already checkpointed, "
+        f"{len(s.failed)} failed, {s.seconds:.0f} s"
+    )
+
+
+def _trained_meanwhile(run: _Run, point: TrainPoint, retrain: bool) -> bool:
+    """Whether ``point``'s model is checkpointed (under ``retrain``: since this run started)."""
+    ckpt = _ckpt_dir(run) / f"{train_key(point, run.plan.hashes[id(point)])}.npz"
+    try:
+        mtime = ckpt.stat().st_mtime
+    except OSError:
+        return False
+    return not retrain or mtime >= run.started
 
 
 def _still_to_do(run: _Run, points: list, todo: dict) -> list:
@@ -736,6 +776,11 @@ def _train_group(run: _Run, points: list[TrainPoint], *, retrain: bool, progress
         yield point, (params, meta)
 
 
+def _cpus() -> int:
+    """The host CPUs this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def _train_one(run: _Run, point: TrainPoint, trunk: _Trunk | None, *, retrain, progress):
     """Train one point: a cosine run from scratch, or a WSD branch from its trunk's state at the
     cooldown start.  Returns (params, meta of the ``train`` schema part and the curve)."""
@@ -769,6 +814,7 @@ def _train_one(run: _Run, point: TrainPoint, trunk: _Trunk | None, *, retrain, p
     meta = {
         "train_wall_s": wall,
         "train_compile_s": compile_s + t.compile_seconds,
+        "train_cpus": _cpus(),
         "train_tokens": tokens,
         "train_steps": tc.total_steps,
         "train_tokens_per_s": tokens / wall,
