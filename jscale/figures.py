@@ -876,12 +876,14 @@ def _choose_form(d: pd.DataFrame, q: Quantity, out: Fits, dkw: dict) -> Quantity
     ok = t[(t["error"] == "") & np.isfinite(t["aicc"])]
     if not len(ok):
         return q
-    if q.name in ("decode", "prefill") and ok["extrap_error"].notna().all():
+    checked = ok[ok["extrap_error"].notna()]
+    if q.name in ("decode", "prefill") and len(checked):
         # a latency law is for predicting beyond the ladder: the form whose leave-largest-out
         # error on the reference precision is lowest (within 2 points: the fewest parameters);
-        # the other precisions' errors are then out-of-sample checks of that choice
-        err = ok["extrap_error"].abs()
-        close = ok[err <= err.min() + 0.02]
+        # the other precisions' errors are then out-of-sample checks of that choice.  A form
+        # too rich to fit without the largest sizes cannot show that it extrapolates: left out
+        err = checked["extrap_error"].abs()
+        close = checked[err <= err.min() + 0.02]
         best = close.sort_values(["n_params", "aicc"], kind="stable").iloc[0]
         why = (
             f"lowest leave-{out.k}-largest-out error on {out.precision_ref} "
@@ -1099,7 +1101,8 @@ def latency_vs_params(
     (``decode_bound_ms_per_token``, ``prefill_bound_ms``) dashed in the same colour.
 
     With ``ladder`` (``jscale.load_ladder``): the points are the latency ladder's
-    random-weight models (hollow where the law was not fitted: the small formulation class),
+    random-weight models (hollow where the law was not fitted: below the top of the ladder, or the
+    small formulation class),
     the trained models' own measurements are crosses, and a third panel shows the decode
     efficiency (roofline bound / measured) vs N.  Without: the trained models, hollow where
     cache-resident (``analysis.cache_resident``).  Draws the panels whose columns exist."""
@@ -1239,7 +1242,11 @@ def latency_vs_params(
             )
         if any_hollow:
             if src is not None:
-                label = "not fitted (small\nformulation class)"
+                regime = fits.latency_regime.get("decode")
+                label = {
+                    "top of the ladder": "not fitted (below the\ntop of the ladder)",
+                    "large class": "not fitted (small\nformulation class)",
+                }.get(regime, "not fitted")
             else:
                 mib = df["roofline_cache_bytes"].max() / 2**20
                 label = f"cache-resident (weights + KV\n<= measured cache, {mib:.0f} MiB)"
