@@ -8,9 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jscale import figures, ladder, memory, model, results, schema
+from jscale import analysis, figures, ladder, memory, model, results, schema
 from jscale.config import ConfigError, ModelConfig, count_params
 from jscale.sweep_config import parse_sweep
+
+N = schema.N
 
 BASE = """
 name = "lad"
@@ -185,9 +187,9 @@ def test_latency_laws_are_fitted_on_the_ladders_large_class():
 
 
 def test_latency_laws_are_fitted_on_the_top_of_the_ladder():
-    """With 5 large-class sizes within LADDER_FIT_SPAN of the largest, only those are fitted:
-    below them a kernel ramp-up (latency growing as N^0.6, not N) bends the large class, and a
-    law through it would under-predict 1e9; the top's affine truth is recovered."""
+    """With 5 large-class sizes within LADDER_FIT_SPAN of the largest, only those are fitted
+    (below them a kernel ramp-up, latency growing as N^0.6, bends the large class) and the
+    top's affine truth is recovered at 1e9; with 4 there, the whole large class, noted."""
     rows = []
     for n in [1e4, 1e5, 1e6, 3e6, 6e6, 1.25e7, 2.5e7, 5e7, 1e8, 2e8]:
         top = n >= 2e8 / figures.LADDER_FIT_SPAN
@@ -198,24 +200,24 @@ def test_latency_laws_are_fitted_on_the_top_of_the_ladder():
                     schema.N: n,
                     schema.PRECISION: prec,
                     schema.DECODE: t * scale,
-                    schema.PREFILL: 20 * t * scale,
                     "formulation_class": "small" if n < 1e5 else "large",
-                    "decode_efficiency": 0.5,
                 }
             )
     lad = pd.DataFrame(rows)
-    trained = pd.DataFrame(
-        {schema.N: [1e4, 2e4, 4e4], schema.PRECISION: "fp32", schema.LOSS: [3.0, 2.8, 2.6]}
-    )
-    f = figures.fit_all(trained, n_bootstrap=0, quantities=("decode",), ladder=lad)
-    assert f.latency_regime["decode"] == "top of the ladder"
-    assert any("top of the ladder, the 5 sizes from 12.5M" in n for n in f.notes), f.notes
-    fit = f.get("decode", "fp32")
-    assert fit.n_points == 5
-    pred = fit.predict(np.array([1e9]))["y"].iloc[0]
-    assert pred == pytest.approx(0.05 + 1e-7 * 1e9, rel=0.02)
-    fitted = figures._fitted_mask(lad[lad[schema.PRECISION] == "fp32"], "top of the ladder")
-    assert sorted(lad.loc[fitted[fitted].index, schema.N]) == [1.25e7, 2.5e7, 5e7, 1e8, 2e8]
+    out = figures.Fits()
+    fitted = figures._ladder_region(lad, "decode", out)
+    assert out.latency_regime["decode"] == "top of the ladder"
+    assert any("top of the ladder, the 5 sizes from 12.5M" in n for n in out.notes), out.notes
+    assert sorted(fitted[N].unique()) == [1.25e7, 2.5e7, 5e7, 1e8, 2e8]
+    mask = figures._fitted_mask(lad[lad[schema.PRECISION] == "fp32"], "top of the ladder")
+    assert sorted(lad.loc[mask[mask].index, N]) == [1.25e7, 2.5e7, 5e7, 1e8, 2e8]
+    fp32 = fitted[fitted[schema.PRECISION] == "fp32"]
+    law = analysis.fit(fp32, "affine", x=N, y=schema.DECODE, interval="none")
+    assert law.predict(np.array([1e9]))["y"].iloc[0] == pytest.approx(0.05 + 1e-7 * 1e9, rel=0.02)
+    # one size fewer at the top: the whole large class (6 sizes), with a note saying why
+    out = figures.Fits()
+    figures._ladder_region(lad[lad[N] != 2.5e7], "decode", out)
+    assert out.latency_regime["decode"] == "large class" and "within 20x" in out.notes[-1]
 
 
 def test_shipped_ladders_span_four_decades_to_1e8():
