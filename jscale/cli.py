@@ -1001,11 +1001,13 @@ def _pin_cpus() -> None:
     (set by ``--train-jobs``), before JAX sizes its thread pools.  CPUs ``J, J + N, ...`` of
     the allowed set; nothing where the OS has no affinity call or there are fewer CPUs than N."""
     share = os.environ.get(CPU_SHARE_ENV)
-    if not share or not hasattr(os, "sched_setaffinity"):
+    if not share:
         return
     j, _, n = share.partition("/")
     if not (j.isdigit() and n.isdigit() and 0 <= int(j) < int(n)):
         raise ConfigError(f"{CPU_SHARE_ENV} must be J/N with 0 <= J < N, got {share!r}")
+    if not hasattr(os, "sched_setaffinity"):
+        return
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) >= int(n):
         os.sched_setaffinity(0, cpus[int(j) :: int(n)])

@@ -446,42 +446,6 @@ def test_sigkill_mid_sweep_then_rerun_gives_exactly_one_record_per_point(tmp_pat
 
 
 @pytest.mark.slow
-def test_train_jobs_train_each_model_once_then_one_run_measures(tmp_path, cache_dir):
-    """--train-jobs 2: two --train-only processes train the two models (each exactly once, on
-    its share of the CPUs), then the calling process loads both checkpoints, trains nothing
-    and writes every record."""
-    cfg = tmp_path / "tiny.toml"
-    text = TINY.format(precisions='["fp32", "int8"]', lr=0.003)
-    cfg.write_text('out_dir = "out"\n' + text.replace("[latency]", "[latency]\nenabled = false"))
-    env = {**os.environ, "JSCALE_CACHE_DIR": str(cache_dir)}
-    r = subprocess.run(
-        [sys.executable, "-m", "jscale", "sweep", str(cfg), "--quiet", "--train-jobs", "2"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    log = (tmp_path / "out" / "sweep.log").read_text()
-    assert log.count("trained in") == 2, log  # by the jobs; the measuring run loads them
-    assert log.count("training done:") == 2 and "0 model(s) trained, 2 loaded" in log, log
-    df = results.load_results(tmp_path / "out")
-    assert len(df) == 4 and df.eval_loss_nats.notna().all()
-    if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) >= 2:
-        cpus = sorted(os.sched_getaffinity(0))  # job j runs on CPUs j, j + 2, ...
-        assert set(df.train_cpus) <= {len(cpus[0::2]), len(cpus[1::2])}, df.train_cpus
-    bad = subprocess.run(
-        [sys.executable, "-m", "jscale", "sweep", str(cfg), "--train-jobs", "2", "--worker", "1/2"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert bad.returncode == 2 and "--train-jobs" in bad.stderr
-
-
-@pytest.mark.slow
 def test_two_workers_share_a_sweep_with_exactly_one_record_per_point(tmp_path, cache_dir):
     cfg = tmp_path / "tiny.toml"
     text = TINY.format(precisions='["fp32", "int8"]', lr=0.003)  # the share, not latency, is tested
