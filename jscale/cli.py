@@ -121,10 +121,10 @@ def _print_plan(s, args) -> None:
         f"{len(plan.stale)} stale"
     )
     print(
-        "| target N | N non-emb | d_model x layers | seed | lr | tokens | tokens/N | C (FLOPs) | "
-        "epochs | schedule | train TFLOP | peak GiB | precisions to run |"
+        "| target N | N non-emb | d_model x layers | heads | seed | lr | tokens | tokens/N | "
+        "C (FLOPs) | epochs | schedule | train TFLOP | peak GiB | precisions to run |"
     )
-    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|")
     total = separate = 0.0
     for group in s.groups():
         steps_done = 0  # a WSD trunk is trained once: each budget adds its cooldown
@@ -143,7 +143,7 @@ def _print_plan(s, args) -> None:
             c = f"{point.compute_budget:.3g}" if point.compute_budget else "-"
             print(
                 f"| {point.size_target:.3g} | {n:,} | "
-                f"{point.model.d_model} x {point.model.n_layers} | "
+                f"{point.model.d_model} x {point.model.n_layers} | {point.model.n_heads} | "
                 f"{point.seed} | {tc.lr:.3g} | {tok:,} | {tok / n:.3g} | {c} | "
                 f"{epochs[id(point)]:.3g} | {tc.schedule} | {fl / 1e12:.3g} | "
                 f"{_peak_gib(point.model, tc):.2g} | {', '.join(todo.get(id(point), [])) or '-'} |"

@@ -192,14 +192,15 @@ def test_sweep_plan_lists_every_training_point_with_its_analytic_size(tmp_path, 
     rows = [
         r.split("|")[1:-1] for r in out.splitlines() if r.startswith("| ") and "target" not in r
     ]
-    assert len(rows) == 4 and sorted(int(r[3]) for r in rows) == [0, 0, 1, 1]
+    assert len(rows) == 4 and sorted(int(r[4]) for r in rows) == [0, 0, 1, 1]
     for r in rows:
         d, layers = (int(v) for v in r[2].split(" x "))
         n = layers * (12 * d * d + 2 * d) + d
         assert int(r[1].replace(",", "")) == n  # the analytic N
-        assert int(r[5].replace(",", "")) == 8192 and float(r[6]) == pytest.approx(8192 / n, 1e-2)
-        assert r[9].strip() == "cosine" and r[12].strip() == "fp32, int8"
-        assert 0 < float(r[11]) < 0.01  # peak GiB (jscale.memory's estimate) of a tiny model
+        assert int(r[3]) == max(1, d // 64)  # heads: 64 wide, one below 64
+        assert int(r[6].replace(",", "")) == 8192 and float(r[7]) == pytest.approx(8192 / n, 1e-2)
+        assert r[10].strip() == "cosine" and r[13].strip() == "fp32, int8"
+        assert 0 < float(r[12]) < 0.01  # peak GiB (jscale.memory's estimate) of a tiny model
     assert "design: one token budget for every size" in out
     assert not (tmp_path / "out").exists()  # a plan writes nothing
     # WSD budgets: a branch adds its trunk segment and its cooldown, not a whole run
