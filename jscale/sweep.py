@@ -318,7 +318,8 @@ class _Log:
             with open(self.path, "a") as f:
                 f.write(f"{now.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
         if self.echo:
-            tqdm.write(f"{now.strftime('%H:%M:%S')} {msg}", file=sys.stderr)
+            # one write per line: lines of --train-jobs processes sharing stderr stay whole
+            tqdm.write(f"{now.strftime('%H:%M:%S')} {msg}\n", file=sys.stderr, end="")
 
 
 @dataclasses.dataclass
