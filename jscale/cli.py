@@ -240,6 +240,13 @@ def cmd_sweep(args) -> int:
         return 0
     retrain = args.retrain
     if args.train_jobs > 1:
+        import jax
+
+        if s.mesh is not None or jax.default_backend() != "cpu":
+            raise ConfigError(
+                "--train-jobs splits the host's CPUs between training processes: not for a "
+                f"[mesh] sweep or on {jax.default_backend()} (the jobs would share its devices)"
+            )
         _train_jobs(args)
         retrain = False  # the jobs retrained what --retrain asked for; measure their checkpoints
     r = sw.run_sweep(

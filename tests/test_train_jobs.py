@@ -37,11 +37,15 @@ def test_train_jobs_train_each_model_once_then_one_run_measures(tmp_path, monkey
         assert set(df.train_cpus) <= {len(cpus[0::2]), len(cpus[1::2])}, df.train_cpus
 
 
-def test_train_jobs_refuse_a_worker_share_and_a_bad_cpu_share(tmp_path, monkeypatch, capsys):
+def test_train_jobs_refuse_a_worker_share_a_mesh_and_a_bad_cpu_share(tmp_path, monkeypatch, capsys):
     cfg = tmp_path / "tiny.toml"
     cfg.write_text(TINY.format(precisions='["fp32"]', lr=0.003))
     assert cli.main(["sweep", str(cfg), "--train-jobs", "2", "--worker", "1/2"]) == 2
     assert "--train-jobs" in capsys.readouterr().err
+    mesh = cfg.read_text() + "\n[mesh]\ndata = 1\n"
+    cfg.write_text(mesh)
+    assert cli.main(["sweep", str(cfg), "--train-jobs", "2"]) == 2
+    assert "not for a [mesh] sweep" in capsys.readouterr().err
     monkeypatch.setenv(cli.CPU_SHARE_ENV, "2/2")
     with pytest.raises(ConfigError, match="JSCALE_CPU_SHARE must be J/N"):
         cli._pin_cpus()
