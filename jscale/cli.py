@@ -193,6 +193,9 @@ def _print_plan(s, args) -> None:
             )
 
 
+CPU_SHARE_ENV = "JSCALE_CPU_SHARE"  # "J/N": run on the J-th of N slices of the allowed CPUs
+
+
 def _train_jobs(args) -> None:
     """Run ``args.train_jobs`` ``jscale sweep --train-only`` processes side by side and wait for
     them.  Each takes the training groups the others do not hold (``jscale.lock``), pinned to
@@ -998,9 +1001,6 @@ _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}  # no space,
 
 def _loaded(names: dict[str, str]) -> tuple[type, ...]:
     return tuple(getattr(sys.modules[m], n) for m, n in names.items() if m in sys.modules)
-
-
-CPU_SHARE_ENV = "JSCALE_CPU_SHARE"  # "J/N": run on the J-th of N slices of the allowed CPUs
 
 
 def _pin_cpus() -> None:

@@ -774,6 +774,15 @@ LADDER_MIN_SIZES = 5  # ladder sizes a latency law needs to leave the others out
 LADDER_FIT_SPAN = 20.0
 
 
+def _top_of_ladder(rows: pd.DataFrame) -> pd.Series:
+    """Per row, whether it is on the top of the ladder: the large formulation class, N within
+    ``LADDER_FIT_SPAN`` of the largest large-class N."""
+    large = rows["formulation_class"] == "large"
+    if not large.any():
+        return large
+    return large & (rows[N] >= rows.loc[large, N].max() / LADDER_FIT_SPAN)
+
+
 def _ladder_region(rows: pd.DataFrame, qname: str, out: Fits) -> pd.DataFrame:
     """The ladder rows a latency law is fitted on: the top of the ladder (the ``large``
     formulation class, ``formulation_class``, with N within ``LADDER_FIT_SPAN`` of the
@@ -791,7 +800,7 @@ def _ladder_region(rows: pd.DataFrame, qname: str, out: Fits) -> pd.DataFrame:
         )
 
     large = rows[rows["formulation_class"] == "large"]
-    top = large[large[N] >= large[N].max() / LADDER_FIT_SPAN]
+    top = rows[_top_of_ladder(rows)]
     drawn = rows[N].nunique()
     if len(top) and enough(top):
         out.latency_regime[qname] = "top of the ladder"
@@ -1075,11 +1084,10 @@ def _delta_panel(ax, df: pd.DataFrame, delta: str, style: dict) -> None:
 
 def _fitted_mask(d: pd.DataFrame, regime: str | None) -> pd.Series:
     """Which latency rows the law of ``regime`` (``Fits.latency_regime``) was fitted on."""
-    if regime in ("large class", "top of the ladder") and "formulation_class" in d:
-        large = d["formulation_class"] == "large"
-        if regime == "large class" or not large.any():
-            return large
-        return large & (d[N] >= d.loc[large, N].max() / LADDER_FIT_SPAN)
+    if regime == "large class" and "formulation_class" in d:
+        return d["formulation_class"] == "large"
+    if regime == "top of the ladder" and "formulation_class" in d:
+        return _top_of_ladder(d)
     if regime == "above the cache":
         cr = analysis.cache_resident(d)
         if cr is not None:

@@ -477,9 +477,11 @@ def _train_plan(run: _Run, t_start: float, *, retrain: bool, progress: bool) -> 
     todo = {id(point) for point, _ in run.plan.todo}
     for group in run.sweep.groups():
         needed = [p for p in group if id(p) in todo]
+        if not needed:
+            continue
         with _try_group(run.sweep.out_dir, f"group-{_name(group[0])}") as mine:
             left = [p for p in needed if not _trained_meanwhile(run, p, retrain)] if mine else []
-            if needed and not mine:
+            if not mine:
                 run.log(f"{_describe(group[0])}: held by another process, skipped")
             if left:
                 for _ in _train_group(run, left, retrain=retrain, progress=progress):
