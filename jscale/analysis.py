@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
@@ -57,6 +56,7 @@ from jscale.laws import (  # noqa: F401  (re-exported)
     SLOPE_MAX,
     AnalysisError,
     Form,
+    _bucket,
     _cluster_ids,
     _cluster_name,
     _column,
@@ -135,13 +135,16 @@ class Fit:
             _PREDICTORS[self._form] = jax.jit(
                 jax.vmap(self._form._log_pred, in_axes=(0, None, None))
             )
+        theta_2d = np.atleast_2d(np.asarray(theta, np.float64))
+        u = np.atleast_1d(np.asarray(u, np.float64))
+        v = np.broadcast_to(np.asarray(v, np.float64), u.shape)
+        # padded to power-of-two shapes (copies of the last theta and point), so predictions
+        # at any number of points share a few compiled programs
+        k, m = len(theta_2d), len(u)
+        th = theta_2d[np.minimum(np.arange(_bucket(k, 1)), k - 1)]
+        cols = np.minimum(np.arange(_bucket(m)), m - 1)
         with jax.enable_x64(True):
-            theta_2d = jnp.atleast_2d(jnp.asarray(theta, jnp.float64))
-            return np.asarray(
-                _PREDICTORS[self._form](
-                    theta_2d, jnp.asarray(u, jnp.float64), jnp.asarray(v, jnp.float64)
-                )
-            )
+            return np.asarray(_PREDICTORS[self._form](th, u[cols], v[cols]))[:k, :m]
 
     def predict(self, x_new, d_new=None, level=None) -> pd.DataFrame:
         """Predictions at sizes ``x_new`` (and tokens ``d_new`` for two-input forms), with
@@ -351,14 +354,12 @@ def fit(
     with jax.enable_x64(True):
 
         def run(th0, w, sol=solve, mask=None, uv=(u, v), ys=None):
-            th0 = jnp.asarray(th0)
+            th0 = np.asarray(th0, float)  # numpy throughout: the solver pads and stages it
             B = th0.shape[0]
-            mask = jnp.ones((B, P)) if mask is None else jnp.asarray(mask)
-            ys = np.broadcast_to(ly, (B, len(ly))) if ys is None else ys
-            a = (jnp.asarray(uv[0]), jnp.asarray(uv[1]), jnp.asarray(ys))
+            mask = np.ones((B, P)) if mask is None else np.asarray(mask, float)
+            ys = np.broadcast_to(ly, (B, len(ly))) if ys is None else np.asarray(ys, float)
             wb = np.broadcast_to(np.asarray(w, float), (B, len(ly)))
-            out = sol(th0, jnp.asarray(wb, jnp.float64), mask, *a, delta, norm)
-            out = {k: np.asarray(b) for k, b in jax.device_get(out).items()}
+            out = sol(th0, wb, mask, uv[0], uv[1], ys, delta, norm)
             out["converged"] = out["converged"] | _stalled_at_optimum(
                 fm, out, wb, mask, uv[0], uv[1], norm
             )
@@ -375,7 +376,7 @@ def fit(
         pf = np.where(np.isfinite(p["f"]), p["f"], np.inf)
         best = int(np.argmin(pf))
         theta = p["theta"][best]
-        lyhat = np.asarray(_LOG_PRED(fm)(jnp.asarray(theta), jnp.asarray(u), jnp.asarray(v)))
+        lyhat = np.asarray(_LOG_PRED(fm)(theta, np.asarray(u), np.asarray(v)))
         res = ly - lyhat
         curv = _curvature(fm, theta, u, v, rw, res, n_pos - P)
         boot_theta = np.zeros((0, P))

@@ -302,18 +302,61 @@ class _Lane(NamedTuple):
     step_scale: Any  # multiplier of the trial step lengths _STEPS
 
 
+def _bucket(n: int, lo: int = 8) -> int:
+    """The padded length of an axis of length ``n``: the next power of two, at least ``lo``."""
+    return max(lo, 1 << (int(n) - 1).bit_length())
+
+
 def _solver(form: Form, max_iter: int, gtol: float, ftol: float):
-    """Jitted ``(theta0[B, S, P], w[B, n], mask[B, P], u[n], v[n], ly[B, n], delta, norm) -> dict
-    of [B, S] results``, one cached function per (form, budget, tolerances); jit caches per
-    shape. The objective is ``sum w * huber_delta(r) / norm``; coordinates where ``mask`` is 0
-    stay at their start (a profile fixes one parameter that way)."""
-    key = (form, max_iter, gtol, ftol)
-    if key in _SOLVERS:
-        return _SOLVERS[key]
+    """``(theta0[B, S, P], w[B, n], mask[B, P], u[n], v[n], ly[B, n], delta, norm) -> dict of
+    [B, S] results`` (numpy).  The objective is ``sum w * huber_delta(r) / norm``; coordinates
+    where ``mask`` is 0 stay at their start (a profile fixes one parameter that way).
+
+    The B x S runs are lanes of one vmapped ``while_loop``, compiled once per form
+    (``_lane_solver``) and per padded shape: the lanes are padded to a power of two (copies
+    of the last lane) and the rows too (weight 0), and the budget and tolerances are data, so
+    fits of any size, grid, polish, bootstrap or profile share a few programs."""
+    core = _lane_solver(form)
+
+    def solve(theta0, w, mask, u, v, ly, delta, norm):
+        theta0, w, mask, ly = (np.asarray(a, np.float64) for a in (theta0, w, mask, ly))
+        u, v = np.asarray(u, np.float64), np.asarray(v, np.float64)
+        B, S, P = theta0.shape
+        n, L = u.shape[0], B * S
+        Lp, n_p = _bucket(L), _bucket(n)
+        lanes = np.concatenate([np.arange(L), np.full(Lp - L, L - 1)])
+        row = np.repeat(np.arange(B), S)[lanes]  # each lane's resample
+        cols = np.concatenate([np.arange(n), np.zeros(n_p - n, int)])  # pad rows: copies of 0
+        w_p = np.where(np.arange(n_p) < n, w[:, cols], 0.0)
+        out = core(
+            theta0.reshape(L, P)[lanes],
+            w_p[row],
+            mask[row],
+            u[cols],
+            v[cols],
+            ly[:, cols][row],
+            np.float64(delta),
+            np.float64(norm),
+            np.int32(max_iter),
+            np.float64(gtol),
+            np.float64(ftol),
+        )
+        out = jax.device_get(out)
+        return {k: np.asarray(a)[:L].reshape((B, S) + np.shape(a)[1:]) for k, a in out.items()}
+
+    return solve
+
+
+def _lane_solver(form: Form):
+    """Jitted ``(theta0[L, P], w[L, n], mask[L, P], u[n], v[n], ly[L, n], delta, norm,
+    max_iter, gtol, ftol) -> dict of [L] results``: one L-BFGS run per lane; cached per form,
+    jit caches per shape."""
+    if form in _SOLVERS:
+        return _SOLVERS[form]
     precond = optax.scale_by_lbfgs(memory_size=10)
     steps = jnp.asarray(_STEPS)
 
-    def one(theta0, w, mask, u, v, ly, delta, norm):
+    def one(theta0, w, mask, ly, u, v, delta, norm, max_iter, gtol, ftol):
         def obj(theta):
             r = ly - form._log_pred(theta, u, v)
             a = jnp.abs(r)
@@ -398,15 +441,14 @@ def _solver(form: Form, max_iter: int, gtol: float, ftol: float):
             converged=conv,
         )
 
-    def solve(theta0, w, mask, u, v, ly, delta, norm):
+    def solve(theta0, w, mask, u, v, ly, delta, norm, max_iter, gtol, ftol):
         _TRACES["count"] += 1
-        per_start = jax.vmap(one, in_axes=(0, None, None, None, None, None, None, None))
-        return jax.vmap(per_start, in_axes=(0, 0, 0, None, None, 0, None, None))(
-            theta0, w, mask, u, v, ly, delta, norm
+        return jax.vmap(one, in_axes=(0, 0, 0, 0) + (None,) * 7)(
+            theta0, w, mask, ly, u, v, delta, norm, max_iter, gtol, ftol
         )
 
-    _SOLVERS[key] = jax.jit(solve)
-    return _SOLVERS[key]
+    _SOLVERS[form] = jax.jit(solve)
+    return _SOLVERS[form]
 
 
 # --------------------------------------------------------------------------- inputs
@@ -593,9 +635,9 @@ def _jacobians(fm: Form, thetas, u, v) -> np.ndarray:
     with jax.enable_x64(True):
         return np.asarray(
             _PREDICTORS["jacs", fm](
-                jnp.asarray(thetas, jnp.float64),
-                jnp.asarray(u, jnp.float64),
-                jnp.asarray(v, jnp.float64),
+                np.asarray(thetas, np.float64),
+                np.asarray(u, np.float64),
+                np.asarray(v, np.float64),
             )
         )
 
@@ -605,8 +647,8 @@ def _jacobian(fm: Form, theta, u, v) -> np.ndarray:
     _LOG_PRED(fm)
     with jax.enable_x64(True):
         a = (
-            jnp.asarray(theta, jnp.float64),
-            jnp.asarray(u, jnp.float64),
-            jnp.asarray(v, jnp.float64),
+            np.asarray(theta, np.float64),
+            np.asarray(u, np.float64),
+            np.asarray(v, np.float64),
         )
         return np.asarray(_PREDICTORS["jac", fm](*a))
