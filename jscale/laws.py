@@ -303,8 +303,14 @@ class _Lane(NamedTuple):
 
 
 def _bucket(n: int, lo: int = 8) -> int:
-    """The padded length of an axis of length ``n``: the next power of two, at least ``lo``."""
-    return max(lo, 1 << (int(n) - 1).bit_length())
+    """The padded length of an axis of length ``n``: at least ``lo``, else ``n`` rounded up to
+    a quarter of its power of two (4 buckets per octave: 8, 10, 12, 14, 16, 20, .., 512, 640,
+    ..), so at most 25% padding while fits of similar size share a compiled program."""
+    n = int(n)
+    if n <= lo:
+        return lo
+    step = 1 << max(0, (n - 1).bit_length() - 3)
+    return -(-n // step) * step
 
 
 def _solver(form: Form, max_iter: int, gtol: float, ftol: float):
@@ -313,8 +319,8 @@ def _solver(form: Form, max_iter: int, gtol: float, ftol: float):
     where ``mask`` is 0 stay at their start (a profile fixes one parameter that way).
 
     The B x S runs are lanes of one vmapped ``while_loop``, compiled once per form
-    (``_lane_solver``) and per padded shape: the lanes are padded to a power of two (copies
-    of the last lane) and the rows too (weight 0), and the budget and tolerances are data, so
+    (``_lane_solver``) and per padded shape: the lanes are padded (``_bucket``: copies of the
+    last lane) and the rows too (weight 0), and the budget and tolerances are data, so
     fits of any size, grid, polish, bootstrap or profile share a few programs."""
     core = _lane_solver(form)
 
