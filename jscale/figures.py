@@ -502,6 +502,9 @@ class Fits:
     forms: dict = field(default_factory=dict)
     latency_regime: dict = field(default_factory=dict)
     form_reasons: dict = field(default_factory=dict)
+    # latency quantity -> precision -> (form, {candidate: error predicting the largest fitted
+    # size from the smaller ones}): each precision's own form, on a latency ladder
+    precision_forms: dict = field(default_factory=dict)
     size_differences: object = None
     precision_law: object = None  # jscale.degradation.PrecisionLaw, when the formats identify it
     precision_ref: str | None = None
@@ -665,14 +668,21 @@ def fit_all(
         out.forms[qname] = q
         if qname == "loss":
             out.loss_form = q.form
+        per_precision = lad is not None and qname in ("decode", "prefill")
+        q_ref = q
         for prec in _groups(src):
+            q = q_ref
+            d = rows[(rows[PRECISION] == prec) & rows[N].notna() & rows[q.column].notna()]
+            if per_precision:  # each precision's latency bends its own way (docs/latency.md)
+                form, inner = _precision_form(d, q, k)
+                out.precision_forms.setdefault(qname, {})[prec] = (form, inner)
+                q = replace(q, form=form, law=LAWS[form])
             # L(N, D) resamples are ~3x dearer than L(N): one L-BFGS start per resample (the
             # full-data optimum) except on the reference precision, whose fit is also approach 3
             # (``chinchilla``) and keeps the default; the intervals barely move (docs/figures.md)
             nd = q.form in analysis.ND_FORMS
             one = {"bootstrap_starts": ND_BOOTSTRAP_STARTS} if nd else {}
             skw = one if prec != ref else {}
-            d = rows[(rows[PRECISION] == prec) & rows[N].notna() & rows[q.column].notna()]
             try:
                 f = analysis.fit(
                     d,
@@ -730,6 +740,8 @@ def fit_all(
                 break
             else:
                 out.notes.append(f"{qname} {prec}: no extrapolation check ({err})")
+        if per_precision and out.precision_forms.get(qname):
+            _precision_form_reason(out, qname, k)
     _fit_axes(df, out, n_bootstrap, seed, level, quantities)
     if "precision_law" in quantities:
         _fit_precision_law(loss_df, out, n_bootstrap, seed, level)
@@ -867,6 +879,70 @@ CANDIDATES = {
 # The loss law on a token axis: with a floor E, or without one where the data do not bound it
 # (a short ladder far above its floor); the same compute-optimal allocation either way.
 CANDIDATES_ND = ("chinchilla", "chinchilla_no_floor")
+
+
+def _two_point_error(xs, ys, form: str) -> float:
+    """Relative error predicting ``ys[-1]`` at ``xs[-1]`` from the two points before it, through
+    which a two-parameter latency form passes exactly (``affine``: the line; ``power``: the
+    log-log line); NaN for other forms."""
+    (x1, x2, x3), (y1, y2, y3) = xs[-3:], ys[-3:]
+    if form == "affine":
+        pred = y2 + (y2 - y1) / (x2 - x1) * (x3 - x2)
+    elif form == "power":
+        pred = y2 * (x3 / x2) ** (np.log(y2 / y1) / np.log(x2 / x1))
+    else:
+        return float("nan")
+    return float(pred / y3 - 1)
+
+
+def _precision_form(d: pd.DataFrame, q: Quantity, k: int) -> tuple[str, dict]:
+    """One precision's latency form, chosen without its ``k`` largest sizes (which the
+    extrapolation check then predicts, so that check stays out of sample): each candidate of
+    ``CANDIDATES[q.name]`` predicts the largest of the remaining sizes from the smaller ones
+    (a fit when they leave a degree of freedom, else the exact two-point law of
+    ``_two_point_error``); the lowest absolute error wins, within 2 points the fewest
+    parameters.  ``(form, {candidate: signed error or NaN})``; ``q.form`` when fewer than 3
+    sizes remain."""
+    per_size = d.groupby(N)[q.column].median().sort_index()
+    xs, ys = per_size.index.to_numpy(float), per_size.to_numpy(float)
+    fit_x, fit_y = xs[: len(xs) - k], ys[: len(ys) - k]
+    if len(fit_x) < 3:
+        return q.form, {}
+    errs = {}
+    for form in CANDIDATES.get(q.name, (q.form,)):
+        n_par = len(analysis._get_form(form).param_names)
+        if len(fit_x) - 1 > n_par:
+            try:
+                with np.errstate(over="ignore"):
+                    ex = analysis.extrapolation_check(
+                        pd.DataFrame({N: fit_x, "y": fit_y}), form, x=N, y="y", k=1
+                    )
+                errs[form] = float(ex["rel_error"].iloc[0])
+            except (ValueError, ArithmeticError, RuntimeError):
+                errs[form] = float("nan")
+        else:
+            errs[form] = (
+                _two_point_error(fit_x, fit_y, form) if len(fit_x) - 1 == n_par else float("nan")
+            )
+    ok = {f: abs(e) for f, e in errs.items() if np.isfinite(e)}
+    if not ok:
+        return q.form, errs
+    best = min(ok.values())
+    close = [f for f in errs if f in ok and ok[f] <= best + 0.02]  # candidate order: simplest
+    return min(close, key=lambda f: len(analysis._get_form(f).param_names)), errs
+
+
+def _precision_form_reason(out: Fits, qname: str, k: int) -> None:
+    """``out.form_reasons[qname]``: each precision's form and the errors that chose it."""
+    bits = []
+    for prec, (form, inner) in out.precision_forms[qname].items():
+        errs = ", ".join(f"{f} {e:+.0%}" for f, e in inner.items() if np.isfinite(e))
+        bits.append(f"{prec} {form}" + (f" ({errs})" if errs else ""))
+    out.form_reasons[qname] = (
+        "per precision, the form that best predicts its largest fitted size from the smaller "
+        f"ones (the {k} largest, which the extrapolation check predicts, are not used; within "
+        "2 points, the fewest parameters): " + "; ".join(bits)
+    )
 
 
 PARSIMONY_AICC = 2.0  # a simpler form within this AICc of the best is preferred
@@ -1277,14 +1353,19 @@ def _law_tex(fits: Fits) -> str:
     """The latency laws drawn, as legend text ("$t = c + k N$", or one per panel)."""
     laws = []
     for qn in ("decode", "prefill"):
-        q = fits.forms.get(qn)
-        if q is not None and q.form not in [f for f, _ in laws]:
-            laws.append((q.form, _TEX_LAW.get(q.form, q.law)))
+        for f in fits.fits.get(qn, {}).values():
+            if f.form not in [g for g, _ in laws]:
+                laws.append((f.form, _TEX_LAW.get(f.form, LAWS.get(f.form, f.form))))
     if not laws:
         return _TEX_LAW["affine"]
     if len(laws) == 1:
         return laws[0][1]
-    return ", ".join(f"{tex} ({qn})" for (_, tex), qn in zip(laws, ("decode", "prefill")))
+    per = {
+        qn: sorted({f.form for f in fits.fits.get(qn, {}).values()}) for qn in ("decode", "prefill")
+    }
+    if all(len(v) <= 1 for v in per.values()):
+        return ", ".join(f"{_TEX_LAW.get(v[0], v[0])} ({qn})" for qn, v in per.items() if v)
+    return " or ".join(tex for _, tex in laws) + " (per precision: fits.md)"
 
 
 def pareto_frontier(latency, loss) -> np.ndarray:
@@ -2031,8 +2112,10 @@ def _table_rows(fits: Fits) -> list[tuple[Quantity, list[dict]]]:
                     "k_note": "" if kk == fits.k else f" (k={kk})",
                 }
             )
-        if rows:
-            out.append((q, rows))
+        forms = [fits.fits[q.name][r["precision"]].form for r in rows]
+        for form in dict.fromkeys(forms):  # one block per form (latency: chosen per precision)
+            block = [r for r, f in zip(rows, forms) if f == form]
+            out.append((q if form == q.form else replace(q, form=form, law=LAWS[form]), block))
     return out
 
 
@@ -2323,13 +2406,15 @@ def _selection_markdown(fits: Fits) -> list[str]:
     parts = [
         f"**form selection** ({fits.precision_ref}; no bootstrap): each quantity's candidate "
         "forms, best AICc (on log y) first, with the worst error predicting the "
-        f"{fits.k} largest sizes from the rest; the form used (*) is the one with the fewest "
-        f"parameters within {PARSIMONY_AICC:g} AICc of the best\n",
+        f"{fits.k} largest sizes from the rest; the form used (*): the notes below the table "
+        "say how it was chosen\n",
         "| quantity | form (parameters) | AICc | delta AICc | extrap. error | warnings |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for qname, t in fits.selection.items():
         used = fits.forms.get(qname)
+        if qname in fits.precision_forms and fits.precision_ref in fits.precision_forms[qname]:
+            used = replace(used, form=fits.precision_forms[qname][fits.precision_ref][0])
         for r in t.itertuples():
             if r.error:
                 parts.append(f"| {qname} | {r.form} | – | – | ({r.error}) | – |")

@@ -235,3 +235,67 @@ def test_shipped_ladders_span_four_decades_to_1e8():
     top = [n for n in ns if n >= ns[-1] / figures.LADDER_FIT_SPAN]
     if name == "quick":  # the quick ladder's laws are fitted on its top 1.3 decades
         assert len(top) >= figures.LADDER_MIN_SIZES
+
+
+def test_two_point_error_is_the_exact_law_through_two_points():
+    xs, ys = np.array([1.0, 2.0, 4.0]), np.array([3.0, 5.0, 8.0])
+    # affine through (1, 3), (2, 5): 3 + 2 (x - 1) = 9 at 4; power: 5 (4/2)^log2(5/3) = 25/3
+    assert figures._two_point_error(xs, ys, "affine") == pytest.approx(9 / 8 - 1)
+    assert figures._two_point_error(xs, ys, "power") == pytest.approx((25 / 3) / 8 - 1)
+    assert np.isnan(figures._two_point_error(xs, ys, "offset_power"))
+
+
+def _two_law_ladder(noise=0.01, rng=0):
+    """The quick ladder's top 5 sizes, 1% lognormal noise: fp32 prefill affine (17 ms + 0.8 ms
+    per million params), bf16 prefill a power law N^0.7 (a rate that grows with size); decode
+    affine in both."""
+    rng = np.random.default_rng(rng)
+    rows = []
+    for n in (1.25e7, 2.5e7, 5e7, 1.05e8, 2e8):
+        for prec in ("fp32", "bf16"):
+            pre = 17 + 0.8e-6 * n if prec == "fp32" else 30 * (n / 1.25e7) ** 0.7
+            rows.append(
+                {
+                    schema.N: n,
+                    schema.PRECISION: prec,
+                    schema.DECODE: (0.1 + 2e-7 * n) * np.exp(rng.normal(0, noise)),
+                    schema.PREFILL: pre * np.exp(rng.normal(0, noise)),
+                    "formulation_class": "large",
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_each_precision_gets_the_latency_form_of_its_own_truth():
+    """On a ladder where fp32 prefill is affine and bf16 prefill a power law, each precision's
+    form is chosen without its 2 largest sizes and then predicts them; one form for both (the
+    old rule, chosen on fp32) misses bf16's by far more than 15%."""
+    lad = _two_law_ladder()
+    trained = pd.DataFrame(
+        {schema.N: [1e4, 2e4, 4e4], schema.PRECISION: "fp32", schema.LOSS: [3.0, 2.8, 2.6]}
+    )
+    f = figures.fit_all(trained, n_bootstrap=0, quantities=("decode", "prefill"), ladder=lad)
+    forms = {p: form for p, (form, _) in f.precision_forms["prefill"].items()}
+    assert forms == {"fp32": "affine", "bf16": "power"}
+    assert {p: form for p, (form, _) in f.precision_forms["decode"].items()} == {
+        "fp32": "affine",
+        "bf16": "affine",
+    }
+    bf16 = f.get("prefill", "bf16")
+    assert bf16.form == "power" and bf16.params["b"] == pytest.approx(0.7, abs=0.05)
+    for q in ("decode", "prefill"):
+        for p in ("fp32", "bf16"):
+            ex = f.extrapolation[q][p]
+            assert np.max(np.abs(ex["y_pred"] / ex["y"] - 1)) < 0.05, (q, p)
+    wrong = analysis.extrapolation_check(
+        lad[lad[schema.PRECISION] == "bf16"], "affine", x=N, y=schema.PREFILL, k=2
+    )
+    assert np.max(np.abs(wrong["rel_error"])) > 0.15  # why one form for all does not do
+    md = figures.fit_table_markdown(f)
+    assert md.count("**prefill latency (ms/prompt)**") == 2  # an affine and a power block
+    assert "y = k N^b (power)" in md and "| bf16 | " in md
+    assert "prefill: per precision, the form that best predicts" in md
+    assert "bf16 power (affine +" in md
+    assert "per precision" in figures._law_tex(f)
+    tex = figures.fit_table_latex(f)
+    assert tex.count(r"\textbf{prefill latency (ms/prompt)}") == 2
