@@ -901,7 +901,8 @@ def _precision_form(d: pd.DataFrame, q: Quantity, k: int) -> tuple[str, dict]:
     ``CANDIDATES[q.name]`` predicts the largest of the remaining sizes from the smaller ones
     (a fit when they leave a degree of freedom, else the exact two-point law of
     ``_two_point_error``); the lowest absolute error wins, within 2 points the fewest
-    parameters.  ``(form, {candidate: signed error or NaN})``; ``q.form`` when fewer than 3
+    parameters, then the first candidate (``affine``: the physics of streamed weights).
+    ``(form, {candidate: signed error or NaN})``; ``q.form`` when fewer than 3
     sizes remain."""
     per_size = d.groupby(N)[q.column].median().sort_index()
     xs, ys = per_size.index.to_numpy(float), per_size.to_numpy(float)
@@ -941,7 +942,7 @@ def _precision_form_reason(out: Fits, qname: str, k: int) -> None:
     out.form_reasons[qname] = (
         "per precision, the form that best predicts its largest fitted size from the smaller "
         f"ones (the {k} largest, which the extrapolation check predicts, are not used; within "
-        "2 points, the fewest parameters): " + "; ".join(bits)
+        "2 points, the fewest parameters, then the first candidate): " + "; ".join(bits)
     )
 
 
