@@ -6,7 +6,8 @@ decode kernel's speed at each width.  This separates the last: at each width it 
 weight models of ``--layers`` (two depths) and takes the difference, which is the cost of the
 extra layers alone, ``12 d^2`` weights each, streamed at that width.  The fixed costs cancel;
 the printed "rest" is what is left at the shallower depth (negative when that model runs faster
-per weight than the extra layers: it sits partly in cache).
+per weight than the extra layers: it sits partly in cache).  The formulation column shows the
+autotuned formulation at both depths when they differ (then the difference mixes two).
 
     python benchmarks/latency_per_layer.py                      # fp32, widths 416 .. 1024
     python benchmarks/latency_per_layer.py --precision bf16 --widths 512,1024
@@ -42,12 +43,13 @@ def main():
     )
     print("|---:|---|---:|---:|---:|---:|---:|")
     for d in (int(w) for w in a.widths.split(",")):
-        ms = {}
+        ms, forms = {}, []
         for n_layers in (lo, hi):
             cfg = ModelConfig(
                 d_model=d, n_layers=n_layers, n_heads=d // 32, vocab_size=256, max_seq_len=256
             )
             form, _ = autotune.choice(a.precision, cfg, cache_bytes=roof.get("cache_bytes"))
+            forms.append(form.name)
             lat = latency.measure_latency(
                 ladder.random_params(cfg, jax.random.key(0)),
                 cfg,
@@ -63,7 +65,8 @@ def main():
             ms[n_layers] = lat["decode_ms_per_token_median"]
         per_layer = (ms[hi] - ms[lo]) / (hi - lo)
         print(
-            f"| {d} | {form.name} | {ms[lo]:.3f} | {ms[hi]:.3f} | {per_layer:.3f} | "
+            f"| {d} | {' / '.join(dict.fromkeys(forms))} | {ms[lo]:.3f} | {ms[hi]:.3f} | "
+            f"{per_layer:.3f} | "
             f"{per_layer / (12 * d * d) * 1e6:.4f} | {ms[lo] - lo * per_layer:+.3f} |",
             flush=True,
         )

@@ -138,9 +138,11 @@ class Fit:
         theta_2d = np.atleast_2d(np.asarray(theta, np.float64))
         u = np.atleast_1d(np.asarray(u, np.float64))
         v = np.broadcast_to(np.asarray(v, np.float64), u.shape)
-        # padded to power-of-two shapes (copies of the last theta and point), so predictions
-        # at any number of points share a few compiled programs
+        # padded (``_bucket``: copies of the last theta and point), so predictions at any
+        # number of points share a few compiled programs
         k, m = len(theta_2d), len(u)
+        if m == 0:
+            return np.empty((k, 0))
         th = theta_2d[np.minimum(np.arange(_bucket(k, 1)), k - 1)]
         cols = np.minimum(np.arange(_bucket(m)), m - 1)
         with jax.enable_x64(True):

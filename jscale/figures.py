@@ -671,11 +671,12 @@ def fit_all(
         per_precision = lad is not None and qname in ("decode", "prefill")
         q_ref = q
         for prec in _groups(src):
-            q = q_ref
+            q, k_top = q_ref, k
             d = rows[(rows[PRECISION] == prec) & rows[N].notna() & rows[q.column].notna()]
             if per_precision:  # each precision's latency bends its own way (docs/latency.md)
-                form, inner = _precision_form(d, q, k)
-                out.precision_forms.setdefault(qname, {})[prec] = (form, inner)
+                form, inner, k_chose = _precision_form(d, q, k)
+                out.precision_forms.setdefault(qname, {})[prec] = (form, inner, k_chose)
+                k_top = k_chose or k  # the check predicts the sizes the choice left out
                 q = replace(q, form=form, law=LAWS[form])
             # L(N, D) resamples are ~3x dearer than L(N): one L-BFGS start per resample (the
             # full-data optimum) except on the reference precision, whose fit is also approach 3
@@ -703,7 +704,7 @@ def fit_all(
                     f"{qname} {prec}: no {q.form} fit ({e}); points drawn without the law"
                 )
                 continue
-            for kk in range(k, 0, -1):  # hold out fewer sizes when k leave too few to fit
+            for kk in range(k_top, 0, -1):  # hold out fewer sizes when k leave too few to fit
                 try:
                     # the band of a prediction is drawn for the loss only; latency needs just y_pred
                     nb = n_bootstrap if qname == "loss" else 0
@@ -895,20 +896,22 @@ def _two_point_error(xs, ys, form: str) -> float:
     return float(pred / y3 - 1)
 
 
-def _precision_form(d: pd.DataFrame, q: Quantity, k: int) -> tuple[str, dict]:
-    """One precision's latency form, chosen without its ``k`` largest sizes (which the
-    extrapolation check then predicts, so that check stays out of sample): each candidate of
-    ``CANDIDATES[q.name]`` predicts the largest of the remaining sizes from the smaller ones
-    (a fit when they leave a degree of freedom, else the exact two-point law of
-    ``_two_point_error``); the lowest absolute error wins, within 2 points the fewest
-    parameters, then the first candidate (``affine``: the physics of streamed weights).
-    ``(form, {candidate: signed error or NaN})``; ``q.form`` when fewer than 3
-    sizes remain."""
+def _precision_form(d: pd.DataFrame, q: Quantity, k: int) -> tuple[str, dict, int]:
+    """One precision's latency form, chosen without its ``kk`` largest sizes (which the
+    extrapolation check then predicts, so that check stays out of sample; ``kk`` is the
+    largest of ``k .. 1`` that leaves 3 sizes): each candidate of ``CANDIDATES[q.name]``
+    predicts the largest of the remaining sizes from the smaller ones (a fit when they leave a
+    degree of freedom, else the exact two-point law of ``_two_point_error``); the lowest
+    absolute error wins, within 2 points the fewest parameters, then the first candidate
+    (``affine``: the physics of streamed weights).  ``(form, {candidate: signed error or
+    NaN}, kk)``; ``(q.form, errors, 0)`` when no candidate could be checked (fewer than 4
+    sizes, or every check failed): then the form was chosen on every size."""
     per_size = d.groupby(N)[q.column].median().sort_index()
     xs, ys = per_size.index.to_numpy(float), per_size.to_numpy(float)
-    fit_x, fit_y = xs[: len(xs) - k], ys[: len(ys) - k]
-    if len(fit_x) < 3:
-        return q.form, {}
+    kk = min(k, len(xs) - 3)
+    if kk < 1:
+        return q.form, {}, 0
+    fit_x, fit_y = xs[: len(xs) - kk], ys[: len(ys) - kk]
     errs = {}
     for form in CANDIDATES.get(q.name, (q.form,)):
         n_par = len(analysis._get_form(form).param_names)
@@ -916,7 +919,7 @@ def _precision_form(d: pd.DataFrame, q: Quantity, k: int) -> tuple[str, dict]:
             try:
                 with np.errstate(over="ignore"):
                     ex = analysis.extrapolation_check(
-                        pd.DataFrame({N: fit_x, "y": fit_y}), form, x=N, y="y", k=1
+                        pd.DataFrame({N: fit_x, "y": fit_y}), form, x=N, y="y", k=1, n_bootstrap=0
                     )
                 errs[form] = float(ex["rel_error"].iloc[0])
             except (ValueError, ArithmeticError, RuntimeError):
@@ -927,18 +930,26 @@ def _precision_form(d: pd.DataFrame, q: Quantity, k: int) -> tuple[str, dict]:
             )
     ok = {f: abs(e) for f, e in errs.items() if np.isfinite(e)}
     if not ok:
-        return q.form, errs
+        return q.form, errs, 0
     best = min(ok.values())
     close = [f for f in errs if f in ok and ok[f] <= best + 0.02]  # candidate order: simplest
-    return min(close, key=lambda f: len(analysis._get_form(f).param_names)), errs
+    return min(close, key=lambda f: len(analysis._get_form(f).param_names)), errs, kk
 
 
 def _precision_form_reason(out: Fits, qname: str, k: int) -> None:
     """``out.form_reasons[qname]``: each precision's form and the errors that chose it."""
     bits = []
-    for prec, (form, inner) in out.precision_forms[qname].items():
+    for prec, (form, inner, kk) in out.precision_forms[qname].items():
         errs = ", ".join(f"{f} {e:+.0%}" for f, e in inner.items() if np.isfinite(e))
-        bits.append(f"{prec} {form}" + (f" ({errs})" if errs else ""))
+        if not kk:
+            bits.append(
+                f"{prec} {form} (too few sizes to choose without the held-out ones: the "
+                f"reference precision's form, chosen on every size, so its check is not "
+                "out of sample)"
+            )
+            continue
+        held = "" if kk == k else f"; its {kk} largest held out"
+        bits.append(f"{prec} {form}" + (f" ({errs}{held})" if errs else ""))
     out.form_reasons[qname] = (
         "per precision, the form that best predicts its largest fitted size from the smaller "
         f"ones (the {k} largest, which the extrapolation check predicts, are not used; within "
@@ -1182,7 +1193,8 @@ def latency_vs_params(
 ) -> Figure:
     """(b) Per-token decode latency (ms/token) and prefill latency (ms/prompt) vs N per
     precision, log-log: medians with q1..q3 bars, the fitted law (the form chosen per quantity,
-    ``Fits.forms``; drawn over the sizes it was fitted on), and the roofline lower bound
+    ``Fits.forms``, or on a ladder per precision, ``Fits.precision_forms``; drawn over the
+    sizes it was fitted on), and the roofline lower bound
     (``decode_bound_ms_per_token``, ``prefill_bound_ms``) dashed in the same colour.
 
     With ``ladder`` (``jscale.load_ladder``): the points are the latency ladder's
@@ -1365,8 +1377,10 @@ def _law_tex(fits: Fits) -> str:
         qn: sorted({f.form for f in fits.fits.get(qn, {}).values()}) for qn in ("decode", "prefill")
     }
     if all(len(v) <= 1 for v in per.values()):
-        return ", ".join(f"{_TEX_LAW.get(v[0], v[0])} ({qn})" for qn, v in per.items() if v)
-    return " or ".join(tex for _, tex in laws) + " (per precision: fits.md)"
+        return ", ".join(
+            f"{_TEX_LAW.get(v[0], LAWS.get(v[0], v[0]))} ({qn})" for qn, v in per.items() if v
+        )
+    return " or ".join(tex for _, tex in laws) + "\n(form per precision: fits.md)"
 
 
 def pareto_frontier(latency, loss) -> np.ndarray:
@@ -2273,7 +2287,8 @@ def _as_fits(obj, n_bootstrap: int, seed: int) -> Fits:
 
 def fit_table_markdown(obj, *, n_bootstrap: int = 1000, seed: int = 0) -> str:
     """The fitted parameters with their bootstrap intervals, as Markdown: one table per
-    quantity (loss, decode and prefill latency), one row per precision, with the number of
+    quantity (loss, decode and prefill latency) and form (a latency ladder's precisions may
+    each have their own, ``Fits.precision_forms``), one row per precision, with the number of
     points, R^2 in log space and the mean extrapolation error (prediction/actual - 1 on the
     k largest sizes, fitted without them).  ``obj`` is a results DataFrame or ``Fits``."""
     fits = _as_fits(obj, n_bootstrap, seed)
@@ -2482,7 +2497,7 @@ def _tex_ci(est: float, lo: float, hi: float) -> str:
 
 def fit_table_latex(obj, *, n_bootstrap: int = 1000, seed: int = 0) -> str:
     """The same table as ``fit_table_markdown`` as one LaTeX ``tabular`` (booktabs: needs
-    ``\\usepackage{booktabs}``), a block per quantity; text is escaped."""
+    ``\\usepackage{booktabs}``), a block per quantity and form; text is escaped."""
     fits = _as_fits(obj, n_bootstrap, seed)
     blocks = _table_rows(fits)
     width = max((len(rows[0]["params"]) for _, rows in blocks), default=0)

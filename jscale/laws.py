@@ -303,9 +303,10 @@ class _Lane(NamedTuple):
 
 
 def _bucket(n: int, lo: int = 8) -> int:
-    """The padded length of an axis of length ``n``: at least ``lo``, else ``n`` rounded up to
-    a quarter of its power of two (4 buckets per octave: 8, 10, 12, 14, 16, 20, .., 512, 640,
-    ..), so at most 25% padding while fits of similar size share a compiled program."""
+    """The padded length of an axis of length ``n``: ``lo`` when ``n <= lo``, else ``n``
+    rounded up to a quarter of its power of two (4 buckets per octave: 8, 10, 12, 14, 16, 20,
+    .., 512, 640, ..), so above ``lo`` at most 25% padding, while fits of similar size share a
+    compiled program."""
     n = int(n)
     if n <= lo:
         return lo

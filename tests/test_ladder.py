@@ -275,9 +275,9 @@ def test_each_precision_gets_the_latency_form_of_its_own_truth():
         {schema.N: [1e4, 2e4, 4e4], schema.PRECISION: "fp32", schema.LOSS: [3.0, 2.8, 2.6]}
     )
     f = figures.fit_all(trained, n_bootstrap=0, quantities=("decode", "prefill"), ladder=lad)
-    forms = {p: form for p, (form, _) in f.precision_forms["prefill"].items()}
+    forms = {p: form for p, (form, _, kk) in f.precision_forms["prefill"].items() if kk == 2}
     assert forms == {"fp32": "affine", "bf16": "power"}
-    assert {p: form for p, (form, _) in f.precision_forms["decode"].items()} == {
+    assert {p: form for p, (form, _, _) in f.precision_forms["decode"].items()} == {
         "fp32": "affine",
         "bf16": "affine",
     }
@@ -299,3 +299,23 @@ def test_each_precision_gets_the_latency_form_of_its_own_truth():
     assert "per precision" in figures._law_tex(f)
     tex = figures.fit_table_latex(f)
     assert tex.count(r"\textbf{prefill latency (ms/prompt)}") == 2
+
+
+def test_few_ladder_sizes_choose_with_fewer_held_out_or_say_they_could_not():
+    """4 sizes: the choice holds out 1 (3 left, the two-point check) and so does the check; 3
+    sizes: no out-of-sample choice, and the note says the reference form was used."""
+    lad = _two_law_ladder()
+    trained = pd.DataFrame(
+        {schema.N: [1e4, 2e4, 4e4], schema.PRECISION: "fp32", schema.LOSS: [3.0, 2.8, 2.6]}
+    )
+    four = lad[lad[N] < 2e8]
+    f = figures.fit_all(trained, n_bootstrap=0, quantities=("prefill",), ladder=four)
+    form, errs, kk = f.precision_forms["prefill"]["bf16"]
+    assert kk == 1 and form == "power" and set(errs) >= {"affine", "power"}
+    assert f.extrapolation["prefill"]["bf16"]["k"].iloc[0] == 1
+    assert "its 1 largest held out" in f.form_reasons["prefill"]
+    three = lad[lad[N] < 1e8]
+    f = figures.fit_all(trained, n_bootstrap=0, quantities=("prefill",), ladder=three)
+    assert f.precision_forms["prefill"]["bf16"][2] == 0
+    assert "not out of sample" in f.form_reasons["prefill"]
+    assert len(f.get("prefill", "bf16").predict(np.array([]))) == 0
