@@ -941,6 +941,9 @@ def _precision_form_reason(out: Fits, qname: str, k: int) -> None:
     bits = []
     for prec, (form, inner, kk) in out.precision_forms[qname].items():
         errs = ", ".join(f"{f} {e:+.0%}" for f, e in inner.items() if np.isfinite(e))
+        if prec not in out.fits.get(qname, {}):
+            bits.append(f"{prec} {form}, not fitted (see its note)")
+            continue
         if not kk:
             bits.append(
                 f"{prec} {form} (too few sizes to choose without the held-out ones: the "
