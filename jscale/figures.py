@@ -503,7 +503,8 @@ class Fits:
     latency_regime: dict = field(default_factory=dict)
     form_reasons: dict = field(default_factory=dict)
     # latency quantity -> precision -> (form, {candidate: error predicting the largest fitted
-    # size from the smaller ones}): each precision's own form, on a latency ladder
+    # size from the smaller ones}, sizes held out; 0: not chosen out of sample): each
+    # precision's own form, on a latency ladder (``_precision_form``)
     precision_forms: dict = field(default_factory=dict)
     size_differences: object = None
     precision_law: object = None  # jscale.degradation.PrecisionLaw, when the formats identify it
@@ -882,6 +883,9 @@ CANDIDATES = {
 CANDIDATES_ND = ("chinchilla", "chinchilla_no_floor")
 
 
+FORM_TIE = 0.02  # latency forms whose held-out errors are this close: the simpler one is used
+
+
 def _two_point_error(xs, ys, form: str) -> float:
     """Relative error predicting ``ys[-1]`` at ``xs[-1]`` from the two points before it, through
     which a two-parameter latency form passes exactly (``affine``: the line; ``power``: the
@@ -932,7 +936,7 @@ def _precision_form(d: pd.DataFrame, q: Quantity, k: int) -> tuple[str, dict, in
     if not ok:
         return q.form, errs, 0
     best = min(ok.values())
-    close = [f for f in errs if f in ok and ok[f] <= best + 0.02]  # candidate order: simplest
+    close = [f for f in errs if f in ok and ok[f] <= best + FORM_TIE]  # candidate order
     return min(close, key=lambda f: len(analysis._get_form(f).param_names)), errs, kk
 
 
@@ -983,7 +987,7 @@ def _choose_form(d: pd.DataFrame, q: Quantity, out: Fits, dkw: dict) -> Quantity
         # the other precisions' errors are then out-of-sample checks of that choice.  A form
         # too rich to fit without the largest sizes cannot show that it extrapolates: left out
         err = checked["extrap_error"].abs()
-        close = checked[err <= err.min() + 0.02]
+        close = checked[err <= err.min() + FORM_TIE]
         best = close.sort_values(["n_params", "aicc"], kind="stable").iloc[0]
         why = (
             f"lowest leave-{out.k}-largest-out error on {out.precision_ref} "
@@ -1366,24 +1370,21 @@ def latency_vs_params(
 
 
 def _law_tex(fits: Fits) -> str:
-    """The latency laws drawn, as legend text ("$t = c + k N$", or one per panel)."""
-    laws = []
-    for qn in ("decode", "prefill"):
-        for f in fits.fits.get(qn, {}).values():
-            if f.form not in [g for g, _ in laws]:
-                laws.append((f.form, _TEX_LAW.get(f.form, LAWS.get(f.form, f.form))))
-    if not laws:
-        return _TEX_LAW["affine"]
-    if len(laws) == 1:
-        return laws[0][1]
+    """The latency laws drawn, as legend text ("$t = c + k N$", or one per panel, or the forms
+    used when the precisions have their own)."""
     per = {
         qn: sorted({f.form for f in fits.fits.get(qn, {}).values()}) for qn in ("decode", "prefill")
     }
+    forms = list(dict.fromkeys(f for v in per.values() for f in v))
+
+    def tex(form):
+        return _TEX_LAW.get(form, LAWS.get(form, form))
+
+    if len(forms) <= 1:
+        return tex(forms[0] if forms else "affine")
     if all(len(v) <= 1 for v in per.values()):
-        return ", ".join(
-            f"{_TEX_LAW.get(v[0], LAWS.get(v[0], v[0]))} ({qn})" for qn, v in per.items() if v
-        )
-    return " or ".join(tex for _, tex in laws) + "\n(form per precision: fits.md)"
+        return ", ".join(f"{tex(v[0])} ({qn})" for qn, v in per.items() if v)
+    return " or ".join(map(tex, forms)) + "\n(form per precision: fits.md)"
 
 
 def pareto_frontier(latency, loss) -> np.ndarray:

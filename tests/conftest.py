@@ -37,7 +37,7 @@ os.environ["JSCALE_CACHE_DIR"] = str(_CACHE)
 # Every program the session compiles goes to a session-wide persistent cache, so the many tests
 # (and the CLI subprocesses they start) that build the same tiny models load it instead of
 # compiling it again.  A cold run still compiles each distinct program once.
-os.environ.setdefault("JSCALE_CACHE_MIN_COMPILE_S", "0")
+os.environ["JSCALE_CACHE_MIN_COMPILE_S"] = "0"
 
 from jscale.runtime import enable_compilation_cache  # noqa: E402  (after the environment is set)
 
