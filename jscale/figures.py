@@ -744,6 +744,8 @@ def fit_all(
                 out.notes.append(f"{qname} {prec}: no extrapolation check ({err})")
         if per_precision and out.precision_forms.get(qname):
             _precision_form_reason(out, qname, k)
+        if qname != "loss":
+            _extrapolation_reach(out, qname, rows)
     _fit_axes(df, out, n_bootstrap, seed, level, quantities)
     if "precision_law" in quantities:
         _fit_precision_law(loss_df, out, n_bootstrap, seed, level)
@@ -757,6 +759,26 @@ def fit_all(
         for n in out.notes:
             log(n)
     return out
+
+
+def _extrapolation_reach(out: Fits, qname: str, rows: pd.DataFrame) -> None:
+    """A note saying how far the latency extrapolation checks of ``qname`` reach: the held-out
+    sizes as multiples of the largest size fitted without them (per distinct held-out set; the
+    precisions of a ladder share one)."""
+    seen = set()
+    for ex in out.extrapolation.get(qname, {}).values():
+        held = tuple(sorted(ex["x"].unique()))
+        if not held or held in seen:
+            continue
+        seen.add(held)
+        fitted = rows.loc[rows[N] < held[0], N]
+        if not len(fitted):
+            continue
+        top = float(fitted.max())
+        reach = " and ".join(f"{_fmt_n(x)} ({x / top:.1f}x)" for x in held)
+        out.notes.append(
+            f"{qname}: the extrapolation check predicts N = {reach}, from sizes up to {_fmt_n(top)}"
+        )
 
 
 def _fit_precision_law(df: pd.DataFrame, out: Fits, n_bootstrap: int, seed: int, level) -> None:

@@ -183,12 +183,7 @@ def roofline(refresh: bool = False) -> dict:
     smaller problems finish in microseconds and measure dispatch, not the hardware."""
     info = device_info()
     n, mib = (2048, 512) if info["device_platform"] == "cpu" else (8192, 2048)
-    key = (
-        f"v3|{info['device_platform']}|{info['device_kind']}|{info['device_count']}|{info['host_cpus']}|"
-        f"{info['jax_version']}"
-    )
-    path = cache_dir() / "roofline.json"
-    cached = json.loads(path.read_text()) if path.exists() else {}
+    key, cached = _key(info), _cached()
     if refresh or key not in cached:
         cached[key] = {
             **info,
@@ -200,13 +195,62 @@ def roofline(refresh: bool = False) -> dict:
             **measure_cache_bytes(),
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cached, indent=1))
-        os.replace(tmp, path)
+        _write(cached)
     if "cache_bytes" not in cached[key]:  # measured since: added to an older cache entry
         cached[key] |= measure_cache_bytes()
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cached, indent=1))
-        os.replace(tmp, path)
+        _write(cached)
     return cached[key]
+
+
+STORED_RATES = (
+    "matmul_flops_per_s",
+    "matmul_bf16_flops_per_s",
+    "matmul_int8_flops_per_s",
+    "bandwidth_bytes_per_s",
+    "read_bandwidth_bytes_per_s",
+)
+
+
+def store(rates: dict) -> dict:
+    """Cache ``rates`` as the default device's roofline, so ``roofline()`` returns them without
+    measuring (a roofline measured elsewhere, or tests that need no real one).  ``rates`` needs
+    every rate of ``STORED_RATES`` (FLOP/s, bytes/s); the device columns are added, and each
+    rate's ``_min`` / ``_max`` default to the rate.  Returns the stored entry."""
+    missing = set(STORED_RATES) - set(rates)
+    if missing:
+        raise ValueError(f"roofline.store: rates lack {', '.join(sorted(missing))}")
+    spread = {f"{k}{s}": rates[k] for k in STORED_RATES for s in ("_min", "_max")}
+    info = device_info()
+    cached = _cached()
+    cached[_key(info)] = {
+        **info,
+        **spread,
+        "matmul_n": 0,
+        "bandwidth_mib": 0,
+        "read_bandwidth_method": "stored",
+        **rates,
+        "measured_at": "stored",
+    }
+    _write(cached)
+    return cached[_key(info)]
+
+
+def _key(info: dict) -> str:
+    return (
+        f"v3|{info['device_platform']}|{info['device_kind']}|{info['device_count']}|"
+        f"{info['host_cpus']}|{info['jax_version']}"
+    )
+
+
+def _cached() -> dict:
+    path = cache_dir() / "roofline.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _write(cached: dict) -> None:
+    """Replace the cache file atomically (a killed writer leaves the old one whole)."""
+    path = cache_dir() / "roofline.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cached, indent=1))
+    os.replace(tmp, path)

@@ -182,6 +182,9 @@ def test_latency_laws_are_fitted_on_the_ladders_large_class():
         assert fit.params["k"] == pytest.approx(2e-7, rel=0.1)
     pred = fit.predict(np.array([1e9]))["y"].iloc[0]
     assert pred == pytest.approx(0.02 + 2e-7 * 1e9, rel=0.15)
+    # the sizes held out: 10^(4 + i/3) for i = 11, 12, against i = 10 (21.5M) fitted
+    reach = "decode: the extrapolation check predicts N = 46.4M (2.2x) and 100M (4.6x), from "
+    assert [n for n in f.notes if n.startswith(reach)] == [reach + "sizes up to 21.5M"]
     fig = figures.latency_vs_params(trained, fits=f, ladder=lad)
     assert len(fig.axes) == 3  # decode, prefill, efficiency
 

@@ -250,3 +250,21 @@ def test_autotune_large_model_streams_from_memory():
         d, layers = autotune.representative("large", fmt, cache)
         assert 12 * d * d * layers * b >= 1.5 * cache
         assert (d, layers) == (864, max(8, -(-int(1.5 * cache) // (12 * 864 * 864 * b))))
+
+
+def test_stored_roofline_is_returned_without_measuring(tmp_path, monkeypatch):
+    from jscale import roofline
+
+    monkeypatch.setenv("JSCALE_CACHE_DIR", str(tmp_path))
+
+    def measured(*a, **k):
+        raise AssertionError("roofline() measured although a roofline was stored")
+
+    monkeypatch.setattr(roofline, "measure_matmul_flops", measured)
+    rates = {k: 1e9 * (i + 1) for i, k in enumerate(roofline.STORED_RATES)}
+    r = roofline.store(rates | {"cache_bytes": 2.0**25})  # without it, roofline() measures it
+    assert roofline.roofline() == r
+    assert r["read_bandwidth_bytes_per_s"] == 5e9 == r["read_bandwidth_bytes_per_s_max"]
+    assert r["device_platform"] == jax.default_backend() and r["measured_at"] == "stored"
+    with pytest.raises(ValueError, match="lack matmul_int8_flops_per_s"):
+        roofline.store({k: v for k, v in rates.items() if "int8" not in k})
