@@ -210,7 +210,8 @@ def four(tmp_path_factory):
 @pytest.mark.xdist_group("four")  # one worker builds the module fixture
 def test_several_precisions_every_figure_and_table(four):
     out, r, logged = four
-    assert r.notes == []
+    # no warnings: only the notes saying how far each latency check extrapolates
+    assert [n for n in r.notes if "the extrapolation check predicts" not in n] == []
     skipped = dict(r.skipped)  # one token budget, no compute budget: the axes figures are skipped
     assert set(skipped) == set(NO_DELTAS)
     assert "delta_loss_vs_fp32_nats" in skipped["precision_cost"]
