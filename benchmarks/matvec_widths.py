@@ -31,8 +31,8 @@ from jscale import roofline
 PROJECTIONS = {"qkv": (3, 1), "out": (1, 1), "up": (4, 1), "down": (1, 4)}  # rows, cols / d
 
 
-def program(rows: int, cols: int, n: int, blocked: int):
-    """A jitted ``f(ws, x_1xC) -> [1, rows]`` that multiplies ``x`` by each of the ``n`` weight
+def program(rows: int, cols: int, blocked: int):
+    """A jitted ``f(ws, x_1xC) -> [1, rows]`` that multiplies ``x`` by each of the weight
     matrices (``[rows, cols]``, or ``[cols / blocked, rows, blocked]``) in turn, each product
     feeding the next input so XLA cannot skip or merge them."""
 
@@ -58,7 +58,7 @@ def rate(rows: int, cols: int, mbytes: float, repeats: int, blocked: int) -> np.
     key = jax.random.key(0)
     shape = (cols // blocked, rows, blocked) if blocked else (rows, cols)
     ws = [jax.random.normal(jax.random.fold_in(key, i), shape, jnp.float32) for i in range(n)]
-    f, x = program(rows, cols, n, blocked), jnp.ones((1, cols), jnp.float32)
+    f, x = program(rows, cols, blocked), jnp.ones((1, cols), jnp.float32)
     jax.block_until_ready(f(ws, x))
     out = []
     for _ in range(repeats):

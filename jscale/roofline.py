@@ -208,18 +208,21 @@ STORED_RATES = (
     "matmul_int8_flops_per_s",
     "bandwidth_bytes_per_s",
     "read_bandwidth_bytes_per_s",
+    "cache_bytes",  # bytes; without it roofline() would measure it
 )
 
 
 def store(rates: dict) -> dict:
     """Cache ``rates`` as the default device's roofline, so ``roofline()`` returns them without
     measuring (a roofline measured elsewhere, or tests that need no real one).  ``rates`` needs
-    every rate of ``STORED_RATES`` (FLOP/s, bytes/s); the device columns are added, and each
-    rate's ``_min`` / ``_max`` default to the rate.  Returns the stored entry."""
+    every key of ``STORED_RATES`` (FLOP/s, bytes/s, and the last-level cache in bytes); the
+    device columns are added, and each rate's ``_min`` / ``_max`` default to the rate.  Returns
+    the stored entry."""
     missing = set(STORED_RATES) - set(rates)
     if missing:
         raise ValueError(f"roofline.store: rates lack {', '.join(sorted(missing))}")
-    spread = {f"{k}{s}": rates[k] for k in STORED_RATES for s in ("_min", "_max")}
+    rate_keys = [k for k in STORED_RATES if k.endswith("_per_s")]
+    spread = {f"{k}{s}": rates[k] for k in rate_keys for s in ("_min", "_max")}
     info = device_info()
     cached = _cached()
     cached[_key(info)] = {
