@@ -19,8 +19,8 @@ with kink ``delta``; least squares when ``delta`` is beyond any residual) in flo
 L-BFGS: optax's L-BFGS preconditioner for the direction and a backtracking line search that
 tries 3 step lengths at once (``_STEPS``, Armijo test); after a failed step the curvature memory
 is reset and the steps shrink 0.03x, after a success they grow 100x (up to 1), and
-``_MAX_FAILS`` failures in a row end the run. Every run is a lane of one jitted, vmapped
-``lax.while_loop`` that stops per lane when ``|grad| <= gtol`` and
+``_MAX_FAILS`` failures in a row end the run. Every run is a lane of a jitted, vmapped
+``lax.while_loop`` (``_LANES`` lanes per call) that stops per lane when ``|grad| <= gtol`` and
 ``|f_prev - f| <= ftol * max(1, |f|)``, or at ``max_iter``; a run also counts as converged when
 it stalls within ``_XTOL`` of its Newton step. Coordinates with ``mask`` 0 stay fixed (a
 profile). Also the input checks every fit shares.
@@ -314,15 +314,22 @@ def _bucket(n: int, lo: int = 8) -> int:
     return -(-n // step) * step
 
 
+# Lanes per call of a compiled solver: every fit's runs go through programs of this width, in
+# as many calls as it takes (the last padded), so each form compiles one program per row bucket.
+_LANES = 128
+
+
 def _solver(form: Form, max_iter: int, gtol: float, ftol: float):
     """``(theta0[B, S, P], w[B, n], mask[B, P], u[n], v[n], ly[B, n], delta, norm) -> dict of
     [B, S] results`` (numpy).  The objective is ``sum w * huber_delta(r) / norm``; coordinates
     where ``mask`` is 0 stay at their start (a profile fixes one parameter that way).
 
-    The B x S runs are lanes of one vmapped ``while_loop``, compiled once per form
-    (``_lane_solver``) and per padded shape: the lanes are padded (``_bucket``: copies of the
-    last lane) and the rows too (weight 0), and the budget and tolerances are data, so
-    fits of any size, grid, polish, bootstrap or profile share a few programs."""
+    The B x S runs are lanes of a vmapped ``while_loop`` (``_lane_solver``, compiled once per
+    form and padded row count), ``_LANES`` lanes per call: the last call's lanes are padded
+    with copies of the last lane, the rows (``_bucket``) with weight 0, and the budget and
+    tolerances are data, so fits of any size, grid, polish, bootstrap or profile share one
+    program per form and row bucket.  A call's loop ends when its slowest lane does, so
+    narrower calls also stop earlier than one call over every lane."""
     core = _lane_solver(form)
 
     def solve(theta0, w, mask, u, v, ly, delta, norm):
@@ -330,26 +337,35 @@ def _solver(form: Form, max_iter: int, gtol: float, ftol: float):
         u, v = np.asarray(u, np.float64), np.asarray(v, np.float64)
         B, S, P = theta0.shape
         n, L = u.shape[0], B * S
-        Lp, n_p = _bucket(L), _bucket(n)
+        n_p = _bucket(n)
+        Lp = -(-L // _LANES) * _LANES
         lanes = np.concatenate([np.arange(L), np.full(Lp - L, L - 1)])
         row = np.repeat(np.arange(B), S)[lanes]  # each lane's resample
         cols = np.concatenate([np.arange(n), np.zeros(n_p - n, int)])  # pad rows: copies of 0
         w_p = np.where(np.arange(n_p) < n, w[:, cols], 0.0)
-        out = core(
-            theta0.reshape(L, P)[lanes],
-            w_p[row],
-            mask[row],
-            u[cols],
-            v[cols],
-            ly[:, cols][row],
-            np.float64(delta),
-            np.float64(norm),
-            np.int32(max_iter),
-            np.float64(gtol),
-            np.float64(ftol),
-        )
-        out = jax.device_get(out)
-        return {k: np.asarray(a)[:L].reshape((B, S) + np.shape(a)[1:]) for k, a in out.items()}
+        theta_l, w_l, mask_l = theta0.reshape(L, P)[lanes], w_p[row], mask[row]
+        ly_l = ly[:, cols][row]
+        outs = [
+            core(
+                theta_l[i : i + _LANES],
+                w_l[i : i + _LANES],
+                mask_l[i : i + _LANES],
+                u[cols],
+                v[cols],
+                ly_l[i : i + _LANES],
+                np.float64(delta),
+                np.float64(norm),
+                np.int32(max_iter),
+                np.float64(gtol),
+                np.float64(ftol),
+            )
+            for i in range(0, Lp, _LANES)
+        ]
+        outs = jax.device_get(outs)
+        return {
+            k: np.concatenate([o[k] for o in outs])[:L].reshape((B, S) + np.shape(outs[0][k])[1:])
+            for k in outs[0]
+        }
 
     return solve
 
