@@ -10,8 +10,8 @@ read-bandwidth bound (``jscale.roofline``, measured in the same process or cache
 ``--blocked KB`` adds the same product with the contraction split into chunks of KB
 (``[d / KB, rows, KB]``, one batched dot and a sum): the kernel then sees the same contraction
 length at every width.  ``--row-blocks MB`` adds it with the output rows split into blocks of
-about MB megabytes (``[S, rows / S, cols]``, S the divisor of ``rows`` nearest the matrix's MB
-count; one batched dot): every block is then about the same size at every width.
+about MB megabytes (``[S, rows / S, cols]``, S the divisor of ``rows`` nearest the matrix's size
+/ MB; one batched dot): every block is then about the same size at every width.
 
 Run it under ``taskset -c 0`` to time one core (the bound stays the cached two-core one).
 

@@ -669,25 +669,30 @@ def test_select_form_ranks_the_generating_law_first():
 def test_solver_runs_beyond_one_call_each_get_what_they_get_alone():
     """The compiled solver runs ``laws._LANES`` lanes per call: 130 runs (65 resamples x 2
     starts: two calls, the second padded with copies) give every run the result it gets when
-    run alone (one lane, padded to a whole call), in the right place."""
+    run alone (one lane, padded to a whole call), in the right place.  Every resample has its
+    own weights, data and mask, so a run handed another's inputs would not match."""
     from jscale import laws
 
     form = laws._get_form("affine")
     rng = np.random.default_rng(0)
     x = np.geomspace(1e4, 1e8, 10)
     u, v = form._prep(x, np.ones_like(x), np.log(x).mean(), 0.0)
-    ly = np.log(3.0 + 2e-6 * x) * (1 + 0.01 * rng.standard_normal(x.size))
     B, S = 65, 2
     assert B * S > laws._LANES
+    lys = np.log(3.0 + 2e-6 * x) * (1 + 0.01 * rng.standard_normal((B, x.size)))
     theta0 = rng.normal(0.0, 1.0, (B, S, 2)) + np.log([3.0, 100.0])
     w = rng.poisson(1.0, (B, x.size)).astype(float) + 0.1  # bootstrap-like weights per resample
-    mask, lys = np.ones((B, 2)), np.tile(ly, (B, 1))
+    mask = np.ones((B, 2))
+    mask[1::3, 0] = 0.0  # every third resample, from the second, keeps c at its start
     solve = laws._solver(form, max_iter=300, gtol=1e-9, ftol=1e-12)
-    together = solve(theta0, w, mask, u, v, lys, 1e9, x.size)
-    assert together["theta"].shape == (B, S, 2)
-    assert np.ptp(together["theta"][:, :, 1]) > 1e-3  # the resamples really differ
-    for b, s in [(0, 0), (40, 1), (63, 1), (64, 0), (64, 1)]:  # lanes 0, 81, 127, 128, 129
-        alone = solve(theta0[b : b + 1, s : s + 1], w[b : b + 1], mask[b : b + 1], u, v,
-                      lys[b : b + 1], 1e9, x.size)  # fmt: skip
-        for k in ("theta", "f", "n_iter"):
-            np.testing.assert_allclose(together[k][b, s], alone[k][0, 0], rtol=1e-12, err_msg=k)
+    with jax.enable_x64(True):  # as analysis.fit runs it
+        together = solve(theta0, w, mask, u, v, lys, 1e9, x.size)
+        assert together["theta"].shape == (B, S, 2) and together["theta"].dtype == np.float64
+        assert np.ptp(together["theta"][:, :, 1]) > 1e-3  # the resamples really differ
+        np.testing.assert_array_equal(together["theta"][1::3, :, 0], theta0[1::3, :, 0])
+        for b, s in [(0, 0), (40, 1), (63, 1), (64, 0), (64, 1)]:  # lanes 0, 81, 127, 128, 129
+            alone = solve(theta0[b : b + 1, s : s + 1], w[b : b + 1], mask[b : b + 1], u, v,
+                          lys[b : b + 1], 1e9, x.size)  # fmt: skip
+            for k in ("theta", "f", "n_iter"):
+                np.testing.assert_allclose(together[k][b, s], alone[k][0, 0], rtol=1e-12, err_msg=k)
+        assert together["converged"][0, 0] and together["converged"][64, 1]

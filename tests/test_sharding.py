@@ -3,7 +3,8 @@
 The multi-device checks run in one subprocess (``XLA_FLAGS`` must be set before JAX starts):
 a tiny model trains a few steps on one device and on meshes (data=4), (fsdp=4) and
 (data=2, fsdp=2); per-step losses and final params must agree within float rounding, and the
-params must really be split.  A sharded prefill + decode must give the unsharded tokens.
+params must really be split.  A sharded prefill + decode on (data=2, fsdp=2) (batch and heads
+split) must give the unsharded tokens.
 """
 
 import json
