@@ -224,8 +224,8 @@ def store(rates: dict) -> dict:
     rate_keys = [k for k in STORED_RATES if k.endswith("_per_s")]
     spread = {f"{k}{s}": rates[k] for k in rate_keys for s in ("_min", "_max")}
     info = device_info()
-    cached = _cached()
-    cached[_key(info)] = {
+    key, cached = _key(info), _cached()
+    cached[key] = {
         **info,
         **spread,
         "matmul_n": 0,
@@ -235,7 +235,7 @@ def store(rates: dict) -> dict:
         "measured_at": "stored",
     }
     _write(cached)
-    return cached[_key(info)]
+    return cached[key]
 
 
 def _key(info: dict) -> str:

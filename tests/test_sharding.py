@@ -92,6 +92,9 @@ SCRIPT = textwrap.dedent(r"""
             "same_tokens": bool(np.array_equal(np.asarray(g0), np.asarray(g1))),
             "logit_max_abs_diff": float(np.max(np.abs(np.asarray(l0) - np.asarray(l1)))),
             "cache_spec": cache_spec, "cache_shard": cache_shard}
+    # the cache rule on (fsdp=4): heads split four ways, batch whole (the rule alone, no compile)
+    s4 = sharding.cache_shardings(c1, sharding.make_mesh(data=1, fsdp=4))["layers"][0]["k"]
+    out["cache_shard_fsdp4"] = list(s4.shard_shape(c1["layers"][0]["k"].shape))
     roof = {"matmul_flops_per_s": 1e11, "read_bandwidth_bytes_per_s": 1e10}  # not measured here
     r = latency.measure_latency(params, lcfg, "fp32", batch=2, prompt_tokens=8, gen_tokens=4,
                                 repeats=1, warmup=0, roof=roof,
@@ -172,6 +175,7 @@ def test_sharded_inference_matches_unsharded(sharded):
         assert v["logit_max_abs_diff"] < 1e-4, k
     # KV cache [B=4, H=4, S=18, K=8]: batch over data, heads over fsdp
     assert inf["fp32-data2fsdp2"]["cache_shard"] == [2, 2, 18, 8]
+    assert sharded["cache_shard_fsdp4"] == [4, 1, 18, 8]
     lat = sharded["latency"]
     assert lat["mesh_shape"] == "data=2,fsdp=2" and lat["mesh_devices"] == 4
     assert lat["decode_ms_per_token_median"] > 0
